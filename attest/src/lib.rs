@@ -1,0 +1,16 @@
+//! Attestation for medguard, with no I/O so that the browser build can reuse it.
+//!
+//! The host reads bytes; this crate decides whether they may run. The only way
+//! to obtain an [`AttestedModel`] or a [`Pinned`] blob is to pass [`attest`] or
+//! [`pin`], and both carry the very bytes that were hashed.
+
+mod digest;
+mod manifest;
+mod pinned;
+
+pub use digest::{ParseDigestError, Sha256Digest};
+pub use manifest::{
+    ColorConversion, InputShape, InputSpec, MANIFEST_MAX_BYTES, Manifest, ManifestError, ModelFile,
+    OutputKind, OutputSpec, PixelMapping, PixelScale, ValueRange,
+};
+pub use pinned::{AttestError, AttestedModel, DigestMismatch, Pinned, attest, pin};

@@ -1,0 +1,323 @@
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::Sha256Digest;
+
+/// Manifests are small; anything larger is refused before parsing.
+pub const MANIFEST_MAX_BYTES: usize = 1024 * 1024;
+
+/// The manifest schema this build understands.
+const SCHEMA: &str = "medguard.manifest/v1";
+
+/// What a model directory claims about its model. A plain data type: it is
+/// trusted only once [`crate::attest`] has matched it with the model bytes (and,
+/// later, once its signature has been checked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always `medguard.manifest/v1`.
+    pub schema: String,
+    /// Model name, the key that trust policies and rollback use.
+    pub name: String,
+    /// Model version (semver); later issues refuse rollbacks by it.
+    pub version: semver::Version,
+    /// The model file and its expected digest.
+    pub model: ModelFile,
+    /// How the input tensor looks and how image pixels become it.
+    pub input: InputSpec,
+    /// What the output tensor means.
+    pub output: OutputSpec,
+    /// The largest batch one inference call may carry.
+    pub max_batch: u32,
+}
+
+/// The model file, named relative to the manifest's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// A plain file name in the model directory (no path separators).
+    pub file: String,
+    /// SHA-256 of the file's bytes.
+    pub sha256: Sha256Digest,
+    /// Exact size in bytes.
+    pub size: u64,
+}
+
+/// The input tensor, `[batch, channels, height, width]` with a dynamic batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Name of the ONNX input tensor.
+    pub tensor: String,
+    /// Only `float32` is supported.
+    pub dtype: String,
+    /// `[null, channels, height, width]`; `null` marks the dynamic batch axis.
+    pub shape: InputShape,
+    /// Inclusive range of every tensor element.
+    pub range: ValueRange,
+    /// How image pixels map to tensor values.
+    pub pixels: PixelMapping,
+}
+
+/// `[null, channels, height, width]` as written in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Option<u32>>", into = "Vec<Option<u32>>")]
+pub struct InputShape {
+    /// Channels per image.
+    pub channels: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// Image width in pixels.
+    pub width: u32,
+}
+
+impl TryFrom<Vec<Option<u32>>> for InputShape {
+    type Error = String;
+
+    fn try_from(dims: Vec<Option<u32>>) -> Result<Self, String> {
+        match dims.as_slice() {
+            [None, Some(c), Some(h), Some(w)] if *c > 0 && *h > 0 && *w > 0 => Ok(Self {
+                channels: *c,
+                height: *h,
+                width: *w,
+            }),
+            _ => Err(format!(
+                "input shape must be [null, channels, height, width] with positive sizes, got {dims:?}"
+            )),
+        }
+    }
+}
+
+impl From<InputShape> for Vec<Option<u32>> {
+    fn from(s: InputShape) -> Self {
+        vec![None, Some(s.channels), Some(s.height), Some(s.width)]
+    }
+}
+
+/// An inclusive value range, written `[min, max]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "[f32; 2]", into = "[f32; 2]")]
+pub struct ValueRange {
+    /// Smallest allowed value.
+    pub min: f32,
+    /// Largest allowed value.
+    pub max: f32,
+}
+
+impl From<[f32; 2]> for ValueRange {
+    fn from([min, max]: [f32; 2]) -> Self {
+        Self { min, max }
+    }
+}
+
+impl From<ValueRange> for [f32; 2] {
+    fn from(r: ValueRange) -> Self {
+        [r.min, r.max]
+    }
+}
+
+/// How pixels of an image file become tensor values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PixelMapping {
+    /// How colour images become the model's channels.
+    pub color: ColorConversion,
+    /// How integer pixel values become floats.
+    pub scale: PixelScale,
+}
+
+/// Colour handling for single-channel models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColorConversion {
+    /// Grayscale is taken as is; RGB becomes luma `0.299 R + 0.587 G + 0.114 B` (ITU-R BT.601).
+    LumaBt601,
+}
+
+/// Integer-to-float mapping of pixel values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PixelScale {
+    /// `value = pixel / (2^bit_depth - 1)`, so 8- and 16-bit images both land in `[0, 1]`.
+    UnitInterval,
+}
+
+/// The output tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Name of the ONNX output tensor.
+    pub tensor: String,
+    /// What the values are; probabilities are derived in the guest.
+    pub kind: OutputKind,
+    /// Class labels in output order.
+    pub labels: Vec<String>,
+}
+
+/// What the output tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    /// Unnormalised scores; the guest applies softmax.
+    Logits,
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    /// Larger than [`MANIFEST_MAX_BYTES`].
+    #[error("manifest is {size} bytes, more than the {MANIFEST_MAX_BYTES}-byte limit")]
+    TooLarge {
+        /// Size of the offered manifest.
+        size: usize,
+    },
+    /// Not JSON of the manifest's shape (unknown fields included).
+    #[error("manifest is not valid: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// Well-formed JSON with values that make no sense.
+    #[error("manifest is not valid: {0}")]
+    Invalid(String),
+}
+
+/// Batches beyond this would let a caller make the guest allocate without bound.
+const MAX_BATCH_LIMIT: u32 = 1024;
+
+impl Manifest {
+    /// Parses and validates a manifest. Unknown fields, an unknown schema,
+    /// path-like file names and degenerate specs are refused.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MANIFEST_MAX_BYTES {
+            return Err(ManifestError::TooLarge { size: bytes.len() });
+        }
+        let manifest: Manifest = serde_json::from_slice(bytes)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |why: String| Err(ManifestError::Invalid(why));
+        if self.schema != SCHEMA {
+            return invalid(format!(
+                "schema is {:?}, this build reads {SCHEMA:?}",
+                self.schema
+            ));
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !name_ok(&self.name) {
+            return invalid(format!(
+                "model name {:?} must be 1-128 of [A-Za-z0-9._-]",
+                self.name
+            ));
+        }
+        let file = &self.model.file;
+        if !name_ok(file) || file.starts_with('.') {
+            return invalid(format!(
+                "model file {file:?} must be a plain file name inside the model directory"
+            ));
+        }
+        if self.input.dtype != "float32" {
+            return invalid(format!(
+                "input dtype {:?} is not supported; use float32",
+                self.input.dtype
+            ));
+        }
+        let r = self.input.range;
+        if !(r.min.is_finite() && r.max.is_finite() && r.min < r.max) {
+            return invalid(format!(
+                "input range [{}, {}] must be finite with min < max",
+                r.min, r.max
+            ));
+        }
+        let labels = &self.output.labels;
+        let unique = labels
+            .iter()
+            .enumerate()
+            .all(|(i, l)| !labels[..i].contains(l));
+        if labels.len() < 2 || !unique || labels.iter().any(String::is_empty) {
+            return invalid("output labels must be at least two distinct non-empty names".into());
+        }
+        if self.max_batch == 0 || self.max_batch > MAX_BATCH_LIMIT {
+            return invalid(format!(
+                "max_batch must be 1 to {MAX_BATCH_LIMIT}, got {}",
+                self.max_batch
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> serde_json::Value {
+        serde_json::json!({
+            "schema": "medguard.manifest/v1",
+            "name": "pneumonia-cnn",
+            "version": "1.0.0",
+            "model": {"file": "model.onnx", "sha256": "ab".repeat(32), "size": 10},
+            "input": {
+                "tensor": "image", "dtype": "float32", "shape": [null, 1, 28, 28],
+                "range": [0.0, 1.0],
+                "pixels": {"color": "luma-bt601", "scale": "unit-interval"}
+            },
+            "output": {"tensor": "logits", "kind": "logits", "labels": ["normal", "pneumonia"]},
+            "max_batch": 64
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Manifest, ManifestError> {
+        Manifest::parse(&serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn parses_and_round_trips() {
+        let m = parse(&example()).unwrap();
+        assert_eq!(m.input.shape.height, 28);
+        let again = Manifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(m, again);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_anywhere() {
+        let mut v = example();
+        v["extra"] = 1.into();
+        assert!(parse(&v).unwrap_err().to_string().contains("unknown field"));
+        let mut v = example();
+        v["model"]["url"] = "http://x".into();
+        assert!(parse(&v).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let cases: [(&str, serde_json::Value); 8] = [
+            ("/schema", "other/v9".into()),
+            ("/name", "../etc".into()),
+            ("/model/file", "../model.onnx".into()),
+            ("/model/sha256", "AB".repeat(32).into()),
+            ("/input/shape", serde_json::json!([1, 1, 28, 28])),
+            ("/input/range", serde_json::json!([1.0, 0.0])),
+            ("/output/labels", serde_json::json!(["a", "a"])),
+            ("/max_batch", 0.into()),
+        ];
+        for (pointer, value) in cases {
+            let mut v = example();
+            *v.pointer_mut(pointer).unwrap() = value;
+            assert!(parse(&v).is_err(), "{pointer} should be refused");
+        }
+    }
+
+    #[test]
+    fn refuses_oversized_manifests_before_parsing() {
+        let big = vec![b' '; MANIFEST_MAX_BYTES + 1];
+        assert!(matches!(
+            Manifest::parse(&big),
+            Err(ManifestError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,84 @@
+//! The inference core that runs inside the medguard sandbox.
+//!
+//! It is target-independent on purpose: the same code runs natively (unit and
+//! parity tests), inside the wasmtime guest, and later in the browser. It does
+//! no I/O; bytes and pixels come in, probabilities go out.
+//!
+//! Pipeline: model bytes -> [`Classifier::load`] (parse, check against the
+//! [`ModelSpec`], optimise) -> [`Classifier::classify`] on an [`InputBatch`]
+//! that was checked for shape, finiteness and range.
+
+mod error;
+mod input;
+mod runtime;
+
+pub use error::GuestError;
+pub use input::{InputBatch, ModelSpec};
+
+/// A loaded, type-checked model ready to classify batches that match its spec.
+pub struct Classifier {
+    spec: ModelSpec,
+    model: runtime::Runnable,
+}
+
+impl Classifier {
+    /// Parses `model_bytes` as ONNX, checks that its input and output agree with
+    /// `spec`, and optimises it for a dynamic batch axis.
+    pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Self, GuestError> {
+        spec.validate()?;
+        let model = runtime::Runnable::load(model_bytes, &spec)?;
+        Ok(Self { spec, model })
+    }
+
+    /// The spec this model was loaded with.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Checks `batch` against the spec, runs the model and returns one
+    /// probability vector (softmax over the logits) per image.
+    pub fn classify(&self, batch: &InputBatch) -> Result<Vec<Vec<f32>>, GuestError> {
+        let images = batch.check(&self.spec)?;
+        let logits = self.model.run(batch)?;
+        let classes = self.spec.classes as usize;
+        if logits.len() != images * classes {
+            return Err(GuestError::InferenceFailed(format!(
+                "model returned {} values for {images} image(s) of {classes} classes",
+                logits.len()
+            )));
+        }
+        logits.chunks_exact(classes).map(softmax).collect()
+    }
+}
+
+/// Softmax in f64 so that large logits neither overflow nor lose the small class.
+fn softmax(logits: &[f32]) -> Result<Vec<f32>, GuestError> {
+    if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
+        return Err(GuestError::InferenceFailed(format!(
+            "model produced a non-finite logit ({bad})"
+        )));
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    Ok(exps.iter().map(|e| (e / sum) as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable_for_large_logits() {
+        let p = softmax(&[1000.0, 0.0]).unwrap();
+        assert!((p[0] - 1.0).abs() < 1e-6 && p[1] >= 0.0);
+        let p = softmax(&[0.0, 0.0]).unwrap();
+        assert_eq!(p, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn softmax_refuses_non_finite_logits() {
+        assert!(softmax(&[f32::NAN, 0.0]).is_err());
+        assert!(softmax(&[f32::INFINITY, 0.0]).is_err());
+    }
+}

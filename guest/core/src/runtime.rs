@@ -1,0 +1,76 @@
+//! The one place that talks to tract. Swapping the inference engine is a
+//! change to this file alone.
+
+use tract_onnx::prelude::*;
+
+use crate::{GuestError, InputBatch, ModelSpec};
+
+/// An optimised tract plan with a symbolic batch axis.
+pub(crate) struct Runnable {
+    plan: std::sync::Arc<TypedRunnableModel>,
+}
+
+impl Runnable {
+    pub(crate) fn load(bytes: &[u8], spec: &ModelSpec) -> Result<Self, GuestError> {
+        let invalid =
+            |what: &str, e: TractError| GuestError::InvalidModel(format!("{what}: {e:#}"));
+        let mut reader = bytes;
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut reader)
+            .map_err(|e| invalid("not a readable ONNX model", e))?;
+        if model.inputs.len() != 1 || model.outputs.len() != 1 {
+            return Err(GuestError::InvalidModel(format!(
+                "expected one input and one output, the model has {} and {}",
+                model.inputs.len(),
+                model.outputs.len()
+            )));
+        }
+        // Pin the input to the manifest's spec with a symbolic batch: a model
+        // whose own declared shape disagrees fails type analysis here, before
+        // any input is seen.
+        let batch = model.symbols.sym("N");
+        let fact = InferenceFact::dt_shape(
+            f32::datum_type(),
+            tvec!(
+                batch.to_dim(),
+                (spec.channels as usize).to_dim(),
+                (spec.height as usize).to_dim(),
+                (spec.width as usize).to_dim()
+            ),
+        );
+        model
+            .set_input_fact(0, fact)
+            .map_err(|e| invalid("input does not fit the spec", e))?;
+        let typed = model
+            .into_typed()
+            .map_err(|e| invalid("model does not type-check with the spec's input", e))?;
+        let output = typed
+            .output_fact(0)
+            .map_err(|e| invalid("model has no output", e))?;
+        let classes = output.shape.last().and_then(|d| d.to_i64().ok());
+        if output.datum_type != f32::datum_type()
+            || output.rank() != 2
+            || classes != Some(spec.classes as i64)
+        {
+            return Err(GuestError::InvalidModel(format!(
+                "output is {:?}, expected f32 [batch, {}] logits",
+                output, spec.classes
+            )));
+        }
+        let plan = typed
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| invalid("model could not be optimised", e))?;
+        Ok(Self { plan })
+    }
+
+    /// Runs the checked batch and returns the logits, row-major.
+    pub(crate) fn run(&self, batch: &InputBatch) -> Result<Vec<f32>, GuestError> {
+        let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
+        let shape: Vec<usize> = batch.shape.iter().map(|&d| d as usize).collect();
+        let input = Tensor::from_shape(&shape, &batch.data).map_err(failed)?;
+        let outputs = self.plan.run(tvec!(input.into())).map_err(failed)?;
+        let logits = outputs[0].to_plain_array_view::<f32>().map_err(failed)?;
+        Ok(logits.iter().copied().collect())
+    }
+}

@@ -1,0 +1,151 @@
+//! The `medguard` command line: one struct per subcommand, each with `execute`.
+//!
+//! Exit codes: 0 ok; 1 refused (attestation) or rejected (an input); 2 usage
+//! or internal error. Errors print as one line: `medguard: <what>: <why>`.
+
+mod demo;
+mod digest;
+mod predict;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::guest;
+use crate::sandbox::{CompiledCache, GuestLoad, GuestProgram, Limits, Runtime};
+
+/// WebAssembly inference integrity guard for medical AI.
+#[derive(Debug, Parser)]
+#[command(
+    name = "medguard",
+    version,
+    after_help = "Exit codes: 0 ok, 1 refused or rejected, 2 usage or internal error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Digest(digest::DigestCmd),
+    Verify(verify::VerifyCmd),
+    Predict(predict::PredictCmd),
+    Demo(demo::DemoCmd),
+}
+
+/// How a command ended, as the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything was accepted.
+    Ok,
+    /// A model was refused or an input rejected.
+    Refused,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        match e {
+            Exit::Ok => ExitCode::SUCCESS,
+            Exit::Refused => ExitCode::from(1),
+        }
+    }
+}
+
+/// Sandbox settings shared by every command that runs the guest.
+#[derive(Debug, Args)]
+struct SandboxArgs {
+    /// Run the guest component in this file instead of the bundled one; it
+    /// must be byte-identical to the guest this binary was built with.
+    #[arg(long, global = true, value_name = "WASM")]
+    guest: Option<PathBuf>,
+    /// Where compiled guests are cached [default: $XDG_CACHE_HOME/medguard].
+    #[arg(long, global = true, env = "MEDGUARD_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the guest at every start instead of using the cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Cap on the guest's memory, in MiB.
+    #[arg(long, global = true, default_value_t = 512, value_name = "MIB")]
+    memory_mib: usize,
+    /// Wall-clock budget for each call into the guest, in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000, value_name = "MS")]
+    deadline_ms: u64,
+}
+
+impl SandboxArgs {
+    /// Pins and loads the guest in a fresh runtime.
+    fn start(&self) -> anyhow::Result<(GuestProgram, GuestLoad)> {
+        let limits = Limits {
+            memory_bytes: self
+                .memory_mib
+                .checked_mul(1 << 20)
+                .context("--memory-mib is too large")?,
+            deadline: Duration::from_millis(self.deadline_ms),
+            ..Limits::default()
+        };
+        let guest = match &self.guest {
+            Some(path) => guest::from_file(path)?,
+            None => guest::bundled()?,
+        };
+        let cache = match (
+            self.no_cache,
+            self.cache_dir.clone().or_else(CompiledCache::default_dir),
+        ) {
+            (false, Some(dir)) => match CompiledCache::open(&dir) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    eprintln!("medguard: warning: compiled-guest cache disabled: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let runtime = Runtime::new(limits)?;
+        Ok(runtime.load_guest(&guest, cache.as_ref())?)
+    }
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Digest(cmd) => cmd.execute(),
+        Command::Verify(cmd) => cmd.execute(),
+        Command::Predict(cmd) => cmd.execute(&cli.sandbox),
+        Command::Demo(cmd) => cmd.execute(&cli.sandbox),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            eprintln!("medguard: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,69 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::predict::{Format, predict_files};
+use super::{Exit, SandboxArgs};
+use crate::model_dir;
+use crate::sandbox::CacheUse;
+
+/// Attest the bundled demo model and classify its sample X-rays in the sandbox.
+#[derive(Debug, Args)]
+pub struct DemoCmd {
+    /// The model directory to demonstrate.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/pneumonia"))]
+    model_dir: PathBuf,
+}
+
+impl DemoCmd {
+    pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
+        let dir = self.model_dir;
+        println!("medguard demo: {}\n", dir.display());
+        let model = match model_dir::load(&dir) {
+            Ok(model) => model,
+            Err(e) => {
+                eprintln!("medguard: refused: {e}");
+                return Ok(Exit::Refused);
+            }
+        };
+        let m = model.manifest();
+        println!(
+            "1. attestation  {} {}: sha256 {} matches the manifest",
+            m.name,
+            m.version,
+            model.model_digest()
+        );
+        let (program, load) = sandbox.start()?;
+        let how = match load.cache {
+            CacheUse::Hit => "loaded from the verified cache".to_string(),
+            CacheUse::Disabled => "compiled (cache disabled)".to_string(),
+            CacheUse::Miss => "compiled, then cached".to_string(),
+            CacheUse::Rejected(why) => format!("compiled afresh: {why}"),
+            CacheUse::StoreFailed(why) => format!("compiled; not cached: {why}"),
+        };
+        println!(
+            "2. guest        sha256 {} matches the pin; {how} in {:.2} s",
+            program.digest(),
+            load.elapsed.as_secs_f64()
+        );
+        let started = Instant::now();
+        program
+            .session(&model)
+            .context("loading the model in the sandbox")?;
+        println!(
+            "3. sandbox      no imports at all; memory cap {} MiB; {} ms per call; model loaded in the guest in {:.0} ms\n",
+            sandbox.memory_mib,
+            sandbox.deadline_ms,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        let mut samples: Vec<PathBuf> = std::fs::read_dir(dir.join("samples"))
+            .with_context(|| format!("listing {}", dir.join("samples").display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "png"))
+            .collect();
+        samples.sort();
+        predict_files(&program, &model, &samples, Format::Human)
+    }
+}

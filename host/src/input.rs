@@ -1,0 +1,212 @@
+//! Image and tensor files in, model-ready batches out.
+//!
+//! PNG (8- or 16-bit, gray or RGB, with or without an opaque alpha channel)
+//! and `.npy` (u8, u16, f32 or f64) are read with a size cap and mapped to
+//! tensor values exactly as the manifest's pixel mapping says. Shape and range
+//! are checked once more by the guest, which is the authority.
+
+use std::io::Cursor;
+
+use medguard_attest::{ColorConversion, InputSpec, PixelScale};
+use ndarray::ArrayD;
+use ndarray_npy::{ReadNpyError, ReadNpyExt};
+use thiserror::Error;
+
+/// Input files larger than this are refused before decoding.
+pub const INPUT_MAX_BYTES: u64 = 64 << 20;
+
+/// A batch of images, `[batch, channels, height, width]`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `[batch, channels, height, width]`.
+    pub shape: [u32; 4],
+    /// Tensor values.
+    pub data: Vec<f32>,
+}
+
+impl Batch {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.shape[0] as usize
+    }
+
+    /// True when the batch holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Splits into batches of at most `max` images, in order.
+    pub fn chunks(&self, max: usize) -> impl Iterator<Item = Batch> + '_ {
+        let per_image = (self.shape[1] * self.shape[2] * self.shape[3]) as usize;
+        self.data
+            .chunks(max.max(1) * per_image.max(1))
+            .map(move |data| Batch {
+                shape: [
+                    (data.len() / per_image.max(1)) as u32,
+                    self.shape[1],
+                    self.shape[2],
+                    self.shape[3],
+                ],
+                data: data.to_vec(),
+            })
+    }
+}
+
+/// Why an input file could not become a batch.
+#[derive(Debug, Error)]
+pub enum InputError {
+    /// Over [`INPUT_MAX_BYTES`].
+    #[error("input is larger than the {INPUT_MAX_BYTES}-byte limit")]
+    TooLarge,
+    /// Neither a PNG nor a `.npy` file.
+    #[error("not a PNG or .npy file (first bytes {0:02x?})")]
+    UnknownFormat(Vec<u8>),
+    /// The PNG decoder refused the file.
+    #[error("PNG could not be decoded: {0}")]
+    Png(#[from] png::DecodingError),
+    /// The `.npy` reader refused the file.
+    #[error(".npy could not be read: {0}")]
+    Npy(String),
+    /// A PNG layout the pixel mapping cannot handle.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Decodes `bytes` (format sniffed from the content, not the name) into a batch for `spec`.
+pub fn decode(bytes: &[u8], spec: &InputSpec) -> Result<Batch, InputError> {
+    if bytes.len() as u64 > INPUT_MAX_BYTES {
+        return Err(InputError::TooLarge);
+    }
+    let ColorConversion::LumaBt601 = spec.pixels.color;
+    let PixelScale::UnitInterval = spec.pixels.scale;
+    if spec.shape.channels != 1 {
+        return Err(InputError::Unsupported(format!(
+            "luma conversion yields one channel, the model wants {}",
+            spec.shape.channels
+        )));
+    }
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        decode_png(bytes)
+    } else if bytes.starts_with(b"\x93NUMPY") {
+        decode_npy(bytes)
+    } else {
+        Err(InputError::UnknownFormat(
+            bytes.iter().take(8).copied().collect(),
+        ))
+    }
+}
+
+fn decode_png(bytes: &[u8]) -> Result<Batch, InputError> {
+    let mut decoder = png::Decoder::new_with_limits(
+        Cursor::new(bytes),
+        png::Limits {
+            bytes: INPUT_MAX_BYTES as usize,
+        },
+    );
+    // Expand palettes and sub-byte gray to 8 bits; keep 16-bit samples as they are.
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or(InputError::TooLarge)?];
+    let frame = reader.next_frame(&mut buf)?;
+    let pixels = &buf[..frame.buffer_size()];
+    let samples: Vec<u32> = match frame.bit_depth {
+        png::BitDepth::Eight => pixels.iter().map(|&b| b as u32).collect(),
+        png::BitDepth::Sixteen => pixels
+            .chunks_exact(2)
+            .map(|p| u16::from_be_bytes([p[0], p[1]]) as u32)
+            .collect(),
+        other => {
+            return Err(InputError::Unsupported(format!(
+                "PNG bit depth {other:?} after expansion"
+            )));
+        }
+    };
+    let max = if frame.bit_depth == png::BitDepth::Sixteen {
+        65535.0
+    } else {
+        255.0
+    };
+    let (channels, has_alpha) = match frame.color_type {
+        png::ColorType::Grayscale => (1, false),
+        png::ColorType::GrayscaleAlpha => (2, true),
+        png::ColorType::Rgb => (3, false),
+        png::ColorType::Rgba => (4, true),
+        png::ColorType::Indexed => {
+            return Err(InputError::Unsupported(
+                "indexed PNG was not expanded".into(),
+            ));
+        }
+    };
+    let data = samples
+        .chunks_exact(channels)
+        .map(|px| {
+            if has_alpha && px[channels - 1] as f64 != max {
+                return Err(InputError::Unsupported(
+                    "PNG has transparent pixels; a radiograph must be fully opaque".into(),
+                ));
+            }
+            let luma = match channels {
+                1 | 2 => px[0] as f64,
+                _ => 0.299 * px[0] as f64 + 0.587 * px[1] as f64 + 0.114 * px[2] as f64,
+            };
+            Ok((luma / max) as f32)
+        })
+        .collect::<Result<Vec<f32>, _>>()?;
+    Ok(Batch {
+        shape: [1, 1, frame.height, frame.width],
+        data,
+    })
+}
+
+fn decode_npy(bytes: &[u8]) -> Result<Batch, InputError> {
+    let (dims, data) = read_npy_as_unit_floats(bytes)?;
+    let dims32: Vec<u32> = dims
+        .iter()
+        .map(|&d| {
+            u32::try_from(d).map_err(|_| InputError::Npy(format!("dimension {d} is too large")))
+        })
+        .collect::<Result<_, _>>()?;
+    let shape = match dims32.as_slice() {
+        [h, w] => [1, 1, *h, *w],
+        [n, h, w] => [*n, 1, *h, *w],
+        [n, c, h, w] => [*n, *c, *h, *w],
+        _ => {
+            return Err(InputError::Npy(format!(
+                "array has shape {dims:?}; expected [H, W], [N, H, W] or [N, C, H, W]"
+            )));
+        }
+    };
+    Ok(Batch { shape, data })
+}
+
+/// Integer arrays are scaled like PNG pixels; float arrays are taken as
+/// already-mapped tensor values (the guest checks their range).
+fn read_npy_as_unit_floats(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), InputError> {
+    fn read<T: ndarray_npy::ReadableElement>(
+        bytes: &[u8],
+    ) -> Result<Option<ArrayD<T>>, InputError> {
+        match ArrayD::<T>::read_npy(Cursor::new(bytes)) {
+            Ok(a) => Ok(Some(a)),
+            Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
+            Err(e) => Err(InputError::Npy(e.to_string())),
+        }
+    }
+    fn take<T: Copy>(a: ArrayD<T>, f: impl Fn(T) -> f32) -> (Vec<usize>, Vec<f32>) {
+        (a.shape().to_vec(), a.iter().map(|&v| f(v)).collect())
+    }
+    if let Some(a) = read::<u8>(bytes)? {
+        return Ok(take(a, |v| v as f32 / 255.0));
+    }
+    if let Some(a) = read::<u16>(bytes)? {
+        return Ok(take(a, |v| v as f32 / 65535.0));
+    }
+    if let Some(a) = read::<f32>(bytes)? {
+        return Ok(take(a, |v| v));
+    }
+    if let Some(a) = read::<f64>(bytes)? {
+        return Ok(take(a, |v| v as f32));
+    }
+    Err(InputError::Npy(
+        "dtype must be uint8, uint16, float32 or float64".into(),
+    ))
+}

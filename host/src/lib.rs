@@ -1,0 +1,12 @@
+//! The medguard host: attests models, runs them in the wasmtime sandbox, and
+//! drives both from the `medguard` command line.
+//!
+//! Trust flows one way: bytes -> [`medguard_attest::AttestedModel`] (via
+//! [`model_dir::load`]) -> [`sandbox::Session`] -> probabilities. The host
+//! never parses or runs the model itself; tract lives behind the sandbox.
+
+pub mod cli;
+pub mod guest;
+pub mod input;
+pub mod model_dir;
+pub mod sandbox;

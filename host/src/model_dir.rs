@@ -1,0 +1,95 @@
+//! Reading a model directory: the manifest and the model file it names, each
+//! read once with a size cap, then attested. Nothing is re-read afterwards.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use medguard_attest::{
+    AttestError, AttestedModel, MANIFEST_MAX_BYTES, Manifest, ManifestError, attest,
+};
+use thiserror::Error;
+
+/// The manifest's file name inside a model directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Model files larger than this are refused without reading further.
+pub const MODEL_MAX_BYTES: u64 = 512 << 20;
+
+/// Why a model directory was refused.
+#[derive(Debug, Error)]
+pub enum ModelDirError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A file is over its cap.
+    #[error("{} is larger than the {cap}-byte limit", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap.
+        cap: u64,
+    },
+    /// The manifest is invalid.
+    #[error("{}: {source}", path.display())]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// Why it was refused.
+        source: ManifestError,
+    },
+    /// The model does not match its manifest.
+    #[error("{}: {source}", path.display())]
+    Attest {
+        /// The model file.
+        path: PathBuf,
+        /// Why it was refused.
+        source: AttestError,
+    },
+}
+
+/// Reads and attests the model in `dir`.
+pub fn load(dir: &Path) -> Result<AttestedModel, ModelDirError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest_bytes = read_capped(&manifest_path, MANIFEST_MAX_BYTES as u64)?;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(|source| ModelDirError::Manifest {
+        path: manifest_path,
+        source,
+    })?;
+    let model_path = dir.join(&manifest.model.file);
+    // Cap at the smaller of the global limit and one byte past the declared
+    // size: enough to tell "too long" from "right", never an endless read.
+    let cap = MODEL_MAX_BYTES.min(manifest.model.size.saturating_add(1));
+    let model_bytes = read_capped(&model_path, cap)?;
+    attest(manifest, model_bytes).map_err(|source| ModelDirError::Attest {
+        path: model_path,
+        source,
+    })
+}
+
+/// Reads at most `cap` bytes of `path`; more than `cap` is an error.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, ModelDirError> {
+    let io_err = |source| ModelDirError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut bytes = Vec::new();
+    // Read one byte past the cap so "exactly cap" and "more" differ; works for
+    // pipes and device files that report no size.
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > cap {
+        return Err(ModelDirError::TooLarge {
+            path: path.to_owned(),
+            cap,
+        });
+    }
+    Ok(bytes)
+}

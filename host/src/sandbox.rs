@@ -1,0 +1,453 @@
+//! The wasmtime sandbox: the only module that touches wasmtime.
+//!
+//! Shape: one [`Runtime`] (engine + epoch ticker) per process, one pre-linked
+//! [`GuestProgram`] per guest, and a short-lived [`Session`] (a fresh `Store`
+//! and instance) per request, so nothing of one patient's input survives into
+//! the next. The guest imports nothing: the linker is empty, so there is no
+//! capability (file, clock, random, environment, network, stdio) to grant.
+
+mod cache;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use medguard_attest::{AttestedModel, Pinned, Sha256Digest};
+use thiserror::Error;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+
+pub use cache::{CacheError, CompiledCache};
+
+#[allow(missing_docs)] // Generated from the WIT file, which carries the docs.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../guest/wit",
+        world: "sandboxed-classifier",
+    });
+}
+
+use bindings::exports::medguard::guest::classifier as wit;
+use bindings::{SandboxedClassifier, SandboxedClassifierPre};
+
+/// Resource limits applied to every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on the guest's linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock budget for one call into the guest (load or classify).
+    pub deadline: Duration,
+    /// Cap on the native stack that wasm frames may use, in bytes.
+    pub wasm_stack_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 512 << 20,
+            deadline: Duration::from_secs(10),
+            wasm_stack_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How often the epoch advances: the deadline's resolution.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why the sandbox could not compile, link or run the guest.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    /// wasmtime rejected the engine configuration.
+    #[error("sandbox configuration rejected by wasmtime: {0}")]
+    Config(String),
+    /// The guest bytes are not a valid component.
+    #[error("guest could not be compiled: {0}")]
+    Compile(String),
+    /// The guest imports something the sandbox does not grant, or lacks the classifier world.
+    #[error(
+        "guest does not fit the sandbox (it may import nothing and must export medguard:guest/classifier): {0}"
+    )]
+    Link(String),
+    /// The guest exceeded its wall-clock budget and was stopped.
+    #[error("guest ran past its {0:?} deadline and was stopped")]
+    Deadline(Duration),
+    /// The guest tried to grow its memory past the cap.
+    #[error("guest tried to grow its memory to {requested} bytes, over the {cap}-byte cap")]
+    MemoryCap {
+        /// Bytes the guest asked for.
+        requested: usize,
+        /// The cap.
+        cap: usize,
+    },
+    /// The guest overflowed its stack.
+    #[error("guest overflowed its stack")]
+    StackOverflow,
+    /// Any other trap (unreachable, out-of-bounds access, a panic in the guest).
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// An earlier trap ended this session; start a new one.
+    #[error("this sandbox session was ended by an earlier trap; start a new session")]
+    Poisoned,
+    /// The guest ran and refused the model or the input.
+    #[error(transparent)]
+    Guest(#[from] GuestFailure),
+    /// The guest answered with the wrong number of values.
+    #[error("guest returned {got} probabilities for {images} image(s) of {classes} classes")]
+    MalformedOutput {
+        /// Values returned.
+        got: usize,
+        /// Images sent.
+        images: usize,
+        /// Classes expected per image.
+        classes: usize,
+    },
+}
+
+/// The guest's own refusal, as defined in the WIT world.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum GuestFailure {
+    /// The guest could not use the model.
+    #[error("guest refused the model: {0}")]
+    InvalidModel(String),
+    /// The input did not match the model's spec.
+    #[error("input refused: {0}")]
+    InvalidInput(String),
+    /// Inference failed inside the guest.
+    #[error("inference failed in the guest: {0}")]
+    InferenceFailed(String),
+    /// `classify` before `load`: a host bug.
+    #[error("guest has no model loaded")]
+    NotLoaded,
+}
+
+impl From<wit::GuestError> for GuestFailure {
+    fn from(e: wit::GuestError) -> Self {
+        match e {
+            wit::GuestError::InvalidModel(m) => Self::InvalidModel(m),
+            wit::GuestError::InvalidInput(m) => Self::InvalidInput(m),
+            wit::GuestError::InferenceFailed(m) => Self::InferenceFailed(m),
+            wit::GuestError::NotLoaded => Self::NotLoaded,
+        }
+    }
+}
+
+/// One engine and its epoch ticker; cheap to clone, shared by every guest.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Runtime {
+    /// Builds the engine with deterministic, deny-by-default settings and
+    /// starts the epoch ticker that enforces deadlines.
+    pub fn new(limits: Limits) -> Result<Self, SandboxError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            // Deadlines: the ticker advances the epoch; a store past its
+            // deadline traps with `Trap::Interrupt`.
+            .epoch_interruption(true)
+            .max_wasm_stack(limits.wasm_stack_bytes)
+            // Determinism: the same input gives bit-identical output on every
+            // host (wasmtime docs, "deterministic execution").
+            .cranelift_nan_canonicalization(true)
+            .wasm_relaxed_simd(false)
+            .relaxed_simd_deterministic(true)
+            .wasm_threads(false);
+        let engine = Engine::new(&config).map_err(|e| SandboxError::Config(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("medguard-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::Config(format!("start epoch ticker: {e}")))?
+        };
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                limits,
+                stop,
+                ticker: Some(ticker),
+            }),
+        })
+    }
+
+    /// The limits every session of this runtime gets.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Compiles (or loads from `cache`) a pinned guest and pre-links it.
+    pub fn load_guest(
+        &self,
+        guest: &Pinned,
+        cache: Option<&CompiledCache>,
+    ) -> Result<(GuestProgram, GuestLoad), SandboxError> {
+        let engine = &self.inner.engine;
+        let started = Instant::now();
+        let mut cache_use = CacheUse::Disabled;
+        let mut component = None;
+        if let Some(cache) = cache {
+            match cache.load(engine, guest.digest()) {
+                Ok(Some(c)) => {
+                    component = Some(c);
+                    cache_use = CacheUse::Hit;
+                }
+                Ok(None) => cache_use = CacheUse::Miss,
+                Err(e) => cache_use = CacheUse::Rejected(e.to_string()),
+            }
+        }
+        let component = match component {
+            Some(c) => c,
+            None => {
+                let c = Component::new(engine, guest.bytes())
+                    .map_err(|e| SandboxError::Compile(format!("{e:#}")))?;
+                if let Some(cache) = cache
+                    && let Err(e) = cache.store(engine, guest.digest(), &c)
+                {
+                    cache_use = CacheUse::StoreFailed(e.to_string());
+                }
+                c
+            }
+        };
+        let linker: Linker<RequestState> = Linker::new(engine);
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(SandboxedClassifierPre::new)
+            .map_err(|e| SandboxError::Link(format!("{e:#}")))?;
+        let program = GuestProgram {
+            runtime: self.clone(),
+            pre,
+            digest: guest.digest(),
+        };
+        Ok((
+            program,
+            GuestLoad {
+                cache: cache_use,
+                elapsed: started.elapsed(),
+            },
+        ))
+    }
+}
+
+/// How a guest came to be ready, for logs and measurements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestLoad {
+    /// What the compiled-guest cache did.
+    pub cache: CacheUse,
+    /// Time to compile or load, and pre-link.
+    pub elapsed: Duration,
+}
+
+/// What the compiled-guest cache did on one load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheUse {
+    /// No cache configured.
+    Disabled,
+    /// A verified artifact was loaded.
+    Hit,
+    /// No artifact yet; compiled and stored.
+    Miss,
+    /// An artifact was there but failed verification; compiled afresh.
+    Rejected(String),
+    /// Compiled, but the artifact could not be stored.
+    StoreFailed(String),
+}
+
+/// A compiled, pre-linked guest. Sessions are instantiated from it.
+pub struct GuestProgram {
+    runtime: Runtime,
+    pre: SandboxedClassifierPre<RequestState>,
+    digest: Sha256Digest,
+}
+
+impl GuestProgram {
+    /// SHA-256 of the guest component that runs.
+    pub fn digest(&self) -> Sha256Digest {
+        self.digest
+    }
+
+    /// A fresh sandbox with `model` loaded: new store, new instance, new memory.
+    pub fn session(&self, model: &AttestedModel) -> Result<Session, SandboxError> {
+        let limits = self.runtime.limits();
+        let mut store = Store::new(
+            &self.runtime.inner.engine,
+            RequestState {
+                memory: MemoryCap {
+                    cap: limits.memory_bytes,
+                },
+            },
+        );
+        store.limiter(|s| &mut s.memory);
+        let mut session = Session {
+            bindings: None,
+            store,
+            deadline: limits.deadline,
+            classes: model.manifest().output.labels.len(),
+            poisoned: false,
+        };
+        session.arm();
+        let bindings = self
+            .pre
+            .instantiate(&mut session.store)
+            .map_err(|e| session.trapped(e))?;
+        let spec = model_spec(model);
+        session.arm();
+        bindings
+            .medguard_guest_classifier()
+            .call_load(&mut session.store, model.model_bytes(), spec)
+            .map_err(|e| session.trapped(e))?
+            .map_err(GuestFailure::from)?;
+        session.bindings = Some(bindings);
+        Ok(session)
+    }
+}
+
+fn model_spec(model: &AttestedModel) -> wit::ModelSpec {
+    let m = model.manifest();
+    wit::ModelSpec {
+        channels: m.input.shape.channels,
+        height: m.input.shape.height,
+        width: m.input.shape.width,
+        min_value: m.input.range.min,
+        max_value: m.input.range.max,
+        classes: m.output.labels.len() as u32,
+        max_batch: m.max_batch,
+    }
+}
+
+/// One request's sandbox: a store with one guest instance and one loaded model.
+pub struct Session {
+    store: Store<RequestState>,
+    bindings: Option<SandboxedClassifier>,
+    deadline: Duration,
+    classes: usize,
+    poisoned: bool,
+}
+
+impl Session {
+    /// Classifies `[batch, channels, height, width]` values; returns one
+    /// probability vector per image.
+    pub fn classify(&mut self, shape: &[u32], data: &[f32]) -> Result<Vec<Vec<f32>>, SandboxError> {
+        let bindings = match (&self.bindings, self.poisoned) {
+            (Some(b), false) => b.clone(),
+            _ => return Err(SandboxError::Poisoned),
+        };
+        self.arm();
+        let flat = bindings
+            .medguard_guest_classifier()
+            .call_classify(&mut self.store, shape, data)
+            .map_err(|e| self.trapped(e))?
+            .map_err(GuestFailure::from)?;
+        let images = shape.first().copied().unwrap_or(0) as usize;
+        if flat.len() != images * self.classes {
+            return Err(SandboxError::MalformedOutput {
+                got: flat.len(),
+                images,
+                classes: self.classes,
+            });
+        }
+        Ok(flat
+            .chunks_exact(self.classes)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// Gives the next call a full deadline.
+    fn arm(&mut self) {
+        let ticks = self
+            .deadline
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos())
+            .max(1);
+        self.store
+            .set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    }
+
+    /// Maps a wasmtime error to a typed one and ends the session: after a trap
+    /// the instance may be in any state, so it is never entered again.
+    fn trapped(&mut self, e: wasmtime::Error) -> SandboxError {
+        self.poisoned = true;
+        if let Some(cap) = e.downcast_ref::<MemoryCapExceeded>() {
+            return SandboxError::MemoryCap {
+                requested: cap.requested,
+                cap: cap.cap,
+            };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => SandboxError::Deadline(self.deadline),
+            Some(Trap::StackOverflow) => SandboxError::StackOverflow,
+            _ => SandboxError::Trap(format!("{e:#}")),
+        }
+    }
+}
+
+struct RequestState {
+    memory: MemoryCap,
+}
+
+/// Refuses memory growth past the cap with an error the host can name.
+struct MemoryCap {
+    cap: usize,
+}
+
+#[derive(Debug, Error)]
+#[error("memory growth to {requested} bytes refused (cap {cap})")]
+struct MemoryCapExceeded {
+    requested: usize,
+    cap: usize,
+}
+
+/// Tables hold function references; a legitimate guest needs a few thousand.
+const TABLE_ELEMENTS_MAX: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            return Err(MemoryCapExceeded {
+                requested: desired,
+                cap: self.cap,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+}

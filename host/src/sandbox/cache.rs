@@ -1,0 +1,267 @@
+//! A cache of compiled guests whose integrity is protected by an HMAC.
+//!
+//! `Component::deserialize` maps the bytes as executable code, so loading an
+//! artifact anyone could have written would be code execution. Each artifact
+//! is therefore stored with HMAC-SHA256 under a per-installation key (created
+//! once, mode 0600, in a 0700 directory) over the guest's digest, the engine's
+//! compatibility hash and the artifact. A file that fails the MAC is never
+//! deserialised; the guest is compiled afresh and the entry rewritten.
+//!
+//! HMAC rather than directory permissions alone: it also catches bit rot and a
+//! cache directory that was copied between machines or users.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use medguard_attest::Sha256Digest;
+use sha2::Sha256;
+use thiserror::Error;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+const MAGIC: &[u8; 8] = b"MGCWASM1";
+const KEY_FILE: &str = "cache.key";
+const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 32;
+/// A compiled tract guest is tens of MB; anything far larger is not ours.
+const ARTIFACT_MAX_BYTES: u64 = 1 << 30;
+
+/// Why the cache could not be opened, read or written.
+#[derive(Debug, Error)]
+pub enum CacheError {
+    /// A filesystem operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The directory or key file can be written by other users.
+    #[error("{} is writable by group or others (mode {mode:o}); use a directory only you can write", path.display())]
+    Permissions {
+        /// The offending path.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// The key file is not 32 bytes.
+    #[error("cache key {} is damaged; delete the cache directory to start afresh", .0.display())]
+    BadKey(PathBuf),
+    /// The artifact failed its integrity check: it was not written by this installation.
+    #[error("compiled guest {} failed its integrity check and was not loaded", .0.display())]
+    Tampered(PathBuf),
+    /// The artifact passed its MAC but wasmtime refused it.
+    #[error("compiled guest {} is incompatible with this engine: {1}", .0.display())]
+    Incompatible(PathBuf, String),
+}
+
+/// An HMAC-protected directory of compiled guests.
+pub struct CompiledCache {
+    dir: PathBuf,
+    key: [u8; KEY_LEN],
+}
+
+impl CompiledCache {
+    /// The default location: `$MEDGUARD_CACHE_DIR`, else `$XDG_CACHE_HOME/medguard`,
+    /// else `$HOME/.cache/medguard`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let var = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        var("MEDGUARD_CACHE_DIR")
+            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("medguard")))
+            .or_else(|| var("HOME").map(|d| d.join(".cache").join("medguard")))
+    }
+
+    /// Opens (creating if needed) the cache in `dir` and its key.
+    pub fn open(dir: &Path) -> Result<Self, CacheError> {
+        let io = |what, path: &Path| {
+            move |source| CacheError::Io {
+                what,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create cache directory", dir))?;
+        check_private(dir)?;
+        let key_path = dir.join(KEY_FILE);
+        let key = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+        {
+            Ok(mut f) => {
+                let mut key = [0u8; KEY_LEN];
+                getrandom::fill(&mut key).map_err(|e| CacheError::Io {
+                    what: "draw a cache key for",
+                    path: key_path.clone(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+                f.write_all(&key)
+                    .and_then(|()| f.sync_all())
+                    .map_err(io("write cache key", &key_path))?;
+                key
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                check_private(&key_path)?;
+                let bytes = fs::read(&key_path).map_err(io("read cache key", &key_path))?;
+                bytes
+                    .try_into()
+                    .map_err(|_| CacheError::BadKey(key_path.clone()))?
+            }
+            Err(e) => return Err(io("create cache key", &key_path)(e)),
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            key,
+        })
+    }
+
+    /// Where the artifact for `guest` under `engine` lives.
+    pub fn entry_path(&self, engine_hash: u64, guest: Sha256Digest) -> PathBuf {
+        self.dir
+            .join(format!("guest-{guest}-{engine_hash:016x}.cwasm"))
+    }
+
+    pub(super) fn load(
+        &self,
+        engine: &Engine,
+        guest: Sha256Digest,
+    ) -> Result<Option<Component>, CacheError> {
+        let engine_hash = engine_hash(engine);
+        let path = self.entry_path(engine_hash, guest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(CacheError::Io {
+                    what: "open",
+                    path,
+                    source,
+                });
+            }
+        };
+        let mut bytes = Vec::new();
+        file.take(ARTIFACT_MAX_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|source| CacheError::Io {
+                what: "read",
+                path: path.clone(),
+                source,
+            })?;
+        let Some((tag, artifact)) = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .and_then(|rest| rest.split_at_checked(TAG_LEN))
+        else {
+            return Err(CacheError::Tampered(path));
+        };
+        if self
+            .mac(engine_hash, guest, artifact)
+            .verify_slice(tag)
+            .is_err()
+        {
+            return Err(CacheError::Tampered(path));
+        }
+        deserialize(engine, artifact)
+            .map(Some)
+            .map_err(|e| CacheError::Incompatible(path, e))
+    }
+
+    pub(super) fn store(
+        &self,
+        engine: &Engine,
+        guest: Sha256Digest,
+        component: &Component,
+    ) -> Result<(), CacheError> {
+        let engine_hash = engine_hash(engine);
+        let path = self.entry_path(engine_hash, guest);
+        let artifact = component.serialize().map_err(|e| CacheError::Io {
+            what: "serialise compiled guest for",
+            path: path.clone(),
+            source: io::Error::other(format!("{e:#}")),
+        })?;
+        let tag = self
+            .mac(engine_hash, guest, &artifact)
+            .finalize()
+            .into_bytes();
+        // Write beside, then rename: a reader never sees half an artifact.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(MAGIC)?;
+            f.write_all(&tag)?;
+            f.write_all(&artifact)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            CacheError::Io {
+                what: "write",
+                path,
+                source,
+            }
+        })
+    }
+
+    fn mac(&self, engine_hash: u64, guest: Sha256Digest, artifact: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"medguard compiled guest v1\0");
+        mac.update(guest.as_bytes());
+        mac.update(&engine_hash.to_le_bytes());
+        mac.update(artifact);
+        mac
+    }
+}
+
+/// Identifies the engine's compiler settings; an artifact from other settings
+/// gets a different name and is never tried.
+fn engine_hash(engine: &Engine) -> u64 {
+    let mut h = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.finish()
+}
+
+fn check_private(path: &Path) -> Result<(), CacheError> {
+    let meta = fs::symlink_metadata(path).map_err(|source| CacheError::Io {
+        what: "inspect",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.file_type().is_symlink() || mode & 0o022 != 0 {
+        return Err(CacheError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, String> {
+    // SAFETY: `artifact` passed the HMAC under this installation's private key,
+    // so it is bytes this installation serialised from a compiled component;
+    // wasmtime checks the engine compatibility header itself.
+    unsafe { Component::deserialize(engine, artifact) }.map_err(|e| format!("{e:#}"))
+}

@@ -1,0 +1,210 @@
+//! The `medguard` binary end to end: output shapes and documented exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn model_dir() -> PathBuf {
+    root().join("models/pneumonia")
+}
+
+fn medguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medguard"))
+        .args(args)
+        // Share compiled guests with the rest of the suite.
+        .env("MEDGUARD_CACHE_DIR", root().join("target/test-guest-cache"))
+        .output()
+        .expect("run medguard")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_one_line_error(out: &Output) {
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error should be one line: {err:?}"
+    );
+}
+
+#[test]
+fn digest_prints_the_sha256() {
+    let out = medguard(&[
+        "digest",
+        model_dir().join("manifest.json").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let digest = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(digest.len(), 64);
+    let model = medguard(&["digest", model_dir().join("model.onnx").to_str().unwrap()]);
+    let model_digest = text(&model.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model"]["sha256"], model_digest.as_str());
+}
+
+#[test]
+fn verify_accepts_the_bundled_model_and_refuses_a_tampered_one() {
+    let ok = medguard(&["verify", model_dir().to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).starts_with("accepted: "));
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        model_dir().join("manifest.json"),
+        tmp.path().join("manifest.json"),
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(model_dir().join("model.onnx")).unwrap();
+    bytes[1000] ^= 0x80;
+    std::fs::write(tmp.path().join("model.onnx"), bytes).unwrap();
+    let refused = medguard(&["verify", tmp.path().to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_one_line_error(&refused);
+    assert!(
+        text(&refused.stderr).contains("expected"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let missing = medguard(&["verify", tmp.path().join("nope").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_one_line_error(&missing);
+}
+
+#[test]
+fn predict_json_gives_one_object_per_input() {
+    let samples = ["samples/normal-1.png", "samples/pneumonia-1.png"].map(|s| model_dir().join(s));
+    let mut args = vec!["predict", "--json", model_dir().to_str().unwrap()];
+    args.extend(samples.iter().map(|p| p.to_str().unwrap()));
+    let out = medguard(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (line, path) in lines.iter().zip(&samples) {
+        assert_eq!(line["input"], path.to_str().unwrap());
+        let probs = line["probabilities"].as_object().unwrap();
+        assert_eq!(probs.len(), 2);
+        let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+        let label = line["label"].as_str().unwrap();
+        assert!(probs.values().all(|v| v.as_f64() <= probs[label].as_f64()));
+        assert_eq!(line["model"]["name"], "pneumonia-cnn");
+        assert_eq!(line["guest_sha256"].as_str().unwrap().len(), 64);
+    }
+}
+
+#[test]
+fn predict_rejects_a_bad_input_with_exit_1_and_keeps_going() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("not-an-image.png");
+    std::fs::write(&bad, b"this is not a PNG").unwrap();
+    let good = model_dir().join("samples/normal-1.png");
+    let out = medguard(&[
+        "predict",
+        "--json",
+        model_dir().to_str().unwrap(),
+        bad.to_str().unwrap(),
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a PNG or .npy")
+    );
+    assert!(
+        lines[1]["label"].is_string(),
+        "the good input after the bad one is still classified"
+    );
+}
+
+#[test]
+fn predict_reads_npy_batches() {
+    // A [3, 28, 28] uint8 array written by hand in the .npy v1 format.
+    let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (3, 28, 28), }";
+    let mut header = header.to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend((0..3 * 784).map(|i| (i % 251) as u8));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("batch.npy");
+    std::fs::write(&path, npy).unwrap();
+    let out = medguard(&[
+        "predict",
+        "--json",
+        model_dir().to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let inputs: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["input"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let p = path.to_str().unwrap();
+    assert_eq!(
+        inputs,
+        [format!("{p}[0]"), format!("{p}[1]"), format!("{p}[2]")]
+    );
+}
+
+#[test]
+fn demo_runs_and_usage_errors_exit_2() {
+    let demo = medguard(&["demo"]);
+    assert_eq!(demo.status.code(), Some(0), "{}", text(&demo.stderr));
+    let out = text(&demo.stdout);
+    assert!(
+        out.contains("matches the manifest") && out.contains("matches the pin"),
+        "{out}"
+    );
+    assert!(
+        out.contains("normal-1.png") && out.contains("pneumonia-1.png"),
+        "{out}"
+    );
+
+    assert_eq!(medguard(&["predict"]).status.code(), Some(2));
+    assert_eq!(medguard(&["no-such-command"]).status.code(), Some(2));
+    let wrong_guest = medguard(&[
+        "--guest",
+        model_dir().join("model.onnx").to_str().unwrap(),
+        "demo",
+    ]);
+    assert_eq!(wrong_guest.status.code(), Some(2));
+    assert_one_line_error(&wrong_guest);
+    assert!(text(&wrong_guest.stderr).contains("guest module refused"));
+}

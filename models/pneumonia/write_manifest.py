@@ -1,0 +1,38 @@
+"""Write manifest.json for model.onnx: digest, size, input spec and labels.
+
+Run after train.py (which calls it). Standard library only.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(version: str = "1.0.0"):
+    model = (HERE / "model.onnx").read_bytes()
+    manifest = {
+        "schema": "medguard.manifest/v1",
+        "name": "pneumonia-cnn",
+        "version": version,
+        "model": {
+            "file": "model.onnx",
+            "sha256": hashlib.sha256(model).hexdigest(),
+            "size": len(model),
+        },
+        "input": {
+            "tensor": "image",
+            "dtype": "float32",
+            "shape": [None, 1, 28, 28],
+            "range": [0.0, 1.0],
+            "pixels": {"color": "luma-bt601", "scale": "unit-interval"},
+        },
+        "output": {"tensor": "logits", "kind": "logits", "labels": ["normal", "pneumonia"]},
+        "max_batch": 64,
+    }
+    (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

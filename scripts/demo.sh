@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: attest the bundled model and classify its samples in the sandbox.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo run --release --package medguard -- demo "$@"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every check CI runs: format, lints, and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The attestation crate is reused by the browser build: it must stay wasm-clean.
+cargo check --package medguard-attest --target wasm32-unknown-unknown
+cargo test --workspace --release

@@ -1,0 +1,131 @@
+//! Fixtures shared by medguard's test suite and benchmarks: the bundled model,
+//! its golden outputs, a shared compiled guest, and hostile guest components
+//! built from WAT against the real WIT world.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use medguard::input::{Batch, decode};
+use medguard::model_dir;
+use medguard::sandbox::{CompiledCache, GuestProgram, Limits, Runtime};
+use medguard_attest::AttestedModel;
+use serde::Deserialize;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the root")
+        .to_owned()
+}
+
+/// The bundled demo model directory.
+pub fn model_dir() -> PathBuf {
+    repo_root().join("models").join("pneumonia")
+}
+
+/// The bundled model, attested.
+pub fn bundled_model() -> AttestedModel {
+    model_dir::load(&model_dir()).expect("the bundled model attests")
+}
+
+/// `models/pneumonia/golden.json`: sample files with PyTorch's probabilities.
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    /// The samples.
+    pub samples: Vec<GoldenSample>,
+}
+
+/// One golden sample.
+#[derive(Debug, Deserialize)]
+pub struct GoldenSample {
+    /// Path relative to the model directory.
+    pub file: String,
+    /// The dataset's label.
+    pub label: String,
+    /// PyTorch's probability per label.
+    pub probabilities: std::collections::BTreeMap<String, f64>,
+}
+
+/// Reads the golden file.
+pub fn golden() -> Golden {
+    let bytes = std::fs::read(model_dir().join("golden.json")).expect("golden.json");
+    serde_json::from_slice(&bytes).expect("golden.json parses")
+}
+
+/// Decodes a file for the bundled model.
+pub fn load_input(model: &AttestedModel, path: &Path) -> Batch {
+    let bytes = std::fs::read(path).expect("read input");
+    decode(&bytes, &model.manifest().input).expect("decode input")
+}
+
+/// A compiled-guest cache shared by every test process of this build, so the
+/// guest is compiled once per build rather than once per test.
+pub fn shared_cache() -> CompiledCache {
+    let dir = repo_root().join("target").join("test-guest-cache");
+    CompiledCache::open(&dir).expect("open the shared test cache")
+}
+
+/// One runtime and the bundled guest, shared by the tests of one process.
+pub fn shared_program() -> &'static GuestProgram {
+    static PROGRAM: OnceLock<GuestProgram> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let runtime = Runtime::new(Limits::default()).expect("runtime");
+        let guest = medguard::guest::bundled().expect("bundled guest is pinned");
+        runtime
+            .load_guest(&guest, Some(&shared_cache()))
+            .expect("load the guest")
+            .0
+    })
+}
+
+/// A component that implements the classifier world with hand-written WAT
+/// bodies for `load` and `classify` (the canonical-ABI core signatures).
+/// `extra` adds helper functions the bodies may call.
+pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> Vec<u8> {
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  ;; A bump allocator: enough for the host to copy arguments in.
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $ptr i32) (local $end i32)
+    (local.set $ptr (global.get $heap))
+    (local.set $end (i32.add (local.get $ptr) (local.get 3)))
+    (global.set $heap (i32.and (i32.add (local.get $end) (i32.const 15)) (i32.const -16)))
+    (block $fits
+      (br_if $fits (i32.le_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
+      (br_if $fits (i32.ne (memory.grow
+        (i32.add (i32.shr_u (i32.sub (global.get $heap) (i32.mul (memory.size) (i32.const 65536))) (i32.const 16)) (i32.const 1)))
+        (i32.const -1)))
+      unreachable)
+    (local.get $ptr))
+  (func (export "medguard:guest/classifier@0.1.0#load")
+    (param i32 i32 i32 i32 i32 f32 f32 i32 i32) (result i32)
+    {load_body})
+  (func (export "medguard:guest/classifier@0.1.0#classify")
+    (param i32 i32 i32 i32) (result i32)
+    {classify_body})
+  {extra}
+)"#
+    );
+    let mut module = wat::parse_str(&wat).expect("hostile WAT parses");
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve
+        .push_path(repo_root().join("guest").join("wit"))
+        .expect("WIT parses");
+    let world = resolve
+        .select_world(&[pkg], Some("sandboxed-classifier"))
+        .expect("world exists");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .expect("embed WIT metadata");
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .and_then(|e| e.validate(true).encode())
+        .expect("hostile component encodes")
+}

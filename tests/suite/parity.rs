@@ -1,0 +1,108 @@
+//! The guest in wasmtime must compute what native tract and PyTorch compute.
+
+use medguard_guest_core::{Classifier, InputBatch, ModelSpec};
+use medguard_tests::{bundled_model, golden, load_input, model_dir, shared_program};
+use rand::{Rng, SeedableRng};
+
+fn native(model: &medguard_attest::AttestedModel) -> Classifier {
+    let m = model.manifest();
+    let spec = ModelSpec {
+        channels: m.input.shape.channels,
+        height: m.input.shape.height,
+        width: m.input.shape.width,
+        min_value: m.input.range.min,
+        max_value: m.input.range.max,
+        classes: m.output.labels.len() as u32,
+        max_batch: m.max_batch,
+    };
+    Classifier::load(model.model_bytes(), spec).expect("native tract loads the model")
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn guest_matches_native_tract_and_pytorch_golden() {
+    let model = bundled_model();
+    let labels = &model.manifest().output.labels;
+    let native = native(&model);
+    let mut session = shared_program().session(&model).expect("session");
+    let golden = golden();
+    assert!(golden.samples.len() >= 4, "golden file has too few samples");
+    for sample in &golden.samples {
+        let batch = load_input(&model, &model_dir().join(&sample.file));
+        let guest = session
+            .classify(&batch.shape, &batch.data)
+            .expect("guest classifies");
+        let tract = native
+            .classify(&InputBatch {
+                shape: batch.shape.to_vec(),
+                data: batch.data.clone(),
+            })
+            .expect("native classifies");
+        let d = max_abs_diff(&guest, &tract);
+        assert!(
+            d <= 1e-5,
+            "{}: guest vs native tract differ by {d}",
+            sample.file
+        );
+        for (label, p) in labels.iter().zip(&guest[0]) {
+            let want = sample.probabilities[label];
+            let d = (*p as f64 - want).abs();
+            assert!(
+                d <= 1e-4,
+                "{}: P({label}) guest {p} vs PyTorch {want} (diff {d})",
+                sample.file
+            );
+        }
+    }
+}
+
+#[test]
+fn guest_matches_native_tract_on_a_random_batch() {
+    let model = bundled_model();
+    let native = native(&model);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261128);
+    let n = 32usize;
+    let data: Vec<f32> = (0..n * 28 * 28)
+        .map(|_| (rng.random_range(0..=255u8) as f32) / 255.0)
+        .collect();
+    let shape = [n as u32, 1, 28, 28];
+    let guest = shared_program()
+        .session(&model)
+        .unwrap()
+        .classify(&shape, &data)
+        .unwrap();
+    let tract = native
+        .classify(&InputBatch {
+            shape: shape.to_vec(),
+            data,
+        })
+        .unwrap();
+    let d = max_abs_diff(&guest, &tract);
+    assert!(d <= 1e-5, "batched guest vs native tract differ by {d}");
+}
+
+#[test]
+fn guest_is_deterministic_across_sessions() {
+    let model = bundled_model();
+    let golden = golden();
+    let batch = load_input(&model, &model_dir().join(&golden.samples[0].file));
+    let a = shared_program()
+        .session(&model)
+        .unwrap()
+        .classify(&batch.shape, &batch.data)
+        .unwrap();
+    let b = shared_program()
+        .session(&model)
+        .unwrap()
+        .classify(&batch.shape, &batch.data)
+        .unwrap();
+    assert_eq!(a, b, "two fresh sandboxes gave different bits");
+}

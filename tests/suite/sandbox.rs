@@ -1,0 +1,205 @@
+//! Hostile guests: each misbehaviour ends in a typed error, and the same
+//! runtime then serves a normal request with the real guest.
+
+use std::time::{Duration, Instant};
+
+use medguard::sandbox::{GuestProgram, Limits, Runtime, SandboxError};
+use medguard_attest::{Sha256Digest, pin};
+use medguard_tests::{
+    bundled_model, golden, hostile_component, load_input, model_dir, shared_cache,
+};
+
+const DEADLINE: Duration = Duration::from_millis(300);
+const MEMORY_CAP: usize = 128 << 20;
+
+fn tight_runtime() -> Runtime {
+    Runtime::new(Limits {
+        memory_bytes: MEMORY_CAP,
+        deadline: DEADLINE,
+        ..Limits::default()
+    })
+    .unwrap()
+}
+
+fn load(runtime: &Runtime, component: Vec<u8>) -> GuestProgram {
+    // Test guests are pinned to their own digest: the sandbox only ever runs pinned bytes.
+    let digest = Sha256Digest::of(&component);
+    runtime
+        .load_guest(&pin(component, digest).unwrap(), None)
+        .unwrap()
+        .0
+}
+
+/// After a hostile guest failed, the same runtime must still serve the real
+/// guest and give the golden answer.
+fn assert_runtime_still_serves(runtime: &Runtime) {
+    let guest = medguard::guest::bundled().unwrap();
+    let program = runtime.load_guest(&guest, Some(&shared_cache())).unwrap().0;
+    let model = bundled_model();
+    let sample = &golden().samples[0];
+    let batch = load_input(&model, &model_dir().join(&sample.file));
+    let probs = program
+        .session(&model)
+        .unwrap()
+        .classify(&batch.shape, &batch.data)
+        .unwrap();
+    let label_index = model
+        .manifest()
+        .output
+        .labels
+        .iter()
+        .position(|l| l == "pneumonia")
+        .unwrap();
+    let want = sample.probabilities["pneumonia"];
+    assert!((probs[0][label_index] as f64 - want).abs() < 1e-4);
+}
+
+#[test]
+fn an_endless_loop_is_stopped_at_the_deadline() {
+    let runtime = tight_runtime();
+    let spin = load(
+        &runtime,
+        hostile_component("(loop $l (br $l)) unreachable", "unreachable", ""),
+    );
+    let model = bundled_model();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let err = spin
+            .session(&model)
+            .err()
+            .expect("the loop must not return");
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(err, SandboxError::Deadline(d) if d == DEADLINE),
+            "{err}"
+        );
+        // Epoch ticks are 5 ms; allow generous slack for a loaded CI machine.
+        assert!(
+            elapsed >= DEADLINE - Duration::from_millis(10),
+            "stopped early: {elapsed:?}"
+        );
+        assert!(
+            elapsed < DEADLINE + Duration::from_millis(700),
+            "stopped late: {elapsed:?}"
+        );
+    }
+    assert_runtime_still_serves(&runtime);
+}
+
+#[test]
+fn growing_memory_past_the_cap_is_refused() {
+    let runtime = tight_runtime();
+    let hog = load(
+        &runtime,
+        hostile_component(
+            "(loop $l (drop (memory.grow (i32.const 64))) (br $l)) unreachable",
+            "unreachable",
+            "",
+        ),
+    );
+    let err = hog
+        .session(&bundled_model())
+        .err()
+        .expect("the hog must not return");
+    match err {
+        SandboxError::MemoryCap { requested, cap } => {
+            assert_eq!(cap, MEMORY_CAP);
+            assert!(requested > MEMORY_CAP);
+        }
+        other => panic!("expected a memory-cap error, got {other}"),
+    }
+    assert_runtime_still_serves(&runtime);
+}
+
+#[test]
+fn a_memory_grow_that_the_guest_checks_still_cannot_pass_the_cap() {
+    // A guest that tests memory.grow's result and keeps trying gets no memory
+    // past the cap either: the first refused grow ends the call.
+    let runtime = tight_runtime();
+    let careful = load(
+        &runtime,
+        hostile_component(
+            "(block $done (loop $l (br_if $done (i32.eq (memory.grow (i32.const 1024)) (i32.const -1))) (br $l))) (i32.const 0)",
+            "unreachable",
+            "",
+        ),
+    );
+    assert!(matches!(
+        careful.session(&bundled_model()),
+        Err(SandboxError::MemoryCap { .. })
+    ));
+}
+
+#[test]
+fn a_stack_overflow_is_a_typed_error() {
+    let runtime = tight_runtime();
+    let recurse = load(
+        &runtime,
+        hostile_component(
+            "(call $down (i32.const 0))",
+            "unreachable",
+            "(func $down (param i32) (result i32) (call $down (i32.add (local.get 0) (i32.const 1))))",
+        ),
+    );
+    let err = recurse
+        .session(&bundled_model())
+        .err()
+        .expect("recursion must not return");
+    assert!(matches!(err, SandboxError::StackOverflow), "{err}");
+    assert_runtime_still_serves(&runtime);
+}
+
+#[test]
+fn a_trap_is_a_typed_error_and_ends_only_its_session() {
+    let runtime = tight_runtime();
+    let crash = load(
+        &runtime,
+        hostile_component("unreachable", "unreachable", ""),
+    );
+    let err = crash
+        .session(&bundled_model())
+        .err()
+        .expect("unreachable traps");
+    assert!(matches!(err, SandboxError::Trap(_)), "{err}");
+    assert_runtime_still_serves(&runtime);
+}
+
+#[test]
+fn a_guest_that_imports_anything_is_not_linked() {
+    // The sandbox grants no imports at all; a guest that asks for one
+    // (here a host function) is refused at link time, before it runs.
+    let component = wat::parse_str(
+        r#"(component
+            (import "wasi:filesystem/preopens@0.2.0" (instance))
+        )"#,
+    )
+    .unwrap();
+    let runtime = tight_runtime();
+    let digest = Sha256Digest::of(&component);
+    let err = runtime
+        .load_guest(&pin(component, digest).unwrap(), None)
+        .err()
+        .expect("must not link");
+    assert!(matches!(err, SandboxError::Link(_)), "{err}");
+}
+
+#[test]
+fn the_real_guest_imports_nothing() {
+    let guest = medguard::guest::bundled().unwrap();
+    let imports = imports_of(guest.bytes());
+    assert!(imports.is_empty(), "the guest imports {imports:?}");
+}
+
+/// Names of a component's imports, read back through wit-component.
+fn imports_of(component: &[u8]) -> Vec<String> {
+    match wit_component::decode(component).expect("the guest decodes") {
+        wit_component::DecodedWasm::Component(resolve, world) => resolve.worlds[world]
+            .imports
+            .keys()
+            .map(|k| resolve.name_world_key(k))
+            .collect(),
+        wit_component::DecodedWasm::WitPackage(..) => {
+            panic!("the guest is a WIT package, not a component")
+        }
+    }
+}

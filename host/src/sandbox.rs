@@ -170,8 +170,9 @@ impl Runtime {
             // host (wasmtime docs, "deterministic execution").
             .cranelift_nan_canonicalization(true)
             .wasm_relaxed_simd(false)
-            .relaxed_simd_deterministic(true)
-            .wasm_threads(false);
+            .relaxed_simd_deterministic(true);
+        // Threads and shared memory are not compiled into this wasmtime
+        // (the `threads` feature is off), so a guest cannot ask for them.
         let engine = Engine::new(&config).map_err(|e| SandboxError::Config(format!("{e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -353,11 +354,11 @@ impl Session {
     /// Classifies `[batch, channels, height, width]` values; returns one
     /// probability vector per image.
     pub fn classify(&mut self, shape: &[u32], data: &[f32]) -> Result<Vec<Vec<f32>>, SandboxError> {
+        self.arm();
         let bindings = match (&self.bindings, self.poisoned) {
-            (Some(b), false) => b.clone(),
+            (Some(b), false) => b,
             _ => return Err(SandboxError::Poisoned),
         };
-        self.arm();
         let flat = bindings
             .medguard_guest_classifier()
             .call_classify(&mut self.store, shape, data)

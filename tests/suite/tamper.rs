@@ -141,7 +141,10 @@ fn another_valid_onnx_model_in_place_is_refused() {
     // Even if the attacker also fixes the manifest's size, the digest refuses it.
     let mut resized = manifest.clone();
     resized.model.size = other.len() as u64;
-    assert!(matches!(attest(resized, other), Err(AttestError::Digest(_))));
+    assert!(matches!(
+        attest(resized, other),
+        Err(AttestError::Digest(_))
+    ));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! change to this file alone.
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::{GuestError, InputBatch, ModelSpec};
 
@@ -25,14 +26,30 @@ impl Runnable {
                 model.outputs.len()
             )));
         }
-        // Pin the input to the manifest's spec with a symbolic batch: a model
-        // whose own declared shape disagrees fails type analysis here, before
-        // any input is seen.
-        let batch = model.symbols.sym("N");
+        // Pin the input to the manifest's spec: f32, [batch, C, H, W]. The
+        // batch axis keeps the model's own symbol (a fixed batch contradicts
+        // the manifest's dynamic one); a model whose declared C, H or W
+        // disagree with the spec fails type analysis below, before any input.
+        let declared = model
+            .input_fact(0)
+            .map_err(|e| invalid("model has no input", e))?
+            .shape
+            .dims()
+            .next()
+            .and_then(|d| d.concretize());
+        let batch = match declared {
+            Some(d) if d.to_i64().is_ok() => {
+                return Err(GuestError::InvalidModel(format!(
+                    "model has a fixed batch of {d}; the manifest promises a dynamic batch axis"
+                )));
+            }
+            Some(symbolic) => symbolic,
+            None => model.symbols.sym("batch").to_dim(),
+        };
         let fact = InferenceFact::dt_shape(
             f32::datum_type(),
             tvec!(
-                batch.to_dim(),
+                batch,
                 (spec.channels as usize).to_dim(),
                 (spec.height as usize).to_dim(),
                 (spec.width as usize).to_dim()

@@ -19,7 +19,8 @@ pub struct DemoCmd {
 
 impl DemoCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
-        let dir = self.model_dir;
+        // Canonical, so the paths printed below are the ones a user can open.
+        let dir = std::fs::canonicalize(&self.model_dir).unwrap_or(self.model_dir);
         println!("medguard demo: {}\n", dir.display());
         let model = match model_dir::load(&dir) {
             Ok(model) => model,

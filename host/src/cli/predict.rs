@@ -94,6 +94,11 @@ pub(super) fn predict_files(
         version: &version,
         sha256: &sha256,
     };
+    let width = files
+        .iter()
+        .map(|f| f.display().to_string().len())
+        .max()
+        .unwrap_or(0);
     let mut session: Option<Session> = None;
     let mut exit = Exit::Ok;
     for file in files {
@@ -125,7 +130,7 @@ pub(super) fn predict_files(
                     };
                     match format {
                         Format::Json => println!("{}", serde_json::to_string(&p)?),
-                        Format::Human => println!("{}", human_line(&p)),
+                        Format::Human => println!("{}", human_line(&p, width)),
                     }
                 }
             }
@@ -148,13 +153,18 @@ pub(super) fn predict_files(
     Ok(exit)
 }
 
-fn human_line(p: &Prediction<'_>) -> String {
+fn human_line(p: &Prediction<'_>, width: usize) -> String {
     let probs: Vec<String> = p
         .probabilities
         .iter()
         .map(|(l, v)| format!("{l} {v:.3}"))
         .collect();
-    format!("{:<40} {:<12} ({})", p.input, p.label, probs.join(", "))
+    format!(
+        "{:<width$}  {:<12} ({})",
+        p.input,
+        p.label,
+        probs.join(", ")
+    )
 }
 
 enum Failure {

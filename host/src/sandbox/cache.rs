@@ -58,8 +58,13 @@ pub enum CacheError {
     #[error("compiled guest {} failed its integrity check and was not loaded", .0.display())]
     Tampered(PathBuf),
     /// The artifact passed its MAC but wasmtime refused it.
-    #[error("compiled guest {} is incompatible with this engine: {1}", .0.display())]
-    Incompatible(PathBuf, String),
+    #[error("compiled guest {} is incompatible with this engine: {why}", path.display())]
+    Incompatible {
+        /// The artifact.
+        path: PathBuf,
+        /// wasmtime's reason.
+        why: String,
+    },
 }
 
 /// An HMAC-protected directory of compiled guests.
@@ -84,18 +89,11 @@ impl CompiledCache {
 
     /// Opens (creating if needed) the cache in `dir` and its key.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
-        let io = |what, path: &Path| {
-            move |source| CacheError::Io {
-                what,
-                path: path.to_owned(),
-                source,
-            }
-        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(io("create cache directory", dir))?;
+            .map_err(|e| io_error("create cache directory", dir, e))?;
         check_private(dir)?;
         let key_path = dir.join(KEY_FILE);
         let key = match OpenOptions::new()
@@ -113,17 +111,18 @@ impl CompiledCache {
                 })?;
                 f.write_all(&key)
                     .and_then(|()| f.sync_all())
-                    .map_err(io("write cache key", &key_path))?;
+                    .map_err(|e| io_error("write cache key", &key_path, e))?;
                 key
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 check_private(&key_path)?;
-                let bytes = fs::read(&key_path).map_err(io("read cache key", &key_path))?;
+                let bytes =
+                    fs::read(&key_path).map_err(|e| io_error("read cache key", &key_path, e))?;
                 bytes
                     .try_into()
                     .map_err(|_| CacheError::BadKey(key_path.clone()))?
             }
-            Err(e) => return Err(io("create cache key", &key_path)(e)),
+            Err(e) => return Err(io_error("create cache key", &key_path, e)),
         };
         Ok(Self {
             dir: dir.to_owned(),
@@ -178,7 +177,7 @@ impl CompiledCache {
         }
         deserialize(engine, artifact)
             .map(Some)
-            .map_err(|e| CacheError::Incompatible(path, e))
+            .map_err(|why| CacheError::Incompatible { path, why })
     }
 
     pub(super) fn store(
@@ -242,12 +241,16 @@ fn engine_hash(engine: &Engine) -> u64 {
     h.finish()
 }
 
-fn check_private(path: &Path) -> Result<(), CacheError> {
-    let meta = fs::symlink_metadata(path).map_err(|source| CacheError::Io {
-        what: "inspect",
+fn io_error(what: &'static str, path: &Path, source: io::Error) -> CacheError {
+    CacheError::Io {
+        what,
         path: path.to_owned(),
         source,
-    })?;
+    }
+}
+
+fn check_private(path: &Path) -> Result<(), CacheError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| io_error("inspect", path, e))?;
     let mode = meta.permissions().mode() & 0o7777;
     if meta.file_type().is_symlink() || mode & 0o022 != 0 {
         return Err(CacheError::Permissions {

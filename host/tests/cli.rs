@@ -92,7 +92,8 @@ fn verify_accepts_the_bundled_model_and_refuses_a_tampered_one() {
 #[test]
 fn predict_json_gives_one_object_per_input() {
     let samples = ["samples/normal-1.png", "samples/pneumonia-1.png"].map(|s| model_dir().join(s));
-    let mut args = vec!["predict", "--json", model_dir().to_str().unwrap()];
+    let dir = model_dir();
+    let mut args = vec!["predict", "--json", dir.to_str().unwrap()];
     args.extend(samples.iter().map(|p| p.to_str().unwrap()));
     let out = medguard(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -122,6 +122,7 @@ pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> V
         &resolve,
         world,
         wit_component::StringEncoding::UTF8,
+        false, // the legacy export names the WAT above uses
     )
     .expect("embed WIT metadata");
     wit_component::ComponentEncoder::default()

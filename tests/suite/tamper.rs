@@ -54,7 +54,8 @@ fn flipped_bits_on_disk_are_refused_with_both_digests_named() {
     let tmp = scratch_copy();
     let path = tmp.path().join("model.onnx");
     let mut bytes = fs::read(&path).unwrap();
-    bytes[bytes.len() / 2] ^= 0x10;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
     fs::write(&path, &bytes).unwrap();
     let err = model_dir::load(tmp.path()).unwrap_err();
     let msg = err.to_string();

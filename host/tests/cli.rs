@@ -1,5 +1,7 @@
 //! The `medguard` binary end to end: output shapes and documented exit codes.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -150,7 +152,7 @@ fn predict_reads_npy_batches() {
     // A [3, 28, 28] uint8 array written by hand in the .npy v1 format.
     let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (3, 28, 28), }";
     let mut header = header.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

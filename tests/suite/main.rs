@@ -1,5 +1,7 @@
 //! medguard's integration suite, one binary organised by topic.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 mod bad_input;
 mod cache;
 mod parity;

@@ -1,5 +1,7 @@
 //! The guest core natively, on the bundled demo model.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use medguard_guest_core::{Classifier, GuestError, InputBatch, ModelSpec};
 
 fn model_bytes() -> Vec<u8> {

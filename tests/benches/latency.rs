@@ -31,37 +31,49 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Native tract on its own thread: each request is one batch, each answer the
-/// probabilities and the time `classify` took.
-fn spawn_native(
-    bytes: Vec<u8>,
-    spec: ModelSpec,
-) -> (
-    mpsc::Sender<Batch>,
-    mpsc::Receiver<(Vec<Vec<f32>>, Duration)>,
-    Duration,
-) {
-    let (req_tx, req_rx) = mpsc::channel::<Batch>();
-    let (resp_tx, resp_rx) = mpsc::channel();
-    let (load_tx, load_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let t = Instant::now();
-        let native = Classifier::load(&bytes, spec).expect("native tract loads the model");
-        load_tx.send(t.elapsed()).expect("bench is waiting");
-        for batch in req_rx {
-            let input = InputBatch {
-                shape: batch.shape.to_vec(),
-                data: batch.data,
-            };
+/// Native tract on its own thread: send a batch, receive the probabilities
+/// and the time `classify` took.
+struct NativeWorker {
+    requests: mpsc::Sender<Batch>,
+    answers: mpsc::Receiver<(Vec<Vec<f32>>, Duration)>,
+}
+
+impl NativeWorker {
+    /// Starts the thread and returns the worker with the model's load time.
+    fn spawn(bytes: Vec<u8>, spec: ModelSpec) -> (Self, Duration) {
+        let (req_tx, req_rx) = mpsc::channel::<Batch>();
+        let (resp_tx, resp_rx) = mpsc::channel();
+        let (load_tx, load_rx) = mpsc::channel();
+        thread::spawn(move || {
             let t = Instant::now();
-            let probs = native.classify(&input).expect("native classifies");
-            if resp_tx.send((probs, t.elapsed())).is_err() {
-                break;
+            let native = Classifier::load(&bytes, spec).expect("native tract loads the model");
+            load_tx.send(t.elapsed()).expect("bench is waiting");
+            for batch in req_rx {
+                let input = InputBatch {
+                    shape: batch.shape.to_vec(),
+                    data: batch.data,
+                };
+                let t = Instant::now();
+                let probs = native.classify(&input).expect("native classifies");
+                if resp_tx.send((probs, t.elapsed())).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let load = load_rx.recv().expect("native thread started");
-    (req_tx, resp_rx, load)
+        });
+        let load = load_rx.recv().expect("native thread started");
+        (
+            Self {
+                requests: req_tx,
+                answers: resp_rx,
+            },
+            load,
+        )
+    }
+
+    fn classify(&self, b: &Batch) -> (Vec<Vec<f32>>, Duration) {
+        self.requests.send(b.clone()).expect("native thread alive");
+        self.answers.recv().expect("native answers")
+    }
 }
 
 fn main() {
@@ -105,16 +117,12 @@ fn main() {
         classes: m.output.labels.len() as u32,
         max_batch: m.max_batch,
     };
-    let (native_tx, native_rx, native_load) = spawn_native(model.model_bytes().to_vec(), spec);
+    let (native, native_load) = NativeWorker::spawn(model.model_bytes().to_vec(), spec);
     println!(
         "model load (parse + type-check + optimise): guest {:.1} ms (fresh sandbox incl. instantiation, median of 9), native tract {:.1} ms",
         ms(median(loads)),
         ms(native_load)
     );
-    let native = |b: &Batch| {
-        native_tx.send(b.clone()).expect("native thread alive");
-        native_rx.recv().expect("native answers")
-    };
 
     // Parity, measured: the tests assert <= 1e-5 (native) and <= 1e-4 (PyTorch).
     let labels = &m.output.labels;
@@ -123,7 +131,7 @@ fn main() {
     for sample in &golden().samples {
         let b = load_input(&model, &model_dir().join(&sample.file));
         let g = session.classify(&b.shape, &b.data).expect("guest");
-        let (t, _) = native(&b);
+        let (t, _) = native.classify(&b);
         for (i, label) in labels.iter().enumerate() {
             vs_native = vs_native.max((g[0][i] - t[0][i]).abs() as f64);
             vs_torch = vs_torch.max((g[0][i] as f64 - sample.probabilities[label]).abs());
@@ -140,12 +148,12 @@ fn main() {
             data: sample.data.repeat(batch_size),
         };
         for _ in 0..10 {
-            native(&batch);
+            native.classify(&batch);
             session.classify(&batch.shape, &batch.data).expect("guest");
         }
         let (mut n, mut g) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            n.push(native(&batch).1);
+            n.push(native.classify(&batch).1);
             let t = Instant::now();
             session.classify(&batch.shape, &batch.data).expect("guest");
             g.push(t.elapsed());

@@ -77,6 +77,8 @@ pub fn decode(bytes: &[u8], spec: &InputSpec) -> Result<Batch, InputError> {
     if bytes.len() as u64 > INPUT_MAX_BYTES {
         return Err(InputError::TooLarge);
     }
+    // Irrefutable today; a new mapping in the manifest schema stops compiling
+    // here until this decoder implements it.
     let ColorConversion::LumaBt601 = spec.pixels.color;
     let PixelScale::UnitInterval = spec.pixels.scale;
     if spec.shape.channels != 1 {
@@ -209,4 +211,119 @@ fn read_npy_as_unit_floats(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), Input
     Err(InputError::Npy(
         "dtype must be uint8, uint16, float32 or float64".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use medguard_attest::{InputShape, PixelMapping, ValueRange};
+
+    use super::*;
+
+    fn spec() -> InputSpec {
+        InputSpec {
+            tensor: "image".into(),
+            dtype: "float32".into(),
+            shape: InputShape {
+                channels: 1,
+                height: 2,
+                width: 2,
+            },
+            range: ValueRange { min: 0.0, max: 1.0 },
+            pixels: PixelMapping {
+                color: ColorConversion::LumaBt601,
+                scale: PixelScale::UnitInterval,
+            },
+        }
+    }
+
+    fn png(color: png::ColorType, depth: png::BitDepth, samples: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, 2, 2);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(samples).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn eight_bit_gray_maps_to_the_unit_interval() {
+        let b = decode(
+            &png(
+                png::ColorType::Grayscale,
+                png::BitDepth::Eight,
+                &[0, 51, 204, 255],
+            ),
+            &spec(),
+        )
+        .unwrap();
+        assert_eq!(b.shape, [1, 1, 2, 2]);
+        assert_eq!(b.data, vec![0.0, 0.2, 0.8, 1.0]);
+    }
+
+    #[test]
+    fn sixteen_bit_gray_keeps_its_precision() {
+        let samples: Vec<u8> = [0u16, 1, 32768, 65535]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let b = decode(
+            &png(png::ColorType::Grayscale, png::BitDepth::Sixteen, &samples),
+            &spec(),
+        )
+        .unwrap();
+        assert_eq!(b.data, vec![0.0, 1.0 / 65535.0, 32768.0 / 65535.0, 1.0]);
+    }
+
+    #[test]
+    fn rgb_becomes_bt601_luma() {
+        let rgb = [255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255];
+        let b = decode(
+            &png(png::ColorType::Rgb, png::BitDepth::Eight, &rgb),
+            &spec(),
+        )
+        .unwrap();
+        let want = [0.299f32, 0.587, 0.114, 1.0];
+        for (got, want) in b.data.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn opaque_alpha_is_ignored_and_transparency_refused() {
+        let opaque = [10, 255, 20, 255, 30, 255, 40, 255];
+        let b = decode(
+            &png(
+                png::ColorType::GrayscaleAlpha,
+                png::BitDepth::Eight,
+                &opaque,
+            ),
+            &spec(),
+        )
+        .unwrap();
+        assert_eq!(b.data, [10.0f32, 20.0, 30.0, 40.0].map(|v| v / 255.0));
+        let mut rgba = [0u8; 16];
+        rgba[3] = 128;
+        let err = decode(
+            &png(png::ColorType::Rgba, png::BitDepth::Eight, &rgba),
+            &spec(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("transparent"), "{err}");
+    }
+
+    #[test]
+    fn batches_split_in_order() {
+        let b = Batch {
+            shape: [5, 1, 1, 2],
+            data: (0..10).map(|v| v as f32).collect(),
+        };
+        let chunks: Vec<Batch> = b.chunks(2).collect();
+        assert_eq!(
+            chunks.iter().map(|c| c.shape[0]).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        assert_eq!(chunks[2].data, vec![8.0, 9.0]);
+    }
 }

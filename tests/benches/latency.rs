@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use medguard::input::Batch;
 use medguard::sandbox::{CompiledCache, Limits, Runtime};
 use medguard_guest_core::{Classifier, InputBatch, ModelSpec};
-use medguard_tests::{bundled_model, golden, load_input, model_dir};
+use medguard_tests::{bundled_model, golden, load_input, model_dir, native_spec};
 
 const ROUNDS: usize = 200;
 
@@ -108,16 +108,8 @@ fn main() {
         .collect();
 
     let m = model.manifest();
-    let spec = ModelSpec {
-        channels: m.input.shape.channels,
-        height: m.input.shape.height,
-        width: m.input.shape.width,
-        min_value: m.input.range.min,
-        max_value: m.input.range.max,
-        classes: m.output.labels.len() as u32,
-        max_batch: m.max_batch,
-    };
-    let (native, native_load) = NativeWorker::spawn(model.model_bytes().to_vec(), spec);
+    let (native, native_load) =
+        NativeWorker::spawn(model.model_bytes().to_vec(), native_spec(&model));
     println!(
         "model load (parse + type-check + optimise): guest {:.1} ms (fresh sandbox incl. instantiation, median of 9), native tract {:.1} ms",
         ms(median(loads)),

@@ -53,6 +53,20 @@ pub fn golden() -> Golden {
     serde_json::from_slice(&bytes).expect("golden.json parses")
 }
 
+/// The guest core's spec for `model`, for running it natively next to the sandbox.
+pub fn native_spec(model: &AttestedModel) -> medguard_guest_core::ModelSpec {
+    let m = model.manifest();
+    medguard_guest_core::ModelSpec {
+        channels: m.input.shape.channels,
+        height: m.input.shape.height,
+        width: m.input.shape.width,
+        min_value: m.input.range.min,
+        max_value: m.input.range.max,
+        classes: m.output.labels.len() as u32,
+        max_batch: m.max_batch,
+    }
+}
+
 /// Decodes a file for the bundled model.
 pub fn load_input(model: &AttestedModel, path: &Path) -> Batch {
     let bytes = std::fs::read(path).expect("read input");

@@ -1,21 +1,11 @@
 //! The guest in wasmtime must compute what native tract and PyTorch compute.
 
-use medguard_guest_core::{Classifier, InputBatch, ModelSpec};
-use medguard_tests::{bundled_model, golden, load_input, model_dir, shared_program};
+use medguard_guest_core::{Classifier, InputBatch};
+use medguard_tests::{bundled_model, golden, load_input, model_dir, native_spec, shared_program};
 use rand::{Rng, SeedableRng};
 
 fn native(model: &medguard_attest::AttestedModel) -> Classifier {
-    let m = model.manifest();
-    let spec = ModelSpec {
-        channels: m.input.shape.channels,
-        height: m.input.shape.height,
-        width: m.input.shape.width,
-        min_value: m.input.range.min,
-        max_value: m.input.range.max,
-        classes: m.output.labels.len() as u32,
-        max_batch: m.max_batch,
-    };
-    Classifier::load(model.model_bytes(), spec).expect("native tract loads the model")
+    Classifier::load(model.model_bytes(), native_spec(model)).expect("native tract loads the model")
 }
 
 fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {

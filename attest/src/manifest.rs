@@ -220,6 +220,11 @@ impl Manifest {
                 "model file {file:?} must be a plain file name inside the model directory"
             ));
         }
+        for tensor in [&self.input.tensor, &self.output.tensor] {
+            if tensor.is_empty() || tensor.len() > 256 {
+                return invalid(format!("tensor name {tensor:?} must be 1-256 bytes"));
+            }
+        }
         if self.input.dtype != "float32" {
             return invalid(format!(
                 "input dtype {:?} is not supported; use float32",
@@ -295,7 +300,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_values() {
-        let cases: [(&str, serde_json::Value); 8] = [
+        let cases: [(&str, serde_json::Value); 9] = [
+            ("/input/tensor", "".into()),
             ("/schema", "other/v9".into()),
             ("/name", "../etc".into()),
             ("/model/file", "../model.onnx".into()),

@@ -320,7 +320,7 @@ impl GuestProgram {
         session.arm();
         bindings
             .medguard_guest_classifier()
-            .call_load(&mut session.store, model.model_bytes(), spec)
+            .call_load(&mut session.store, model.model_bytes(), &spec)
             .map_err(|e| session.trapped(e))?
             .map_err(GuestFailure::from)?;
         session.bindings = Some(bindings);
@@ -331,6 +331,8 @@ impl GuestProgram {
 fn model_spec(model: &AttestedModel) -> wit::ModelSpec {
     let m = model.manifest();
     wit::ModelSpec {
+        input_name: m.input.tensor.clone(),
+        output_name: m.output.tensor.clone(),
         channels: m.input.shape.channels,
         height: m.input.shape.height,
         width: m.input.shape.width,

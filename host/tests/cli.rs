@@ -92,6 +92,40 @@ fn verify_accepts_the_bundled_model_and_refuses_a_tampered_one() {
 }
 
 #[test]
+fn predict_refuses_a_model_whose_tensors_contradict_its_manifest() {
+    // The digest still matches; only the manifest's claim about the output
+    // tensor is wrong, so attestation passes and the guest must refuse.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        model_dir().join("model.onnx"),
+        tmp.path().join("model.onnx"),
+    )
+    .unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap()).unwrap();
+    manifest["output"]["tensor"] = "probabilities".into();
+    std::fs::write(
+        tmp.path().join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let sample = model_dir().join("samples/normal-1.png");
+    let out = medguard(&[
+        "predict",
+        tmp.path().to_str().unwrap(),
+        sample.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_one_line_error(&out);
+    assert!(
+        text(&out.stderr).contains("\"logits\""),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn predict_json_gives_one_object_per_input() {
     let samples = ["samples/normal-1.png", "samples/pneumonia-1.png"].map(|s| model_dir().join(s));
     let dir = model_dir();

@@ -57,6 +57,8 @@ pub fn golden() -> Golden {
 pub fn native_spec(model: &AttestedModel) -> medguard_guest_core::ModelSpec {
     let m = model.manifest();
     medguard_guest_core::ModelSpec {
+        input_name: m.input.tensor.clone(),
+        output_name: m.output.tensor.clone(),
         channels: m.input.shape.channels,
         height: m.input.shape.height,
         width: m.input.shape.width,
@@ -115,7 +117,8 @@ pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> V
       unreachable)
     (local.get $ptr))
   (func (export "medguard:guest/classifier@0.1.0#load")
-    (param i32 i32 i32 i32 i32 f32 f32 i32 i32) (result i32)
+    ;; model: list<u8>; spec: two strings, three u32, two f32, two u32
+    (param i32 i32  i32 i32 i32 i32  i32 i32 i32  f32 f32  i32 i32) (result i32)
     {load_body})
   (func (export "medguard:guest/classifier@0.1.0#classify")
     (param i32 i32 i32 i32) (result i32)

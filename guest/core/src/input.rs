@@ -1,8 +1,12 @@
 use crate::GuestError;
 
 /// What an attested manifest says about a model's input and output.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
+    /// Name of the model's input tensor.
+    pub input_name: String,
+    /// Name of the model's output tensor (logits).
+    pub output_name: String,
     /// Channels of one image.
     pub channels: u32,
     /// Height of one image in pixels.
@@ -115,6 +119,8 @@ mod tests {
 
     fn spec() -> ModelSpec {
         ModelSpec {
+            input_name: "image".into(),
+            output_name: "logits".into(),
             channels: 1,
             height: 2,
             width: 2,

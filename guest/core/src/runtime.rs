@@ -26,6 +26,18 @@ impl Runnable {
                 model.outputs.len()
             )));
         }
+        // The manifest names the tensors; a model wired differently is not the
+        // model the manifest describes.
+        let input_name = model.node(model.inputs[0].node).name.clone();
+        let output_name = model
+            .outlet_label(model.outputs[0])
+            .unwrap_or(&model.node(model.outputs[0].node).name);
+        if input_name != spec.input_name || output_name != spec.output_name {
+            return Err(GuestError::InvalidModel(format!(
+                "model tensors are {input_name:?} -> {output_name:?}, the manifest says {:?} -> {:?}",
+                spec.input_name, spec.output_name
+            )));
+        }
         // Pin the input to the manifest's spec: f32, [batch, C, H, W]. The
         // batch axis keeps the model's own symbol (a fixed batch contradicts
         // the manifest's dynamic one); a model whose declared C, H or W

@@ -14,6 +14,8 @@ fn model_bytes() -> Vec<u8> {
 
 fn spec() -> ModelSpec {
     ModelSpec {
+        input_name: "image".into(),
+        output_name: "logits".into(),
         channels: 1,
         height: 28,
         width: 28,

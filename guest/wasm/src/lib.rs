@@ -48,6 +48,8 @@ impl wit::Guest for Guest {
 impl From<wit::ModelSpec> for ModelSpec {
     fn from(s: wit::ModelSpec) -> Self {
         ModelSpec {
+            input_name: s.input_name,
+            output_name: s.output_name,
             channels: s.channels,
             height: s.height,
             width: s.width,

@@ -4,7 +4,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use super::predict::{Format, predict_files};
+use super::predict::{Format, open_session, predict_files};
 use super::{Exit, SandboxArgs};
 use crate::model_dir;
 use crate::sandbox::CacheUse;
@@ -50,9 +50,9 @@ impl DemoCmd {
             load.elapsed.as_secs_f64()
         );
         let started = Instant::now();
-        program
-            .session(&model)
-            .context("loading the model in the sandbox")?;
+        let Some(session) = open_session(&program, &model)? else {
+            return Ok(Exit::Refused);
+        };
         println!(
             "3. sandbox      no imports at all; memory cap {} MiB; {} ms per call; model loaded in the guest in {:.0} ms\n",
             sandbox.memory_mib,
@@ -65,6 +65,6 @@ impl DemoCmd {
             .filter(|p| p.extension().is_some_and(|x| x == "png"))
             .collect();
         samples.sort();
-        predict_files(&program, &model, &samples, Format::Human)
+        predict_files(&program, &model, session, &samples, Format::Human)
     }
 }

@@ -34,12 +34,15 @@ impl PredictCmd {
             }
         };
         let (program, _) = sandbox.start()?;
+        let Some(session) = open_session(&program, &model)? else {
+            return Ok(Exit::Refused);
+        };
         let format = if self.json {
             Format::Json
         } else {
             Format::Human
         };
-        predict_files(&program, &model, &self.inputs, format)
+        predict_files(&program, &model, session, &self.inputs, format)
     }
 }
 
@@ -75,11 +78,29 @@ struct Rejection<'a> {
     error: String,
 }
 
+/// Loads the attested model into a fresh sandbox. The guest refusing the
+/// model (its tensors or shapes contradict the manifest) is a refusal: the
+/// reason is printed and `None` returned.
+pub(super) fn open_session(
+    program: &GuestProgram,
+    model: &AttestedModel,
+) -> anyhow::Result<Option<Session>> {
+    match program.session(model) {
+        Ok(session) => Ok(Some(session)),
+        Err(SandboxError::Guest(GuestFailure::InvalidModel(why))) => {
+            eprintln!("medguard: refused: the guest cannot run the attested model: {why}");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("loading the model in the sandbox")),
+    }
+}
+
 /// Classifies every file with one loaded model, one session shared by all
 /// inputs of this call; a trap ends the session and the next input gets a new one.
 pub(super) fn predict_files(
     program: &GuestProgram,
     model: &AttestedModel,
+    session: Session,
     files: &[PathBuf],
     format: Format,
 ) -> anyhow::Result<Exit> {
@@ -99,7 +120,7 @@ pub(super) fn predict_files(
         .map(|f| f.display().to_string().len())
         .max()
         .unwrap_or(0);
-    let mut session: Option<Session> = None;
+    let mut session = Some(session);
     let mut exit = Exit::Ok;
     for file in files {
         let name = file.display().to_string();

@@ -42,14 +42,27 @@ impl Runnable {
         // batch axis keeps the model's own symbol (a fixed batch contradicts
         // the manifest's dynamic one); a model whose declared C, H or W
         // disagree with the spec fails type analysis below, before any input.
-        let declared = model
+        let declared: Vec<Option<TDim>> = model
             .input_fact(0)
             .map_err(|e| invalid("model has no input", e))?
             .shape
             .dims()
-            .next()
-            .and_then(|d| d.concretize());
-        let batch = match declared {
+            .map(|d| d.concretize())
+            .collect();
+        // set_input_fact replaces what the model declares, so compare first:
+        // a model declared for another image size is not the manifest's model.
+        let wanted = [spec.channels, spec.height, spec.width].map(|d| (d as usize).to_dim());
+        for (axis, (have, want)) in declared.iter().skip(1).zip(&wanted).enumerate() {
+            if let Some(have) = have
+                && have != want
+            {
+                return Err(GuestError::InvalidModel(format!(
+                    "model input axis {} is {have}, the manifest says {want}",
+                    axis + 1
+                )));
+            }
+        }
+        let batch = match declared.first().cloned().flatten() {
             Some(d) if d.to_i64().is_ok() => {
                 return Err(GuestError::InvalidModel(format!(
                     "model has a fixed batch of {d}; the manifest promises a dynamic batch axis"

@@ -60,9 +60,11 @@ fn refuses_a_spec_the_model_does_not_fit() {
         width: 32,
         ..spec()
     };
-    // Global pooling would accept 32x32; the spec is what the manifest promises,
-    // so the model must at least type-check with it. Either outcome must not panic.
-    let _ = Classifier::load(&model_bytes(), wrong_size);
+    // Global pooling would run 32x32 images, but the model declares 28x28:
+    // it is not the model the manifest describes.
+    assert!(
+        matches!(Classifier::load(&model_bytes(), wrong_size), Err(GuestError::InvalidModel(m)) if m.contains("28"))
+    );
     let wrong_channels = ModelSpec {
         channels: 3,
         ..spec()

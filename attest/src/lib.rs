@@ -10,7 +10,8 @@ mod pinned;
 
 pub use digest::{ParseDigestError, Sha256Digest};
 pub use manifest::{
-    ColorConversion, InputShape, InputSpec, MANIFEST_MAX_BYTES, Manifest, ManifestError, ModelFile,
-    OutputKind, OutputSpec, PixelMapping, PixelScale, ValueRange,
+    CalibrationSource, ColorConversion, InputShape, InputSpec, MANIFEST_MAX_BYTES, Manifest,
+    ManifestError, ModelFile, OutputKind, OutputSpec, PixelMapping, PixelScale, ScreeningSection,
+    ValueRange,
 };
 pub use pinned::{AttestError, AttestedModel, DigestMismatch, Pinned, attest, pin};

@@ -29,6 +29,35 @@ pub struct Manifest {
     pub output: OutputSpec,
     /// The largest batch one inference call may carry.
     pub max_batch: u32,
+    /// The adversarial-input screening profile written by `medguard
+    /// calibrate`. Part of the manifest so that whatever covers the manifest
+    /// (its digest, later its signature) covers the thresholds too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screening: Option<ScreeningSection>,
+}
+
+/// The manifest's screening section: the profile and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScreeningSection {
+    /// What the reference values were computed on, for auditors.
+    pub calibration: CalibrationSource,
+    /// Statistics, reference values and thresholds.
+    pub profile: medguard_screen::Profile,
+}
+
+/// Provenance of a screening profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSource {
+    /// Human-readable description of the clean images (file, array, subset).
+    pub data: String,
+    /// How many images were used.
+    pub images: u32,
+    /// SHA-256 of the guest component that computed the statistics.
+    pub guest_sha256: Sha256Digest,
+    /// Seed of the noise draws during calibration.
+    pub seed: u64,
 }
 
 /// The model file, named relative to the manifest's directory.
@@ -245,6 +274,12 @@ impl Manifest {
             .all(|(i, l)| !labels[..i].contains(l));
         if labels.len() < 2 || !unique || labels.iter().any(String::is_empty) {
             return invalid("output labels must be at least two distinct non-empty names".into());
+        }
+        if let Some(screening) = &self.screening {
+            screening
+                .profile
+                .validate(labels.len())
+                .map_err(|e| ManifestError::Invalid(e.to_string()))?;
         }
         if self.max_batch == 0 || self.max_batch > MAX_BATCH_LIMIT {
             return invalid(format!(

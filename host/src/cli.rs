@@ -3,9 +3,12 @@
 //! Exit codes: 0 ok; 1 refused (attestation) or rejected (an input); 2 usage
 //! or internal error. Errors print as one line: `medguard: <what>: <why>`.
 
+mod calibrate;
 mod demo;
 mod digest;
+mod eval;
 mod predict;
+mod screening;
 mod verify;
 
 use std::path::PathBuf;
@@ -37,6 +40,8 @@ enum Command {
     Digest(digest::DigestCmd),
     Verify(verify::VerifyCmd),
     Predict(predict::PredictCmd),
+    Calibrate(calibrate::CalibrateCmd),
+    Eval(eval::EvalCmd),
     Demo(demo::DemoCmd),
 }
 
@@ -129,6 +134,8 @@ pub fn main() -> ExitCode {
         Command::Digest(cmd) => cmd.execute(),
         Command::Verify(cmd) => cmd.execute(),
         Command::Predict(cmd) => cmd.execute(&cli.sandbox),
+        Command::Calibrate(cmd) => cmd.execute(&cli.sandbox),
+        Command::Eval(cmd) => cmd.execute(&cli.sandbox),
         Command::Demo(cmd) => cmd.execute(&cli.sandbox),
     };
     match result {

@@ -22,6 +22,10 @@ pub struct Batch {
     pub shape: [u32; 4],
     /// Tensor values.
     pub data: Vec<f32>,
+    /// Bit depth of the integer samples the values came from (8 or 16), or 0
+    /// when they were floats or a colour conversion mixed them; the guest
+    /// reports values off this grid.
+    pub source_bits: u8,
 }
 
 impl Batch {
@@ -48,8 +52,41 @@ impl Batch {
                     self.shape[3],
                 ],
                 data: data.to_vec(),
+                source_bits: self.source_bits,
             })
     }
+
+    /// Single-channel 8-bit images, `[n, h, w]` row-major, mapped like 8-bit PNGs.
+    pub fn from_u8_images(n: u32, h: u32, w: u32, pixels: &[u8]) -> Self {
+        Self {
+            shape: [n, 1, h, w],
+            data: pixels.iter().map(|&v| v as f32 / 255.0).collect(),
+            source_bits: 8,
+        }
+    }
+}
+
+/// Reads the uint8 array `name` of shape `[N, H, W]` from an `.npz` file
+/// (compressed or not), as calibration and evaluation data come.
+pub fn read_npz_images(bytes: &[u8], name: &str) -> Result<Batch, InputError> {
+    let mut npz = ndarray_npy::NpzReader::new(Cursor::new(bytes))
+        .map_err(|e| InputError::Npy(format!("not an .npz archive: {e}")))?;
+    let array: ArrayD<u8> = npz.by_name(name).map_err(|e| {
+        InputError::Npy(format!(
+            "array {name:?}: {e} (it must exist and be uint8 [N, H, W])"
+        ))
+    })?;
+    let &[n, h, w] = array.shape() else {
+        return Err(InputError::Npy(format!(
+            "array {name:?} has shape {:?}; expected [N, H, W]",
+            array.shape()
+        )));
+    };
+    let dim = |d: usize| {
+        u32::try_from(d).map_err(|_| InputError::Npy(format!("dimension {d} is too large")))
+    };
+    let pixels: Vec<u8> = array.iter().copied().collect();
+    Ok(Batch::from_u8_images(dim(n)?, dim(h)?, dim(w)?, &pixels))
 }
 
 /// Why an input file could not become a batch.
@@ -139,6 +176,12 @@ fn decode_png(bytes: &[u8]) -> Result<Batch, InputError> {
             ));
         }
     };
+    let source_bits = match (channels, frame.bit_depth) {
+        // Colour becomes luma, which lands between the levels.
+        (3 | 4, _) => 0,
+        (_, png::BitDepth::Sixteen) => 16,
+        _ => 8,
+    };
     let data = samples
         .chunks_exact(channels)
         .map(|px| {
@@ -157,11 +200,12 @@ fn decode_png(bytes: &[u8]) -> Result<Batch, InputError> {
     Ok(Batch {
         shape: [1, 1, frame.height, frame.width],
         data,
+        source_bits,
     })
 }
 
 fn decode_npy(bytes: &[u8]) -> Result<Batch, InputError> {
-    let (dims, data) = read_npy_as_unit_floats(bytes)?;
+    let (dims, data, source_bits) = read_npy_as_unit_floats(bytes)?;
     let dims32: Vec<u32> = dims
         .iter()
         .map(|&d| {
@@ -178,12 +222,16 @@ fn decode_npy(bytes: &[u8]) -> Result<Batch, InputError> {
             )));
         }
     };
-    Ok(Batch { shape, data })
+    Ok(Batch {
+        shape,
+        data,
+        source_bits,
+    })
 }
 
 /// Integer arrays are scaled like PNG pixels; float arrays are taken as
 /// already-mapped tensor values (the guest checks their range).
-fn read_npy_as_unit_floats(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), InputError> {
+fn read_npy_as_unit_floats(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>, u8), InputError> {
     fn read<T: ndarray_npy::ReadableElement>(
         bytes: &[u8],
     ) -> Result<Option<ArrayD<T>>, InputError> {
@@ -193,20 +241,20 @@ fn read_npy_as_unit_floats(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), Input
             Err(e) => Err(InputError::Npy(e.to_string())),
         }
     }
-    fn take<T: Copy>(a: ArrayD<T>, f: impl Fn(T) -> f32) -> (Vec<usize>, Vec<f32>) {
-        (a.shape().to_vec(), a.iter().map(|&v| f(v)).collect())
+    fn take<T: Copy>(a: ArrayD<T>, bits: u8, f: impl Fn(T) -> f32) -> (Vec<usize>, Vec<f32>, u8) {
+        (a.shape().to_vec(), a.iter().map(|&v| f(v)).collect(), bits)
     }
     if let Some(a) = read::<u8>(bytes)? {
-        return Ok(take(a, |v| v as f32 / 255.0));
+        return Ok(take(a, 8, |v| v as f32 / 255.0));
     }
     if let Some(a) = read::<u16>(bytes)? {
-        return Ok(take(a, |v| v as f32 / 65535.0));
+        return Ok(take(a, 16, |v| v as f32 / 65535.0));
     }
     if let Some(a) = read::<f32>(bytes)? {
-        return Ok(take(a, |v| v));
+        return Ok(take(a, 0, |v| v));
     }
     if let Some(a) = read::<f64>(bytes)? {
-        return Ok(take(a, |v| v as f32));
+        return Ok(take(a, 0, |v| v as f32));
     }
     Err(InputError::Npy(
         "dtype must be uint8, uint16, float32 or float64".into(),

@@ -6,6 +6,7 @@
 //! never parses or runs the model itself; tract lives behind the sandbox.
 
 pub mod cli;
+pub mod eval;
 pub mod guest;
 pub mod input;
 pub mod model_dir;

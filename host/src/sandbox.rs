@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use medguard_attest::{AttestedModel, Pinned, Sha256Digest};
+use medguard_screen::{Profile, Screening, Statistic, StatisticReport, Verdict};
 use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
@@ -102,6 +103,9 @@ pub enum SandboxError {
         /// Classes expected per image.
         classes: usize,
     },
+    /// The guest's screening answer contradicts the detector it was given.
+    #[error("guest returned malformed screening evidence: {0}")]
+    MalformedScreening(String),
 }
 
 /// The guest's own refusal, as defined in the WIT world.
@@ -293,7 +297,30 @@ impl GuestProgram {
     }
 
     /// A fresh sandbox with `model` loaded: new store, new instance, new memory.
+    /// Screening uses the manifest's calibrated profile when it has one.
     pub fn session(&self, model: &AttestedModel) -> Result<Session, SandboxError> {
+        let detector = match &model.manifest().screening {
+            Some(section) => Detector::Calibrated(&section.profile),
+            None => Detector::None,
+        };
+        self.session_with(model, detector)
+    }
+
+    /// A session whose `screen` computes `statistics` without judging them:
+    /// what calibration needs before there is a profile.
+    pub fn calibration_session(
+        &self,
+        model: &AttestedModel,
+        statistics: &[Statistic],
+    ) -> Result<Session, SandboxError> {
+        self.session_with(model, Detector::Uncalibrated(statistics))
+    }
+
+    fn session_with(
+        &self,
+        model: &AttestedModel,
+        detector: Detector<'_>,
+    ) -> Result<Session, SandboxError> {
         let limits = self.runtime.limits();
         let mut store = Store::new(
             &self.runtime.inner.engine,
@@ -309,6 +336,7 @@ impl GuestProgram {
             store,
             deadline: limits.deadline,
             classes: model.manifest().output.labels.len(),
+            statistics: detector.statistics().to_vec(),
             poisoned: false,
         };
         session.arm();
@@ -317,15 +345,99 @@ impl GuestProgram {
             .instantiate(&mut session.store)
             .map_err(|e| session.trapped(e))?;
         let spec = model_spec(model);
+        let detector = detector.to_wit();
         session.arm();
         bindings
             .medguard_guest_classifier()
-            .call_load(&mut session.store, model.model_bytes(), &spec)
+            .call_load(
+                &mut session.store,
+                model.model_bytes(),
+                &spec,
+                detector.as_ref(),
+            )
             .map_err(|e| session.trapped(e))?
             .map_err(GuestFailure::from)?;
         session.bindings = Some(bindings);
         Ok(session)
     }
+}
+
+/// What a session screens with.
+enum Detector<'a> {
+    None,
+    Uncalibrated(&'a [Statistic]),
+    Calibrated(&'a Profile),
+}
+
+impl Detector<'_> {
+    fn statistics(&self) -> &[Statistic] {
+        match self {
+            Detector::None => &[],
+            Detector::Uncalibrated(s) => s,
+            Detector::Calibrated(p) => &p.statistics,
+        }
+    }
+
+    fn to_wit(&self) -> Option<wit::Detector> {
+        let statistics = self.statistics().iter().map(statistic_to_wit).collect();
+        match self {
+            Detector::None => None,
+            Detector::Uncalibrated(_) => Some(wit::Detector {
+                statistics,
+                calibration: None,
+            }),
+            Detector::Calibrated(p) => Some(wit::Detector {
+                statistics,
+                calibration: Some(wit::Calibration {
+                    classes: p
+                        .classes
+                        .iter()
+                        .map(|c| wit::ClassReference {
+                            reference: c.reference.clone(),
+                        })
+                        .collect(),
+                    flag_at: p.thresholds.flag,
+                    reject_at: p.thresholds.reject,
+                    flag_target: p.targets.flag_fpr,
+                    reject_target: p.targets.reject_fpr,
+                }),
+            }),
+        }
+    }
+}
+
+fn statistic_to_wit(s: &Statistic) -> wit::Statistic {
+    match *s {
+        Statistic::Margin => wit::Statistic::Margin,
+        Statistic::SqueezeMedian { window } => wit::Statistic::SqueezeMedian(window),
+        Statistic::NoiseResponse { sigma, draws } => {
+            wit::Statistic::NoiseResponse(wit::Noise { sigma, draws })
+        }
+    }
+}
+
+/// Per-request screening options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScreenOptions {
+    /// Seeds the guest's noise draws, so a verdict can be reproduced.
+    pub seed: u64,
+    /// Bit depth of the source image (8 or 16), 0 for floating-point sources.
+    pub source_bits: u8,
+    /// Withhold the prediction of rejected inputs (`false`: flag-only policy).
+    pub withhold_rejected: bool,
+}
+
+/// The guest's answer for one screened image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScreenedImage {
+    /// Softmax probabilities; `None` when rejected and the policy withholds them.
+    pub probabilities: Option<Vec<f32>>,
+    /// Statistic values in detector order.
+    pub statistics: Vec<f64>,
+    /// Verdict and p-values; `None` in a calibration session.
+    pub screening: Option<Screening>,
+    /// Values off the source's integer grid (format integrity, not detection).
+    pub off_grid: u32,
 }
 
 fn model_spec(model: &AttestedModel) -> wit::ModelSpec {
@@ -349,6 +461,7 @@ pub struct Session {
     bindings: Option<SandboxedClassifier>,
     deadline: Duration,
     classes: usize,
+    statistics: Vec<Statistic>,
     poisoned: bool,
 }
 
@@ -378,6 +491,103 @@ impl Session {
             .chunks_exact(self.classes)
             .map(<[f32]>::to_vec)
             .collect())
+    }
+
+    /// Screens and classifies `[batch, channels, height, width]` values in one
+    /// guest call; returns one [`ScreenedImage`] per image. The guest's answer
+    /// is checked for shape before it is believed.
+    pub fn screen(
+        &mut self,
+        shape: &[u32],
+        data: &[f32],
+        options: ScreenOptions,
+    ) -> Result<Vec<ScreenedImage>, SandboxError> {
+        self.arm();
+        let bindings = match (&self.bindings, self.poisoned) {
+            (Some(b), false) => b,
+            _ => return Err(SandboxError::Poisoned),
+        };
+        let wit_options = wit::ScreenOptions {
+            seed: options.seed,
+            source_bits: options.source_bits,
+            withhold_rejected: options.withhold_rejected,
+        };
+        let answers = bindings
+            .medguard_guest_classifier()
+            .call_screen(&mut self.store, shape, data, wit_options)
+            .map_err(|e| self.trapped(e))?
+            .map_err(GuestFailure::from)?;
+        let images = shape.first().copied().unwrap_or(0) as usize;
+        if answers.len() != images {
+            return Err(SandboxError::MalformedOutput {
+                got: answers.len(),
+                images,
+                classes: self.classes,
+            });
+        }
+        answers
+            .into_iter()
+            .map(|a| self.check_screened(a, options))
+            .collect()
+    }
+
+    fn check_screened(
+        &self,
+        a: wit::ScreenedImage,
+        options: ScreenOptions,
+    ) -> Result<ScreenedImage, SandboxError> {
+        let malformed = |why: &str| SandboxError::MalformedScreening(why.to_owned());
+        if a.statistics.len() != self.statistics.len() {
+            return Err(malformed("wrong number of statistics"));
+        }
+        if let Some(p) = &a.probabilities
+            && p.len() != self.classes
+        {
+            return Err(malformed("wrong number of probabilities"));
+        }
+        let screening = match a.screening {
+            None => None,
+            Some(s) => {
+                if s.statistics.len() != self.statistics.len() || !(0.0..=1.0).contains(&s.p_value)
+                {
+                    return Err(malformed("screening evidence does not fit the detector"));
+                }
+                let verdict = match s.verdict {
+                    wit::Verdict::Accept => Verdict::Accept,
+                    wit::Verdict::Flag => Verdict::Flag,
+                    wit::Verdict::Reject => Verdict::Reject,
+                };
+                if verdict == Verdict::Reject
+                    && options.withhold_rejected
+                    && a.probabilities.is_some()
+                {
+                    return Err(malformed("a rejected input came back with a prediction"));
+                }
+                Some(Screening {
+                    verdict,
+                    p_value: s.p_value,
+                    statistics: self
+                        .statistics
+                        .iter()
+                        .zip(s.statistics)
+                        .map(|(&statistic, r)| StatisticReport {
+                            statistic,
+                            value: r.value,
+                            p_value: r.p_value,
+                        })
+                        .collect(),
+                })
+            }
+        };
+        if screening.is_none() && a.probabilities.is_none() {
+            return Err(malformed("no prediction and no verdict"));
+        }
+        Ok(ScreenedImage {
+            probabilities: a.probabilities,
+            statistics: a.statistics,
+            screening,
+            off_grid: a.off_grid,
+        })
     }
 
     /// Gives the next call a full deadline.

@@ -71,13 +71,18 @@ def corruptions(images: np.ndarray, rng: np.random.Generator) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument(
+        "--split", choices=("test", "val"), default="test",
+        help="test: the evaluation sets (sets/); val: the sets used to choose the statistics (sets-val/)",
+    )
+    ap.add_argument("--only", nargs="*", help="generate only these attacks (default: all)")
     args = ap.parse_args()
     torch.manual_seed(SEED)
     np.random.seed(SEED)
     torch.set_num_threads(2)
 
     d = np.load(args.data)
-    images, labels = d["test_images"], d["test_labels"].ravel()
+    images, labels = d[f"{args.split}_images"], d[f"{args.split}_labels"].ravel()
     twin = FoldedTwin()
     twin_diff = check_twin(twin, images)
     assert twin_diff < 1e-4, f"twin disagrees with model.onnx by {twin_diff}"
@@ -111,11 +116,13 @@ def main():
         {"max_iter": 50, "overshoot": 0.02},
     )
 
-    sets = HERE / "sets"
+    if args.only:
+        attacks = {k: v for k, v in attacks.items() if k in args.only}
+    sets = HERE / ("sets" if args.split == "test" else "sets-val")
     sets.mkdir(exist_ok=True)
     report = {
         "tools": {"adversarial-robustness-toolbox": art.__version__, "torch": torch.__version__},
-        "population": "test split, 500 images",
+        "population": f"{args.split} split, {len(images)} images",
         "twin_max_logit_diff_vs_onnx": twin_diff,
         "clean_accuracy": float((clean_pred == labels).mean()),
         "attacks": {},
@@ -146,7 +153,7 @@ def main():
         report["corruptions"][name] = {"prediction_changed": float((pred != clean_pred).mean()), "accuracy": float((pred == labels).mean())}
         print(f"corruption {name:22s} changed {np.mean(pred != clean_pred):.3f}", flush=True)
 
-    (HERE / "attacks.json").write_text(json.dumps(report, indent=2) + "\n")
+    (HERE / ("attacks.json" if args.split == "test" else "attacks-val.json")).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -138,6 +138,7 @@ fn main() {
         let batch = Batch {
             shape: [batch_size as u32, 1, 28, 28],
             data: sample.data.repeat(batch_size),
+            source_bits: sample.source_bits,
         };
         for _ in 0..10 {
             native.classify(&batch);

@@ -6,14 +6,18 @@
 //!
 //! Pipeline: model bytes -> [`Classifier::load`] (parse, check against the
 //! [`ModelSpec`], optimise) -> [`Classifier::classify`] on an [`InputBatch`]
-//! that was checked for shape, finiteness and range.
+//! that was checked for shape, finiteness and range, or
+//! [`Classifier::screen`], which also computes the screening statistics of
+//! each image and, with a calibrated [`Detector`], its verdict.
 
 mod error;
 mod input;
 mod runtime;
+mod screen;
 
 pub use error::GuestError;
 pub use input::{InputBatch, ModelSpec};
+pub use screen::{Detector, ScreenOptions, ScreenedImage};
 
 /// A loaded, type-checked model ready to classify batches that match its spec.
 pub struct Classifier {
@@ -39,6 +43,22 @@ impl Classifier {
     /// probability vector (softmax over the logits) per image.
     pub fn classify(&self, batch: &InputBatch) -> Result<Vec<Vec<f32>>, GuestError> {
         let images = batch.check(&self.spec)?;
+        let logits = self.logits(batch, images)?;
+        logits
+            .chunks_exact(self.spec.classes as usize)
+            .map(softmax)
+            .collect()
+    }
+
+    /// Checks that a detector fits this model (statistics valid, one reference
+    /// per class) before it is used for screening.
+    pub fn check_detector(&self, detector: &Detector) -> Result<(), GuestError> {
+        detector.validate(&self.spec)
+    }
+
+    /// Runs an already checked batch of `images` and returns their logits,
+    /// `images * classes` values, row-major.
+    fn logits(&self, batch: &InputBatch, images: usize) -> Result<Vec<f32>, GuestError> {
         let logits = self.model.run(batch)?;
         let classes = self.spec.classes as usize;
         if logits.len() != images * classes {
@@ -47,7 +67,7 @@ impl Classifier {
                 logits.len()
             )));
         }
-        logits.chunks_exact(classes).map(softmax).collect()
+        Ok(logits)
     }
 }
 

@@ -7,7 +7,10 @@
 
 use std::cell::RefCell;
 
-use medguard_guest_core::{Classifier, GuestError, InputBatch, ModelSpec};
+use medguard_guest_core::{
+    Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions, ScreenedImage,
+};
+use medguard_screen as screen;
 
 #[allow(missing_docs)] // Generated from the WIT file, which carries the docs.
 mod bindings {
@@ -21,27 +24,138 @@ use bindings::exports::medguard::guest::classifier as wit;
 
 thread_local! {
     // wasm32 without threads: one instance, one thread, one model.
-    static LOADED: RefCell<Option<Classifier>> = const { RefCell::new(None) };
+    static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+}
+
+struct Loaded {
+    classifier: Classifier,
+    detector: Option<Detector>,
+}
+
+fn with_loaded<T>(
+    f: impl FnOnce(&Loaded) -> Result<T, wit::GuestError>,
+) -> Result<T, wit::GuestError> {
+    LOADED.with(|slot| f(slot.borrow().as_ref().ok_or(wit::GuestError::NotLoaded)?))
 }
 
 struct Guest;
 
 impl wit::Guest for Guest {
-    fn load(model: Vec<u8>, spec: wit::ModelSpec) -> Result<(), wit::GuestError> {
+    fn load(
+        model: Vec<u8>,
+        spec: wit::ModelSpec,
+        detector: Option<wit::Detector>,
+    ) -> Result<(), wit::GuestError> {
         let classifier = Classifier::load(&model, spec.into()).map_err(to_wit)?;
-        LOADED.with(|slot| *slot.borrow_mut() = Some(classifier));
+        let detector = detector.map(Detector::from);
+        if let Some(d) = &detector {
+            classifier.check_detector(d).map_err(to_wit)?;
+        }
+        LOADED.with(|slot| {
+            *slot.borrow_mut() = Some(Loaded {
+                classifier,
+                detector,
+            })
+        });
         Ok(())
     }
 
     fn classify(shape: Vec<u32>, data: Vec<f32>) -> Result<Vec<f32>, wit::GuestError> {
-        LOADED.with(|slot| {
-            let slot = slot.borrow();
-            let classifier = slot.as_ref().ok_or(wit::GuestError::NotLoaded)?;
-            let probabilities = classifier
+        with_loaded(|loaded| {
+            let probabilities = loaded
+                .classifier
                 .classify(&InputBatch { shape, data })
                 .map_err(to_wit)?;
             Ok(probabilities.into_iter().flatten().collect())
         })
+    }
+
+    fn screen(
+        shape: Vec<u32>,
+        data: Vec<f32>,
+        options: wit::ScreenOptions,
+    ) -> Result<Vec<wit::ScreenedImage>, wit::GuestError> {
+        with_loaded(|loaded| {
+            let detector = loaded.detector.as_ref().ok_or_else(|| {
+                wit::GuestError::InvalidInput("the model was loaded without a detector".into())
+            })?;
+            let options = ScreenOptions {
+                seed: options.seed,
+                source_bits: options.source_bits,
+                withhold_rejected: options.withhold_rejected,
+            };
+            let screened = loaded
+                .classifier
+                .screen(&InputBatch { shape, data }, detector, options)
+                .map_err(to_wit)?;
+            Ok(screened.into_iter().map(Into::into).collect())
+        })
+    }
+}
+
+impl From<wit::Statistic> for screen::Statistic {
+    fn from(s: wit::Statistic) -> Self {
+        match s {
+            wit::Statistic::Margin => screen::Statistic::Margin,
+            wit::Statistic::SqueezeMedian(window) => screen::Statistic::SqueezeMedian { window },
+            wit::Statistic::NoiseResponse(n) => screen::Statistic::NoiseResponse {
+                sigma: n.sigma,
+                draws: n.draws,
+            },
+        }
+    }
+}
+
+impl From<wit::Detector> for Detector {
+    fn from(d: wit::Detector) -> Self {
+        let statistics = d.statistics.into_iter().map(Into::into).collect();
+        match d.calibration {
+            None => Detector::Uncalibrated(statistics),
+            Some(c) => Detector::Calibrated(screen::Profile {
+                statistics,
+                classes: c
+                    .classes
+                    .into_iter()
+                    .map(|r| screen::ClassReference {
+                        reference: r.reference,
+                    })
+                    .collect(),
+                thresholds: screen::Thresholds {
+                    flag: c.flag_at,
+                    reject: c.reject_at,
+                },
+                targets: screen::Targets {
+                    flag_fpr: c.flag_target,
+                    reject_fpr: c.reject_target,
+                },
+            }),
+        }
+    }
+}
+
+impl From<ScreenedImage> for wit::ScreenedImage {
+    fn from(s: ScreenedImage) -> Self {
+        wit::ScreenedImage {
+            probabilities: s.probabilities,
+            statistics: s.statistics,
+            screening: s.screening.map(|s| wit::Screening {
+                verdict: match s.verdict {
+                    screen::Verdict::Accept => wit::Verdict::Accept,
+                    screen::Verdict::Flag => wit::Verdict::Flag,
+                    screen::Verdict::Reject => wit::Verdict::Reject,
+                },
+                p_value: s.p_value,
+                statistics: s
+                    .statistics
+                    .into_iter()
+                    .map(|r| wit::StatisticReport {
+                        value: r.value,
+                        p_value: r.p_value,
+                    })
+                    .collect(),
+            }),
+            off_grid: s.off_grid,
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use super::predict::{Format, open_session, predict_files};
+use super::predict::{Format, Settings, open_session, predict_files};
 use super::{Exit, SandboxArgs};
 use crate::model_dir;
 use crate::sandbox::CacheUse;
@@ -50,7 +50,8 @@ impl DemoCmd {
             load.elapsed.as_secs_f64()
         );
         let started = Instant::now();
-        let Some(session) = open_session(&program, &model)? else {
+        let settings = Settings::default();
+        let Some(session) = open_session(&program, &model, settings)? else {
             return Ok(Exit::Refused);
         };
         println!(
@@ -65,6 +66,6 @@ impl DemoCmd {
             .filter(|p| p.extension().is_some_and(|x| x == "png"))
             .collect();
         samples.sort();
-        predict_files(&program, &model, session, &samples, Format::Human)
+        predict_files(&program, &model, session, &samples, Format::Human, settings)
     }
 }

@@ -1,17 +1,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use clap::Args;
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
 use medguard_attest::AttestedModel;
+use medguard_screen::Verdict;
 use serde::Serialize;
 
+use super::screening::predicted_class;
 use super::{Exit, SandboxArgs};
 use crate::input::{self, INPUT_MAX_BYTES};
 use crate::model_dir::{self, read_capped};
-use crate::sandbox::{GuestFailure, GuestProgram, SandboxError, Session};
+use crate::sandbox::{
+    GuestFailure, GuestProgram, SandboxError, ScreenOptions, ScreenedImage, Session,
+};
 
-/// Attest a model, then classify images with it inside the sandbox.
+/// Attest a model, then screen and classify images with it inside the sandbox.
 #[derive(Debug, Args)]
 pub struct PredictCmd {
     /// Directory holding manifest.json and the model file it names.
@@ -22,6 +26,67 @@ pub struct PredictCmd {
     /// Print one JSON object per image per line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    screening: ScreeningArgs,
+}
+
+/// How screening verdicts are enforced.
+#[derive(Debug, Args)]
+pub(super) struct ScreeningArgs {
+    /// enforce: a rejected input gets no prediction (exit 1); flag-only: every
+    /// input gets its prediction and verdict, rejections still exit 1.
+    #[arg(long, value_enum, default_value_t = Policy::Enforce)]
+    policy: Policy,
+    /// Seed of the guest's noise draws, to reproduce an earlier verdict
+    /// [default: fresh from the OS for every run, printed with each result].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run a model whose manifest has no screening profile, without screening.
+    /// Only for models that were never calibrated; the output says "unscreened".
+    #[arg(long)]
+    allow_unscreened: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Policy {
+    Enforce,
+    FlagOnly,
+}
+
+impl ScreeningArgs {
+    /// The settings every input of this run is screened with.
+    pub(super) fn settings(&self) -> anyhow::Result<Settings> {
+        let seed = match self.seed {
+            Some(seed) => seed,
+            None => getrandom::u64()
+                .map_err(|e| anyhow::anyhow!("drawing a screening seed from the OS: {e}"))?,
+        };
+        Ok(Settings {
+            seed,
+            withhold_rejected: self.policy == Policy::Enforce,
+            allow_unscreened: self.allow_unscreened,
+        })
+    }
+}
+
+/// Resolved screening settings of one run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    seed: u64,
+    withhold_rejected: bool,
+    allow_unscreened: bool,
+}
+
+impl Default for Settings {
+    /// The demo's settings: enforce, a fixed seed so the demo reads the same
+    /// every time.
+    fn default() -> Self {
+        Self {
+            seed: 20261128,
+            withhold_rejected: true,
+            allow_unscreened: false,
+        }
+    }
 }
 
 impl PredictCmd {
@@ -33,8 +98,9 @@ impl PredictCmd {
                 return Ok(Exit::Refused);
             }
         };
+        let settings = self.screening.settings()?;
         let (program, _) = sandbox.start()?;
-        let Some(session) = open_session(&program, &model)? else {
+        let Some(session) = open_session(&program, &model, settings)? else {
             return Ok(Exit::Refused);
         };
         let format = if self.json {
@@ -42,7 +108,7 @@ impl PredictCmd {
         } else {
             Format::Human
         };
-        predict_files(&program, &model, session, &self.inputs, format)
+        predict_files(&program, &model, session, &self.inputs, format, settings)
     }
 }
 
@@ -59,10 +125,31 @@ pub(super) enum Format {
 #[derive(Debug, Serialize)]
 struct Prediction<'a> {
     input: String,
-    label: &'a str,
-    probabilities: BTreeMap<&'a str, f32>,
+    /// `None` when the input was rejected and the policy withholds predictions.
+    label: Option<&'a str>,
+    probabilities: Option<BTreeMap<&'a str, f32>>,
+    /// accept, flag, reject, or unscreened (uncalibrated model, explicitly allowed).
+    verdict: &'static str,
+    /// Combined p-value in [0, 1], lower is more suspicious; `None` when unscreened.
+    p_value: Option<f64>,
+    statistics: BTreeMap<String, StatisticJson>,
+    integrity: Integrity,
+    seed: u64,
     model: ModelRef<'a>,
     guest_sha256: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct StatisticJson {
+    value: f64,
+    p_value: f64,
+}
+
+/// Format integrity: reported, not counted as detection.
+#[derive(Debug, Serialize)]
+struct Integrity {
+    source_bits: u8,
+    off_grid: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -79,12 +166,21 @@ struct Rejection<'a> {
 }
 
 /// Loads the attested model into a fresh sandbox. The guest refusing the
-/// model (its tensors or shapes contradict the manifest) is a refusal: the
-/// reason is printed and `None` returned.
+/// model (its tensors or shapes contradict the manifest), or a model without
+/// a screening profile when unscreened operation was not allowed, is a
+/// refusal: the reason is printed and `None` returned.
 pub(super) fn open_session(
     program: &GuestProgram,
     model: &AttestedModel,
+    settings: Settings,
 ) -> anyhow::Result<Option<Session>> {
+    if model.manifest().screening.is_none() && !settings.allow_unscreened {
+        eprintln!(
+            "medguard: refused: {} has no screening profile; run `medguard calibrate` on it (or pass --allow-unscreened to run it unguarded)",
+            model.manifest().name
+        );
+        return Ok(None);
+    }
     match program.session(model) {
         Ok(session) => Ok(Some(session)),
         Err(SandboxError::Guest(GuestFailure::InvalidModel(why))) => {
@@ -95,14 +191,16 @@ pub(super) fn open_session(
     }
 }
 
-/// Classifies every file with one loaded model, one session shared by all
-/// inputs of this call; a trap ends the session and the next input gets a new one.
+/// Screens and classifies every file with one loaded model, one session
+/// shared by all inputs of this call; a trap ends the session and the next
+/// input gets a new one.
 pub(super) fn predict_files(
     program: &GuestProgram,
     model: &AttestedModel,
     session: Session,
     files: &[PathBuf],
     format: Format,
+    settings: Settings,
 ) -> anyhow::Result<Exit> {
     let labels = &model.manifest().output.labels;
     let (version, sha256) = (
@@ -120,35 +218,29 @@ pub(super) fn predict_files(
         .map(|f| f.display().to_string().len())
         .max()
         .unwrap_or(0);
+    let context = Context {
+        labels,
+        model: model_ref,
+        guest_sha256: &guest_sha256,
+        seed: settings.seed,
+    };
     let mut session = Some(session);
     let mut exit = Exit::Ok;
     for file in files {
         let name = file.display().to_string();
-        match classify_file(program, model, &mut session, file) {
-            Ok(rows) => {
+        match screen_file(program, model, &mut session, file, settings) {
+            Ok((rows, source_bits)) => {
                 let many = rows.len() > 1;
-                for (i, probabilities) in rows.into_iter().enumerate() {
+                for (i, row) in rows.into_iter().enumerate() {
                     let input = if many {
                         format!("{name}[{i}]")
                     } else {
                         name.clone()
                     };
-                    let best = probabilities
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .map_or(0, |(i, _)| i);
-                    let p = Prediction {
-                        input,
-                        label: &labels[best],
-                        probabilities: labels
-                            .iter()
-                            .map(String::as_str)
-                            .zip(probabilities)
-                            .collect(),
-                        model: model_ref,
-                        guest_sha256: &guest_sha256,
-                    };
+                    let p = context.prediction(input, row, source_bits);
+                    if p.verdict == "reject" {
+                        exit = Exit::Refused;
+                    }
                     match format {
                         Format::Json => println!("{}", serde_json::to_string(&p)?),
                         Format::Human => println!("{}", human_line(&p, width)),
@@ -174,18 +266,88 @@ pub(super) fn predict_files(
     Ok(exit)
 }
 
+/// What every result of one run shares.
+struct Context<'a> {
+    labels: &'a [String],
+    model: ModelRef<'a>,
+    guest_sha256: &'a str,
+    seed: u64,
+}
+
+impl<'a> Context<'a> {
+    fn prediction(&self, input: String, row: ScreenedImage, source_bits: u8) -> Prediction<'a> {
+        let labels = self.labels;
+        let label = row
+            .probabilities
+            .as_deref()
+            .map(|p| labels[predicted_class(p)].as_str());
+        let (verdict, p_value, statistics) = match &row.screening {
+            None => ("unscreened", None, BTreeMap::new()),
+            Some(s) => (
+                match s.verdict {
+                    Verdict::Accept => "accept",
+                    Verdict::Flag => "flag",
+                    Verdict::Reject => "reject",
+                },
+                Some(s.p_value),
+                s.statistics
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.statistic.name(),
+                            StatisticJson {
+                                value: r.value,
+                                p_value: r.p_value,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        Prediction {
+            input,
+            label,
+            probabilities: row
+                .probabilities
+                .map(|p| labels.iter().map(String::as_str).zip(p).collect()),
+            verdict,
+            p_value,
+            statistics,
+            integrity: Integrity {
+                source_bits,
+                off_grid: row.off_grid,
+            },
+            seed: self.seed,
+            model: self.model,
+            guest_sha256: self.guest_sha256,
+        }
+    }
+}
+
 fn human_line(p: &Prediction<'_>, width: usize) -> String {
-    let probs: Vec<String> = p
-        .probabilities
-        .iter()
-        .map(|(l, v)| format!("{l} {v:.3}"))
-        .collect();
-    format!(
-        "{:<width$}  {:<12} ({})",
-        p.input,
-        p.label,
-        probs.join(", ")
-    )
+    let what = match (&p.label, &p.probabilities) {
+        (Some(label), Some(probabilities)) => {
+            let probs: Vec<String> = probabilities
+                .iter()
+                .map(|(l, v)| format!("{l} {v:.3}"))
+                .collect();
+            format!("{label:<12} ({})", probs.join(", "))
+        }
+        _ => "prediction withheld".to_owned(),
+    };
+    let screening = match p.p_value {
+        Some(pv) => format!("{} (p = {pv:.4})", p.verdict),
+        None => p.verdict.to_owned(),
+    };
+    let off_grid = if p.integrity.off_grid > 0 {
+        format!(
+            "; {} value(s) off the {}-bit grid",
+            p.integrity.off_grid, p.integrity.source_bits
+        )
+    } else {
+        String::new()
+    };
+    format!("{:<width$}  {what:<46} {screening}{off_grid}", p.input)
 }
 
 enum Failure {
@@ -195,12 +357,13 @@ enum Failure {
     Internal(anyhow::Error),
 }
 
-fn classify_file(
+fn screen_file(
     program: &GuestProgram,
     model: &AttestedModel,
     session: &mut Option<Session>,
     file: &Path,
-) -> Result<Vec<Vec<f32>>, Failure> {
+    settings: Settings,
+) -> Result<(Vec<ScreenedImage>, u8), Failure> {
     let bytes = read_capped(file, INPUT_MAX_BYTES).map_err(|e| Failure::Rejected(e.to_string()))?;
     let batch = input::decode(&bytes, &model.manifest().input)
         .map_err(|e| Failure::Rejected(e.to_string()))?;
@@ -215,7 +378,30 @@ fn classify_file(
                     .map_err(Failure::Internal)?,
             ),
         };
-        match s.classify(&chunk.shape, &chunk.data) {
+        let result = if model.manifest().screening.is_some() {
+            s.screen(
+                &chunk.shape,
+                &chunk.data,
+                ScreenOptions {
+                    seed: settings.seed,
+                    source_bits: chunk.source_bits,
+                    withhold_rejected: settings.withhold_rejected,
+                },
+            )
+        } else {
+            // Only reachable with --allow-unscreened (see open_session).
+            s.classify(&chunk.shape, &chunk.data).map(|rows| {
+                rows.into_iter()
+                    .map(|p| ScreenedImage {
+                        probabilities: Some(p),
+                        statistics: Vec::new(),
+                        screening: None,
+                        off_grid: 0,
+                    })
+                    .collect()
+            })
+        };
+        match result {
             Ok(r) => rows.extend(r),
             Err(SandboxError::Guest(GuestFailure::InvalidInput(why))) => {
                 return Err(Failure::Rejected(why));
@@ -232,5 +418,5 @@ fn classify_file(
             }
         }
     }
-    Ok(rows)
+    Ok((rows, batch.source_bits))
 }

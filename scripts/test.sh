@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-# The attestation crate is reused by the browser build: it must stay wasm-clean.
-cargo check --package medguard-attest --target wasm32-unknown-unknown
+# Attestation and screening arithmetic are reused by the browser build: they
+# must stay wasm-clean.
+cargo check --package medguard-attest --package medguard-screen --target wasm32-unknown-unknown
 cargo test --workspace --release

@@ -322,6 +322,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.data, vec![0.0, 1.0 / 65535.0, 32768.0 / 65535.0, 1.0]);
+        assert_eq!(b.source_bits, 16);
     }
 
     #[test]
@@ -332,6 +333,7 @@ mod tests {
             &spec(),
         )
         .unwrap();
+        assert_eq!(b.source_bits, 0, "luma falls between the levels");
         let want = [0.299f32, 0.587, 0.114, 1.0];
         for (got, want) in b.data.iter().zip(want) {
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
@@ -366,6 +368,7 @@ mod tests {
         let b = Batch {
             shape: [5, 1, 1, 2],
             data: (0..10).map(|v| v as f32).collect(),
+            source_bits: 8,
         };
         let chunks: Vec<Batch> = b.chunks(2).collect();
         assert_eq!(

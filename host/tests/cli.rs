@@ -197,13 +197,21 @@ fn predict_reads_npy_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("batch.npy");
     std::fs::write(&path, npy).unwrap();
+    // Synthetic stripes are nothing like an X-ray: the guard may reject them,
+    // so flag-only keeps every prediction for this format test.
     let out = medguard(&[
         "predict",
         "--json",
+        "--policy",
+        "flag-only",
         model_dir().to_str().unwrap(),
         path.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        text(&out.stderr)
+    );
     let inputs: Vec<String> = text(&out.stdout)
         .lines()
         .map(|l| {

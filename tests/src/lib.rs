@@ -96,7 +96,8 @@ pub fn shared_program() -> &'static GuestProgram {
 }
 
 /// A component that implements the classifier world with hand-written WAT
-/// bodies for `load` and `classify` (the canonical-ABI core signatures).
+/// bodies for `load` and `classify` (the canonical-ABI core signatures);
+/// `screen` traps.
 /// `extra` adds helper functions the bodies may call.
 pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> Vec<u8> {
     let wat = format!(
@@ -117,12 +118,17 @@ pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> V
       unreachable)
     (local.get $ptr))
   (func (export "medguard:guest/classifier@0.1.0#load")
-    ;; model: list<u8>; spec: two strings, three u32, two f32, two u32
-    (param i32 i32  i32 i32 i32 i32  i32 i32 i32  f32 f32  i32 i32) (result i32)
+    ;; model, spec and detector flatten to more than 16 values, so the
+    ;; canonical ABI passes them through one pointer.
+    (param i32) (result i32)
     {load_body})
   (func (export "medguard:guest/classifier@0.1.0#classify")
     (param i32 i32 i32 i32) (result i32)
     {classify_body})
+  (func (export "medguard:guest/classifier@0.1.0#screen")
+    ;; shape, data: lists; options: u64, u8, bool
+    (param i32 i32 i32 i32 i64 i32 i32) (result i32)
+    unreachable)
   {extra}
 )"#
     );

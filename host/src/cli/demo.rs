@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -60,12 +60,37 @@ impl DemoCmd {
             sandbox.deadline_ms,
             started.elapsed().as_secs_f64() * 1e3
         );
-        let mut samples: Vec<PathBuf> = std::fs::read_dir(dir.join("samples"))
-            .with_context(|| format!("listing {}", dir.join("samples").display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "png"))
-            .collect();
-        samples.sort();
-        predict_files(&program, &model, session, &samples, Format::Human, settings)
+        println!("4. clean sample X-rays, screened then classified:");
+        let samples = pngs(&dir.join("samples"))?;
+        let exit = predict_files(&program, &model, session, &samples, Format::Human, settings)?;
+
+        // Adversarial copies made by ART's PGD (tests/adversarial): the bare
+        // model calls these pneumonia X-rays normal. Their rejection is the
+        // expected outcome, so it does not change the demo's exit code.
+        let attacks = pngs(&dir.join("adversarial"))?;
+        if !attacks.is_empty() {
+            println!(
+                "\n5. pneumonia X-rays with an invisible PGD perturbation (8/255) that flips the bare model:"
+            );
+            let Some(session) = open_session(&program, &model, settings)? else {
+                return Ok(Exit::Refused);
+            };
+            predict_files(&program, &model, session, &attacks, Format::Human, settings)?;
+        }
+        Ok(exit)
     }
+}
+
+/// The PNG files of a directory, sorted; none if it does not exist.
+fn pngs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    files.sort();
+    Ok(files)
 }

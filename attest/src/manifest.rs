@@ -353,6 +353,60 @@ mod tests {
         }
     }
 
+    fn screening() -> serde_json::Value {
+        serde_json::json!({
+            "calibration": {"data": "x.npz:train_images", "images": 4, "guest_sha256": "cd".repeat(32), "seed": 1},
+            "profile": {
+                "statistics": [{"kind": "margin"}, {"kind": "squeeze-median", "window": 2}],
+                "classes": [
+                    {"reference": [[0.5, 1.0], [0.0, 0.1]]},
+                    {"reference": [[0.2, 3.0], [0.1, 0.2]]}
+                ],
+                "thresholds": {"flag": 0.05, "reject": 0.01},
+                "targets": {"flag_fpr": 0.05, "reject_fpr": 0.01}
+            }
+        })
+    }
+
+    #[test]
+    fn a_screening_section_round_trips_and_is_validated() {
+        let mut v = example();
+        v["screening"] = screening();
+        let m = parse(&v).unwrap();
+        let profile = &m.screening.as_ref().unwrap().profile;
+        assert_eq!(profile.statistics.len(), 2);
+        assert_eq!(
+            Manifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap(),
+            m
+        );
+        let cases: [(&str, serde_json::Value); 5] = [
+            (
+                "/screening/profile/classes/0/reference/0",
+                serde_json::json!([1.0, 0.5]),
+            ),
+            (
+                "/screening/profile/classes/1",
+                serde_json::json!({"reference": [[1.0]]}),
+            ),
+            ("/screening/profile/thresholds/reject", 0.5.into()),
+            ("/screening/profile/statistics/1/window", 0.into()),
+            ("/screening/profile/statistics/0/kind", "magic".into()),
+        ];
+        for (pointer, value) in cases {
+            let mut v = example();
+            v["screening"] = screening();
+            *v.pointer_mut(pointer).unwrap() = value;
+            assert!(parse(&v).is_err(), "{pointer} should be refused");
+        }
+        let mut v = example();
+        v["screening"] = screening();
+        v["screening"]["profile"]["classes"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        assert!(parse(&v).unwrap_err().to_string().contains("classes"));
+    }
+
     #[test]
     fn refuses_oversized_manifests_before_parsing() {
         let big = vec![b' '; MANIFEST_MAX_BYTES + 1];

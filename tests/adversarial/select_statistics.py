@@ -52,6 +52,38 @@ def median_residual(x):
     return np.abs(x - median(x, 3)).mean(axis=(1, 2))
 
 
+def dct_matrix(n):
+    k = np.arange(n)
+    m = np.cos(np.pi * (2 * k[None] + 1) * k[:, None] / (2 * n))
+    m[0] /= np.sqrt(2)
+    return m * np.sqrt(2 / n)
+
+
+def dct_high_band(x):
+    """Share of non-DC DCT energy in the high band (u + v >= n)."""
+    n = x.shape[1]
+    d = dct_matrix(n)
+    e = np.einsum("ij,njk,lk->nil", d, x, d) ** 2
+    e[:, 0, 0] = 0
+    u, v = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    return e[:, (u + v) >= n].sum(1) / (e.reshape(len(x), -1).sum(1) + 1e-12)
+
+
+def mscn_variance(x):
+    """Variance of mean-subtracted, contrast-normalised coefficients (3x3 windows)."""
+    s = shifted(x, 3)
+    mu = s.mean(0)
+    sd = np.sqrt(((s - mu) ** 2).mean(0))
+    return (((x - mu) / (sd + 1 / 255)) ** 2).mean(axis=(1, 2))
+
+
+def alternation(u8):
+    """Share of neighbour-difference pairs that change sign (a histogram statistic)."""
+    v = u8.astype(int)
+    dh, dv = np.diff(v, axis=2), np.diff(v, axis=1)
+    return ((dh[:, :, :-1] * dh[:, :, 1:] < 0).mean(axis=(1, 2)) + (dv[:, :-1] * dv[:, 1:] < 0).mean(axis=(1, 2))) / 2
+
+
 def candidates(u8, seed):
     """Candidate statistic values and the predicted class, per image."""
     x = u8.astype(np.float64) / 255.0
@@ -65,7 +97,14 @@ def candidates(u8, seed):
         return own - other
 
     base = margin(z)
-    out = {"margin": base, "laplacian-energy": laplacian_energy(x), "median-residual": median_residual(x)}
+    out = {
+        "margin": base,
+        "laplacian-energy": laplacian_energy(x),
+        "median-residual": median_residual(x),
+        "dct-high-band": dct_high_band(x),
+        "mscn-variance": mscn_variance(x),
+        "difference-alternation": alternation(u8),
+    }
     for w in (2, 3):
         out[f"squeeze-median-{w}x{w}"] = base - margin(logits(median(x, w)))
     for bits in (4, 5):
@@ -134,9 +173,11 @@ def main():
         ["margin", "squeeze-median-2x2", "squeeze-bits-5"],
         ["margin", "squeeze-median-2x2", "noise-response-2of255x1", "median-residual"],
         ["margin", "squeeze-median-2x2", "noise-response-2of255x1", "laplacian-energy"],
+        ["margin", "squeeze-median-2x2", "difference-alternation"],
+        ["margin", "squeeze-median-2x2", "mscn-variance"],
     ]
     cost = lambda combo: 1 + sum(  # noqa: E731
-        0 if n in ("margin", "median-residual", "laplacian-energy") else int(n.split("x")[-1]) if "noise" in n else 1
+        0 if n in ("margin", "median-residual", "laplacian-energy", "dct-high-band", "mscn-variance", "difference-alternation") else int(n.split("x")[-1]) if "noise" in n else 1
         for n in combo
     )
     combined = []

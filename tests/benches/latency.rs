@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use medguard::input::Batch;
-use medguard::sandbox::{CompiledCache, Limits, Runtime};
+use medguard::sandbox::{CompiledCache, Limits, Runtime, ScreenOptions};
 use medguard_guest_core::{Classifier, InputBatch, ModelSpec};
 use medguard_tests::{bundled_model, golden, load_input, model_dir, native_spec};
 
@@ -157,6 +157,44 @@ fn main() {
             ms(n),
             ms(g),
             g.as_secs_f64() / n.as_secs_f64()
+        );
+    }
+
+    // Screening cost: the guest's `screen` (image + every variant the profile's
+    // statistics need, one batch) against its bare `classify`, same session,
+    // interleaved. Issue 3's target: at most 2x.
+    let options = ScreenOptions {
+        seed: 1,
+        source_bits: 8,
+        withhold_rejected: true,
+    };
+    for batch_size in [1usize, 16] {
+        let batch = Batch {
+            shape: [batch_size as u32, 1, 28, 28],
+            data: sample.data.repeat(batch_size),
+            source_bits: sample.source_bits,
+        };
+        let (mut bare, mut screened) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS + 10 {
+            let t = Instant::now();
+            session.classify(&batch.shape, &batch.data).expect("guest");
+            let b = t.elapsed();
+            let t = Instant::now();
+            session
+                .screen(&batch.shape, &batch.data, options)
+                .expect("guest screens");
+            let sc = t.elapsed();
+            if round >= 10 {
+                bare.push(b);
+                screened.push(sc);
+            }
+        }
+        let (b, sc) = (median(bare), median(screened));
+        println!(
+            "screening, batch {batch_size}, median of {ROUNDS} interleaved: classify {:.3} ms, screen {:.3} ms, screen/classify {:.2}x",
+            ms(b),
+            ms(sc),
+            sc.as_secs_f64() / b.as_secs_f64()
         );
     }
 }

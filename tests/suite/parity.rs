@@ -96,3 +96,57 @@ fn guest_is_deterministic_across_sessions() {
         .unwrap();
     assert_eq!(a, b, "two fresh sandboxes gave different bits");
 }
+
+#[test]
+fn screening_in_the_sandbox_matches_screening_natively() {
+    let model = bundled_model();
+    let native = native(&model);
+    let profile = model
+        .manifest()
+        .screening
+        .as_ref()
+        .expect("the bundled model is calibrated")
+        .profile
+        .clone();
+    let detector = medguard_guest_core::Detector::Calibrated(profile);
+    let mut session = shared_program().session(&model).expect("session");
+    for sample in &golden().samples {
+        let batch = load_input(&model, &model_dir().join(&sample.file));
+        let guest = session
+            .screen(
+                &batch.shape,
+                &batch.data,
+                medguard::sandbox::ScreenOptions {
+                    seed: 3,
+                    source_bits: batch.source_bits,
+                    withhold_rejected: true,
+                },
+            )
+            .expect("guest screens");
+        let tract = native
+            .screen(
+                &InputBatch {
+                    shape: batch.shape.to_vec(),
+                    data: batch.data.clone(),
+                },
+                &detector,
+                medguard_guest_core::ScreenOptions {
+                    seed: 3,
+                    source_bits: batch.source_bits,
+                    withhold_rejected: true,
+                },
+            )
+            .expect("native screens");
+        let (g, t) = (&guest[0], &tract[0]);
+        for (a, b) in g.statistics.iter().zip(&t.statistics) {
+            assert!(
+                (a - b).abs() <= 1e-4,
+                "{}: statistic {a} vs {b}",
+                sample.file
+            );
+        }
+        let (gs, ts) = (g.screening.as_ref().unwrap(), t.screening.as_ref().unwrap());
+        assert_eq!(gs.verdict, ts.verdict, "{}", sample.file);
+        assert!((gs.p_value - ts.p_value).abs() <= 1e-3, "{}", sample.file);
+    }
+}

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -108,7 +109,7 @@ struct AttackReport {
     success_past_reject: f64,
     success_past_flag: f64,
     /// ROC-AUC of each statistic's own p-value.
-    statistic_auc: Vec<(String, f64)>,
+    statistic_auc: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]

@@ -335,8 +335,13 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
         }
         _ => "prediction withheld".to_owned(),
     };
+    let evidence: Vec<String> = p
+        .statistics
+        .iter()
+        .map(|(name, s)| format!("{name} {:.3} p {:.3}", s.value, s.p_value))
+        .collect();
     let screening = match p.p_value {
-        Some(pv) => format!("{} (p = {pv:.4})", p.verdict),
+        Some(pv) => format!("{} (p = {pv:.4}; {})", p.verdict, evidence.join(", ")),
         None => p.verdict.to_owned(),
     };
     let off_grid = if p.integrity.off_grid > 0 {

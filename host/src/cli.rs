@@ -117,6 +117,19 @@ impl SandboxArgs {
     }
 }
 
+/// Reads and attests a model directory. A refusal is the command's answer,
+/// not an error: its reason is printed as one line and `None` returned, and
+/// the command exits 1.
+fn attested_or_refused(dir: &std::path::Path) -> Option<medguard_attest::AttestedModel> {
+    match crate::model_dir::load(dir) {
+        Ok(model) => Some(model),
+        Err(e) => {
+            eprintln!("medguard: refused: {e}");
+            None
+        }
+    }
+}
+
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use medguard_attest::{AttestedModel, Pinned, Sha256Digest};
 use medguard_screen::{Profile, Screening, Statistic, StatisticReport, Verdict};
+pub use medguard_screen::{ScreenOptions, ScreenedImage};
 use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
@@ -414,30 +415,6 @@ fn statistic_to_wit(s: &Statistic) -> wit::Statistic {
             wit::Statistic::NoiseResponse(wit::Noise { sigma, draws })
         }
     }
-}
-
-/// Per-request screening options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScreenOptions {
-    /// Seeds the guest's noise draws, so a verdict can be reproduced.
-    pub seed: u64,
-    /// Bit depth of the source image (8 or 16), 0 for floating-point sources.
-    pub source_bits: u8,
-    /// Withhold the prediction of rejected inputs (`false`: flag-only policy).
-    pub withhold_rejected: bool,
-}
-
-/// The guest's answer for one screened image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScreenedImage {
-    /// Softmax probabilities; `None` when rejected and the policy withholds them.
-    pub probabilities: Option<Vec<f32>>,
-    /// Statistic values in detector order.
-    pub statistics: Vec<f64>,
-    /// Verdict and p-values; `None` in a calibration session.
-    pub screening: Option<Screening>,
-    /// Values off the source's integer grid (format integrity, not detection).
-    pub off_grid: u32,
 }
 
 fn model_spec(model: &AttestedModel) -> wit::ModelSpec {

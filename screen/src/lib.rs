@@ -13,6 +13,7 @@
 
 mod profile;
 mod pvalue;
+mod screened;
 mod statistic;
 
 pub use profile::{
@@ -20,4 +21,5 @@ pub use profile::{
     Thresholds, Verdict, fit,
 };
 pub use pvalue::{CAUCHY_TRUNCATE, Side, cauchy_combine, conformal_p};
+pub use screened::{ScreenOptions, ScreenedImage};
 pub use statistic::{Statistic, margin};

@@ -17,7 +17,8 @@ mod screen;
 
 pub use error::GuestError;
 pub use input::{InputBatch, ModelSpec};
-pub use screen::{Detector, ScreenOptions, ScreenedImage};
+pub use medguard_screen::{ScreenOptions, ScreenedImage};
+pub use screen::Detector;
 
 /// A loaded, type-checked model ready to classify batches that match its spec.
 pub struct Classifier {

@@ -4,7 +4,7 @@
 //! noisy versions) goes into one batch and one model run, so screening costs
 //! one call however many statistics there are.
 
-use medguard_screen::{Profile, Screening, Statistic, Verdict, margin};
+use medguard_screen::{Profile, ScreenOptions, ScreenedImage, Statistic, Verdict, margin};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -44,34 +44,6 @@ impl Detector {
         }
         Ok(())
     }
-}
-
-/// Per-request screening options chosen by the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScreenOptions {
-    /// Seeds the noise draws; image `i` of the batch uses stream `i`.
-    pub seed: u64,
-    /// Bit depth of the image the values came from (8 or 16), or 0 when the
-    /// source was floating point; used only for the off-grid count.
-    pub source_bits: u8,
-    /// Withhold the prediction of rejected inputs (`false` = flag-only policy).
-    pub withhold_rejected: bool,
-}
-
-/// The result of screening one image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScreenedImage {
-    /// Softmax probabilities, or `None` when the input was rejected and the
-    /// policy withholds rejected predictions.
-    pub probabilities: Option<Vec<f32>>,
-    /// Statistic values in detector order.
-    pub statistics: Vec<f64>,
-    /// P-values and verdict; `None` for an uncalibrated detector.
-    pub screening: Option<Screening>,
-    /// Format integrity, reported but not counted as detection: how many
-    /// values are not on the source's integer grid (an 8-bit image saved as
-    /// an 8-bit file has none).
-    pub off_grid: u32,
 }
 
 /// Values more than this far from an integer level (in levels) are off grid.

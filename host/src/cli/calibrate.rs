@@ -8,9 +8,9 @@ use medguard_screen::{Targets, fit};
 use serde::Deserialize;
 
 use super::screening::{Mode, predicted_class, screen_all};
-use super::{Exit, SandboxArgs};
+use super::{Exit, SandboxArgs, attested_or_refused};
 use crate::input::{self, Batch};
-use crate::model_dir::{self, MANIFEST_FILE, read_capped};
+use crate::model_dir::{MANIFEST_FILE, read_capped};
 
 /// Calibration and evaluation archives are larger than single inputs.
 const DATA_MAX_BYTES: u64 = 1 << 30;
@@ -52,12 +52,8 @@ struct Indices {
 
 impl CalibrateCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
-        let model = match model_dir::load(&self.model_dir) {
-            Ok(model) => model,
-            Err(e) => {
-                eprintln!("medguard: refused: {e}");
-                return Ok(Exit::Refused);
-            }
+        let Some(model) = attested_or_refused(&self.model_dir) else {
+            return Ok(Exit::Refused);
         };
         let images = self.load_images()?;
         let spec = &model.manifest().input.shape;

@@ -5,8 +5,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::predict::{Format, Settings, open_session, predict_files};
-use super::{Exit, SandboxArgs};
-use crate::model_dir;
+use super::{Exit, SandboxArgs, attested_or_refused};
 use crate::sandbox::CacheUse;
 
 /// Attest the bundled demo model and classify its sample X-rays in the sandbox.
@@ -22,12 +21,8 @@ impl DemoCmd {
         // Canonical, so the paths printed below are the ones a user can open.
         let dir = std::fs::canonicalize(&self.model_dir).unwrap_or(self.model_dir);
         println!("medguard demo: {}\n", dir.display());
-        let model = match model_dir::load(&dir) {
-            Ok(model) => model,
-            Err(e) => {
-                eprintln!("medguard: refused: {e}");
-                return Ok(Exit::Refused);
-            }
+        let Some(model) = attested_or_refused(&dir) else {
+            return Ok(Exit::Refused);
         };
         let m = model.manifest();
         println!(

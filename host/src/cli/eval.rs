@@ -10,10 +10,10 @@ use ndarray::ArrayD;
 use serde::Serialize;
 
 use super::screening::{Mode, predicted_class, screen_all};
-use super::{Exit, SandboxArgs};
+use super::{Exit, SandboxArgs, attested_or_refused};
 use crate::eval::{self, Estimate, bootstrap, plot, proportion, roc_auc, tpr_at_fpr};
 use crate::input::{self, Batch};
-use crate::model_dir::{self, read_capped};
+use crate::model_dir::read_capped;
 use crate::sandbox::{GuestProgram, ScreenedImage};
 
 /// Evaluation archives are read whole.
@@ -122,12 +122,8 @@ struct CorruptionReport {
 
 impl EvalCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
-        let model = match model_dir::load(&self.model_dir) {
-            Ok(model) => model,
-            Err(e) => {
-                eprintln!("medguard: refused: {e}");
-                return Ok(Exit::Refused);
-            }
+        let Some(model) = attested_or_refused(&self.model_dir) else {
+            return Ok(Exit::Refused);
         };
         let Some(screening) = &model.manifest().screening else {
             eprintln!(

@@ -8,9 +8,9 @@ use medguard_screen::Verdict;
 use serde::Serialize;
 
 use super::screening::predicted_class;
-use super::{Exit, SandboxArgs};
+use super::{Exit, SandboxArgs, attested_or_refused};
 use crate::input::{self, INPUT_MAX_BYTES};
-use crate::model_dir::{self, read_capped};
+use crate::model_dir::read_capped;
 use crate::sandbox::{
     GuestFailure, GuestProgram, SandboxError, ScreenOptions, ScreenedImage, Session,
 };
@@ -91,12 +91,8 @@ impl Default for Settings {
 
 impl PredictCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
-        let model = match model_dir::load(&self.model_dir) {
-            Ok(model) => model,
-            Err(e) => {
-                eprintln!("medguard: refused: {e}");
-                return Ok(Exit::Refused);
-            }
+        let Some(model) = attested_or_refused(&self.model_dir) else {
+            return Ok(Exit::Refused);
         };
         let settings = self.screening.settings()?;
         let (program, _) = sandbox.start()?;

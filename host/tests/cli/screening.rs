@@ -1,25 +1,12 @@
-//! Screening end to end through the `medguard` binary: verdicts in predict,
-//! calibration reproducibility, and the CI regression floors on committed
-//! attack images.
-
-#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+//! Screening end to end: verdicts in predict, calibration reproducibility,
+//! and the CI regression floors on committed attack images.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use ndarray::Array3;
 use ndarray_npy::WriteNpyExt;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn model_dir() -> PathBuf {
-    root().join("models/pneumonia")
-}
+use crate::{json_lines, medguard, model_dir, root, s, text};
 
 fn ci_data() -> PathBuf {
     root().join("tests/adversarial/ci")
@@ -38,29 +25,6 @@ fn shared_npz() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn medguard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medguard"))
-        .args(args)
-        .env("MEDGUARD_CACHE_DIR", root().join("target/test-guest-cache"))
-        .output()
-        .expect("run medguard")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The first `n` images of a committed CI attack set, as a uint8 .npy file.

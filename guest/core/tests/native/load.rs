@@ -1,30 +1,8 @@
-//! The guest core natively, on the bundled demo model.
-
-#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+//! Loading and classification.
 
 use medguard_guest_core::{Classifier, GuestError, InputBatch, ModelSpec};
 
-fn model_bytes() -> Vec<u8> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../models/pneumonia/model.onnx"
-    );
-    std::fs::read(path).expect("bundled model")
-}
-
-fn spec() -> ModelSpec {
-    ModelSpec {
-        input_name: "image".into(),
-        output_name: "logits".into(),
-        channels: 1,
-        height: 28,
-        width: 28,
-        min_value: 0.0,
-        max_value: 1.0,
-        classes: 2,
-        max_batch: 64,
-    }
-}
+use crate::{model_bytes, spec};
 
 #[test]
 fn classifies_batches_of_any_size_up_to_the_cap() {

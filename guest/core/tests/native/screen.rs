@@ -1,28 +1,9 @@
-//! Screening in the guest core, natively, on the bundled demo model.
+//! Screening.
 
-#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
-
-use medguard_guest_core::{Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions};
+use medguard_guest_core::{Detector, GuestError, InputBatch, ScreenOptions};
 use medguard_screen::{Statistic, Targets, Verdict, fit};
 
-fn classifier() -> Classifier {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../models/pneumonia/model.onnx"
-    );
-    let spec = ModelSpec {
-        input_name: "image".into(),
-        output_name: "logits".into(),
-        channels: 1,
-        height: 28,
-        width: 28,
-        min_value: 0.0,
-        max_value: 1.0,
-        classes: 2,
-        max_batch: 64,
-    };
-    Classifier::load(&std::fs::read(path).unwrap(), spec).unwrap()
-}
+use crate::classifier;
 
 /// Smooth synthetic images on the 8-bit grid, different per index.
 fn images(n: usize, offset: usize) -> InputBatch {

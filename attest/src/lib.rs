@@ -7,6 +7,7 @@
 mod digest;
 mod manifest;
 mod pinned;
+mod signature;
 
 pub use digest::{ParseDigestError, Sha256Digest};
 pub use manifest::{
@@ -15,3 +16,7 @@ pub use manifest::{
     ValueRange,
 };
 pub use pinned::{AttestError, AttestedModel, DigestMismatch, Pinned, attest, pin};
+pub use signature::{
+    BUNDLE_MAX_BYTES, ChangedFile, CheckedBundle, FilesMismatch, SignatureError, SignedDirectory,
+    VerifyingKey, verify,
+};

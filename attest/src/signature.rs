@@ -1,0 +1,508 @@
+//! Verification of OpenSSF model-signing bundles (`model_signing sign key`,
+//! v1.x): a Sigstore bundle v0.3 holding a DSSE envelope whose payload is an
+//! in-toto Statement v1 listing every file of the model directory.
+//!
+//! The order follows "structure before crypto": [`CheckedBundle::parse`]
+//! refuses anything but exactly one signature by a public key over an in-toto
+//! payload before any signature is checked; [`verify`] then checks the key
+//! hint, the ECDSA signature over the DSSE pre-authentication encoding of the
+//! exact payload bytes (never re-serialised), and only then reads the
+//! payload. The result, a [`SignedDirectory`], says which files with which
+//! digests the key signed; [`SignedDirectory::check_files`] compares that with
+//! the directory on disk and names every extra, missing or changed file.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::Sha256Digest;
+
+/// The Sigstore bundle media type `model_signing` 1.x writes.
+const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// The DSSE payload type of an in-toto statement.
+const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
+/// Bundles are small; anything larger is refused before parsing.
+pub const BUNDLE_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a signature bundle was refused.
+#[derive(Debug, Error, PartialEq)]
+pub enum SignatureError {
+    /// Not a bundle of the expected shape (checked before any crypto).
+    #[error("signature bundle is malformed: {0}")]
+    Malformed(String),
+    /// A well-formed bundle of a kind this build does not verify.
+    #[error("signature bundle is not supported: {0}")]
+    Unsupported(String),
+    /// The trusted key could not be read.
+    #[error("public key is not usable: {0}")]
+    Key(String),
+    /// The bundle names a different key than the one it is checked against.
+    #[error("the bundle was made with another key (hint {hint}, key {key})")]
+    KeyMismatch {
+        /// The key hint in the bundle.
+        hint: String,
+        /// The fingerprint of the key it was checked against.
+        key: Sha256Digest,
+    },
+    /// The signature does not verify over the payload with this key.
+    #[error("signature does not verify with the given key")]
+    BadSignature,
+    /// The signed payload is not a model-signing statement this build reads.
+    #[error("signed statement is not valid: {0}")]
+    Statement(String),
+}
+
+/// A bundle whose structure was checked: one signature by a public key over
+/// an in-toto payload. Nothing in it is trusted yet.
+#[derive(Debug, Clone)]
+pub struct CheckedBundle {
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+    key_hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawBundle {
+    media_type: String,
+    verification_material: RawMaterial,
+    dsse_envelope: Option<RawEnvelope>,
+    message_signature: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawMaterial {
+    public_key: Option<RawKeyId>,
+    certificate: Option<serde_json::Value>,
+    x509_certificate_chain: Option<serde_json::Value>,
+    // Transparency-log entries and timestamps are accepted and not
+    // interpreted: a keyed bundle's trust rests on the key alone.
+    #[serde(rename = "tlogEntries", default)]
+    _tlog_entries: Vec<serde::de::IgnoredAny>,
+    #[serde(rename = "timestampVerificationData")]
+    _timestamp_verification_data: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyId {
+    hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawEnvelope {
+    payload: String,
+    payload_type: String,
+    signatures: Vec<RawSignature>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignature {
+    sig: String,
+    // `model_signing` writes an empty key id; the key is named by the hint.
+    #[serde(rename = "keyid", default)]
+    _keyid: String,
+}
+
+impl CheckedBundle {
+    /// Parses a bundle and checks its structure:
+    /// 1. at most [`BUNDLE_MAX_BYTES`], JSON of the bundle's shape;
+    /// 2. media type Sigstore bundle v0.3;
+    /// 3. key material is a public key (keyless certificate bundles are
+    ///    refused for now);
+    /// 4. a DSSE envelope (not a bare message signature) with an in-toto
+    ///    payload type and exactly one signature;
+    /// 5. payload and signature are valid base64.
+    pub fn parse(bytes: &[u8]) -> Result<Self, SignatureError> {
+        let malformed = |why: String| SignatureError::Malformed(why);
+        if bytes.len() > BUNDLE_MAX_BYTES {
+            return Err(malformed(format!(
+                "{} bytes, more than the {BUNDLE_MAX_BYTES}-byte limit",
+                bytes.len()
+            )));
+        }
+        let raw: RawBundle =
+            serde_json::from_slice(bytes).map_err(|e| malformed(format!("not a bundle: {e}")))?;
+        if raw.media_type != BUNDLE_MEDIA_TYPE {
+            return Err(SignatureError::Unsupported(format!(
+                "media type {:?}; expected {BUNDLE_MEDIA_TYPE:?}",
+                raw.media_type
+            )));
+        }
+        let material = raw.verification_material;
+        if material.certificate.is_some() || material.x509_certificate_chain.is_some() {
+            return Err(SignatureError::Unsupported(
+                "keyless (certificate) bundles are not verified yet; sign with a key (`model_signing sign key`)".into(),
+            ));
+        }
+        let key = material
+            .public_key
+            .ok_or_else(|| malformed("verification material names no public key".into()))?;
+        let envelope = match (raw.dsse_envelope, raw.message_signature) {
+            (Some(e), None) => e,
+            _ => {
+                return Err(malformed(
+                    "expected exactly a DSSE envelope and no message signature".into(),
+                ));
+            }
+        };
+        if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
+            return Err(malformed(format!(
+                "payload type {:?}; expected {IN_TOTO_PAYLOAD_TYPE:?}",
+                envelope.payload_type
+            )));
+        }
+        let [signature] = envelope.signatures.as_slice() else {
+            return Err(malformed(format!(
+                "{} signatures; exactly one is accepted",
+                envelope.signatures.len()
+            )));
+        };
+        let payload = BASE64
+            .decode(&envelope.payload)
+            .map_err(|e| malformed(format!("payload is not base64: {e}")))?;
+        let sig = BASE64
+            .decode(&signature.sig)
+            .map_err(|e| malformed(format!("signature is not base64: {e}")))?;
+        Ok(Self {
+            payload,
+            signature: sig,
+            key_hint: key.hint.filter(|h| !h.is_empty()),
+        })
+    }
+}
+
+/// A public key trusted to sign models: ECDSA on P-256 (SHA-256) or P-384
+/// (SHA-384), as `model_signing` pairs curve and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyingKey {
+    /// ECDSA P-256 with SHA-256.
+    P256(p256::ecdsa::VerifyingKey),
+    /// ECDSA P-384 with SHA-384.
+    P384(p384::ecdsa::VerifyingKey),
+}
+
+impl VerifyingKey {
+    /// Reads a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) on P-256 or P-384.
+    pub fn from_pem(pem: &str) -> Result<Self, SignatureError> {
+        if let Ok(k) = p256::PublicKey::from_public_key_pem(pem) {
+            return Ok(Self::P256(k.into()));
+        }
+        if let Ok(k) = p384::PublicKey::from_public_key_pem(pem) {
+            return Ok(Self::P384(k.into()));
+        }
+        Err(SignatureError::Key(
+            "expected a PEM public key (SubjectPublicKeyInfo) on P-256 or P-384".into(),
+        ))
+    }
+
+    /// SHA-256 of the key's PEM encoding: the `hint` `model_signing` writes
+    /// into its bundles, and the name a trust policy can use for the key.
+    pub fn fingerprint(&self) -> Sha256Digest {
+        let pem = match self {
+            Self::P256(k) => p256::PublicKey::from(k).to_public_key_pem(LineEnding::LF),
+            Self::P384(k) => p384::PublicKey::from(k).to_public_key_pem(LineEnding::LF),
+        };
+        // Encoding a valid curve point cannot fail; an empty string would
+        // only yield a fingerprint that matches no hint.
+        Sha256Digest::of(pem.unwrap_or_default().as_bytes())
+    }
+
+    fn verify(&self, message: &[u8], der: &[u8]) -> Result<(), SignatureError> {
+        use p256::ecdsa::signature::Verifier;
+        let ok =
+            match self {
+                Self::P256(k) => p256::ecdsa::Signature::from_der(der)
+                    .is_ok_and(|s| k.verify(message, &s).is_ok()),
+                Self::P384(k) => p384::ecdsa::Signature::from_der(der)
+                    .is_ok_and(|s| k.verify(message, &s).is_ok()),
+            };
+        if ok {
+            Ok(())
+        } else {
+            Err(SignatureError::BadSignature)
+        }
+    }
+}
+
+/// The DSSE v1 pre-authentication encoding of an in-toto payload: what the
+/// signature covers.
+fn pae(payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {IN_TOTO_PAYLOAD_TYPE} {} ",
+        IN_TOTO_PAYLOAD_TYPE.len(),
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Statement {
+    #[serde(rename = "_type")]
+    statement_type: String,
+    subject: Vec<Subject>,
+    #[serde(rename = "predicateType")]
+    predicate_type: String,
+    predicate: Predicate,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Subject {
+    name: String,
+    digest: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Predicate {
+    resources: Vec<Resource>,
+    serialization: Serialization,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resource {
+    digest: String,
+    name: String,
+    algorithm: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Serialization {
+    method: String,
+    hash_type: String,
+    allow_symlinks: bool,
+    #[serde(default)]
+    ignore_paths: Vec<String>,
+}
+
+/// What a trusted key signed: the files of a model directory and their
+/// digests. Only [`verify`] builds one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDirectory {
+    name: String,
+    files: BTreeMap<String, Sha256Digest>,
+    ignored: Vec<String>,
+    key: Sha256Digest,
+}
+
+impl SignedDirectory {
+    /// The subject name (the directory's name when it was signed).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Signed files by relative path (`/`-separated) with their digests.
+    pub fn files(&self) -> &BTreeMap<String, Sha256Digest> {
+        &self.files
+    }
+
+    /// Paths the signer excluded (the signature file itself among them).
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
+    }
+
+    /// Fingerprint of the key that signed.
+    pub fn key(&self) -> Sha256Digest {
+        self.key
+    }
+
+    /// Compares the signed file list with the directory's actual files and
+    /// digests, naming every extra, missing and changed file.
+    pub fn check_files(
+        &self,
+        actual: &BTreeMap<String, Sha256Digest>,
+    ) -> Result<(), FilesMismatch> {
+        let missing: Vec<String> = self
+            .files
+            .keys()
+            .filter(|f| !actual.contains_key(*f))
+            .cloned()
+            .collect();
+        let extra: Vec<String> = actual
+            .keys()
+            .filter(|f| !self.files.contains_key(*f))
+            .cloned()
+            .collect();
+        let changed: Vec<ChangedFile> = self
+            .files
+            .iter()
+            .filter_map(|(f, &expected)| {
+                let &found = actual.get(f)?;
+                (found != expected).then(|| ChangedFile {
+                    file: f.clone(),
+                    expected,
+                    actual: found,
+                })
+            })
+            .collect();
+        if missing.is_empty() && extra.is_empty() && changed.is_empty() {
+            Ok(())
+        } else {
+            Err(FilesMismatch {
+                missing,
+                extra,
+                changed,
+            })
+        }
+    }
+}
+
+/// A file whose digest differs from the signed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedFile {
+    /// Relative path.
+    pub file: String,
+    /// The signed digest.
+    pub expected: Sha256Digest,
+    /// The digest on disk.
+    pub actual: Sha256Digest,
+}
+
+/// How a directory differs from what was signed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{}", describe(self))]
+pub struct FilesMismatch {
+    /// Signed but not present.
+    pub missing: Vec<String>,
+    /// Present but not signed.
+    pub extra: Vec<String>,
+    /// Present with another digest.
+    pub changed: Vec<ChangedFile>,
+}
+
+fn describe(m: &FilesMismatch) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(m.changed.iter().map(|c| {
+        format!(
+            "hash mismatch for {}: expected {}, actual {}",
+            c.file, c.expected, c.actual
+        )
+    }));
+    parts.extend(
+        m.missing
+            .iter()
+            .map(|f| format!("signed file {f} is missing")),
+    );
+    parts.extend(
+        m.extra
+            .iter()
+            .map(|f| format!("file {f} is not covered by the signature")),
+    );
+    parts.join("; ")
+}
+
+/// Verifies a checked bundle against a trusted key:
+/// 1. the bundle's key hint, if any, names this key;
+/// 2. the ECDSA signature verifies over the DSSE PAE of the exact payload bytes;
+/// 3. only then, the payload is read: an in-toto Statement v1 with the
+///    model-signing predicate, one subject, `files` serialization with SHA-256;
+/// 4. resource names are unique relative paths, digests are SHA-256;
+/// 5. the subject digest equals SHA-256 over the resource digests in name order.
+pub fn verify(
+    bundle: &CheckedBundle,
+    key: &VerifyingKey,
+) -> Result<SignedDirectory, SignatureError> {
+    let fingerprint = key.fingerprint();
+    if let Some(hint) = &bundle.key_hint
+        && *hint != fingerprint.to_string()
+    {
+        return Err(SignatureError::KeyMismatch {
+            hint: hint.clone(),
+            key: fingerprint,
+        });
+    }
+    key.verify(&pae(&bundle.payload), &bundle.signature)?;
+
+    let bad = |why: String| SignatureError::Statement(why);
+    let statement: Statement = serde_json::from_slice(&bundle.payload)
+        .map_err(|e| bad(format!("not an in-toto statement: {e}")))?;
+    if statement.statement_type != STATEMENT_TYPE || statement.predicate_type != PREDICATE_TYPE {
+        return Err(bad(format!(
+            "statement {:?} with predicate {:?}; expected {STATEMENT_TYPE:?} with {PREDICATE_TYPE:?}",
+            statement.statement_type, statement.predicate_type
+        )));
+    }
+    let s = &statement.predicate.serialization;
+    if s.method != "files" || s.hash_type != "sha256" || s.allow_symlinks {
+        return Err(bad(format!(
+            "serialization {:?} with {:?}{}; only per-file SHA-256 without symlinks is supported",
+            s.method,
+            s.hash_type,
+            if s.allow_symlinks {
+                " following symlinks"
+            } else {
+                ""
+            }
+        )));
+    }
+    let [subject] = statement.subject.as_slice() else {
+        return Err(bad(format!(
+            "{} subjects; exactly one is expected",
+            statement.subject.len()
+        )));
+    };
+    let mut files = BTreeMap::new();
+    for r in &statement.predicate.resources {
+        let path_ok = !r.name.is_empty()
+            && !r.name.starts_with('/')
+            && !r.name.contains('\\')
+            && r.name
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !path_ok {
+            return Err(bad(format!(
+                "resource name {:?} is not a relative path",
+                r.name
+            )));
+        }
+        if r.algorithm != "sha256" {
+            return Err(bad(format!(
+                "{}: digest algorithm {:?}",
+                r.name, r.algorithm
+            )));
+        }
+        let digest: Sha256Digest = r
+            .digest
+            .parse()
+            .map_err(|e| bad(format!("{}: {e}", r.name)))?;
+        if files.insert(r.name.clone(), digest).is_some() {
+            return Err(bad(format!("resource {} is listed twice", r.name)));
+        }
+    }
+    let mut hasher = Sha256::new();
+    for digest in files.values() {
+        hasher.update(digest.as_bytes());
+    }
+    let expected = Sha256Digest::from_bytes(hasher.finalize().into());
+    let claimed = subject
+        .digest
+        .get("sha256")
+        .ok_or_else(|| bad("subject has no sha256 digest".into()))?;
+    if *claimed != expected.to_string() {
+        return Err(bad(format!(
+            "subject digest {claimed} does not match the resources ({expected})"
+        )));
+    }
+    Ok(SignedDirectory {
+        name: subject.name.clone(),
+        files,
+        ignored: s.ignore_paths.clone(),
+        key: fingerprint,
+    })
+}

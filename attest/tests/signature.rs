@@ -1,0 +1,213 @@
+//! Model-signing bundles written by the real OpenSSF `model_signing` 1.1.1
+//! (tests/fixtures/signing/make_fixtures.sh), verified in pure Rust, and one
+//! named case per way a bundle or a directory can be wrong.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use medguard_attest::{CheckedBundle, Sha256Digest, SignatureError, VerifyingKey, verify};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/signing")
+}
+
+fn key(curve: &str) -> VerifyingKey {
+    let pem = std::fs::read_to_string(fixtures().join(format!("{curve}.pub.pem"))).unwrap();
+    VerifyingKey::from_pem(&pem).unwrap()
+}
+
+fn bundle_json(curve: &str) -> serde_json::Value {
+    let bytes = std::fs::read(fixtures().join(format!("model-{curve}/model.sig"))).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn check(v: &serde_json::Value) -> Result<CheckedBundle, SignatureError> {
+    CheckedBundle::parse(&serde_json::to_vec(v).unwrap())
+}
+
+/// Every file of a fixture directory but the signature, with its digest.
+fn files_on_disk(curve: &str) -> BTreeMap<String, Sha256Digest> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Sha256Digest>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if path.file_name().unwrap() != "model.sig" {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .replace('\\', "/");
+                out.insert(rel, Sha256Digest::of(&std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let root = fixtures().join(format!("model-{curve}"));
+    let mut out = BTreeMap::new();
+    walk(&root, &root, &mut out);
+    out
+}
+
+#[test]
+fn bundles_from_the_real_tool_verify_on_both_curves() {
+    for curve in ["p256", "p384"] {
+        let bundle = check(&bundle_json(curve)).unwrap();
+        let signed = verify(&bundle, &key(curve)).unwrap();
+        assert_eq!(signed.name(), format!("model-{curve}"));
+        assert_eq!(
+            signed.files().keys().collect::<Vec<_>>(),
+            ["manifest.json", "model.onnx", "weights/extra.bin"]
+        );
+        assert!(signed.ignored().contains(&"model.sig".to_owned()));
+        signed.check_files(&files_on_disk(curve)).unwrap();
+        // Our fingerprint is the tool's key hint.
+        let hint = bundle_json(curve)["verificationMaterial"]["publicKey"]["hint"].clone();
+        assert_eq!(hint, key(curve).fingerprint().to_string());
+    }
+}
+
+#[test]
+fn unknown_key_is_refused_by_hint_and_by_signature() {
+    let bundle = check(&bundle_json("p256")).unwrap();
+    assert!(matches!(
+        verify(&bundle, &key("p384")),
+        Err(SignatureError::KeyMismatch { .. })
+    ));
+    let mut v = bundle_json("p256");
+    v["verificationMaterial"]["publicKey"]["hint"] = "".into();
+    let other_p256 = {
+        // A second P-256 key: the p384 fixture's bundle cannot help here, so
+        // derive one from a fixed scalar.
+        let secret = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
+        VerifyingKey::P256(p256::ecdsa::VerifyingKey::from(
+            &p256::ecdsa::SigningKey::from(secret),
+        ))
+    };
+    assert_eq!(
+        verify(&check(&v).unwrap(), &other_p256),
+        Err(SignatureError::BadSignature)
+    );
+}
+
+#[test]
+fn a_signature_over_a_different_payload_is_refused() {
+    let mut v = bundle_json("p256");
+    let payload = BASE64
+        .decode(v["dsseEnvelope"]["payload"].as_str().unwrap())
+        .unwrap();
+    let mut statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    statement["predicate"]["resources"][1]["digest"] = "00".repeat(32).into();
+    v["dsseEnvelope"]["payload"] = BASE64
+        .encode(serde_json::to_vec(&statement).unwrap())
+        .into();
+    assert_eq!(
+        verify(&check(&v).unwrap(), &key("p256")),
+        Err(SignatureError::BadSignature)
+    );
+    // Re-serialising the same statement changes the bytes, so it fails too:
+    // the signature covers the exact payload bytes.
+    let mut v = bundle_json("p256");
+    let same: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    v["dsseEnvelope"]["payload"] = BASE64.encode(serde_json::to_vec(&same).unwrap()).into();
+    assert_eq!(
+        verify(&check(&v).unwrap(), &key("p256")),
+        Err(SignatureError::BadSignature)
+    );
+}
+
+#[test]
+fn structure_is_checked_before_crypto() {
+    let two = {
+        let mut v = bundle_json("p256");
+        let sig = v["dsseEnvelope"]["signatures"][0].clone();
+        v["dsseEnvelope"]["signatures"]
+            .as_array_mut()
+            .unwrap()
+            .push(sig);
+        v
+    };
+    let keyless = {
+        let mut v = bundle_json("p256");
+        v["verificationMaterial"]["certificate"] = serde_json::json!({"rawBytes": "AAAA"});
+        v
+    };
+    type Case = (&'static str, serde_json::Value, fn(&SignatureError) -> bool);
+    let cases: [Case; 5] = [
+        (
+            "two signatures",
+            two,
+            |e| matches!(e, SignatureError::Malformed(m) if m.contains("2 signatures")),
+        ),
+        (
+            "keyless bundle",
+            keyless,
+            |e| matches!(e, SignatureError::Unsupported(m) if m.contains("keyless")),
+        ),
+        (
+            "bad base64",
+            {
+                let mut v = bundle_json("p256");
+                v["dsseEnvelope"]["payload"] = "not base64!".into();
+                v
+            },
+            |e| matches!(e, SignatureError::Malformed(m) if m.contains("base64")),
+        ),
+        (
+            "other media type",
+            {
+                let mut v = bundle_json("p256");
+                v["mediaType"] = "application/vnd.dev.sigstore.bundle+json;version=0.1".into();
+                v
+            },
+            |e| matches!(e, SignatureError::Unsupported(_)),
+        ),
+        (
+            "unknown field",
+            {
+                let mut v = bundle_json("p256");
+                v["extra"] = 1.into();
+                v
+            },
+            |e| matches!(e, SignatureError::Malformed(_)),
+        ),
+    ];
+    for (name, v, expected) in cases {
+        let err = check(&v).unwrap_err();
+        assert!(expected(&err), "{name}: {err}");
+    }
+    assert!(matches!(
+        CheckedBundle::parse(b"{not json"),
+        Err(SignatureError::Malformed(_))
+    ));
+    assert!(matches!(
+        VerifyingKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"),
+        Err(SignatureError::Key(_))
+    ));
+}
+
+#[test]
+fn every_extra_missing_and_changed_file_is_named() {
+    let signed = verify(&check(&bundle_json("p256")).unwrap(), &key("p256")).unwrap();
+    let mut disk = files_on_disk("p256");
+    disk.remove("weights/extra.bin");
+    disk.insert("model.onnx".into(), Sha256Digest::of(b"swapped"));
+    disk.insert("backdoor.onnx".into(), Sha256Digest::of(b"x"));
+    let err = signed.check_files(&disk).unwrap_err();
+    assert_eq!(err.missing, ["weights/extra.bin"]);
+    assert_eq!(err.extra, ["backdoor.onnx"]);
+    assert_eq!(err.changed.len(), 1);
+    let text = err.to_string();
+    assert!(
+        text.contains("hash mismatch for model.onnx: expected "),
+        "{text}"
+    );
+    assert!(
+        text.contains("weights/extra.bin is missing")
+            && text.contains("backdoor.onnx is not covered")
+    );
+}

@@ -17,6 +17,6 @@ pub use manifest::{
 };
 pub use pinned::{AttestError, AttestedModel, DigestMismatch, Pinned, attest, pin};
 pub use signature::{
-    BUNDLE_MAX_BYTES, ChangedFile, CheckedBundle, FilesMismatch, SignatureError, SignedDirectory,
-    VerifyingKey, verify,
+    BUNDLE_MAX_BYTES, ChangedFile, CheckedBundle, DEFAULT_IGNORED, FilesMismatch, SignatureError,
+    SignedDirectory, SigningKey, VerifyingKey, sign, verify,
 };

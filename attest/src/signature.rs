@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
-use serde::Deserialize;
+use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey, LineEnding};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -235,6 +235,16 @@ impl VerifyingKey {
     }
 }
 
+/// The statement's subject digest: SHA-256 over the file digests in path
+/// order, as `model_signing` computes it.
+fn subject_digest(files: &BTreeMap<String, Sha256Digest>) -> Sha256Digest {
+    let mut hasher = Sha256::new();
+    for digest in files.values() {
+        hasher.update(digest.as_bytes());
+    }
+    Sha256Digest::from_bytes(hasher.finalize().into())
+}
+
 /// The DSSE v1 pre-authentication encoding of an in-toto payload: what the
 /// signature covers.
 fn pae(payload: &[u8]) -> Vec<u8> {
@@ -312,7 +322,7 @@ impl SignedDirectory {
         &self.files
     }
 
-    /// Paths the signer excluded (the signature file itself among them).
+    /// Paths the signer excluded (the signature file itself among them), sorted.
     pub fn ignored(&self) -> &[String] {
         &self.ignored
     }
@@ -485,11 +495,7 @@ pub fn verify(
             return Err(bad(format!("resource {} is listed twice", r.name)));
         }
     }
-    let mut hasher = Sha256::new();
-    for digest in files.values() {
-        hasher.update(digest.as_bytes());
-    }
-    let expected = Sha256Digest::from_bytes(hasher.finalize().into());
+    let expected = subject_digest(&files);
     let claimed = subject
         .digest
         .get("sha256")
@@ -499,10 +505,157 @@ pub fn verify(
             "subject digest {claimed} does not match the resources ({expected})"
         )));
     }
+    // The tool writes its ignore list in set order; keep it sorted.
+    let mut ignored = s.ignore_paths.clone();
+    ignored.sort();
     Ok(SignedDirectory {
         name: subject.name.clone(),
         files,
-        ignored: s.ignore_paths.clone(),
+        ignored,
         key: fingerprint,
     })
+}
+
+/// A private key that signs model directories, on P-256 or P-384.
+pub enum SigningKey {
+    /// ECDSA P-256 with SHA-256.
+    P256(p256::ecdsa::SigningKey),
+    /// ECDSA P-384 with SHA-384.
+    P384(p384::ecdsa::SigningKey),
+}
+
+impl SigningKey {
+    /// Reads an unencrypted PKCS#8 PEM private key (`BEGIN PRIVATE KEY`), as
+    /// `openssl genpkey` and Python's `cryptography` write them.
+    pub fn from_pem(pem: &str) -> Result<Self, SignatureError> {
+        if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem) {
+            return Ok(Self::P256(k.into()));
+        }
+        if let Ok(k) = p384::SecretKey::from_pkcs8_pem(pem) {
+            return Ok(Self::P384(k.into()));
+        }
+        Err(SignatureError::Key(
+            "expected an unencrypted PKCS#8 PEM private key (BEGIN PRIVATE KEY) on P-256 or P-384"
+                .into(),
+        ))
+    }
+
+    /// The matching public key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        match self {
+            Self::P256(k) => VerifyingKey::P256(*k.verifying_key()),
+            Self::P384(k) => VerifyingKey::P384(*k.verifying_key()),
+        }
+    }
+
+    fn sign_der(&self, message: &[u8]) -> Vec<u8> {
+        use p256::ecdsa::signature::Signer;
+        match self {
+            Self::P256(k) => {
+                let s: p256::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+            Self::P384(k) => {
+                let s: p384::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+        }
+    }
+}
+
+/// Paths `model_signing` leaves out of a directory's signature by default;
+/// medguard writes and honours the same list.
+pub const DEFAULT_IGNORED: [&str; 5] = [
+    ".gitattributes",
+    ".gitignore",
+    ".github",
+    ".git",
+    "model.sig",
+];
+
+#[derive(Serialize)]
+struct OutStatement<'a> {
+    #[serde(rename = "_type")]
+    statement_type: &'a str,
+    subject: [OutSubject<'a>; 1],
+    #[serde(rename = "predicateType")]
+    predicate_type: &'a str,
+    predicate: OutPredicate<'a>,
+}
+
+#[derive(Serialize)]
+struct OutSubject<'a> {
+    name: &'a str,
+    digest: BTreeMap<&'a str, String>,
+}
+
+#[derive(Serialize)]
+struct OutPredicate<'a> {
+    resources: Vec<OutResource<'a>>,
+    serialization: OutSerialization<'a>,
+}
+
+#[derive(Serialize)]
+struct OutResource<'a> {
+    digest: String,
+    name: &'a str,
+    algorithm: &'a str,
+}
+
+#[derive(Serialize)]
+struct OutSerialization<'a> {
+    allow_symlinks: bool,
+    hash_type: &'a str,
+    ignore_paths: &'a [&'a str],
+    method: &'a str,
+}
+
+/// Signs the files of a model directory (relative `/`-separated paths and
+/// their SHA-256 digests) as `model_signing sign key` does: an in-toto
+/// statement in a DSSE envelope in a Sigstore bundle v0.3, ready to be
+/// written as `model.sig`.
+pub fn sign(name: &str, files: &BTreeMap<String, Sha256Digest>, key: &SigningKey) -> Vec<u8> {
+    let subject = subject_digest(files);
+    let statement = OutStatement {
+        statement_type: STATEMENT_TYPE,
+        subject: [OutSubject {
+            name,
+            digest: BTreeMap::from([("sha256", subject.to_string())]),
+        }],
+        predicate_type: PREDICATE_TYPE,
+        predicate: OutPredicate {
+            resources: files
+                .iter()
+                .map(|(name, digest)| OutResource {
+                    digest: digest.to_string(),
+                    name,
+                    algorithm: "sha256",
+                })
+                .collect(),
+            serialization: OutSerialization {
+                allow_symlinks: false,
+                hash_type: "sha256",
+                ignore_paths: &DEFAULT_IGNORED,
+                method: "files",
+            },
+        },
+    };
+    // Serialising plain strings and maps cannot fail.
+    let payload = serde_json::to_vec(&statement).unwrap_or_default();
+    let signature = key.sign_der(&pae(&payload));
+    let bundle = serde_json::json!({
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {
+            "publicKey": {"hint": key.verifying_key().fingerprint().to_string()},
+            "tlogEntries": [],
+        },
+        "dsseEnvelope": {
+            "payload": BASE64.encode(&payload),
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "signatures": [{"sig": BASE64.encode(signature), "keyid": ""}],
+        },
+    });
+    let mut out = serde_json::to_vec_pretty(&bundle).unwrap_or_default();
+    out.push(b'\n');
+    out
 }

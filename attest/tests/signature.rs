@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use medguard_attest::{CheckedBundle, Sha256Digest, SignatureError, VerifyingKey, verify};
+use medguard_attest::{
+    CheckedBundle, Sha256Digest, SignatureError, SigningKey, VerifyingKey, sign, verify,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/signing")
@@ -210,4 +212,21 @@ fn every_extra_missing_and_changed_file_is_named() {
         text.contains("weights/extra.bin is missing")
             && text.contains("backdoor.onnx is not covered")
     );
+}
+
+#[test]
+fn our_bundles_verify_and_carry_the_same_file_list() {
+    for curve in ["p256", "p384"] {
+        let pem = std::fs::read_to_string(fixtures().join(format!("{curve}.key.pem"))).unwrap();
+        let key = SigningKey::from_pem(&pem).unwrap();
+        assert_eq!(key.verifying_key(), self::key(curve));
+        let files = files_on_disk(curve);
+        let bundle = sign(&format!("model-{curve}"), &files, &key);
+        let signed = verify(&CheckedBundle::parse(&bundle).unwrap(), &self::key(curve)).unwrap();
+        assert_eq!(signed.files(), &files);
+        // Same statement content as the real tool's, key for key.
+        let theirs = verify(&check(&bundle_json(curve)).unwrap(), &self::key(curve)).unwrap();
+        assert_eq!(signed, theirs);
+    }
+    assert!(SigningKey::from_pem("not a key").is_err());
 }

@@ -9,6 +9,7 @@ mod digest;
 mod eval;
 mod predict;
 mod screening;
+mod sign;
 mod verify;
 
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ pub struct Cli {
 enum Command {
     Digest(digest::DigestCmd),
     Verify(verify::VerifyCmd),
+    Sign(sign::SignCmd),
     Predict(predict::PredictCmd),
     Calibrate(calibrate::CalibrateCmd),
     Eval(eval::EvalCmd),
@@ -146,6 +148,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Digest(cmd) => cmd.execute(),
         Command::Verify(cmd) => cmd.execute(),
+        Command::Sign(cmd) => cmd.execute(),
         Command::Predict(cmd) => cmd.execute(&cli.sandbox),
         Command::Calibrate(cmd) => cmd.execute(&cli.sandbox),
         Command::Eval(cmd) => cmd.execute(&cli.sandbox),

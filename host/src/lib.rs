@@ -11,3 +11,4 @@ pub mod guest;
 pub mod input;
 pub mod model_dir;
 pub mod sandbox;
+pub mod signing;

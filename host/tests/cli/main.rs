@@ -7,6 +7,7 @@
 
 mod commands;
 mod screening;
+mod signing;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

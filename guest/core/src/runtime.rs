@@ -6,6 +6,8 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::{GuestError, InputBatch, ModelSpec};
 
+mod lint;
+
 /// An optimised tract plan with a symbolic batch axis.
 pub(crate) struct Runnable {
     plan: std::sync::Arc<TypedRunnableModel>,
@@ -16,9 +18,14 @@ impl Runnable {
         let invalid =
             |what: &str, e: TractError| GuestError::InvalidModel(format!("{what}: {e:#}"));
         let mut reader = bytes;
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut reader)
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut reader)
             .map_err(|e| invalid("not a readable ONNX model", e))?;
+        lint::lint(&proto).map_err(GuestError::InvalidModel)?;
+        let mut model = onnx
+            .model_for_proto_model(&proto)
+            .map_err(|e| invalid("not a usable ONNX model", e))?;
         if model.inputs.len() != 1 || model.outputs.len() != 1 {
             return Err(GuestError::InvalidModel(format!(
                 "expected one input and one output, the model has {} and {}",

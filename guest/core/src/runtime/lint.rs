@@ -1,0 +1,82 @@
+//! Lint of the ONNX protobuf before tract builds a model from it. It runs in
+//! the guest, so even the parse of an untrusted model stays in the sandbox.
+
+use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, TensorProto};
+
+/// Operator domains of the ONNX standard; anything else is custom code the
+/// manifest cannot describe.
+const STANDARD_DOMAINS: [&str; 4] = ["", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"];
+
+/// `TensorProto.DataLocation.EXTERNAL`.
+const EXTERNAL: i32 = 1;
+
+/// Refuses models that reference external data (bytes the attestation did not
+/// hash) or use operator domains outside the ONNX standard. Returns the first
+/// reason found.
+pub(crate) fn lint(model: &ModelProto) -> Result<(), String> {
+    for opset in &model.opset_import {
+        standard_domain(&opset.domain, "the model imports operator set")?;
+    }
+    if let Some(function) = model.functions.first() {
+        let domain = function.domain.as_deref().unwrap_or_default();
+        return Err(format!(
+            "the model defines function {:?} in domain {domain:?}; local functions are not accepted",
+            function.name.as_deref().unwrap_or_default()
+        ));
+    }
+    match &model.graph {
+        Some(graph) => lint_graph(graph),
+        None => Err("the model has no graph".into()),
+    }
+}
+
+fn standard_domain(domain: &str, what: &str) -> Result<(), String> {
+    if STANDARD_DOMAINS.contains(&domain) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} domain {domain:?}, outside the ONNX standard domains"
+        ))
+    }
+}
+
+fn lint_graph(graph: &GraphProto) -> Result<(), String> {
+    for tensor in &graph.initializer {
+        lint_tensor(tensor)?;
+    }
+    for sparse in &graph.sparse_initializer {
+        for tensor in sparse.values.iter().chain(&sparse.indices) {
+            lint_tensor(tensor)?;
+        }
+    }
+    for node in &graph.node {
+        standard_domain(
+            &node.domain,
+            &format!("node {:?} ({}) uses operator", node.name, node.op_type),
+        )?;
+        for attribute in &node.attribute {
+            lint_attribute(attribute)?;
+        }
+    }
+    Ok(())
+}
+
+fn lint_attribute(a: &AttributeProto) -> Result<(), String> {
+    for tensor in a.t.iter().chain(&a.tensors) {
+        lint_tensor(tensor)?;
+    }
+    for graph in a.g.iter().chain(&a.graphs) {
+        lint_graph(graph)?;
+    }
+    Ok(())
+}
+
+fn lint_tensor(t: &TensorProto) -> Result<(), String> {
+    if t.data_location == Some(EXTERNAL) || !t.external_data.is_empty() {
+        return Err(format!(
+            "tensor {:?} references external data, which attestation cannot cover; embed the weights in the model file",
+            t.name
+        ));
+    }
+    Ok(())
+}

@@ -56,6 +56,25 @@ impl Batch {
             })
     }
 
+    /// The images at `indices`, in that order; `None` if one is out of range.
+    pub fn select(&self, indices: &[usize]) -> Option<Batch> {
+        let per_image = (self.shape[1] * self.shape[2] * self.shape[3]) as usize;
+        let mut data = Vec::with_capacity(indices.len() * per_image);
+        for &i in indices {
+            data.extend_from_slice(self.data.get(i * per_image..(i + 1) * per_image)?);
+        }
+        Some(Batch {
+            shape: [
+                indices.len() as u32,
+                self.shape[1],
+                self.shape[2],
+                self.shape[3],
+            ],
+            data,
+            source_bits: self.source_bits,
+        })
+    }
+
     /// Single-channel 8-bit images, `[n, h, w]` row-major, mapped like 8-bit PNGs.
     pub fn from_u8_images(n: u32, h: u32, w: u32, pixels: &[u8]) -> Self {
         Self {
@@ -66,26 +85,36 @@ impl Batch {
     }
 }
 
+/// Calibration and evaluation archives are read whole, up to this size.
+pub const ARCHIVE_MAX_BYTES: u64 = 1 << 30;
+
+/// Reads array `name` of an `.npz` archive (compressed or not) as a flat
+/// vector with its shape.
+pub fn read_npz_array<T: ndarray_npy::ReadableElement + Copy>(
+    bytes: &[u8],
+    name: &str,
+) -> Result<(Vec<usize>, Vec<T>), InputError> {
+    let mut npz = ndarray_npy::NpzReader::new(Cursor::new(bytes))
+        .map_err(|e| InputError::Npy(format!("not an .npz archive: {e}")))?;
+    let array: ArrayD<T> = npz
+        .by_name(name)
+        .map_err(|e| InputError::Npy(format!("array {name:?}: {e}")))?;
+    Ok((array.shape().to_vec(), array.iter().copied().collect()))
+}
+
 /// Reads the uint8 array `name` of shape `[N, H, W]` from an `.npz` file
 /// (compressed or not), as calibration and evaluation data come.
 pub fn read_npz_images(bytes: &[u8], name: &str) -> Result<Batch, InputError> {
-    let mut npz = ndarray_npy::NpzReader::new(Cursor::new(bytes))
-        .map_err(|e| InputError::Npy(format!("not an .npz archive: {e}")))?;
-    let array: ArrayD<u8> = npz.by_name(name).map_err(|e| {
-        InputError::Npy(format!(
-            "array {name:?}: {e} (it must exist and be uint8 [N, H, W])"
-        ))
-    })?;
-    let &[n, h, w] = array.shape() else {
+    let (shape, pixels) = read_npz_array::<u8>(bytes, name)
+        .map_err(|e| InputError::Npy(format!("{e} (it must exist and be uint8 [N, H, W])")))?;
+    let &[n, h, w] = shape.as_slice() else {
         return Err(InputError::Npy(format!(
-            "array {name:?} has shape {:?}; expected [N, H, W]",
-            array.shape()
+            "array {name:?} has shape {shape:?}; expected [N, H, W]"
         )));
     };
     let dim = |d: usize| {
         u32::try_from(d).map_err(|_| InputError::Npy(format!("dimension {d} is too large")))
     };
-    let pixels: Vec<u8> = array.iter().copied().collect();
     Ok(Batch::from_u8_images(dim(n)?, dim(h)?, dim(w)?, &pixels))
 }
 
@@ -376,5 +405,15 @@ mod tests {
             [2, 2, 1]
         );
         assert_eq!(chunks[2].data, vec![8.0, 9.0]);
+    }
+
+    #[test]
+    fn select_picks_images_in_order_and_refuses_out_of_range() {
+        let b = Batch::from_u8_images(3, 1, 2, &[0, 1, 2, 3, 4, 5]);
+        let picked = b.select(&[2, 0]).unwrap();
+        assert_eq!(picked.shape, [2, 1, 1, 2]);
+        assert_eq!(picked.data, [4.0f32, 5.0, 0.0, 1.0].map(|v| v / 255.0));
+        assert_eq!(picked.source_bits, 8);
+        assert!(b.select(&[3]).is_none());
     }
 }

@@ -12,9 +12,6 @@ use super::{Exit, SandboxArgs, attested_or_refused};
 use crate::input::{self, Batch};
 use crate::model_dir::{MANIFEST_FILE, read_capped};
 
-/// Calibration and evaluation archives are larger than single inputs.
-const DATA_MAX_BYTES: u64 = 1 << 30;
-
 /// Compute clean reference statistics in the sandbox and write the screening
 /// profile into the model's manifest.
 #[derive(Debug, Args)]
@@ -128,7 +125,7 @@ impl CalibrateCmd {
     }
 
     fn load_images(&self) -> anyhow::Result<Batch> {
-        let bytes = read_capped(&self.data, DATA_MAX_BYTES)?;
+        let bytes = read_capped(&self.data, input::ARCHIVE_MAX_BYTES)?;
         let all = input::read_npz_images(&bytes, &self.array)
             .with_context(|| format!("reading {}", self.data.display()))?;
         let Some(path) = &self.indices else {
@@ -143,30 +140,12 @@ impl CalibrateCmd {
                 path.display()
             )
         })?;
-        let per_image = (all.shape[1] * all.shape[2] * all.shape[3]) as usize;
-        let mut data = Vec::with_capacity(calibration_indices.len() * per_image);
-        for &i in &calibration_indices {
-            let image = all
-                .data
-                .get(i * per_image..(i + 1) * per_image)
-                .with_context(|| {
-                    format!(
-                        "{}: index {i} is outside the {} images",
-                        path.display(),
-                        all.len()
-                    )
-                })?;
-            data.extend_from_slice(image);
-        }
-        Ok(Batch {
-            shape: [
-                calibration_indices.len() as u32,
-                all.shape[1],
-                all.shape[2],
-                all.shape[3],
-            ],
-            data,
-            source_bits: all.source_bits,
+        all.select(&calibration_indices).with_context(|| {
+            format!(
+                "{}: an index is outside the {} images",
+                path.display(),
+                all.len()
+            )
         })
     }
 

@@ -1,12 +1,10 @@
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use medguard_attest::AttestedModel;
 use medguard_screen::Verdict;
-use ndarray::ArrayD;
 use serde::Serialize;
 
 use super::screening::{Mode, predicted_class, screen_all};
@@ -15,9 +13,6 @@ use crate::eval::{self, Estimate, bootstrap, plot, proportion, roc_auc, tpr_at_f
 use crate::input::{self, Batch};
 use crate::model_dir::read_capped;
 use crate::sandbox::{GuestProgram, ScreenedImage};
-
-/// Evaluation archives are read whole.
-const DATA_MAX_BYTES: u64 = 1 << 30;
 
 /// Measure the guard: run the real guest over clean test images, attack sets
 /// and benign corruptions; write a JSON report and a ROC plot.
@@ -133,10 +128,10 @@ impl EvalCmd {
             return Ok(Exit::Refused);
         };
         let profile = &screening.profile;
-        let bytes = read_capped(&self.clean, DATA_MAX_BYTES)?;
+        let bytes = read_capped(&self.clean, input::ARCHIVE_MAX_BYTES)?;
         let clean_images = input::read_npz_images(&bytes, &self.clean_array)
             .with_context(|| format!("reading {}", self.clean.display()))?;
-        let labels = read_u8(&bytes, &self.labels_array)
+        let (_, labels) = input::read_npz_array::<u8>(&bytes, &self.labels_array)
             .with_context(|| format!("reading labels from {}", self.clean.display()))?;
         if labels.len() != clean_images.len() {
             bail!(
@@ -179,7 +174,7 @@ impl EvalCmd {
         let mut corruptions = Vec::new();
         let mut curves = Vec::new();
         for (k, set) in sets.iter().enumerate() {
-            let bytes = read_capped(&set.path, DATA_MAX_BYTES)?;
+            let bytes = read_capped(&set.path, input::ARCHIVE_MAX_BYTES)?;
             let images = input::read_npz_images(&bytes, "images")
                 .with_context(|| format!("reading {}", set.path.display()))?;
             let seed = self.seed.wrapping_add(1000 * (k as u64 + 1));
@@ -201,12 +196,15 @@ impl EvalCmd {
                 });
                 continue;
             }
-            let flipped = read_bool(&bytes, "flipped")
+            let (_, flipped) = input::read_npz_array::<bool>(&bytes, "flipped")
                 .with_context(|| format!("reading `flipped` from {}", set.path.display()))?;
             if flipped.len() != images.len() {
                 bail!("{}: `flipped` does not match `images`", set.path.display());
             }
-            let kept = select(&images, &flipped);
+            let indices: Vec<usize> = (0..flipped.len()).filter(|&i| flipped[i]).collect();
+            let kept = images
+                .select(&indices)
+                .context("`flipped` is longer than `images`")?;
             let judged = run(&kept, &set.name, seed)?;
             let attack_p: Vec<f64> = judged.iter().map(|s| s.p_value).collect();
             let boot = |metric: &dyn Fn(&[f64], &[f64]) -> f64| {
@@ -358,39 +356,6 @@ fn list_sets(dir: &Path) -> anyhow::Result<Vec<SetFile>> {
         )
     });
     Ok(sets)
-}
-
-fn select(images: &Batch, keep: &[bool]) -> Batch {
-    let per = (images.shape[1] * images.shape[2] * images.shape[3]) as usize;
-    let data: Vec<f32> = images
-        .data
-        .chunks_exact(per)
-        .zip(keep)
-        .filter(|(_, k)| **k)
-        .flat_map(|(x, _)| x.iter().copied())
-        .collect();
-    Batch {
-        shape: [
-            keep.iter().filter(|k| **k).count() as u32,
-            images.shape[1],
-            images.shape[2],
-            images.shape[3],
-        ],
-        data,
-        source_bits: images.source_bits,
-    }
-}
-
-fn read_u8(bytes: &[u8], name: &str) -> anyhow::Result<Vec<u8>> {
-    let mut npz = ndarray_npy::NpzReader::new(Cursor::new(bytes))?;
-    let a: ArrayD<u8> = npz.by_name(name)?;
-    Ok(a.iter().copied().collect())
-}
-
-fn read_bool(bytes: &[u8], name: &str) -> anyhow::Result<Vec<bool>> {
-    let mut npz = ndarray_npy::NpzReader::new(Cursor::new(bytes))?;
-    let a: ArrayD<bool> = npz.by_name(name)?;
-    Ok(a.iter().copied().collect())
 }
 
 fn print_summary(r: &Report) {

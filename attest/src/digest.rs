@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest. The algorithm is part of the type, so a digest of another
 /// algorithm can never be compared with it by accident.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sha256Digest([u8; 32]);
 
 impl Sha256Digest {

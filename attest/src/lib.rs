@@ -1,13 +1,19 @@
 //! Attestation for medguard, with no I/O so that the browser build can reuse it.
 //!
 //! The host reads bytes; this crate decides whether they may run. The only way
-//! to obtain an [`AttestedModel`] or a [`Pinned`] blob is to pass [`attest`] or
-//! [`pin`], and both carry the very bytes that were hashed.
+//! to obtain an [`AttestedModel`] is to pass [`attest`] (a manifest the caller
+//! vouches for) or the admission stages under a [`TrustPolicy`]
+//! ([`admit_signature`]); a [`Pinned`] blob comes only from [`pin`]. Each
+//! carries the very bytes that were hashed.
 
+mod admit;
 mod digest;
 mod manifest;
 mod pinned;
+mod policy;
 mod signature;
+
+pub use admit::{AdmitError, AdmittedManifest, MANIFEST_PATH, SignedBy, admit_signature};
 
 pub use digest::{ParseDigestError, Sha256Digest};
 pub use manifest::{
@@ -15,7 +21,12 @@ pub use manifest::{
     ManifestError, ModelFile, OutputKind, OutputSpec, PixelMapping, PixelScale, ScreeningSection,
     ValueRange,
 };
-pub use pinned::{AttestError, AttestedModel, DigestMismatch, Pinned, attest, pin};
+pub use pinned::{
+    AttestError, AttestedModel, DigestMismatch, Pinned, Provenance, Signer, attest, pin,
+};
+pub use policy::{
+    HighWater, POLICY_MAX_BYTES, POLICY_SCHEMA, PolicyError, Refusal, TrustPolicy, TrustedKey,
+};
 pub use signature::{
     BUNDLE_MAX_BYTES, ChangedFile, CheckedBundle, DEFAULT_IGNORED, FilesMismatch, SignatureError,
     SignedDirectory, SigningKey, VerifyingKey, sign, verify,

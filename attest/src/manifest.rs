@@ -21,6 +21,11 @@ pub struct Manifest {
     pub name: String,
     /// Model version (semver); later issues refuse rollbacks by it.
     pub version: semver::Version,
+    /// When this manifest stops being valid (RFC 3339). A trust policy can
+    /// require one so that a stale signed manifest cannot be replayed
+    /// forever (a freeze attack). Covered by the signature like every field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<jiff::Timestamp>,
     /// The model file and its expected digest.
     pub model: ModelFile,
     /// How the input tensor looks and how image pixels become it.

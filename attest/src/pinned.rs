@@ -61,6 +61,32 @@ pub fn pin(bytes: impl Into<Arc<[u8]>>, expected: Sha256Digest) -> Result<Pinned
 pub struct AttestedModel {
     manifest: Manifest,
     model: Pinned,
+    provenance: Provenance,
+}
+
+/// Why the manifest itself was trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provenance {
+    /// The caller vouched for the manifest ([`attest`]): a vendor's own
+    /// working copy, or a digest pinned by the embedding application.
+    Vouched,
+    /// A key of the trust policy signed the whole directory and the policy
+    /// admitted the manifest ([`crate::admit_signature`] and its stages).
+    Signed {
+        /// The key that signed.
+        signer: Signer,
+        /// SHA-256 of the signed manifest file.
+        manifest_sha256: Sha256Digest,
+    },
+}
+
+/// A signing key as the trust policy names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The policy's name for the key.
+    pub name: String,
+    /// SHA-256 of its public key PEM.
+    pub fingerprint: Sha256Digest,
 }
 
 impl AttestedModel {
@@ -77,6 +103,11 @@ impl AttestedModel {
     /// SHA-256 of the model bytes.
     pub fn model_digest(&self) -> Sha256Digest {
         self.model.digest()
+    }
+
+    /// Why the manifest was trusted.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
     }
 }
 
@@ -108,11 +139,26 @@ pub enum AttestError {
 /// 1. the bytes are not empty;
 /// 2. their length equals the manifest's declared size (cheap, and names truncation);
 /// 3. their SHA-256 equals the manifest's digest.
+///
+/// The manifest is taken on the caller's word ([`Provenance::Vouched`]); a
+/// deployment admits signed directories through [`crate::admit_signature`].
 pub fn attest(
     manifest: Manifest,
     model_bytes: impl Into<Arc<[u8]>>,
 ) -> Result<AttestedModel, AttestError> {
     let bytes: Arc<[u8]> = model_bytes.into();
+    let digest = Sha256Digest::of(&bytes);
+    attest_hashed(manifest, bytes, digest, Provenance::Vouched)
+}
+
+/// [`attest`] for bytes this crate has just hashed, so that admission hashes
+/// the model once. Private to the crate: `digest` must be the bytes' SHA-256.
+pub(crate) fn attest_hashed(
+    manifest: Manifest,
+    bytes: Arc<[u8]>,
+    digest: Sha256Digest,
+    provenance: Provenance,
+) -> Result<AttestedModel, AttestError> {
     let expected = manifest.model.size;
     // 1.
     if bytes.is_empty() {
@@ -124,6 +170,17 @@ pub fn attest(
         return Err(AttestError::SizeMismatch { expected, actual });
     }
     // 3.
-    let model = pin(bytes, manifest.model.sha256)?;
-    Ok(AttestedModel { manifest, model })
+    if digest != manifest.model.sha256 {
+        return Err(DigestMismatch {
+            expected: manifest.model.sha256,
+            actual: digest,
+        }
+        .into());
+    }
+    let model = Pinned { bytes, digest };
+    Ok(AttestedModel {
+        manifest,
+        model,
+        provenance,
+    })
 }

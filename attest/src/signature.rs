@@ -115,6 +115,12 @@ struct RawSignature {
 }
 
 impl CheckedBundle {
+    /// The key hint the signer wrote (`model_signing` writes the key's
+    /// [`VerifyingKey::fingerprint`]); untrusted until the signature verifies.
+    pub fn key_hint(&self) -> Option<&str> {
+        self.key_hint.as_deref()
+    }
+
     /// Parses a bundle and checks its structure:
     /// 1. at most [`BUNDLE_MAX_BYTES`], JSON of the bundle's shape;
     /// 2. media type Sigstore bundle v0.3;
@@ -332,23 +338,45 @@ impl SignedDirectory {
         self.key
     }
 
+    /// Compares only the names of the directory's files with the signed
+    /// ones, so that an extra or missing file is refused before anything is
+    /// hashed (an extra file may be endless).
+    pub fn check_file_names<'a>(
+        &self,
+        actual: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<(), FilesMismatch> {
+        let missing: Vec<String> = self
+            .files
+            .keys()
+            .filter(|f| !actual.clone().into_iter().any(|a| a == f.as_str()))
+            .cloned()
+            .collect();
+        let extra: Vec<String> = actual
+            .into_iter()
+            .filter(|f| !self.files.contains_key(*f))
+            .map(str::to_owned)
+            .collect();
+        if missing.is_empty() && extra.is_empty() {
+            Ok(())
+        } else {
+            Err(FilesMismatch {
+                missing,
+                extra,
+                changed: Vec::new(),
+            })
+        }
+    }
+
     /// Compares the signed file list with the directory's actual files and
     /// digests, naming every extra, missing and changed file.
     pub fn check_files(
         &self,
         actual: &BTreeMap<String, Sha256Digest>,
     ) -> Result<(), FilesMismatch> {
-        let missing: Vec<String> = self
-            .files
-            .keys()
-            .filter(|f| !actual.contains_key(*f))
-            .cloned()
-            .collect();
-        let extra: Vec<String> = actual
-            .keys()
-            .filter(|f| !self.files.contains_key(*f))
-            .cloned()
-            .collect();
+        let (missing, extra) = match self.check_file_names(actual.keys().map(String::as_str)) {
+            Ok(()) => (Vec::new(), Vec::new()),
+            Err(m) => (m.missing, m.extra),
+        };
         let changed: Vec<ChangedFile> = self
             .files
             .iter()

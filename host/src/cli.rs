@@ -32,6 +32,8 @@ use crate::sandbox::{CompiledCache, GuestLoad, GuestProgram, Limits, Runtime};
 pub struct Cli {
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    state: StateArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,7 +121,71 @@ impl SandboxArgs {
     }
 }
 
-/// Reads and attests a model directory. A refusal is the command's answer,
+/// Where the deployment keeps its state.
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// Data directory for rollback high-water marks [default:
+    /// $XDG_DATA_HOME/medguard or ~/.local/share/medguard]; created mode 0700.
+    #[arg(long, global = true, env = "MEDGUARD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        self.data_dir
+            .clone()
+            .or_else(crate::state::default_data_dir)
+            .context("no data directory: pass --data-dir or set MEDGUARD_DATA_DIR (HOME is unset)")
+    }
+}
+
+/// The trust policy a command admits models under.
+#[derive(Debug, Args)]
+struct TrustArgs {
+    /// Trust policy (TOML): which keys may sign which models, minimum
+    /// versions, revoked keys. Without one every model is refused.
+    #[arg(long, env = "MEDGUARD_TRUST_POLICY", value_name = "TOML")]
+    trust_policy: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    /// Admits the signed model directory `dir` under the policy (or
+    /// `fallback`, the demo's bundled policy) and the high-water marks of
+    /// the data directory. A refusal is the command's answer: its reason is
+    /// printed as one line and `None` returned (exit 1). A broken policy or
+    /// state file is an error (exit 2).
+    fn admitted_or_refused(
+        &self,
+        state: &StateArgs,
+        dir: &std::path::Path,
+        fallback: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<(medguard_attest::AttestedModel, PathBuf)>> {
+        use crate::admission::{AdmissionError, admit_directory, load_policy};
+        let Some(path) = self.trust_policy.as_deref().or(fallback) else {
+            eprintln!(
+                "medguard: refused: no trust policy (--trust-policy FILE or MEDGUARD_TRUST_POLICY); without one no model is admitted"
+            );
+            return Ok(None);
+        };
+        let policy = load_policy(path)?;
+        let mut store = crate::state::HighWaterStore::open(&state.dir()?)?;
+        match admit_directory(dir, &policy, &mut store, jiff::Timestamp::now()) {
+            Ok(model) => Ok(Some((model, path.to_owned()))),
+            Err(
+                e @ AdmissionError::State(
+                    crate::state::StateError::Io { .. } | crate::state::StateError::Damaged { .. },
+                ),
+            ) => Err(e.into()),
+            Err(e) => {
+                eprintln!("medguard: refused: {e}");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Reads and attests a model directory whose manifest the user vouches for
+/// (the vendor-side commands `calibrate` and `eval`). A refusal is the command's answer,
 /// not an error: its reason is printed as one line and `None` returned, and
 /// the command exits 1.
 fn attested_or_refused(dir: &std::path::Path) -> Option<medguard_attest::AttestedModel> {
@@ -147,12 +213,12 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Digest(cmd) => cmd.execute(),
-        Command::Verify(cmd) => cmd.execute(),
+        Command::Verify(cmd) => cmd.execute(&cli.state),
         Command::Sign(cmd) => cmd.execute(),
-        Command::Predict(cmd) => cmd.execute(&cli.sandbox),
+        Command::Predict(cmd) => cmd.execute(&cli.sandbox, &cli.state),
         Command::Calibrate(cmd) => cmd.execute(&cli.sandbox),
         Command::Eval(cmd) => cmd.execute(&cli.sandbox),
-        Command::Demo(cmd) => cmd.execute(&cli.sandbox),
+        Command::Demo(cmd) => cmd.execute(&cli.sandbox, &cli.state),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -2,9 +2,12 @@
 //! drives both from the `medguard` command line.
 //!
 //! Trust flows one way: bytes -> [`medguard_attest::AttestedModel`] (via
-//! [`model_dir::load`]) -> [`sandbox::Session`] -> probabilities. The host
+//! [`admission::admit_directory`] under a trust policy, or [`model_dir::load`]
+//! for a manifest the caller vouches for) -> [`sandbox::Session`] ->
+//! probabilities. The host
 //! never parses or runs the model itself; tract lives behind the sandbox.
 
+pub mod admission;
 pub mod cli;
 pub mod eval;
 pub mod guest;
@@ -12,3 +15,4 @@ pub mod input;
 pub mod model_dir;
 pub mod sandbox;
 pub mod signing;
+pub mod state;

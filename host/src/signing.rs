@@ -11,14 +11,11 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use medguard_attest::{
-    BUNDLE_MAX_BYTES, CheckedBundle, DEFAULT_IGNORED, FilesMismatch, Sha256Digest, SignatureError,
-    SignedDirectory, SigningKey, VerifyingKey, sign, verify,
-};
+use medguard_attest::{DEFAULT_IGNORED, Sha256Digest, SigningKey, sign};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError, read_capped};
+use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError};
 
 /// The signature's file name inside a model directory (the tool's default).
 pub const SIGNATURE_FILE: &str = "model.sig";
@@ -43,30 +40,42 @@ pub enum SigningError {
         /// The link.
         path: PathBuf,
     },
-    /// The bundle or key was refused.
-    #[error(transparent)]
-    Signature(#[from] SignatureError),
-    /// The directory differs from what was signed.
-    #[error("the model directory does not match its signature: {0}")]
-    Files(#[from] FilesMismatch),
+    /// A FIFO, socket or device inside the directory.
+    #[error("{} is not a regular file; signed model directories hold only files and folders", path.display())]
+    SpecialFile {
+        /// The entry.
+        path: PathBuf,
+    },
 }
 
-/// SHA-256 of every file below `dir` except the `ignored` top-level paths,
-/// streamed with a per-file cap.
+/// Every regular file below `dir` except the `ignored` top-level paths, by
+/// `/`-separated relative path. Symlinks and special files (a FIFO would
+/// block the reader forever) are refused.
+pub fn directory_files(
+    dir: &Path,
+    ignored: &[&str],
+) -> Result<BTreeMap<String, PathBuf>, SigningError> {
+    let mut out = BTreeMap::new();
+    walk(dir, dir, ignored, &mut out)?;
+    Ok(out)
+}
+
+/// SHA-256 of every file [`directory_files`] lists, streamed with a per-file cap.
 pub fn directory_digests(
     dir: &Path,
     ignored: &[&str],
 ) -> Result<BTreeMap<String, Sha256Digest>, SigningError> {
-    let mut out = BTreeMap::new();
-    walk(dir, dir, ignored, &mut out)?;
-    Ok(out)
+    directory_files(dir, ignored)?
+        .into_iter()
+        .map(|(name, path)| Ok((name, digest_capped(&path)?)))
+        .collect()
 }
 
 fn walk(
     root: &Path,
     dir: &Path,
     ignored: &[&str],
-    out: &mut BTreeMap<String, Sha256Digest>,
+    out: &mut BTreeMap<String, PathBuf>,
 ) -> Result<(), SigningError> {
     let io_err = |path: &Path| {
         let path = path.to_owned();
@@ -90,14 +99,17 @@ fn walk(
             return Err(SigningError::Symlink { path });
         } else if kind.is_dir() {
             walk(root, &path, ignored, out)?;
+        } else if kind.is_file() {
+            out.insert(relative, path);
         } else {
-            out.insert(relative, digest_capped(&path)?);
+            return Err(SigningError::SpecialFile { path });
         }
     }
     Ok(())
 }
 
-fn digest_capped(path: &Path) -> Result<Sha256Digest, SigningError> {
+/// SHA-256 of a file, streamed; more than [`MODEL_MAX_BYTES`] is refused.
+pub fn digest_capped(path: &Path) -> Result<Sha256Digest, SigningError> {
     let io_err = |source| SigningError::Io {
         path: path.to_owned(),
         source,
@@ -122,21 +134,6 @@ fn digest_capped(path: &Path) -> Result<Sha256Digest, SigningError> {
         hasher.update(&buf[..n]);
     }
     Ok(Sha256Digest::from_bytes(hasher.finalize().into()))
-}
-
-/// Checks `dir/model.sig` against a trusted key:
-/// 1. read the bundle (size-capped) and check its structure;
-/// 2. verify the signature and read what it signed;
-/// 3. hash the directory, leaving out what the signer left out;
-/// 4. compare, naming every extra, missing or changed file.
-pub fn verify_directory(dir: &Path, key: &VerifyingKey) -> Result<SignedDirectory, SigningError> {
-    let bundle = read_capped(&dir.join(SIGNATURE_FILE), BUNDLE_MAX_BYTES as u64)?;
-    let bundle = CheckedBundle::parse(&bundle)?;
-    let signed = verify(&bundle, key)?;
-    let ignored: Vec<&str> = signed.ignored().iter().map(String::as_str).collect();
-    let actual = directory_digests(dir, &ignored)?;
-    signed.check_files(&actual)?;
-    Ok(signed)
 }
 
 /// Signs every file of `dir` and writes the bundle to `out` atomically.

@@ -1,6 +1,7 @@
 """Write manifest.json for model.onnx: digest, size, input spec and labels.
 
-Run after train.py (which calls it). Standard library only.
+Run after train.py (which calls it), then `medguard calibrate` and
+`medguard sign` (see models/trust/README.md). Standard library only.
 """
 
 import hashlib
@@ -10,12 +11,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def main(version: str = "1.0.0"):
+def main(version: str = "1.0.0", expires: str = "2028-11-28T00:00:00Z"):
     model = (HERE / "model.onnx").read_bytes()
     manifest = {
         "schema": "medguard.manifest/v1",
         "name": "pneumonia-cnn",
         "version": version,
+        # Signed with the rest: a stale manifest cannot be replayed past this.
+        "expires": expires,
         "model": {
             "file": "model.onnx",
             "sha256": hashlib.sha256(model).hexdigest(),

@@ -5,30 +5,52 @@ use anyhow::Context;
 use clap::Args;
 
 use super::predict::{Format, Settings, open_session, predict_files};
-use super::{Exit, SandboxArgs, attested_or_refused};
+use medguard_attest::Provenance;
+
+use super::{Exit, SandboxArgs, StateArgs, TrustArgs};
 use crate::sandbox::CacheUse;
 
-/// Attest the bundled demo model and classify its sample X-rays in the sandbox.
+/// Admit the bundled demo model under the bundled demo trust policy and
+/// classify its sample X-rays in the sandbox.
 #[derive(Debug, Args)]
 pub struct DemoCmd {
     /// The model directory to demonstrate.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/pneumonia"))]
     model_dir: PathBuf,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
+/// The demo's policy: trusts only the demo key, which is public in the repository.
+const DEMO_POLICY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/trust/demo-policy.toml"
+);
+
 impl DemoCmd {
-    pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
+    pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
         // Canonical, so the paths printed below are the ones a user can open.
         let dir = std::fs::canonicalize(&self.model_dir).unwrap_or(self.model_dir);
+        let fallback = std::fs::canonicalize(DEMO_POLICY).unwrap_or(DEMO_POLICY.into());
         println!("medguard demo: {}\n", dir.display());
-        let Some(model) = attested_or_refused(&dir) else {
+        let Some((model, policy)) = self
+            .trust
+            .admitted_or_refused(state, &dir, Some(&fallback))?
+        else {
             return Ok(Exit::Refused);
         };
         let m = model.manifest();
+        let signer = match model.provenance() {
+            Provenance::Signed { signer, .. } => {
+                format!("key {:?} ({})", signer.name, signer.fingerprint)
+            }
+            Provenance::Vouched => "nobody (vouched)".into(),
+        };
         println!(
-            "1. attestation  {} {}: sha256 {} matches the manifest",
+            "1. attestation  {} {}: every file matches model.sig, signed by {signer};\n                 admitted by {}; model sha256 {} matches the manifest",
             m.name,
             m.version,
+            policy.display(),
             model.model_digest()
         );
         let (program, load) = sandbox.start()?;

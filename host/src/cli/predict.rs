@@ -8,17 +8,17 @@ use medguard_screen::Verdict;
 use serde::Serialize;
 
 use super::screening::predicted_class;
-use super::{Exit, SandboxArgs, attested_or_refused};
+use super::{Exit, SandboxArgs, StateArgs, TrustArgs};
 use crate::input::{self, INPUT_MAX_BYTES};
 use crate::model_dir::read_capped;
 use crate::sandbox::{
     GuestFailure, GuestProgram, SandboxError, ScreenOptions, ScreenedImage, Session,
 };
 
-/// Attest a model, then screen and classify images with it inside the sandbox.
+/// Admit a signed model under the trust policy, then screen and classify images with it in the sandbox.
 #[derive(Debug, Args)]
 pub struct PredictCmd {
-    /// Directory holding manifest.json and the model file it names.
+    /// Signed model directory: model.sig, manifest.json and the model file.
     model_dir: PathBuf,
     /// PNG images (8- or 16-bit, gray or RGB) or .npy arrays ([H,W], [N,H,W] or [N,C,H,W]).
     #[arg(required = true)]
@@ -28,6 +28,8 @@ pub struct PredictCmd {
     json: bool,
     #[command(flatten)]
     screening: ScreeningArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 /// How screening verdicts are enforced.
@@ -90,8 +92,12 @@ impl Default for Settings {
 }
 
 impl PredictCmd {
-    pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
-        let Some(model) = attested_or_refused(&self.model_dir) else {
+    pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
+        // Admission comes first: a refused model never meets the guest.
+        let Some((model, _)) = self
+            .trust
+            .admitted_or_refused(state, &self.model_dir, None)?
+        else {
             return Ok(Exit::Refused);
         };
         let settings = self.screening.settings()?;

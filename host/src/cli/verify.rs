@@ -1,42 +1,26 @@
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
-use medguard_attest::VerifyingKey;
+use medguard_attest::Provenance;
 
-use super::{Exit, attested_or_refused};
-use crate::signing::verify_directory;
+use super::{Exit, StateArgs, TrustArgs};
 
-/// Attest a model directory without running it: exit 0 if accepted, 1 if refused.
+/// Admit a signed model directory under the trust policy without running it:
+/// exit 0 if admitted, 1 if refused (with the rule that refused it).
 #[derive(Debug, Args)]
 pub struct VerifyCmd {
-    /// Directory holding manifest.json and the model file it names.
+    /// Directory holding model.sig, manifest.json and the model file it names.
     model_dir: PathBuf,
-    /// Also require MODEL_DIR/model.sig to be a valid model-signing signature
-    /// by this PEM public key (P-256 or P-384) over every file of the directory.
-    #[arg(long, value_name = "PEM")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 impl VerifyCmd {
-    pub(super) fn execute(self) -> anyhow::Result<Exit> {
-        if let Some(path) = &self.key {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let key = VerifyingKey::from_pem(&pem).with_context(|| path.display().to_string())?;
-            match verify_directory(&self.model_dir, &key) {
-                Ok(signed) => println!(
-                    "signature: {} files signed by key {}",
-                    signed.files().len(),
-                    signed.key()
-                ),
-                Err(e) => {
-                    eprintln!("medguard: refused: {e}");
-                    return Ok(Exit::Refused);
-                }
-            }
-        }
-        let Some(model) = attested_or_refused(&self.model_dir) else {
+    pub(super) fn execute(self, state: &StateArgs) -> anyhow::Result<Exit> {
+        let Some((model, policy)) = self
+            .trust
+            .admitted_or_refused(state, &self.model_dir, None)?
+        else {
             return Ok(Exit::Refused);
         };
         let m = model.manifest();
@@ -47,6 +31,22 @@ impl VerifyCmd {
             m.model.size,
             model.model_digest()
         );
+        if let Provenance::Signed {
+            signer,
+            manifest_sha256,
+        } = model.provenance()
+        {
+            println!(
+                "signed by: key {:?} ({}), admitted by {}",
+                signer.name,
+                signer.fingerprint,
+                policy.display()
+            );
+            println!("manifest: sha256 {manifest_sha256}");
+        }
+        if let Some(expires) = m.expires {
+            println!("expires: {expires}");
+        }
         Ok(Exit::Ok)
     }
 }

@@ -77,14 +77,10 @@ impl CompiledCache {
     /// The default location: `$MEDGUARD_CACHE_DIR`, else `$XDG_CACHE_HOME/medguard`,
     /// else `$HOME/.cache/medguard`.
     pub fn default_dir() -> Option<PathBuf> {
-        let var = |k| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        var("MEDGUARD_CACHE_DIR")
-            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("medguard")))
-            .or_else(|| var("HOME").map(|d| d.join(".cache").join("medguard")))
+        std::env::var_os("MEDGUARD_CACHE_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| crate::state::user_dir("XDG_CACHE_HOME", ".cache"))
     }
 
     /// Opens (creating if needed) the cache in `dir` and its key.

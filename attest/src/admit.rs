@@ -1,0 +1,194 @@
+//! Admission of a signed model directory under a trust policy, in stages
+//! whose types only the previous stage can build:
+//!
+//! [`CheckedBundle`] → [`admit_signature`] → [`SignedBy`]
+//! → [`SignedBy::admit_manifest`] → [`AdmittedManifest`]
+//! → [`AdmittedManifest::admit_model`] → [`AttestedModel`].
+//!
+//! Every cheap refusal comes before any expensive read: the host reads the
+//! model file only once the signature verified and the policy accepted the
+//! signed manifest, and the bytes it hashes for the signature check are the
+//! bytes the sandbox gets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use thiserror::Error;
+
+use crate::pinned::{self, AttestError, AttestedModel, Provenance, Signer};
+use crate::policy::{HighWater, Refusal, TrustPolicy, TrustedKey};
+use crate::signature::{
+    ChangedFile, CheckedBundle, FilesMismatch, SignatureError, SignedDirectory, verify,
+};
+use crate::{Manifest, ManifestError, Sha256Digest};
+
+/// The manifest's path inside a signed model directory.
+pub const MANIFEST_PATH: &str = "manifest.json";
+
+/// Why a signed model directory was not admitted.
+#[derive(Debug, Error)]
+pub enum AdmitError {
+    /// The trust policy refused it (the message names the rule).
+    #[error(transparent)]
+    Policy(#[from] Refusal),
+    /// The signature did not verify.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The directory differs from what was signed.
+    #[error("the model directory does not match its signature: {0}")]
+    Files(#[from] FilesMismatch),
+    /// The signed manifest is not a valid manifest.
+    #[error("signed manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    /// The model bytes do not match the manifest.
+    #[error("model file does not match its manifest: {0}")]
+    Attest(#[from] AttestError),
+}
+
+/// A signature that verified with a key of the policy. Files not yet compared.
+#[derive(Debug, Clone)]
+pub struct SignedBy<'p> {
+    policy: &'p TrustPolicy,
+    key: &'p TrustedKey,
+    directory: SignedDirectory,
+}
+
+/// Stage 1: finds the policy's key for the bundle (unknown and revoked keys
+/// are refused here) and verifies the signature with it.
+pub fn admit_signature<'p>(
+    policy: &'p TrustPolicy,
+    bundle: &CheckedBundle,
+) -> Result<SignedBy<'p>, AdmitError> {
+    let candidates = policy.candidate_keys(bundle.key_hint())?;
+    let mut last = None;
+    for key in candidates {
+        match verify(bundle, key.key()) {
+            Ok(directory) => {
+                return Ok(SignedBy {
+                    policy,
+                    key,
+                    directory,
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => e.into(),
+        None => Refusal::UnknownKey {
+            hint: "(none)".into(),
+        }
+        .into(),
+    })
+}
+
+impl<'p> SignedBy<'p> {
+    /// What the key signed.
+    pub fn directory(&self) -> &SignedDirectory {
+        &self.directory
+    }
+
+    /// Stage 2: `manifest_bytes` must be the signed `manifest.json`; only
+    /// then are they parsed, and the policy's model rules applied with the
+    /// deployment's `high_water` mark for that model name.
+    pub fn admit_manifest(
+        self,
+        manifest_bytes: &[u8],
+        high_water: impl FnOnce(&str) -> Option<HighWater>,
+        now: Timestamp,
+    ) -> Result<AdmittedManifest<'p>, AdmitError> {
+        let digest = Sha256Digest::of(manifest_bytes);
+        let mismatch = match self.directory.files().get(MANIFEST_PATH) {
+            None => Some(FilesMismatch {
+                missing: Vec::new(),
+                extra: vec![MANIFEST_PATH.to_owned()],
+                changed: Vec::new(),
+            }),
+            Some(&expected) if expected != digest => Some(FilesMismatch {
+                missing: Vec::new(),
+                extra: Vec::new(),
+                changed: vec![ChangedFile {
+                    file: MANIFEST_PATH.to_owned(),
+                    expected,
+                    actual: digest,
+                }],
+            }),
+            Some(_) => None,
+        };
+        if let Some(mismatch) = mismatch {
+            return Err(mismatch.into());
+        }
+        let manifest = Manifest::parse(manifest_bytes)?;
+        let mark = high_water(&manifest.name);
+        self.policy
+            .check_manifest(self.key, &manifest, digest, mark.as_ref(), now)?;
+        Ok(AdmittedManifest {
+            signed: self,
+            manifest,
+            digest,
+        })
+    }
+}
+
+/// A signed manifest the policy accepts. The model is not read yet.
+#[derive(Debug, Clone)]
+pub struct AdmittedManifest<'p> {
+    signed: SignedBy<'p>,
+    manifest: Manifest,
+    digest: Sha256Digest,
+}
+
+impl AdmittedManifest<'_> {
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Paths the signer left out of the signature (git metadata, the
+    /// signature itself); the host leaves them out of its walk too.
+    pub fn ignored(&self) -> &[String] {
+        self.signed.directory.ignored()
+    }
+
+    /// Stage 3a: the directory's file names (signature and ignored paths
+    /// left out) are exactly the signed ones. Cheap, so the host calls it
+    /// before reading or hashing anything else.
+    pub fn check_file_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<(), AdmitError> {
+        Ok(self.signed.directory.check_file_names(names)?)
+    }
+
+    /// Stage 3: the model file's bytes and the digests of every other file
+    /// of the directory (all but the manifest and the model) must be exactly
+    /// what was signed, naming each extra, missing and changed file; the
+    /// model bytes must also match the manifest. The model is hashed once,
+    /// here, and those bytes are the ones the [`AttestedModel`] carries.
+    pub fn admit_model(
+        self,
+        model_bytes: impl Into<Arc<[u8]>>,
+        mut other_files: BTreeMap<String, Sha256Digest>,
+    ) -> Result<AttestedModel, AdmitError> {
+        let bytes: Arc<[u8]> = model_bytes.into();
+        let model_digest = Sha256Digest::of(&bytes);
+        other_files.insert(MANIFEST_PATH.to_owned(), self.digest);
+        other_files.insert(self.manifest.model.file.clone(), model_digest);
+        self.signed.directory.check_files(&other_files)?;
+        let signer = Signer {
+            name: self.signed.key.name().to_owned(),
+            fingerprint: self.signed.key.fingerprint(),
+        };
+        let provenance = Provenance::Signed {
+            signer,
+            manifest_sha256: self.digest,
+        };
+        Ok(pinned::attest_hashed(
+            self.manifest,
+            bytes,
+            model_digest,
+            provenance,
+        )?)
+    }
+}

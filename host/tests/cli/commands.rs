@@ -1,6 +1,6 @@
 //! Output shapes and documented exit codes.
 
-use crate::{assert_one_line_error, medguard, model_dir, text};
+use crate::{assert_one_line_error, medguard, model_dir, s, signed_copy, text};
 
 #[test]
 fn digest_prints_the_sha256() {
@@ -33,19 +33,15 @@ fn verify_accepts_the_bundled_model_and_refuses_a_tampered_one() {
     assert!(text(&ok.stdout).starts_with("accepted: "));
 
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        model_dir().join("manifest.json"),
-        tmp.path().join("manifest.json"),
-    )
-    .unwrap();
-    let mut bytes = std::fs::read(model_dir().join("model.onnx")).unwrap();
+    let copy = signed_copy(tmp.path(), None, |_| {});
+    let mut bytes = std::fs::read(copy.join("model.onnx")).unwrap();
     bytes[1000] ^= 0x80;
-    std::fs::write(tmp.path().join("model.onnx"), bytes).unwrap();
-    let refused = medguard(&["verify", tmp.path().to_str().unwrap()]);
+    std::fs::write(copy.join("model.onnx"), bytes).unwrap();
+    let refused = medguard(&["verify", s(&copy)]);
     assert_eq!(refused.status.code(), Some(1));
     assert_one_line_error(&refused);
     assert!(
-        text(&refused.stderr).contains("expected"),
+        text(&refused.stderr).contains("hash mismatch for model.onnx"),
         "{}",
         text(&refused.stderr)
     );
@@ -60,25 +56,11 @@ fn predict_refuses_a_model_whose_tensors_contradict_its_manifest() {
     // The digest still matches; only the manifest's claim about the output
     // tensor is wrong, so attestation passes and the guest must refuse.
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        model_dir().join("model.onnx"),
-        tmp.path().join("model.onnx"),
-    )
-    .unwrap();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap()).unwrap();
-    manifest["output"]["tensor"] = "probabilities".into();
-    std::fs::write(
-        tmp.path().join("manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
+    let copy = signed_copy(tmp.path(), None, |m| {
+        m["output"]["tensor"] = "probabilities".into();
+    });
     let sample = model_dir().join("samples/normal-1.png");
-    let out = medguard(&[
-        "predict",
-        tmp.path().to_str().unwrap(),
-        sample.to_str().unwrap(),
-    ]);
+    let out = medguard(&["predict", s(&copy), s(&sample)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_one_line_error(&out);
     assert!(

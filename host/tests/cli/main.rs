@@ -1,13 +1,16 @@
 //! The `medguard` binary end to end, one test binary organised by topic:
-//! `commands` (output shapes and documented exit codes) and `screening`
+//! `commands` (output shapes and documented exit codes), `screening`
 //! (verdicts in predict, calibration reproducibility, the CI regression
-//! floors on committed attack images).
+//! floors on committed attack images), `signing` (the OpenSSF model-signing
+//! format both ways) and `trust` (the trust policy against one named attack
+//! per test, TUF's threat model).
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 mod commands;
 mod screening;
 mod signing;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,13 +26,64 @@ fn model_dir() -> PathBuf {
     root().join("models/pneumonia")
 }
 
-fn medguard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_medguard"))
-        .args(args)
-        // Share compiled guests with the rest of the suite.
+/// The demo's trust policy, which every test runs under unless it says otherwise.
+fn demo_policy() -> PathBuf {
+    root().join("models/trust/demo-policy.toml")
+}
+
+/// `medguard` with the test defaults: the demo trust policy, shared compiled
+/// guests, and a fresh data directory per run (so that high-water marks of
+/// one test never leak into another; a test that wants them passes
+/// `--data-dir`).
+fn medguard_command(args: &[&str]) -> (Command, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medguard"));
+    cmd.args(args)
         .env("MEDGUARD_CACHE_DIR", root().join("target/test-guest-cache"))
-        .output()
-        .expect("run medguard")
+        .env("MEDGUARD_TRUST_POLICY", demo_policy())
+        .env("MEDGUARD_DATA_DIR", data.path());
+    (cmd, data)
+}
+
+fn medguard(args: &[&str]) -> Output {
+    let (mut cmd, _data) = medguard_command(args);
+    cmd.output().expect("run medguard")
+}
+
+/// A copy of the bundled model directory (manifest, model, samples) with
+/// `edit` applied to its manifest, signed by `medguard sign` with `key`
+/// (the demo key by default: it is public, so tests can sign with it).
+fn signed_copy(
+    dir: &Path,
+    key: Option<&Path>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let model = dir.join("pneumonia");
+    std::fs::create_dir_all(model.join("samples")).unwrap();
+    std::fs::copy(model_dir().join("model.onnx"), model.join("model.onnx")).unwrap();
+    std::fs::copy(
+        model_dir().join("samples/normal-1.png"),
+        model.join("samples/normal-1.png"),
+    )
+    .unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(
+        model.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    sign(&model, key);
+    model
+}
+
+/// Signs `dir` in place with `key` (default: the demo key).
+fn sign(dir: &Path, key: Option<&Path>) {
+    let demo_key = root().join("models/trust/demo.key.pem");
+    let key = key.unwrap_or(&demo_key);
+    let out = medguard(&["sign", s(dir), "--key", s(key)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 fn text(bytes: &[u8]) -> String {

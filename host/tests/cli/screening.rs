@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array3;
 use ndarray_npy::WriteNpyExt;
 
-use crate::{json_lines, medguard, model_dir, root, s, text};
+use crate::{json_lines, medguard, model_dir, root, s, signed_copy, text};
 
 fn ci_data() -> PathBuf {
     root().join("tests/adversarial/ci")
@@ -133,17 +133,9 @@ fn enforce_withholds_rejected_predictions_and_flag_only_returns_them() {
 #[test]
 fn an_uncalibrated_model_is_refused_unless_unscreened_use_is_explicit() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::copy(model_dir().join("model.onnx"), dir.join("model.onnx")).unwrap();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap()).unwrap();
-    manifest.as_object_mut().unwrap().remove("screening");
-    std::fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
+    let dir = signed_copy(tmp.path(), None, |m| {
+        m.as_object_mut().unwrap().remove("screening");
+    });
     let sample = model_dir().join("samples/normal-1.png");
 
     let out = medguard(&["predict", s(&dir), s(&sample)]);

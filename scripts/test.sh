@@ -9,3 +9,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # must stay wasm-clean.
 cargo check --package medguard-attest --package medguard-screen --target wasm32-unknown-unknown
 cargo test --workspace --release
+# Interop both ways with the real OpenSSF model_signing tool, installed
+# (pinned) in a venv outside the repository.
+MEDGUARD_MODEL_SIGNING=$(scripts/model-signing.sh)
+export MEDGUARD_MODEL_SIGNING
+cargo test --release --package medguard --test cli -- --ignored the_real_model_signing_tool_agrees_both_ways

@@ -11,12 +11,11 @@
 //! bytes the sandbox gets.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use jiff::Timestamp;
 use thiserror::Error;
 
-use crate::pinned::{self, AttestError, AttestedModel, Provenance, Signer};
+use crate::pinned::{self, AttestError, AttestedModel, Hashed, Provenance, Signer};
 use crate::policy::{HighWater, Refusal, TrustPolicy, TrustedKey};
 use crate::signature::{
     ChangedFile, CheckedBundle, FilesMismatch, SignatureError, SignedDirectory, verify,
@@ -164,15 +163,14 @@ impl AdmittedManifest<'_> {
     /// Stage 3: the model file's bytes and the digests of every other file
     /// of the directory (all but the manifest and the model) must be exactly
     /// what was signed, naming each extra, missing and changed file; the
-    /// model bytes must also match the manifest. The model is hashed once,
-    /// here, and those bytes are the ones the [`AttestedModel`] carries.
+    /// model bytes must also match the manifest. The model was hashed once,
+    /// as it was read ([`Hashed::read`]), and those bytes are the ones the [`AttestedModel`] carries.
     pub fn admit_model(
         self,
-        model_bytes: impl Into<Arc<[u8]>>,
+        model: Hashed,
         mut other_files: BTreeMap<String, Sha256Digest>,
     ) -> Result<AttestedModel, AdmitError> {
-        let bytes: Arc<[u8]> = model_bytes.into();
-        let model_digest = Sha256Digest::of(&bytes);
+        let (bytes, model_digest) = model.into_parts();
         other_files.insert(MANIFEST_PATH.to_owned(), self.digest);
         other_files.insert(self.manifest.model.file.clone(), model_digest);
         self.signed.directory.check_files(&other_files)?;

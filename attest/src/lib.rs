@@ -6,6 +6,11 @@
 //! ([`admit_signature`]); a [`Pinned`] blob comes only from [`pin`]. Each
 //! carries the very bytes that were hashed.
 
+// Refusals carry their evidence (names, versions, digests, times) so that
+// the message can say exactly what was refused; they happen once per model
+// load, never in a hot loop, so their size on the error path costs nothing.
+#![allow(clippy::result_large_err)]
+
 mod admit;
 mod digest;
 mod manifest;
@@ -22,7 +27,7 @@ pub use manifest::{
     ValueRange,
 };
 pub use pinned::{
-    AttestError, AttestedModel, DigestMismatch, Pinned, Provenance, Signer, attest, pin,
+    AttestError, AttestedModel, DigestMismatch, Hashed, Pinned, Provenance, Signer, attest, pin,
 };
 pub use policy::{
     HighWater, POLICY_MAX_BYTES, POLICY_SCHEMA, PolicyError, Refusal, TrustPolicy, TrustedKey,

@@ -4,6 +4,10 @@ use thiserror::Error;
 
 use crate::{Manifest, Sha256Digest};
 
+/// Shared, immutable bytes. A `Vec` behind the `Arc` (not `Arc<[u8]>`), so
+/// that a model read into memory is shared without being copied again.
+type Bytes = Arc<Vec<u8>>;
+
 /// Bytes whose SHA-256 was checked against an expected digest.
 ///
 /// Fields are private and there is no constructor but [`pin`]: holding a
@@ -11,7 +15,7 @@ use crate::{Manifest, Sha256Digest};
 /// shared, never re-read, so what was hashed is what runs.
 #[derive(Clone)]
 pub struct Pinned {
-    bytes: Arc<[u8]>,
+    bytes: Bytes,
     digest: Sha256Digest,
 }
 
@@ -33,6 +37,136 @@ impl std::fmt::Debug for Pinned {
     }
 }
 
+/// Bytes with the SHA-256 this crate computed over them while they were
+/// read: one pass, so a large model is hashed while it is still in the CPU
+/// cache. Nothing is claimed about the digest yet; admission compares it.
+#[derive(Clone)]
+pub struct Hashed {
+    bytes: Bytes,
+    digest: Sha256Digest,
+}
+
+impl Hashed {
+    /// Reads at most `cap` bytes from `reader`, hashing as it goes. `Ok(None)`
+    /// means there was more than `cap`: the reader is not drained, so an
+    /// endless stream costs one byte past the cap. `size_hint` (a file's
+    /// length, say) sizes the buffer; with a hint and a second core, reading
+    /// and hashing overlap (the kernel's copy into fresh memory costs about
+    /// as much as SHA-256 itself), otherwise they alternate chunk by chunk.
+    pub fn read(
+        reader: impl std::io::Read + Send,
+        cap: u64,
+        size_hint: u64,
+    ) -> std::io::Result<Option<Self>> {
+        use sha2::Digest;
+        use std::io::Read as _;
+        const CHUNK: usize = 8 << 20;
+        let mut reader = reader.take(cap.saturating_add(1));
+        let hint = usize::try_from(size_hint.min(cap)).unwrap_or(0);
+        let mut hasher = sha2::Sha256::new();
+        let parallel =
+            hint > CHUNK && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        let mut bytes = if parallel {
+            // Zeroed allocation of this size comes from the OS as untouched
+            // pages: no zeroing pass of our own.
+            let mut bytes = vec![0u8; hint];
+            let filled = read_and_hash_overlapped(&mut reader, &mut bytes, &mut hasher, CHUNK)?;
+            bytes.truncate(filled);
+            bytes.reserve(CHUNK);
+            bytes
+        } else {
+            // Room for the last, partly filled chunk too: growing a buffer the
+            // size of the model would copy all of it.
+            Vec::with_capacity(hint.saturating_add(CHUNK))
+        };
+        // Whatever the hint did not cover (all of it when sequential).
+        loop {
+            let start = bytes.len();
+            // `read_to_end` appends into spare capacity without zeroing it first.
+            let n = (&mut reader).take(CHUNK as u64).read_to_end(&mut bytes)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&bytes[start..]);
+        }
+        if bytes.len() as u64 > cap {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            bytes: Arc::new(bytes),
+            digest: Sha256Digest::from_bytes(hasher.finalize().into()),
+        }))
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Their SHA-256.
+    pub fn digest(&self) -> Sha256Digest {
+        self.digest
+    }
+
+    pub(crate) fn into_parts(self) -> (Bytes, Sha256Digest) {
+        (self.bytes, self.digest)
+    }
+}
+
+impl std::fmt::Debug for Hashed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hashed({:?}, {} bytes)", self.digest, self.bytes.len())
+    }
+}
+
+/// Fills `buf` from `reader` on a scoped thread, chunk by chunk, while this
+/// thread hashes each chunk as soon as it is full. Returns how many bytes
+/// were read (fewer than `buf.len()` at end of input).
+fn read_and_hash_overlapped(
+    reader: &mut (impl std::io::Read + Send),
+    buf: &mut [u8],
+    hasher: &mut sha2::Sha256,
+    chunk: usize,
+) -> std::io::Result<usize> {
+    use sha2::Digest;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<&[u8]>(2);
+        let filler = scope.spawn(move || -> std::io::Result<usize> {
+            let mut total = 0;
+            for part in buf.chunks_mut(chunk) {
+                let n = read_full(reader, part)?;
+                total += n;
+                let part: &[u8] = part;
+                // The hasher only stops early if it panicked; join reports it.
+                if tx.send(&part[..n]).is_err() || n < part.len() {
+                    break;
+                }
+            }
+            Ok(total)
+        });
+        for part in rx {
+            hasher.update(part);
+        }
+        filler
+            .join()
+            .map_err(|_| std::io::Error::other("the reading thread panicked"))?
+    })
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// The bytes did not hash to the digest they were expected to.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("SHA-256 mismatch: expected {expected}, actual {actual}")]
@@ -44,8 +178,8 @@ pub struct DigestMismatch {
 }
 
 /// Hashes `bytes` and keeps them only if they match `expected`.
-pub fn pin(bytes: impl Into<Arc<[u8]>>, expected: Sha256Digest) -> Result<Pinned, DigestMismatch> {
-    let bytes = bytes.into();
+pub fn pin(bytes: impl Into<Vec<u8>>, expected: Sha256Digest) -> Result<Pinned, DigestMismatch> {
+    let bytes = Arc::new(bytes.into());
     let actual = Sha256Digest::of(&bytes);
     if actual != expected {
         return Err(DigestMismatch { expected, actual });
@@ -144,9 +278,9 @@ pub enum AttestError {
 /// deployment admits signed directories through [`crate::admit_signature`].
 pub fn attest(
     manifest: Manifest,
-    model_bytes: impl Into<Arc<[u8]>>,
+    model_bytes: impl Into<Vec<u8>>,
 ) -> Result<AttestedModel, AttestError> {
-    let bytes: Arc<[u8]> = model_bytes.into();
+    let bytes = Arc::new(model_bytes.into());
     let digest = Sha256Digest::of(&bytes);
     attest_hashed(manifest, bytes, digest, Provenance::Vouched)
 }
@@ -155,7 +289,7 @@ pub fn attest(
 /// the model once. Private to the crate: `digest` must be the bytes' SHA-256.
 pub(crate) fn attest_hashed(
     manifest: Manifest,
-    bytes: Arc<[u8]>,
+    bytes: Bytes,
     digest: Sha256Digest,
     provenance: Provenance,
 ) -> Result<AttestedModel, AttestError> {

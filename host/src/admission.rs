@@ -7,7 +7,8 @@
 //! 2. `manifest.json` (size-capped), which must be the signed one, then the
 //!    policy's model rules and the rollback high-water mark;
 //! 3. the directory's file names against the signed list;
-//! 4. the model file, read once, capped at its declared size, hashed once:
+//! 4. the model file, read once, capped at its declared size, hashed as it
+//!    is read:
 //!    those bytes go to the sandbox; every other file streamed and hashed;
 //! 5. the high-water mark raised.
 //!
@@ -24,7 +25,7 @@ use medguard_attest::{
 };
 use thiserror::Error;
 
-use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError, read_capped};
+use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError, read_capped, read_hashed};
 use crate::signing::{SIGNATURE_FILE, SigningError, digest_capped, directory_files};
 use crate::state::{HighWaterStore, StateError};
 
@@ -51,8 +52,8 @@ pub enum AdmissionError {
     Refused {
         /// The model directory.
         dir: PathBuf,
-        /// Why.
-        source: AdmitError,
+        /// Why (boxed: refusals carry their evidence and are large).
+        source: Box<AdmitError>,
     },
     /// The rollback state could not be read or raised.
     #[error(transparent)]
@@ -97,7 +98,7 @@ pub fn admit_directory(
 ) -> Result<AttestedModel, AdmissionError> {
     let refused = |source: AdmitError| AdmissionError::Refused {
         dir: dir.to_owned(),
-        source,
+        source: Box::new(source),
     };
     // 1.
     let sig_path = dir.join(SIGNATURE_FILE);
@@ -126,7 +127,7 @@ pub fn admit_directory(
     // One byte past the declared size tells "too long" from "right" without
     // reading an endless file.
     let cap = MODEL_MAX_BYTES.min(admitted.manifest().model.size.saturating_add(1));
-    let model_bytes = read_capped(&model_path, cap)?;
+    let model_bytes = read_hashed(&model_path, cap)?;
     let mut others = BTreeMap::new();
     for (name, path) in &files {
         if name != MANIFEST_PATH && *name != model_file {

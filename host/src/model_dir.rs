@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use medguard_attest::{
-    AttestError, AttestedModel, MANIFEST_MAX_BYTES, Manifest, ManifestError, attest,
+    AttestError, AttestedModel, Hashed, MANIFEST_MAX_BYTES, Manifest, ManifestError, attest,
 };
 use thiserror::Error;
 
@@ -72,6 +72,23 @@ pub fn load(dir: &Path) -> Result<AttestedModel, ModelDirError> {
     })
 }
 
+/// Reads at most `cap` bytes of `path`, hashing them as they are read (one
+/// pass over a large model); more than `cap` is an error.
+pub fn read_hashed(path: &Path, cap: u64) -> Result<Hashed, ModelDirError> {
+    let io_err = |source| ModelDirError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    Hashed::read(file, cap, size)
+        .map_err(io_err)?
+        .ok_or_else(|| ModelDirError::TooLarge {
+            path: path.to_owned(),
+            cap,
+        })
+}
+
 /// Reads at most `cap` bytes of `path`; more than `cap` is an error.
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, ModelDirError> {
     let io_err = |source| ModelDirError::Io {
@@ -79,7 +96,10 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, ModelDirError> {
         source,
     };
     let file = File::open(path).map_err(io_err)?;
-    let mut bytes = Vec::new();
+    // Sized from the metadata when it is believable, so a large model is read
+    // without reallocating; pipes report 0 and grow as usual.
+    let hint = file.metadata().map_or(0, |m| m.len()).min(cap);
+    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).saturating_add(1));
     // Read one byte past the cap so "exactly cap" and "more" differ; works for
     // pipes and device files that report no size.
     file.take(cap.saturating_add(1))

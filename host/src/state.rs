@@ -67,9 +67,10 @@ pub enum StateError {
         /// What is wrong.
         why: String,
     },
-    /// Another process recorded a newer version meanwhile.
+    /// Another process recorded a newer version meanwhile (boxed: refusals
+    /// carry their evidence and are large).
     #[error(transparent)]
-    Refused(#[from] Refusal),
+    Refused(Box<Refusal>),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -130,22 +131,20 @@ impl HighWaterStore {
         let mut marks = read_marks(&path)?;
         match marks.get(model) {
             Some(known) if known.version > mark.version => {
-                return Err(Refusal::Rollback {
+                return Err(StateError::Refused(Box::new(Refusal::Rollback {
                     model: model.to_owned(),
                     version: mark.version,
                     high_water: known.version.clone(),
-                }
-                .into());
+                })));
             }
             Some(known) if known.version == mark.version => {
                 if known.manifest_sha256 != mark.manifest_sha256 {
-                    return Err(Refusal::VersionReuse {
+                    return Err(StateError::Refused(Box::new(Refusal::VersionReuse {
                         model: model.to_owned(),
                         version: mark.version,
                         known: known.manifest_sha256,
                         offered: mark.manifest_sha256,
-                    }
-                    .into());
+                    })));
                 }
                 self.marks = marks;
                 return Ok(());
@@ -232,18 +231,18 @@ mod tests {
         assert_eq!(again.get("m"), Some(mark("1.2.0", 1)));
         assert!(matches!(
             again.record("m", mark("1.1.9", 1)),
-            Err(StateError::Refused(Refusal::Rollback { .. }))
+            Err(StateError::Refused(r)) if matches!(*r, Refusal::Rollback { .. })
         ));
         assert!(matches!(
             again.record("m", mark("1.2.0", 2)),
-            Err(StateError::Refused(Refusal::VersionReuse { .. }))
+            Err(StateError::Refused(r)) if matches!(*r, Refusal::VersionReuse { .. })
         ));
         // A stale store (opened before the other process raised the mark)
         // still refuses: the file is re-read under the lock.
         store.record("m", mark("2.0.0", 3)).unwrap();
         assert!(matches!(
             again.record("m", mark("1.5.0", 1)),
-            Err(StateError::Refused(Refusal::Rollback { .. }))
+            Err(StateError::Refused(r)) if matches!(*r, Refusal::Rollback { .. })
         ));
         assert_eq!(
             HighWaterStore::open(&dir).unwrap().get("m"),

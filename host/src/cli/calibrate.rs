@@ -11,6 +11,7 @@ use super::screening::{Mode, predicted_class, screen_all};
 use super::{Exit, SandboxArgs, attested_or_refused};
 use crate::input::{self, Batch};
 use crate::model_dir::{MANIFEST_FILE, read_capped};
+use crate::signing::SIGNATURE_FILE;
 
 /// Compute clean reference statistics in the sandbox and write the screening
 /// profile into the model's manifest.
@@ -121,6 +122,14 @@ impl CalibrateCmd {
             "wrote          {}",
             self.model_dir.join(MANIFEST_FILE).display()
         );
+        // The manifest is a signed file: any signature is now stale, and
+        // the model will be refused until it is signed again.
+        if self.model_dir.join(SIGNATURE_FILE).exists() {
+            println!(
+                "next           the manifest changed, so {SIGNATURE_FILE} no longer matches: re-sign with `medguard sign {} --key KEY` (and raise the version if this model was already deployed)",
+                self.model_dir.display()
+            );
+        }
         Ok(Exit::Ok)
     }
 

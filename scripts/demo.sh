@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: attest the bundled model and classify its samples in the sandbox.
+# The main job: admit the bundled signed model under the demo trust policy and
+# classify its samples in the sandbox.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -1,0 +1,125 @@
+//! What the ledger records. Every field is chosen so that no patient data can
+//! enter it: no pixels, no file names or paths of inputs, no patient, study or
+//! series identifiers. An input is named only by an HMAC-SHA256 of its tensor
+//! under a per-deployment secret, so that the same image can be recognised
+//! by whoever holds the secret but an image cannot be found by trying
+//! candidates without it.
+
+use hmac::{Hmac, Mac};
+use jiff::Timestamp;
+use medguard_attest::Sha256Digest;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// One ledger entry. Serialised as one JSON object; the leaf hash covers the
+/// exact bytes written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Entry {
+    /// The ledger was created; names the key that signs its checkpoints.
+    LedgerCreated {
+        /// When.
+        time: Timestamp,
+        /// The checkpoint verifier key (C2SP format).
+        key: String,
+    },
+    /// A model passed admission under the trust policy.
+    ModelAdmitted {
+        /// When.
+        time: Timestamp,
+        /// Manifest name.
+        model: String,
+        /// Manifest version.
+        version: semver::Version,
+        /// SHA-256 of the model file.
+        model_sha256: Sha256Digest,
+        /// SHA-256 of the signed manifest.
+        manifest_sha256: Sha256Digest,
+        /// The policy's name for the signing key.
+        signer: String,
+        /// Its fingerprint.
+        signer_fingerprint: Sha256Digest,
+        /// SHA-256 of the trust policy file it was admitted under.
+        policy_sha256: Sha256Digest,
+    },
+    /// A model was refused.
+    ModelRefused {
+        /// When.
+        time: Timestamp,
+        /// The model directory's last path component (never a full path).
+        directory: String,
+        /// Manifest name, if admission got as far as the signed manifest.
+        model: Option<String>,
+        /// Manifest version, likewise.
+        version: Option<semver::Version>,
+        /// The refusal, as printed.
+        reason: String,
+        /// SHA-256 of the trust policy in force.
+        policy_sha256: Sha256Digest,
+    },
+    /// The trust policy differs from the one in force at the last admission.
+    PolicyChanged {
+        /// When.
+        time: Timestamp,
+        /// The previous policy's SHA-256 (none for the first).
+        from: Option<Sha256Digest>,
+        /// The new one's.
+        to: Sha256Digest,
+    },
+    /// One screened and classified input.
+    Inference {
+        /// When.
+        time: Timestamp,
+        /// Manifest name.
+        model: String,
+        /// Manifest version.
+        version: semver::Version,
+        /// SHA-256 of the model file.
+        model_sha256: Sha256Digest,
+        /// SHA-256 of the sandbox guest.
+        guest_sha256: Sha256Digest,
+        /// HMAC-SHA256 of the input tensor under the deployment's secret.
+        input_hmac: String,
+        /// accept, flag, reject or unscreened.
+        verdict: String,
+        /// Combined screening p-value, when screened.
+        p_value: Option<f64>,
+        /// The predicted label; none when withheld.
+        label: Option<String>,
+        /// enforce or flag-only.
+        policy: String,
+        /// The seed of the guest's noise draws, to reproduce the verdict.
+        seed: u64,
+    },
+}
+
+impl Entry {
+    /// The kind, as serialised.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::LedgerCreated { .. } => "ledger-created",
+            Self::ModelAdmitted { .. } => "model-admitted",
+            Self::ModelRefused { .. } => "model-refused",
+            Self::PolicyChanged { .. } => "policy-changed",
+            Self::Inference { .. } => "inference",
+        }
+    }
+
+    /// When it happened.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Self::LedgerCreated { time, .. }
+            | Self::ModelAdmitted { time, .. }
+            | Self::ModelRefused { time, .. }
+            | Self::PolicyChanged { time, .. }
+            | Self::Inference { time, .. } => *time,
+        }
+    }
+}
+
+/// HMAC-SHA256 of an input tensor's bytes under the deployment secret, hex.
+pub fn input_hmac(secret: &[u8; 32], tensor: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(tensor);
+    hex::encode(mac.finalize().into_bytes())
+}

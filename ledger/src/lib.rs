@@ -1,0 +1,24 @@
+//! medguard's audit ledger: a tamper-evident, append-only log in the form of
+//! Certificate Transparency (RFC 6962 / RFC 9162) and Sigstore's Rekor,
+//! embedded in the deployment.
+//!
+//! - [`merkle`]: RFC 6962 hashing, inclusion and consistency proofs;
+//! - [`note`]: C2SP checkpoints signed as C2SP signed notes (Ed25519);
+//! - [`entry`]: what is recorded, and nothing that could identify a patient;
+//! - [`store`]: the files, group commit, crash recovery;
+//! - [`receipt`]: the offline proof that comes with every prediction;
+//! - [`audit`]: the full check that finds the first edited, deleted,
+//!   reordered or truncated entry.
+
+pub mod audit;
+pub mod entry;
+pub mod merkle;
+pub mod note;
+pub mod receipt;
+pub mod store;
+
+pub use audit::{AuditReport, audit};
+pub use entry::Entry;
+pub use note::{Checkpoint, NoteVerifier};
+pub use receipt::{Receipt, ReceiptError};
+pub use store::{GroupCommit, Ledger, LedgerError};

@@ -1,0 +1,755 @@
+//! The ledger on disk, in `<data dir>/ledger/`:
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `entries.log` | entries, each framed `u32 length, u32 CRC-32, JSON` (little endian) |
+//! | `entries.idx` | the byte offset of every entry, `u64` each |
+//! | `tree-NN.hashes` | the hashes of the perfect subtrees of level NN (`tree-00` the leaves), 32 bytes each |
+//! | `checkpoints.log` | every signed checkpoint, framed like the entries |
+//! | `key`, `origin` | the Ed25519 checkpoint key (hex seed, mode 0600) and the log's name |
+//! | `input-hmac.key` | the per-deployment secret for input digests (hex, mode 0600) |
+//!
+//! An append is acknowledged only after the entries, index and tree files
+//! were fsynced *and then* a checkpoint covering them was written and
+//! fsynced: the last checkpoint is the durable boundary. On open, whole
+//! entries past it (written, never acknowledged) are kept and checkpointed;
+//! a torn tail is cut back to the last whole entry; anything missing or
+//! damaged *before* it is corruption and stops the ledger. A failed write or
+//! fsync poisons the open ledger: it is not retried (the page cache may
+//! already have dropped the data), and the process must reopen it, which
+//! runs the recovery above.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use jiff::Timestamp;
+use thiserror::Error;
+
+use crate::entry::{Entry, input_hmac};
+use crate::merkle::{self, Hash, NodeSource};
+use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
+use crate::receipt::Receipt;
+
+/// The ledger directory's name inside the data directory.
+pub const LEDGER_DIR: &str = "ledger";
+/// Entries larger than this are refused.
+pub const ENTRY_MAX_BYTES: usize = 64 * 1024;
+
+pub(crate) const ENTRIES: &str = "entries.log";
+pub(crate) const INDEX: &str = "entries.idx";
+pub(crate) const CHECKPOINTS: &str = "checkpoints.log";
+const KEY: &str = "key";
+const ORIGIN: &str = "origin";
+const SECRET: &str = "input-hmac.key";
+const LOCK: &str = "lock";
+const HEADER: usize = 8;
+
+pub(crate) fn level_file(level: u32) -> String {
+    format!("tree-{level:02}.hashes")
+}
+
+/// Why the ledger failed.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    /// An OS error.
+    #[error("ledger {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A write or fsync failed earlier; the ledger must be reopened.
+    #[error(
+        "the ledger stopped after a failed write or fsync ({0}); nothing after it was acknowledged. Restart to recover"
+    )]
+    Poisoned(String),
+    /// Acknowledged data is missing or damaged.
+    #[error(
+        "the ledger is damaged: {0}. Nothing was changed; run `medguard ledger verify` to locate it"
+    )]
+    Corrupt(String),
+    /// An entry could not be encoded or is too large.
+    #[error("cannot record entry: {0}")]
+    Entry(String),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LedgerError + '_ {
+    move |source| LedgerError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Frames `payload` as a record.
+pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Reads the whole records at the start of `bytes`: their payload ranges
+/// and where the valid prefix ends.
+pub(crate) fn records(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(r) = record_at(bytes, at) {
+        at = r.end;
+        out.push(r);
+    }
+    (out, at)
+}
+
+/// The payload range of a whole, CRC-valid record at `at`.
+pub(crate) fn record_at(bytes: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+    let header = bytes.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let payload = at + HEADER..at + HEADER + len;
+    let data = bytes.get(payload.clone())?;
+    (len <= ENTRY_MAX_BYTES && crc32fast::hash(data) == crc).then_some(payload)
+}
+
+/// The ledger, open for appending. Holds an exclusive lock on its directory
+/// for as long as it lives.
+pub struct Ledger {
+    dir: PathBuf,
+    _lock: File,
+    log: File,
+    idx: File,
+    checkpoints: File,
+    levels: Vec<File>,
+    counts: Vec<u64>,
+    last: Vec<Hash>,
+    log_len: u64,
+    signer: NoteSigner,
+    origin: String,
+    secret: [u8; 32],
+    checkpoint: (Checkpoint, String),
+    poisoned: Option<String>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ledger({}, {} entries)", self.dir.display(), self.size())
+    }
+}
+
+fn read_hex32(path: &Path) -> Result<[u8; 32], LedgerError> {
+    let text = fs::read_to_string(path).map_err(io_at(path))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| {
+        LedgerError::Corrupt(format!("{} is not a 32-byte hex key", path.display()))
+    })?;
+    Ok(out)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), LedgerError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))?;
+    f.write_all(text.as_bytes()).map_err(io_at(path))?;
+    f.sync_all().map_err(io_at(path))
+}
+
+fn random32() -> Result<[u8; 32], LedgerError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| LedgerError::Io {
+        path: PathBuf::from("(OS random source)"),
+        source: io::Error::other(e.to_string()),
+    })?;
+    Ok(b)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
+}
+
+impl Ledger {
+    /// Opens the ledger in `data_dir/ledger`, creating it (keys, origin, a
+    /// first entry naming the key, a first checkpoint) if it does not exist,
+    /// and recovering from a crash as the module documentation describes.
+    pub fn open(data_dir: &Path) -> Result<Self, LedgerError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(io_at(data_dir))?;
+        let dir = data_dir.join(LEDGER_DIR);
+        if !dir.exists() {
+            create(data_dir, &dir)?;
+        }
+        Self::open_dir(&dir)
+    }
+
+    /// Opens the ledger directory `dir` itself.
+    fn open_dir(dir: &Path) -> Result<Self, LedgerError> {
+        let dir = dir.to_owned();
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_at(&lock_path))?;
+        lock.lock().map_err(io_at(&lock_path))?;
+        let origin = fs::read_to_string(dir.join(ORIGIN))
+            .map_err(io_at(&dir.join(ORIGIN)))?
+            .trim()
+            .to_owned();
+        let signer = NoteSigner::new(&origin, &read_hex32(&dir.join(KEY))?);
+        let secret = read_hex32(&dir.join(SECRET))?;
+        let open = |name: &str| {
+            let path = dir.join(name);
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_at(&path))
+        };
+        let log = open(ENTRIES)?;
+        let idx = open(INDEX)?;
+        let checkpoints = open(CHECKPOINTS)?;
+        let mut ledger = Self {
+            dir: dir.clone(),
+            _lock: lock,
+            log,
+            idx,
+            checkpoints,
+            levels: Vec::new(),
+            counts: Vec::new(),
+            last: Vec::new(),
+            log_len: 0,
+            signer,
+            origin,
+            secret,
+            checkpoint: (
+                Checkpoint {
+                    origin: String::new(),
+                    size: 0,
+                    root: merkle::empty_root(),
+                },
+                String::new(),
+            ),
+            poisoned: None,
+        };
+        ledger.recover()?;
+        Ok(ledger)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Brings the files back to the last checkpoint plus any whole entries.
+    fn recover(&mut self) -> Result<(), LedgerError> {
+        let corrupt = |why: String| LedgerError::Corrupt(why);
+        // 1. The last whole, valid checkpoint is the durable boundary.
+        let cp_path = self.path(CHECKPOINTS);
+        let mut bytes = Vec::new();
+        (&self.checkpoints)
+            .read_to_end(&mut bytes)
+            .map_err(io_at(&cp_path))?;
+        let (notes, valid) = records(&bytes);
+        let last = notes
+            .last()
+            .ok_or_else(|| corrupt("it has no checkpoint".into()))?;
+        let note = std::str::from_utf8(&bytes[last.clone()])
+            .map_err(|_| corrupt("the last checkpoint is not text".into()))?
+            .to_owned();
+        let checkpoint = self
+            .signer
+            .verifier()
+            .open(&note)
+            .map_err(|e| corrupt(format!("the last checkpoint: {e}")))?;
+        if valid < bytes.len() {
+            self.checkpoints
+                .set_len(valid as u64)
+                .map_err(io_at(&cp_path))?;
+        }
+        let acked = checkpoint.size;
+
+        // 2. The entries it covers must all be there.
+        let idx_path = self.path(INDEX);
+        let idx_len = self.idx.metadata().map_err(io_at(&idx_path))?.len();
+        if idx_len / 8 < acked {
+            return Err(corrupt(format!(
+                "the index holds {} entries but the last checkpoint covers {acked}",
+                idx_len / 8
+            )));
+        }
+        let log_path = self.path(ENTRIES);
+        let end_acked = if acked == 0 {
+            0
+        } else {
+            let at = self.offset(acked - 1)?;
+            let payload = self.record(acked - 1, at)?;
+            at + (HEADER + payload.len()) as u64
+        };
+        // 3. Whole entries past it are kept; a torn tail is cut.
+        let log_len = self.log.metadata().map_err(io_at(&log_path))?.len();
+        let tail = self.read_at(
+            &self.log,
+            &log_path,
+            end_acked,
+            (log_len.saturating_sub(end_acked)) as usize,
+        )?;
+        let (extra, whole) = records(&tail);
+        self.log_len = end_acked + whole as u64;
+        if self.log_len < log_len {
+            self.log.set_len(self.log_len).map_err(io_at(&log_path))?;
+        }
+        self.idx.set_len(acked * 8).map_err(io_at(&idx_path))?;
+        // 4. Tree files back to the boundary, checked against its root.
+        self.counts.clear();
+        self.last.clear();
+        for level in 0..64u32 {
+            let want = acked >> level;
+            let path = self.path(&level_file(level));
+            if want == 0 && !path.exists() {
+                break;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            let have = file.metadata().map_err(io_at(&path))?.len() / 32;
+            if have < want {
+                return Err(corrupt(format!(
+                    "tree level {level} holds {have} hashes; the last checkpoint needs {want}"
+                )));
+            }
+            file.set_len(want * 32).map_err(io_at(&path))?;
+            let last = if want > 0 {
+                let b = self.read_at(&file, &path, (want - 1) * 32, 32)?;
+                Hash(b.try_into().map_err(|_| corrupt("short hash".into()))?)
+            } else {
+                Hash::default()
+            };
+            self.levels.push(file);
+            self.counts.push(want);
+            self.last.push(last);
+        }
+        let root = self.root_at(acked)?;
+        if root != checkpoint.root {
+            return Err(corrupt(format!(
+                "the tree files give root {root} at size {acked}, the last checkpoint says {}",
+                checkpoint.root
+            )));
+        }
+        self.checkpoint = (checkpoint, note);
+        // 5. Re-derive and checkpoint the whole entries past the boundary.
+        if !extra.is_empty() {
+            let payloads: Vec<Vec<u8>> = extra.iter().map(|r| tail[r.clone()].to_vec()).collect();
+            self.log_len = end_acked;
+            self.log.set_len(end_acked).map_err(io_at(&log_path))?;
+            self.commit_payloads(&payloads)?;
+        }
+        Ok(())
+    }
+
+    fn read_at(
+        &self,
+        file: &File,
+        path: &Path,
+        at: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, LedgerError> {
+        let mut buf = vec![0u8; len];
+        match file.read_exact_at(&mut buf, at) {
+            Ok(()) => Ok(buf),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(LedgerError::Corrupt(
+                format!("{} is shorter than what was recorded in it", path.display()),
+            )),
+            Err(e) => Err(io_at(path)(e)),
+        }
+    }
+
+    fn offset(&self, index: u64) -> Result<u64, LedgerError> {
+        let b = self.read_at(&self.idx, &self.path(INDEX), index * 8, 8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    }
+
+    /// The exact bytes of entry `index`.
+    pub fn read_entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        if index >= self.size() {
+            return Err(LedgerError::Entry(format!(
+                "no entry {index}; the ledger has {}",
+                self.size()
+            )));
+        }
+        self.record(index, self.offset(index)?)
+    }
+
+    /// The payload of entry `index`, whose record starts at `at`.
+    fn record(&self, index: u64, at: u64) -> Result<Vec<u8>, LedgerError> {
+        let path = self.path(ENTRIES);
+        let header = self.read_at(&self.log, &path, at, HEADER)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > ENTRY_MAX_BYTES {
+            return Err(LedgerError::Corrupt(format!(
+                "entry {index} has an impossible length"
+            )));
+        }
+        let payload = self.read_at(&self.log, &path, at + HEADER as u64, len)?;
+        if crc32fast::hash(&payload) != crc {
+            return Err(LedgerError::Corrupt(format!("entry {index} fails its CRC")));
+        }
+        Ok(payload)
+    }
+
+    /// Number of entries.
+    pub fn size(&self) -> u64 {
+        self.counts.first().copied().unwrap_or(0)
+    }
+
+    /// The latest checkpoint and its signed note.
+    pub fn checkpoint(&self) -> (&Checkpoint, &str) {
+        (&self.checkpoint.0, &self.checkpoint.1)
+    }
+
+    /// The key that verifies this ledger's checkpoints.
+    pub fn verifier(&self) -> NoteVerifier {
+        self.signer.verifier()
+    }
+
+    /// The log's origin (its name in checkpoints).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// HMAC-SHA256 of an input tensor under this deployment's secret.
+    pub fn input_hmac(&self, tensor: &[u8]) -> String {
+        input_hmac(&self.secret, tensor)
+    }
+
+    /// The root of the first `size` entries.
+    pub fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
+        if size == 0 {
+            return Ok(merkle::empty_root());
+        }
+        merkle::range_root(self, 0, size)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        if index >= size || size > self.size() {
+            return Err(LedgerError::Entry(format!(
+                "no entry {index} in a tree of {size} (ledger size {})",
+                self.size()
+            )));
+        }
+        merkle::inclusion_proof(self, index, size)
+    }
+
+    /// The consistency proof between two sizes.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
+        if old == 0 || old > new || new > self.size() {
+            return Err(LedgerError::Entry(format!(
+                "no consistency proof from {old} to {new} (ledger size {})",
+                self.size()
+            )));
+        }
+        merkle::consistency_proof(self, old, new)
+    }
+
+    /// Appends `entries` as one group commit and returns a receipt for each,
+    /// all against the checkpoint that made them durable.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<Vec<Receipt>, LedgerError> {
+        let payloads = entries
+            .iter()
+            .map(|e| {
+                let bytes = serde_json::to_vec(e).map_err(|e| LedgerError::Entry(e.to_string()))?;
+                if bytes.len() > ENTRY_MAX_BYTES {
+                    return Err(LedgerError::Entry(format!(
+                        "{} bytes, more than {ENTRY_MAX_BYTES}",
+                        bytes.len()
+                    )));
+                }
+                Ok(bytes)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = self.size();
+        self.commit_payloads(&payloads)?;
+        let (checkpoint, note) = self.checkpoint();
+        let size = checkpoint.size;
+        let note = note.to_owned();
+        payloads
+            .into_iter()
+            .zip(first..)
+            .map(|(bytes, index)| {
+                Ok(Receipt::new(
+                    bytes,
+                    index,
+                    size,
+                    &self.inclusion_proof(index, size)?,
+                    note.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    fn commit_payloads(&mut self, payloads: &[Vec<u8>]) -> Result<(), LedgerError> {
+        if let Some(why) = &self.poisoned {
+            return Err(LedgerError::Poisoned(why.clone()));
+        }
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let mut log_buf = Vec::new();
+        let mut idx_buf = Vec::with_capacity(payloads.len() * 8);
+        let mut level_bufs: Vec<Vec<u8>> = vec![Vec::new(); self.counts.len()];
+        for p in payloads {
+            idx_buf.extend_from_slice(&(self.log_len + log_buf.len() as u64).to_le_bytes());
+            frame(p, &mut log_buf);
+            self.push_leaf(merkle::leaf_hash(p), &mut level_bufs);
+        }
+        let result = self.write_and_sync(&log_buf, &idx_buf, &level_bufs);
+        if let Err(e) = result {
+            self.poisoned = Some(e.to_string());
+            return Err(e);
+        }
+        self.log_len += log_buf.len() as u64;
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size: self.size(),
+            root: self.root_at(self.size())?,
+        };
+        let note = self.signer.sign(&checkpoint);
+        let mut rec = Vec::new();
+        frame(note.as_bytes(), &mut rec);
+        let path = self.path(CHECKPOINTS);
+        if let Err(e) = self
+            .checkpoints
+            .write_all(&rec)
+            .and_then(|()| self.checkpoints.sync_data())
+        {
+            self.poisoned = Some(e.to_string());
+            return Err(LedgerError::Io { path, source: e });
+        }
+        self.checkpoint = (checkpoint, note);
+        Ok(())
+    }
+
+    fn push_leaf(&mut self, leaf: Hash, bufs: &mut Vec<Vec<u8>>) {
+        let mut node = leaf;
+        let mut level = 0usize;
+        loop {
+            if level == self.counts.len() {
+                self.counts.push(0);
+                self.last.push(Hash::default());
+            }
+            if level == bufs.len() {
+                bufs.push(Vec::new());
+            }
+            let index = self.counts[level];
+            bufs[level].extend_from_slice(&node.0);
+            self.counts[level] += 1;
+            let left = std::mem::replace(&mut self.last[level], node);
+            if index & 1 == 0 {
+                break;
+            }
+            node = merkle::node_hash(&left, &node);
+            level += 1;
+        }
+    }
+
+    fn write_and_sync(
+        &mut self,
+        log_buf: &[u8],
+        idx_buf: &[u8],
+        level_bufs: &[Vec<u8>],
+    ) -> Result<(), LedgerError> {
+        while self.levels.len() < level_bufs.len() {
+            let path = self.path(&level_file(self.levels.len() as u32));
+            let f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            self.levels.push(f);
+        }
+        let log_path = self.path(ENTRIES);
+        let idx_path = self.path(INDEX);
+        self.log.write_all(log_buf).map_err(io_at(&log_path))?;
+        self.idx.write_all(idx_buf).map_err(io_at(&idx_path))?;
+        for (level, buf) in level_bufs.iter().enumerate() {
+            if !buf.is_empty() {
+                let path = self.path(&level_file(level as u32));
+                self.levels[level].write_all(buf).map_err(io_at(&path))?;
+            }
+        }
+        self.log.sync_data().map_err(io_at(&log_path))?;
+        self.idx.sync_data().map_err(io_at(&idx_path))?;
+        for (level, buf) in level_bufs.iter().enumerate() {
+            if !buf.is_empty() {
+                let path = self.path(&level_file(level as u32));
+                self.levels[level].sync_data().map_err(io_at(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NodeSource for Ledger {
+    type Error = LedgerError;
+
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, LedgerError> {
+        let l = level as usize;
+        let count = self.counts.get(l).copied().unwrap_or(0);
+        if index >= count {
+            return Err(LedgerError::Corrupt(format!(
+                "tree level {level} has no node {index}"
+            )));
+        }
+        if index + 1 == count {
+            return Ok(self.last[l]);
+        }
+        let path = self.path(&level_file(level));
+        let b = self.read_at(&self.levels[l], &path, index * 32, 32)?;
+        Ok(Hash(b.try_into().unwrap_or_default()))
+    }
+}
+
+/// Creates a ledger in a temporary directory and renames it into place, so
+/// that a crash leaves either no ledger or a whole one.
+fn create(data_dir: &Path, dir: &Path) -> Result<(), LedgerError> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".ledger-new-")
+        .tempdir_in(data_dir)
+        .map_err(io_at(data_dir))?;
+    let t = tmp.path();
+    fs::set_permissions(t, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io_at(t))?;
+    let origin = format!("medguard.invalid/ledger/{}", hex::encode(&random32()?[..8]));
+    let seed = random32()?;
+    write_private(&t.join(KEY), &hex::encode(seed))?;
+    write_private(&t.join(SECRET), &hex::encode(random32()?))?;
+    write_private(&t.join(ORIGIN), &format!("{origin}\n"))?;
+    let signer = NoteSigner::new(&origin, &seed);
+    // The empty tree's checkpoint, then the first entry through the normal path.
+    let empty = Checkpoint {
+        origin: origin.clone(),
+        size: 0,
+        root: merkle::empty_root(),
+    };
+    let mut rec = Vec::new();
+    frame(signer.sign(&empty).as_bytes(), &mut rec);
+    write_private(&t.join(CHECKPOINTS), "")?;
+    let cp_path = t.join(CHECKPOINTS);
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&cp_path)
+        .map_err(io_at(&cp_path))?;
+    f.write_all(&rec).map_err(io_at(&cp_path))?;
+    f.sync_all().map_err(io_at(&cp_path))?;
+    {
+        // A throwaway data dir view of the temporary directory.
+        let mut ledger = Ledger::open_dir(t)?;
+        ledger.append(&[Entry::LedgerCreated {
+            time: Timestamp::now(),
+            key: signer.verifier().to_string(),
+        }])?;
+    }
+    sync_dir(t)?;
+    let kept = tmp.keep();
+    match fs::rename(&kept, dir) {
+        Ok(()) => sync_dir(data_dir),
+        // Another process created it first: use theirs.
+        Err(_) if dir.exists() => {
+            let _ = fs::remove_dir_all(&kept);
+            Ok(())
+        }
+        Err(e) => Err(io_at(dir)(e)),
+    }
+}
+
+/// Many threads appending through one ledger: whoever finds no commit in
+/// progress commits everything queued so far (leader), the others wait for
+/// their receipts. One fsync round serves the whole group.
+pub struct GroupCommit {
+    state: Mutex<GroupState>,
+    done: Condvar,
+}
+
+struct GroupState {
+    ledger: Option<Ledger>,
+    queue: Vec<(u64, Entry)>,
+    results: std::collections::HashMap<u64, Result<Receipt, String>>,
+    next: u64,
+}
+
+impl GroupCommit {
+    /// Wraps an open ledger.
+    pub fn new(ledger: Ledger) -> Self {
+        Self {
+            state: Mutex::new(GroupState {
+                ledger: Some(ledger),
+                queue: Vec::new(),
+                results: Default::default(),
+                next: 0,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    /// Appends one entry; returns once it is durable.
+    pub fn append(&self, entry: Entry) -> Result<Receipt, LedgerError> {
+        let poisoned = |_| LedgerError::Poisoned("a committing thread panicked".into());
+        let mut state = self.state.lock().map_err(poisoned)?;
+        let ticket = state.next;
+        state.next += 1;
+        state.queue.push((ticket, entry));
+        loop {
+            if let Some(result) = state.results.remove(&ticket) {
+                return result.map_err(LedgerError::Poisoned);
+            }
+            if let Some(mut ledger) = state.ledger.take() {
+                let batch = std::mem::take(&mut state.queue);
+                drop(state);
+                let (tickets, entries): (Vec<u64>, Vec<Entry>) = batch.into_iter().unzip();
+                let outcome = ledger.append(&entries);
+                state = self.state.lock().map_err(poisoned)?;
+                state.ledger = Some(ledger);
+                match outcome {
+                    Ok(receipts) => {
+                        for (t, r) in tickets.into_iter().zip(receipts) {
+                            state.results.insert(t, Ok(r));
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        for t in tickets {
+                            state.results.insert(t, Err(why.clone()));
+                        }
+                    }
+                }
+                self.done.notify_all();
+            } else {
+                state = self.done.wait(state).map_err(poisoned)?;
+            }
+        }
+    }
+
+    /// The ledger back, once no one appends any more.
+    pub fn into_inner(self) -> Option<Ledger> {
+        self.state.into_inner().ok().and_then(|s| s.ledger)
+    }
+}

@@ -10,7 +10,9 @@
 //! 4. the model file, read once, capped at its declared size, hashed as it
 //!    is read:
 //!    those bytes go to the sandbox; every other file streamed and hashed;
-//! 5. the high-water mark raised.
+//!
+//! The rollback high-water marks come from the caller (the ledger's view),
+//! and so does recording the outcome.
 //!
 //! Nothing reaches the guest before all of it passed: the guest is started
 //! only with an [`AttestedModel`], which only these stages build.
@@ -21,13 +23,12 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use medguard_attest::{
     AdmitError, AttestedModel, BUNDLE_MAX_BYTES, CheckedBundle, HighWater, MANIFEST_MAX_BYTES,
-    MANIFEST_PATH, POLICY_MAX_BYTES, PolicyError, Provenance, TrustPolicy, admit_signature,
+    MANIFEST_PATH, POLICY_MAX_BYTES, PolicyError, Sha256Digest, TrustPolicy, admit_signature,
 };
 use thiserror::Error;
 
 use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError, read_capped, read_hashed};
 use crate::signing::{SIGNATURE_FILE, SigningError, digest_capped, directory_files};
-use crate::state::{HighWaterStore, StateError};
 
 /// Why a model directory was not admitted, or the policy not loaded.
 #[derive(Debug, Error)]
@@ -55,9 +56,6 @@ pub enum AdmissionError {
         /// Why (boxed: refusals carry their evidence and are large).
         source: Box<AdmitError>,
     },
-    /// The rollback state could not be read or raised.
-    #[error(transparent)]
-    State(#[from] StateError),
     /// The policy file is invalid.
     #[error("{}: {source}", path.display())]
     Policy {
@@ -69,9 +67,11 @@ pub enum AdmissionError {
 }
 
 /// Reads a trust policy; `public_key_file` entries are read relative to the
-/// policy's own directory, each capped like the policy.
-pub fn load_policy(path: &Path) -> Result<TrustPolicy, AdmissionError> {
+/// policy's own directory, each capped like the policy. Returns it with the
+/// SHA-256 of the policy file, which the ledger records.
+pub fn load_policy(path: &Path) -> Result<(TrustPolicy, Sha256Digest), AdmissionError> {
     let bytes = read_capped(path, POLICY_MAX_BYTES as u64)?;
+    let digest = Sha256Digest::of(&bytes);
     let policy_err = |source| AdmissionError::Policy {
         path: path.to_owned(),
         source,
@@ -79,21 +79,22 @@ pub fn load_policy(path: &Path) -> Result<TrustPolicy, AdmissionError> {
     let text = String::from_utf8(bytes)
         .map_err(|_| policy_err(PolicyError::Syntax("not UTF-8 text".into())))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    TrustPolicy::parse(&text, |file| {
+    let policy = TrustPolicy::parse(&text, |file| {
         let bytes =
             read_capped(&base.join(file), POLICY_MAX_BYTES as u64).map_err(|e| e.to_string())?;
         String::from_utf8(bytes).map_err(|_| format!("{file} is not UTF-8 text"))
     })
-    .map_err(policy_err)
+    .map_err(policy_err)?;
+    Ok((policy, digest))
 }
 
-/// Admits the model in `dir` under `policy` at time `now`, checking and then
-/// raising its high-water mark in `store`. See the module documentation for
-/// the order of the checks.
+/// Admits the model in `dir` under `policy` at time `now`, with the
+/// deployment's rollback `high_water` marks. See the module documentation
+/// for the order of the checks.
 pub fn admit_directory(
     dir: &Path,
     policy: &TrustPolicy,
-    store: &mut HighWaterStore,
+    high_water: impl FnOnce(&str) -> Option<HighWater>,
     now: Timestamp,
 ) -> Result<AttestedModel, AdmissionError> {
     let refused = |source: AdmitError| AdmissionError::Refused {
@@ -113,7 +114,7 @@ pub fn admit_directory(
     // 2.
     let manifest_bytes = read_capped(&dir.join(MANIFEST_PATH), MANIFEST_MAX_BYTES as u64)?;
     let admitted = signed
-        .admit_manifest(&manifest_bytes, |name| store.get(name), now)
+        .admit_manifest(&manifest_bytes, high_water, now)
         .map_err(refused)?;
     // 3.
     let ignored: Vec<&str> = admitted.ignored().iter().map(String::as_str).collect();
@@ -135,19 +136,5 @@ pub fn admit_directory(
         }
     }
     let model = admitted.admit_model(model_bytes, others).map_err(refused)?;
-    // 5.
-    if let Provenance::Signed {
-        manifest_sha256, ..
-    } = model.provenance()
-    {
-        let m = model.manifest();
-        store.record(
-            &m.name,
-            HighWater {
-                version: m.version.clone(),
-                manifest_sha256: *manifest_sha256,
-            },
-        )?;
-    }
     Ok(model)
 }

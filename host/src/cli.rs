@@ -7,6 +7,7 @@ mod calibrate;
 mod demo;
 mod digest;
 mod eval;
+mod ledger;
 mod predict;
 mod screening;
 mod sign;
@@ -16,8 +17,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::Path;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use medguard_attest::{AttestedModel, Provenance};
+use medguard_ledger::{Entry, Ledger};
+
+use crate::admission::{AdmissionError, admit_directory, load_policy};
 
 use crate::guest;
 use crate::sandbox::{CompiledCache, GuestLoad, GuestProgram, Limits, Runtime};
@@ -47,6 +54,7 @@ enum Command {
     Calibrate(calibrate::CalibrateCmd),
     Eval(eval::EvalCmd),
     Demo(demo::DemoCmd),
+    Ledger(ledger::LedgerCmd),
 }
 
 /// How a command ended, as the process exit code.
@@ -137,6 +145,12 @@ impl StateArgs {
             .or_else(crate::state::default_data_dir)
             .context("no data directory: pass --data-dir or set MEDGUARD_DATA_DIR (HOME is unset)")
     }
+
+    /// Opens (creating on first use) the deployment's audit ledger.
+    fn open_ledger(&self) -> anyhow::Result<Ledger> {
+        let dir = self.dir()?;
+        Ledger::open(&dir).with_context(|| format!("opening the ledger in {}", dir.display()))
+    }
 }
 
 /// The trust policy a command admits models under.
@@ -148,39 +162,101 @@ struct TrustArgs {
     trust_policy: Option<PathBuf>,
 }
 
+/// A model the trust policy admitted, with the ledger that recorded it.
+struct Admitted {
+    model: AttestedModel,
+    policy: PathBuf,
+    ledger: Ledger,
+}
+
 impl TrustArgs {
     /// Admits the signed model directory `dir` under the policy (or
-    /// `fallback`, the demo's bundled policy) and the high-water marks of
-    /// the data directory. A refusal is the command's answer: its reason is
-    /// printed as one line and `None` returned (exit 1). A broken policy or
-    /// state file is an error (exit 2).
+    /// `fallback`, the demo's bundled policy) and the rollback marks the
+    /// ledger holds, and records the outcome in the ledger (a policy change,
+    /// then the admission or the refusal). A refusal is the command's
+    /// answer: its reason is printed as one line and `None` returned (exit
+    /// 1). A broken policy or ledger is an error (exit 2).
     fn admitted_or_refused(
         &self,
         state: &StateArgs,
-        dir: &std::path::Path,
-        fallback: Option<&std::path::Path>,
-    ) -> anyhow::Result<Option<(medguard_attest::AttestedModel, PathBuf)>> {
-        use crate::admission::{AdmissionError, admit_directory, load_policy};
+        dir: &Path,
+        fallback: Option<&Path>,
+    ) -> anyhow::Result<Option<Admitted>> {
         let Some(path) = self.trust_policy.as_deref().or(fallback) else {
             eprintln!(
                 "medguard: refused: no trust policy (--trust-policy FILE or MEDGUARD_TRUST_POLICY); without one no model is admitted"
             );
             return Ok(None);
         };
-        let policy = load_policy(path)?;
-        let mut store = crate::state::HighWaterStore::open(&state.dir()?)?;
-        match admit_directory(dir, &policy, &mut store, jiff::Timestamp::now()) {
-            Ok(model) => Ok(Some((model, path.to_owned()))),
-            Err(
-                e @ AdmissionError::State(
-                    crate::state::StateError::Io { .. } | crate::state::StateError::Damaged { .. },
-                ),
-            ) => Err(e.into()),
-            Err(e) => {
-                eprintln!("medguard: refused: {e}");
-                Ok(None)
-            }
+        let (policy, policy_sha256) = load_policy(path)?;
+        let mut ledger = state.open_ledger()?;
+        let view = ledger.view().clone();
+        let time = jiff::Timestamp::now();
+        let mut entries = Vec::new();
+        if view.policy != Some(policy_sha256) {
+            entries.push(Entry::PolicyChanged {
+                time,
+                from: view.policy,
+                to: policy_sha256,
+            });
         }
+        let outcome = admit_directory(
+            dir,
+            &policy,
+            |name| view.high_water.get(name).cloned(),
+            time,
+        );
+        let admitted = match outcome {
+            Ok(model) => {
+                if let Provenance::Signed {
+                    signer,
+                    manifest_sha256,
+                } = model.provenance()
+                {
+                    let m = model.manifest();
+                    entries.push(Entry::ModelAdmitted {
+                        time,
+                        model: m.name.clone(),
+                        version: m.version.clone(),
+                        model_sha256: model.model_digest(),
+                        manifest_sha256: *manifest_sha256,
+                        signer: signer.name.clone(),
+                        signer_fingerprint: signer.fingerprint,
+                        policy_sha256,
+                    });
+                }
+                Some(model)
+            }
+            Err(e) => {
+                let reason = match &e {
+                    AdmissionError::Refused { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                entries.push(Entry::ModelRefused {
+                    time,
+                    // The directory's own name only: a full path says nothing
+                    // more about the model and may say things about the host.
+                    directory: dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    model: None,
+                    version: None,
+                    reason,
+                    policy_sha256,
+                });
+                eprintln!("medguard: refused: {e}");
+                None
+            }
+        };
+        ledger
+            .append(&entries)
+            .context("recording the admission in the ledger")?;
+        Ok(admitted.map(|model| Admitted {
+            model,
+            policy: path.to_owned(),
+            ledger,
+        }))
     }
 }
 
@@ -219,6 +295,7 @@ pub fn main() -> ExitCode {
         Command::Calibrate(cmd) => cmd.execute(&cli.sandbox),
         Command::Eval(cmd) => cmd.execute(&cli.sandbox),
         Command::Demo(cmd) => cmd.execute(&cli.sandbox, &cli.state),
+        Command::Ledger(cmd) => cmd.execute(&cli.state),
     };
     match result {
         Ok(exit) => exit.into(),

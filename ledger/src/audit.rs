@@ -12,8 +12,9 @@ use crate::entry::Entry;
 use crate::merkle::{self, Hash, NodeSource};
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::store::{
-    CHECKPOINTS, ENTRIES, ENTRY_MAX_BYTES, LEDGER_DIR, LedgerError, level_file, records,
+    CHECKPOINTS, ENTRIES, ENTRY_MAX_BYTES, LEDGER_DIR, LedgerError, VIEW, level_file, records,
 };
+use crate::view::View;
 
 /// What the audit found.
 #[derive(Debug, Clone)]
@@ -80,6 +81,7 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
     let path = dir.join(ENTRIES);
     let mut reader = BufReader::with_capacity(1 << 20, File::open(&path).map_err(io(&path))?);
     let mut leaves = Vec::new();
+    let mut view = View::default();
     loop {
         let index = leaves.len() as u64;
         let mut header = [0u8; 8];
@@ -104,11 +106,12 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
             });
             break;
         }
-        if serde_json::from_slice::<Entry>(&payload).is_err() {
-            problems.push(Problem {
+        match serde_json::from_slice::<Entry>(&payload) {
+            Ok(entry) => view.apply(&entry),
+            Err(_) => problems.push(Problem {
                 first_entry: Some(index),
                 what: format!("entry {index} is not a valid ledger entry"),
-            });
+            }),
         }
         leaves.push(merkle::leaf_hash(&payload));
     }
@@ -226,6 +229,17 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
             first_entry: Some(0),
             what: "no checkpoint verifies with this key".into(),
         });
+    }
+    // 4. The cached view (rollback marks) must be what the entries say.
+    let path = dir.join(VIEW);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let cached: Option<View> = serde_json::from_slice(&bytes).ok();
+        if cached.as_ref().is_some_and(|c| c.size == view.size) && cached.as_ref() != Some(&view) {
+            problems.push(Problem {
+                first_entry: None,
+                what: "view.json (the cached rollback high-water marks) disagrees with the entries; delete it to have it rebuilt".into(),
+            });
+        }
     }
     problems.sort_by_key(|p| p.first_entry.unwrap_or(u64::MAX));
     Ok(AuditReport {

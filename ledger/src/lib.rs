@@ -7,6 +7,8 @@
 //! - [`entry`]: what is recorded, and nothing that could identify a patient;
 //! - [`store`]: the files, group commit, crash recovery;
 //! - [`receipt`]: the offline proof that comes with every prediction;
+//! - [`view`]: rollback high-water marks and the policy in force, derived
+//!   from the entries;
 //! - [`audit`]: the full check that finds the first edited, deleted,
 //!   reordered or truncated entry.
 
@@ -16,9 +18,11 @@ pub mod merkle;
 pub mod note;
 pub mod receipt;
 pub mod store;
+pub mod view;
 
 pub use audit::{AuditReport, audit};
 pub use entry::Entry;
 pub use note::{Checkpoint, NoteVerifier};
 pub use receipt::{Receipt, ReceiptError};
 pub use store::{GroupCommit, Ledger, LedgerError};
+pub use view::View;

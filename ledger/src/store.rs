@@ -32,6 +32,7 @@ use crate::entry::{Entry, input_hmac};
 use crate::merkle::{self, Hash, NodeSource};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
 use crate::receipt::Receipt;
+use crate::view::View;
 
 /// The ledger directory's name inside the data directory.
 pub const LEDGER_DIR: &str = "ledger";
@@ -45,6 +46,7 @@ const KEY: &str = "key";
 const ORIGIN: &str = "origin";
 const SECRET: &str = "input-hmac.key";
 const LOCK: &str = "lock";
+pub(crate) const VIEW: &str = "view.json";
 const HEADER: usize = 8;
 
 pub(crate) fn level_file(level: u32) -> String {
@@ -130,6 +132,7 @@ pub struct Ledger {
     secret: [u8; 32],
     checkpoint: (Checkpoint, String),
     poisoned: Option<String>,
+    view: View,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -243,8 +246,10 @@ impl Ledger {
                 String::new(),
             ),
             poisoned: None,
+            view: View::default(),
         };
         ledger.recover()?;
+        ledger.load_view()?;
         Ok(ledger)
     }
 
@@ -360,6 +365,46 @@ impl Ledger {
             self.commit_payloads(&payloads)?;
         }
         Ok(())
+    }
+
+    /// Loads the cached view and folds in the entries it has not seen.
+    fn load_view(&mut self) -> Result<(), LedgerError> {
+        let cached: Option<View> = fs::read(self.path(VIEW))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let cached_size = cached.as_ref().map(|v| v.size);
+        let mut view = cached.filter(|v| v.size <= self.size()).unwrap_or_default();
+        for index in view.size..self.size() {
+            let bytes = self.read_entry(index)?;
+            let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
+                LedgerError::Corrupt(format!("entry {index} is not a ledger entry: {e}"))
+            })?;
+            view.apply(&entry);
+        }
+        let stale = cached_size != Some(view.size);
+        self.view = view;
+        if stale {
+            self.save_view();
+        }
+        Ok(())
+    }
+
+    /// Writes the view cache atomically. Not fsynced and errors ignored: it
+    /// is rebuilt from the entries whenever it is missing or behind.
+    fn save_view(&self) {
+        let Ok(bytes) = serde_json::to_vec(&self.view) else {
+            return;
+        };
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.dir)
+            && tmp.write_all(&bytes).is_ok()
+        {
+            let _ = tmp.persist(self.path(VIEW));
+        }
+    }
+
+    /// The state derived from every entry: rollback marks, policy in force.
+    pub fn view(&self) -> &View {
+        &self.view
     }
 
     fn read_at(
@@ -486,6 +531,10 @@ impl Ledger {
             .collect::<Result<Vec<_>, _>>()?;
         let first = self.size();
         self.commit_payloads(&payloads)?;
+        for e in entries {
+            self.view.apply(e);
+        }
+        self.save_view();
         let (checkpoint, note) = self.checkpoint();
         let size = checkpoint.size;
         let note = note.to_owned();
@@ -626,6 +675,17 @@ impl NodeSource for Ledger {
         let b = self.read_at(&self.levels[l], &path, index * 32, 32)?;
         Ok(Hash(b.try_into().unwrap_or_default()))
     }
+}
+
+/// The checkpoint key of the ledger in `data_dir`, read from its files
+/// without opening (or repairing) the ledger: for auditing a ledger that may
+/// have been tampered with. An auditor should rather use a copy of the key
+/// taken when the ledger was set up.
+pub fn local_verifier(data_dir: &Path) -> Result<NoteVerifier, LedgerError> {
+    let dir = data_dir.join(LEDGER_DIR);
+    let origin_path = dir.join(ORIGIN);
+    let origin = fs::read_to_string(&origin_path).map_err(io_at(&origin_path))?;
+    Ok(NoteSigner::new(origin.trim(), &read_hex32(&dir.join(KEY))?).verifier())
 }
 
 /// Creates a ledger in a temporary directory and renames it into place, so

@@ -33,12 +33,13 @@ impl DemoCmd {
         let dir = std::fs::canonicalize(&self.model_dir).unwrap_or(self.model_dir);
         let fallback = std::fs::canonicalize(DEMO_POLICY).unwrap_or(DEMO_POLICY.into());
         println!("medguard demo: {}\n", dir.display());
-        let Some((model, policy)) = self
+        let Some(admitted) = self
             .trust
             .admitted_or_refused(state, &dir, Some(&fallback))?
         else {
             return Ok(Exit::Refused);
         };
+        let (model, policy, mut ledger) = (admitted.model, admitted.policy, admitted.ledger);
         let m = model.manifest();
         let signer = match model.provenance() {
             Provenance::Signed { signer, .. } => {
@@ -79,7 +80,15 @@ impl DemoCmd {
         );
         println!("4. clean sample X-rays, screened then classified:");
         let samples = pngs(&dir.join("samples"))?;
-        let exit = predict_files(&program, &model, session, &samples, Format::Human, settings)?;
+        let exit = predict_files(
+            &program,
+            &model,
+            session,
+            &samples,
+            Format::Human,
+            settings,
+            &mut ledger,
+        )?;
 
         // Adversarial copies made by ART's PGD (tests/adversarial): the bare
         // model calls these pneumonia X-rays normal. Their rejection is the
@@ -92,8 +101,21 @@ impl DemoCmd {
             let Some(session) = open_session(&program, &model, settings)? else {
                 return Ok(Exit::Refused);
             };
-            predict_files(&program, &model, session, &attacks, Format::Human, settings)?;
+            predict_files(
+                &program,
+                &model,
+                session,
+                &attacks,
+                Format::Human,
+                settings,
+                &mut ledger,
+            )?;
         }
+        let (checkpoint, _) = ledger.checkpoint();
+        println!(
+            "\n6. ledger       every admission and verdict above is entry in {} ({} entries, root {});\n                 `medguard ledger verify` checks it all, `medguard ledger show` lists it",
+            checkpoint.origin, checkpoint.size, checkpoint.root
+        );
         Ok(exit)
     }
 }

@@ -3,7 +3,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use medguard_attest::AttestedModel;
+use medguard_attest::{AttestedModel, Sha256Digest};
+use medguard_ledger::{Entry, Ledger, Receipt};
 use medguard_screen::Verdict;
 use serde::Serialize;
 
@@ -94,12 +95,13 @@ impl Default for Settings {
 impl PredictCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
         // Admission comes first: a refused model never meets the guest.
-        let Some((model, _)) = self
+        let Some(admitted) = self
             .trust
             .admitted_or_refused(state, &self.model_dir, None)?
         else {
             return Ok(Exit::Refused);
         };
+        let (model, mut ledger) = (admitted.model, admitted.ledger);
         let settings = self.screening.settings()?;
         let (program, _) = sandbox.start()?;
         let Some(session) = open_session(&program, &model, settings)? else {
@@ -110,7 +112,15 @@ impl PredictCmd {
         } else {
             Format::Human
         };
-        predict_files(&program, &model, session, &self.inputs, format, settings)
+        predict_files(
+            &program,
+            &model,
+            session,
+            &self.inputs,
+            format,
+            settings,
+            &mut ledger,
+        )
     }
 }
 
@@ -139,6 +149,9 @@ struct Prediction<'a> {
     seed: u64,
     model: ModelRef<'a>,
     guest_sha256: &'a str,
+    /// The ledger entry of this result with its inclusion proof and signed
+    /// checkpoint: `medguard ledger verify-receipt` checks it offline.
+    receipt: Option<Receipt>,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +216,7 @@ pub(super) fn predict_files(
     files: &[PathBuf],
     format: Format,
     settings: Settings,
+    ledger: &mut Ledger,
 ) -> anyhow::Result<Exit> {
     let labels = &model.manifest().output.labels;
     let (version, sha256) = (
@@ -224,22 +238,42 @@ pub(super) fn predict_files(
         labels,
         model: model_ref,
         guest_sha256: &guest_sha256,
+        guest_digest: program.digest(),
         seed: settings.seed,
     };
     let mut session = Some(session);
     let mut exit = Exit::Ok;
     for file in files {
         let name = file.display().to_string();
-        match screen_file(program, model, &mut session, file, settings) {
-            Ok((rows, source_bits)) => {
+        let digest = |tensor: &[u8]| ledger.input_hmac(tensor);
+        match screen_file(program, model, &mut session, file, settings, &digest) {
+            Ok((rows, source_bits, hmacs)) => {
                 let many = rows.len() > 1;
-                for (i, row) in rows.into_iter().enumerate() {
-                    let input = if many {
-                        format!("{name}[{i}]")
-                    } else {
-                        name.clone()
-                    };
-                    let p = context.prediction(input, row, source_bits);
+                let predictions: Vec<Prediction<'_>> = rows
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let input = if many {
+                            format!("{name}[{i}]")
+                        } else {
+                            name.clone()
+                        };
+                        context.prediction(input, row, source_bits)
+                    })
+                    .collect();
+                // One group commit per file: every result is durable in the
+                // ledger before it is shown.
+                let time = jiff::Timestamp::now();
+                let entries: Vec<Entry> = predictions
+                    .iter()
+                    .zip(hmacs)
+                    .map(|(p, input_hmac)| context.entry(p, input_hmac, time, model, settings))
+                    .collect();
+                let receipts = ledger
+                    .append(&entries)
+                    .context("recording the results in the ledger")?;
+                for (mut p, receipt) in predictions.into_iter().zip(receipts) {
+                    p.receipt = Some(receipt);
                     if p.verdict == "reject" {
                         exit = Exit::Refused;
                     }
@@ -273,6 +307,7 @@ struct Context<'a> {
     labels: &'a [String],
     model: ModelRef<'a>,
     guest_sha256: &'a str,
+    guest_digest: Sha256Digest,
     seed: u64,
 }
 
@@ -322,6 +357,37 @@ impl<'a> Context<'a> {
             seed: self.seed,
             model: self.model,
             guest_sha256: self.guest_sha256,
+            receipt: None,
+        }
+    }
+
+    /// The ledger entry of one result: digests and the verdict, never the
+    /// input's name or pixels.
+    fn entry(
+        &self,
+        p: &Prediction<'_>,
+        input_hmac: String,
+        time: jiff::Timestamp,
+        model: &AttestedModel,
+        settings: Settings,
+    ) -> Entry {
+        Entry::Inference {
+            time,
+            model: model.manifest().name.clone(),
+            version: model.manifest().version.clone(),
+            model_sha256: model.model_digest(),
+            guest_sha256: self.guest_digest,
+            input_hmac,
+            verdict: p.verdict.to_owned(),
+            p_value: p.p_value,
+            label: p.label.map(str::to_owned),
+            policy: if settings.withhold_rejected {
+                "enforce"
+            } else {
+                "flag-only"
+            }
+            .to_owned(),
+            seed: self.seed,
         }
     }
 }
@@ -354,7 +420,15 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
     } else {
         String::new()
     };
-    format!("{:<width$}  {what:<46} {screening}{off_grid}", p.input)
+    let ledger = p
+        .receipt
+        .as_ref()
+        .map(|r| format!("  [ledger #{}]", r.index))
+        .unwrap_or_default();
+    format!(
+        "{:<width$}  {what:<46} {screening}{off_grid}{ledger}",
+        p.input
+    )
 }
 
 enum Failure {
@@ -370,10 +444,22 @@ fn screen_file(
     session: &mut Option<Session>,
     file: &Path,
     settings: Settings,
-) -> Result<(Vec<ScreenedImage>, u8), Failure> {
+    digest: &dyn Fn(&[u8]) -> String,
+) -> Result<(Vec<ScreenedImage>, u8, Vec<String>), Failure> {
     let bytes = read_capped(file, INPUT_MAX_BYTES).map_err(|e| Failure::Rejected(e.to_string()))?;
     let batch = input::decode(&bytes, &model.manifest().input)
         .map_err(|e| Failure::Rejected(e.to_string()))?;
+    // The ledger names each image by a keyed digest of the exact tensor the
+    // guest screens, little-endian f32.
+    let per_image = batch.data.len() / batch.len().max(1);
+    let hmacs = batch
+        .data
+        .chunks(per_image.max(1))
+        .map(|image| {
+            let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
+            digest(&bytes)
+        })
+        .collect();
     let mut rows = Vec::with_capacity(batch.len());
     for chunk in batch.chunks(model.manifest().max_batch as usize) {
         let s = match session {
@@ -425,5 +511,5 @@ fn screen_file(
             }
         }
     }
-    Ok((rows, batch.source_bits))
+    Ok((rows, batch.source_bits, hmacs))
 }

@@ -17,12 +17,13 @@ pub struct VerifyCmd {
 
 impl VerifyCmd {
     pub(super) fn execute(self, state: &StateArgs) -> anyhow::Result<Exit> {
-        let Some((model, policy)) = self
+        let Some(admitted) = self
             .trust
             .admitted_or_refused(state, &self.model_dir, None)?
         else {
             return Ok(Exit::Refused);
         };
+        let (model, policy) = (&admitted.model, &admitted.policy);
         let m = model.manifest();
         println!(
             "accepted: {} {} ({} bytes, sha256 {})",
@@ -47,6 +48,11 @@ impl VerifyCmd {
         if let Some(expires) = m.expires {
             println!("expires: {expires}");
         }
+        println!(
+            "recorded: ledger entry {} of {}",
+            admitted.ledger.size() - 1,
+            admitted.ledger.origin()
+        );
         Ok(Exit::Ok)
     }
 }

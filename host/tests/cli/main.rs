@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 mod commands;
+mod ledger;
 mod screening;
 mod signing;
 mod trust;

@@ -140,8 +140,14 @@ fn rollback_to_an_older_signed_version_after_a_restart() {
         err.contains("rollback: pneumonia-cnn 1.1.0 is older than 1.2.0"),
         "{err}"
     );
-    let state = std::fs::read_to_string(data.join("high-water.json")).unwrap();
-    assert!(state.contains("\"1.2.0\""), "{state}");
+    // The mark lives in the ledger: the admission of 1.2.0, then the refusal.
+    let out = medguard(&["ledger", "show", "--data-dir", s(&data)]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("admitted pneumonia-cnn 1.2.0")
+            && shown.contains("refused pneumonia: rollback"),
+        "{shown}"
+    );
 }
 
 #[test]

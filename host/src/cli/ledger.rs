@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -55,7 +55,7 @@ enum Action {
 
 const RECEIPT_MAX_BYTES: u64 = 1 << 20;
 
-fn read_key(path: &PathBuf) -> anyhow::Result<NoteVerifier> {
+fn read_key(path: &Path) -> anyhow::Result<NoteVerifier> {
     let text = String::from_utf8(read_capped(path, 4096)?)
         .with_context(|| format!("{} is not text", path.display()))?;
     text.parse()

@@ -538,17 +538,17 @@ impl Ledger {
         let (checkpoint, note) = self.checkpoint();
         let size = checkpoint.size;
         let note = note.to_owned();
+        // The proofs of one batch share most of their nodes: read each once.
+        let cached = Cached {
+            ledger: self,
+            nodes: Default::default(),
+        };
         payloads
             .into_iter()
             .zip(first..)
             .map(|(bytes, index)| {
-                Ok(Receipt::new(
-                    bytes,
-                    index,
-                    size,
-                    &self.inclusion_proof(index, size)?,
-                    note.clone(),
-                ))
+                let proof = merkle::inclusion_proof(&cached, index, size)?;
+                Ok(Receipt::new(bytes, index, size, &proof, note.clone()))
             })
             .collect()
     }
@@ -686,6 +686,25 @@ pub fn local_verifier(data_dir: &Path) -> Result<NoteVerifier, LedgerError> {
     let origin_path = dir.join(ORIGIN);
     let origin = fs::read_to_string(&origin_path).map_err(io_at(&origin_path))?;
     Ok(NoteSigner::new(origin.trim(), &read_hex32(&dir.join(KEY))?).verifier())
+}
+
+/// A node source that remembers what it read, for the proofs of one batch.
+struct Cached<'a> {
+    ledger: &'a Ledger,
+    nodes: std::cell::RefCell<std::collections::HashMap<(u32, u64), Hash>>,
+}
+
+impl NodeSource for Cached<'_> {
+    type Error = LedgerError;
+
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, LedgerError> {
+        if let Some(h) = self.nodes.borrow().get(&(level, index)) {
+            return Ok(*h);
+        }
+        let h = self.ledger.perfect(level, index)?;
+        self.nodes.borrow_mut().insert((level, index), h);
+        Ok(h)
+    }
 }
 
 /// Creates a ledger in a temporary directory and renames it into place, so

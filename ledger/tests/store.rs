@@ -74,7 +74,13 @@ fn receipts_verify_offline_and_the_ledger_survives_reopening() {
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let dir = tmp.path().join("ledger");
     assert_eq!(mode(&dir), 0o700);
-    for f in ["key", "input-hmac.key", "entries.log", "checkpoints.log", "tree-00.hashes"] {
+    for f in [
+        "key",
+        "input-hmac.key",
+        "entries.log",
+        "checkpoints.log",
+        "tree-00.hashes",
+    ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
     // One checkpoint for the empty tree, one per commit.

@@ -113,7 +113,7 @@ impl DemoCmd {
         }
         let (checkpoint, _) = ledger.checkpoint();
         println!(
-            "\n6. ledger       every admission and verdict above is entry in {} ({} entries, root {});\n                 `medguard ledger verify` checks it all, `medguard ledger show` lists it",
+            "\n6. ledger       every admission and verdict above is an entry in {} ({} entries, root {});\n                 `medguard ledger verify` checks it all, `medguard ledger show` lists it",
             checkpoint.origin, checkpoint.size, checkpoint.root
         );
         Ok(exit)

@@ -7,28 +7,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::inference;
+
 use std::cell::Cell;
 use std::io::Write;
 use std::time::Instant;
 
 use medguard_ledger::merkle::{self, Hash, NodeSource};
-use medguard_ledger::{Entry, GroupCommit, Ledger, LedgerError, audit};
-
-fn inference(seed: u64) -> Entry {
-    Entry::Inference {
-        time: "2026-11-28T12:00:00Z".parse().unwrap(),
-        model: "pneumonia-cnn".into(),
-        version: "1.0.0".parse().unwrap(),
-        model_sha256: medguard_attest::Sha256Digest::of(b"model"),
-        guest_sha256: medguard_attest::Sha256Digest::of(b"guest"),
-        input_hmac: format!("{:064x}", seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        verdict: "accept".into(),
-        p_value: Some(0.5),
-        label: Some("normal".into()),
-        policy: "enforce".into(),
-        seed,
-    }
-}
+use medguard_ledger::{GroupCommit, Ledger, LedgerError, audit};
 
 /// Counts the perfect-subtree reads a proof makes.
 struct Counting<'a>(&'a Ledger, Cell<u64>);

@@ -170,6 +170,17 @@ fn random32() -> Result<[u8; 32], LedgerError> {
     Ok(b)
 }
 
+/// Opens (creating, mode 0600) a ledger file for reading and appending.
+fn open_append(path: &Path) -> Result<File, LedgerError> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -211,16 +222,7 @@ impl Ledger {
             .to_owned();
         let signer = NoteSigner::new(&origin, &read_hex32(&dir.join(KEY))?);
         let secret = read_hex32(&dir.join(SECRET))?;
-        let open = |name: &str| {
-            let path = dir.join(name);
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_at(&path))
-        };
+        let open = |name: &str| open_append(&dir.join(name));
         let log = open(ENTRIES)?;
         let idx = open(INDEX)?;
         let checkpoints = open(CHECKPOINTS)?;
@@ -325,13 +327,7 @@ impl Ledger {
             if want == 0 && !path.exists() {
                 break;
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_at(&path))?;
+            let file = open_append(&path)?;
             let have = file.metadata().map_err(io_at(&path))?.len() / 32;
             if have < want {
                 return Err(corrupt(format!(
@@ -626,14 +622,7 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         while self.levels.len() < level_bufs.len() {
             let path = self.path(&level_file(self.levels.len() as u32));
-            let f = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_at(&path))?;
-            self.levels.push(f);
+            self.levels.push(open_append(&path)?);
         }
         let log_path = self.path(ENTRIES);
         let idx_path = self.path(INDEX);

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::inference;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,22 +17,6 @@ use medguard_ledger::{Entry, GroupCommit, Ledger, audit};
 
 const CHILD_DIR: &str = "MEDGUARD_LEDGER_CRASH_CHILD";
 const ROUNDS: u64 = 200;
-
-fn inference(seed: u64) -> Entry {
-    Entry::Inference {
-        time: "2026-11-28T12:00:00Z".parse().unwrap(),
-        model: "pneumonia-cnn".into(),
-        version: "1.0.0".parse().unwrap(),
-        model_sha256: medguard_attest::Sha256Digest::of(b"model"),
-        guest_sha256: medguard_attest::Sha256Digest::of(b"guest"),
-        input_hmac: format!("{seed:064x}"),
-        verdict: "accept".into(),
-        p_value: Some(0.5),
-        label: Some("normal".into()),
-        policy: "enforce".into(),
-        seed,
-    }
-}
 
 /// The child's role, run by the test below in another process: append until
 /// killed, printing `index seed` for each acknowledged entry.

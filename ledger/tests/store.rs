@@ -3,27 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::inference;
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
 use medguard_ledger::{Entry, Ledger, audit};
-
-fn inference(i: u64) -> Entry {
-    Entry::Inference {
-        time: "2026-11-28T12:00:00Z".parse().unwrap(),
-        model: "pneumonia-cnn".into(),
-        version: "1.0.0".parse().unwrap(),
-        model_sha256: medguard_attest::Sha256Digest::of(b"model"),
-        guest_sha256: medguard_attest::Sha256Digest::of(b"guest"),
-        input_hmac: format!("{i:064x}"),
-        verdict: "accept".into(),
-        p_value: Some(0.5),
-        label: Some("normal".into()),
-        policy: "enforce".into(),
-        seed: i,
-    }
-}
 
 fn filled(dir: &Path, batches: u64, per: u64) -> Ledger {
     let mut ledger = Ledger::open(dir).unwrap();

@@ -112,6 +112,16 @@ fn the_real_model_signing_tool_agrees_both_ways() {
     let tool = std::env::var_os("MEDGUARD_MODEL_SIGNING")
         .map(PathBuf::from)
         .expect("MEDGUARD_MODEL_SIGNING must name the model_signing executable");
+    // `model_signing <args> --signature DIR/model.sig DIR`
+    let run = |args: &[&str], dir: &Path| {
+        Command::new(&tool)
+            .args(args)
+            .arg("--signature")
+            .arg(dir.join("model.sig"))
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
     let tmp = tempfile::tempdir().unwrap();
     let policy = test_policy(tmp.path());
     for curve in ["p256", "p384"] {
@@ -122,12 +132,7 @@ fn the_real_model_signing_tool_agrees_both_ways() {
         let ours = tmp.path().join(format!("ours-{curve}"));
         std::fs::create_dir(&ours).unwrap();
         let model = signed_copy(&ours, Some(&key), |_| {});
-        let out = Command::new(&tool)
-            .args(["verify", "key", "--public_key", s(&public), "--signature"])
-            .arg(model.join("model.sig"))
-            .arg(&model)
-            .output()
-            .unwrap();
+        let out = run(&["verify", "key", "--public_key", s(&public)], &model);
         assert!(
             out.status.success(),
             "model_signing refused medguard's {curve} bundle: {}{}",
@@ -140,12 +145,7 @@ fn the_real_model_signing_tool_agrees_both_ways() {
         std::fs::create_dir(&theirs).unwrap();
         let model = signed_copy(&theirs, Some(&key), |_| {});
         std::fs::remove_file(model.join("model.sig")).unwrap();
-        let out = Command::new(&tool)
-            .args(["sign", "key", "--private_key", s(&key), "--signature"])
-            .arg(model.join("model.sig"))
-            .arg(&model)
-            .output()
-            .unwrap();
+        let out = run(&["sign", "key", "--private_key", s(&key)], &model);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let out = verify(&model, &policy);
         assert_eq!(
@@ -157,12 +157,7 @@ fn the_real_model_signing_tool_agrees_both_ways() {
 
         // And the real tool sees a tampered directory as we do.
         std::fs::write(model.join("samples/normal-1.png"), b"swapped").unwrap();
-        let out = Command::new(&tool)
-            .args(["verify", "key", "--public_key", s(&public), "--signature"])
-            .arg(model.join("model.sig"))
-            .arg(&model)
-            .output()
-            .unwrap();
+        let out = run(&["verify", "key", "--public_key", s(&public)], &model);
         assert!(!out.status.success());
         assert_eq!(verify(&model, &policy).status.code(), Some(1));
     }

@@ -130,7 +130,7 @@ fn rollback_to_an_older_signed_version_after_a_restart() {
     let data = tmp.path().join("data");
     let newer = signed_copy(&tmp.path().join("new"), None, set_version("1.2.0"));
     let older = signed_copy(&tmp.path().join("old"), None, set_version("1.1.0"));
-    // Each process is a restart; only the state file carries the mark.
+    // Each process is a restart; only the ledger in the data directory carries the mark.
     let out = medguard(&["verify", "--data-dir", s(&data), s(&newer)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The older version on its own is fine for a deployment that never saw 1.2.0.

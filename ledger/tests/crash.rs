@@ -23,7 +23,10 @@ const ROUNDS: u64 = 200;
 #[test]
 #[ignore = "the child process of kill_9_during_appends_loses_no_acknowledged_entry"]
 fn crash_child() {
-    let dir = std::env::var_os(CHILD_DIR).expect("run by the crash test");
+    // Run on its own (as `--include-ignored` does) it has nothing to do.
+    let Some(dir) = std::env::var_os(CHILD_DIR) else {
+        return;
+    };
     let first_seed: u64 = std::env::var("MEDGUARD_LEDGER_CRASH_SEED")
         .unwrap()
         .parse()

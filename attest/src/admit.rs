@@ -155,7 +155,7 @@ impl AdmittedManifest<'_> {
     /// before reading or hashing anything else.
     pub fn check_file_names<'a>(
         &self,
-        names: impl IntoIterator<Item = &'a str> + Clone,
+        names: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), AdmitError> {
         Ok(self.signed.directory.check_file_names(names)?)
     }

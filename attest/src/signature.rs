@@ -343,12 +343,13 @@ impl SignedDirectory {
     /// hashed (an extra file may be endless).
     pub fn check_file_names<'a>(
         &self,
-        actual: impl IntoIterator<Item = &'a str> + Clone,
+        actual: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), FilesMismatch> {
+        let actual: std::collections::BTreeSet<&str> = actual.into_iter().collect();
         let missing: Vec<String> = self
             .files
             .keys()
-            .filter(|f| !actual.clone().into_iter().any(|a| a == f.as_str()))
+            .filter(|f| !actual.contains(f.as_str()))
             .cloned()
             .collect();
         let extra: Vec<String> = actual

@@ -12,7 +12,7 @@ use crate::entry::Entry;
 use crate::merkle::{self, Hash, NodeSource};
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::store::{
-    CHECKPOINTS, ENTRIES, ENTRY_MAX_BYTES, LEDGER_DIR, LedgerError, VIEW, level_file, records,
+    self, CHECKPOINTS, ENTRIES, LEDGER_DIR, LedgerError, VIEW, level_file, records,
 };
 use crate::view::View;
 
@@ -84,7 +84,7 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
     let mut view = View::default();
     loop {
         let index = leaves.len() as u64;
-        let mut header = [0u8; 8];
+        let mut header = [0u8; store::HEADER];
         match reader.read_exact(&mut header) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -93,10 +93,9 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
             }
             Err(e) => return Err(io(&path)(e)),
         }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let mut payload = vec![0u8; len.min(ENTRY_MAX_BYTES + 1)];
-        let whole = len <= ENTRY_MAX_BYTES && reader.read_exact(&mut payload).is_ok();
+        let (len, crc) = store::header(header);
+        let mut payload = vec![0u8; len.unwrap_or(0)];
+        let whole = len.is_some() && reader.read_exact(&mut payload).is_ok();
         if !whole || crc32fast::hash(&payload) != crc {
             problems.push(Problem {
                 first_entry: Some(index),

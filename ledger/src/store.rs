@@ -47,7 +47,7 @@ const ORIGIN: &str = "origin";
 const SECRET: &str = "input-hmac.key";
 const LOCK: &str = "lock";
 pub(crate) const VIEW: &str = "view.json";
-const HEADER: usize = 8;
+pub(crate) const HEADER: usize = 8;
 
 pub(crate) fn level_file(level: u32) -> String {
     format!("tree-{level:02}.hashes")
@@ -105,14 +105,22 @@ pub(crate) fn records(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, usize) {
     (out, at)
 }
 
+/// A record header: the payload length, if believable, and its CRC-32.
+pub(crate) fn header(bytes: [u8; HEADER]) -> (Option<usize>, u32) {
+    let [a, b, c, d, e, f, g, h] = bytes;
+    let len = u32::from_le_bytes([a, b, c, d]) as usize;
+    (
+        (len <= ENTRY_MAX_BYTES).then_some(len),
+        u32::from_le_bytes([e, f, g, h]),
+    )
+}
+
 /// The payload range of a whole, CRC-valid record at `at`.
 pub(crate) fn record_at(bytes: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
-    let header = bytes.get(at..at + HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    let payload = at + HEADER..at + HEADER + len;
+    let (len, crc) = header(bytes.get(at..at + HEADER)?.try_into().ok()?);
+    let payload = at + HEADER..at + HEADER + len?;
     let data = bytes.get(payload.clone())?;
-    (len <= ENTRY_MAX_BYTES && crc32fast::hash(data) == crc).then_some(payload)
+    (crc32fast::hash(data) == crc).then_some(payload)
 }
 
 /// The ledger, open for appending. Holds an exclusive lock on its directory
@@ -133,6 +141,15 @@ pub struct Ledger {
     checkpoint: (Checkpoint, String),
     poisoned: Option<String>,
     view: View,
+    view_saved: u64,
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if self.view_saved != self.view.size && self.poisoned.is_none() {
+            self.save_view();
+        }
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -249,6 +266,7 @@ impl Ledger {
             ),
             poisoned: None,
             view: View::default(),
+            view_saved: 0,
         };
         ledger.recover()?;
         ledger.load_view()?;
@@ -377,24 +395,22 @@ impl Ledger {
             })?;
             view.apply(&entry);
         }
-        let stale = cached_size != Some(view.size);
+        self.view_saved = cached_size.unwrap_or(u64::MAX);
         self.view = view;
-        if stale {
-            self.save_view();
-        }
         Ok(())
     }
 
     /// Writes the view cache atomically. Not fsynced and errors ignored: it
     /// is rebuilt from the entries whenever it is missing or behind.
-    fn save_view(&self) {
+    fn save_view(&mut self) {
         let Ok(bytes) = serde_json::to_vec(&self.view) else {
             return;
         };
         if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.dir)
             && tmp.write_all(&bytes).is_ok()
+            && tmp.persist(self.path(VIEW)).is_ok()
         {
-            let _ = tmp.persist(self.path(VIEW));
+            self.view_saved = self.view.size;
         }
     }
 
@@ -439,14 +455,11 @@ impl Ledger {
     /// The payload of entry `index`, whose record starts at `at`.
     fn record(&self, index: u64, at: u64) -> Result<Vec<u8>, LedgerError> {
         let path = self.path(ENTRIES);
-        let header = self.read_at(&self.log, &path, at, HEADER)?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > ENTRY_MAX_BYTES {
-            return Err(LedgerError::Corrupt(format!(
-                "entry {index} has an impossible length"
-            )));
-        }
+        let bytes = self.read_at(&self.log, &path, at, HEADER)?;
+        let (len, crc) = header(bytes.try_into().unwrap_or_default());
+        let len = len.ok_or_else(|| {
+            LedgerError::Corrupt(format!("entry {index} has an impossible length"))
+        })?;
         let payload = self.read_at(&self.log, &path, at + HEADER as u64, len)?;
         if crc32fast::hash(&payload) != crc {
             return Err(LedgerError::Corrupt(format!("entry {index} fails its CRC")));
@@ -527,10 +540,16 @@ impl Ledger {
             .collect::<Result<Vec<_>, _>>()?;
         let first = self.size();
         self.commit_payloads(&payloads)?;
+        let before = (self.view.high_water.clone(), self.view.policy);
         for e in entries {
             self.view.apply(e);
         }
-        self.save_view();
+        // Rollback marks are saved as soon as they move; the size alone
+        // (every inference) is saved when the ledger is closed, and if the
+        // process dies first, opening folds the few newer entries in again.
+        if (&self.view.high_water, self.view.policy) != (&before.0, before.1) {
+            self.save_view();
+        }
         let (checkpoint, note) = self.checkpoint();
         let size = checkpoint.size;
         let note = note.to_owned();

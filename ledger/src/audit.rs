@@ -1,8 +1,13 @@
 //! The full audit behind `medguard ledger verify`: recompute the tree from
 //! the entries, check every checkpoint's signature, its root and its
 //! consistency with the previous one, and name the first entry where
-//! anything was edited, deleted, reordered or truncated. Reads the files as
-//! they are and changes nothing.
+//! anything was edited, deleted, reordered or truncated. Also: entries that
+//! no signed checkpoint covers, a checkpoint log that went backwards,
+//! admissions whose versions went down, a view cache that disagrees with the
+//! entries, and consistency with checkpoints held elsewhere (a witness's
+//! copy, or the checkpoint of an old receipt): that last check is the one
+//! that catches someone who holds the signing key and rewrote history.
+//! Reads the files as they are and changes nothing.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -27,6 +32,9 @@ pub struct AuditReport {
     pub latest: Option<Checkpoint>,
     /// Every problem, earliest entry first; empty if the ledger is intact.
     pub problems: Vec<Problem>,
+    /// Events worth knowing that are not tampering by themselves: recovery
+    /// quarantines, new ledgers that replaced lost ones.
+    pub notices: Vec<String>,
 }
 
 /// One finding.
@@ -70,6 +78,18 @@ impl NodeSource for Levels {
 
 /// Audits the ledger in `data_dir/ledger` against its public `key`.
 pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerError> {
+    audit_against(data_dir, key, &[])
+}
+
+/// [`audit`], and checks that the log is consistent with every checkpoint
+/// in `witnessed` (already verified with `key` by the caller): one that
+/// covers more entries than the log holds means it was cut back; one whose
+/// root differs from the log's at its size means history was rewritten.
+pub fn audit_against(
+    data_dir: &Path,
+    key: &NoteVerifier,
+    witnessed: &[Checkpoint],
+) -> Result<AuditReport, LedgerError> {
     let dir = data_dir.join(LEDGER_DIR);
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -82,6 +102,13 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
     let mut reader = BufReader::with_capacity(1 << 20, File::open(&path).map_err(io(&path))?);
     let mut leaves = Vec::new();
     let mut view = View::default();
+    let mut notices = Vec::new();
+    // The view the cache claims to be, recomputed at its size.
+    let cache: Option<crate::view::SealedView> = std::fs::read(dir.join(VIEW))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let cache_size = cache.as_ref().map(|c| c.view.size);
+    let mut view_at_cache = (cache_size == Some(0)).then(View::default);
     loop {
         let index = leaves.len() as u64;
         let mut header = [0u8; store::HEADER];
@@ -106,11 +133,39 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
             break;
         }
         match serde_json::from_slice::<Entry>(&payload) {
-            Ok(entry) => view.apply(&entry),
-            Err(_) => problems.push(Problem {
-                first_entry: Some(index),
-                what: format!("entry {index} is not a valid ledger entry"),
-            }),
+            Ok(entry) => {
+                if let Some(p) = rollback(&view, &entry, index) {
+                    problems.push(p);
+                }
+                match &entry {
+                    Entry::EntriesQuarantined {
+                        count,
+                        file,
+                        sha256,
+                        ..
+                    } => notices.push(format!(
+                        "entry {index}: on opening, {count} entries found past the last signed checkpoint were quarantined in {file} (sha256 {sha256}), unsigned: a crash before their checkpoint, or entries someone else appended"
+                    )),
+                    Entry::LedgerCreated {
+                        replaces: Some(old),
+                        ..
+                    } => notices.push(format!(
+                        "entry {index}: this ledger was started to replace the lost ledger {old}; rollback marks before it are not in this log"
+                    )),
+                    _ => {}
+                }
+                view.apply(&entry);
+            }
+            Err(_) => {
+                view.size += 1;
+                problems.push(Problem {
+                    first_entry: Some(index),
+                    what: format!("entry {index} is not a valid ledger entry"),
+                });
+            }
+        }
+        if cache_size == Some(index + 1) {
+            view_at_cache = Some(view.clone());
         }
         leaves.push(merkle::leaf_hash(&payload));
     }
@@ -229,14 +284,62 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
             what: "no checkpoint verifies with this key".into(),
         });
     }
-    // 4. The cached view (rollback marks) must be what the entries say.
-    let path = dir.join(VIEW);
-    if let Ok(bytes) = std::fs::read(&path) {
-        let cached: Option<View> = serde_json::from_slice(&bytes).ok();
-        if cached.as_ref().is_some_and(|c| c.size == view.size) && cached.as_ref() != Some(&view) {
+    // 4. Entries past the latest checkpoint were never signed.
+    let covered = previous.as_ref().map_or(0, |c| c.size);
+    let appended = n.max(recorded.len() as u64);
+    if appended > covered && !root_problem {
+        problems.push(Problem {
+            first_entry: Some(covered),
+            what: format!(
+                "entries {covered}..{appended} are covered by no signed checkpoint: never acknowledged (a crash; opening the ledger quarantines them) or appended by someone without the key"
+            ),
+        });
+    }
+    // 5. Checkpoints held elsewhere.
+    for w in witnessed {
+        if w.size > n {
+            problems.push(Problem {
+                first_entry: Some(n),
+                what: format!(
+                    "the log was cut back: a checkpoint held elsewhere covers {} entries, the log holds {n}",
+                    w.size
+                ),
+            });
+            continue;
+        }
+        let root = if w.size == 0 {
+            merkle::empty_root()
+        } else {
+            merkle::range_root(&levels, 0, w.size).map_err(LedgerError::Corrupt)?
+        };
+        if root != w.root {
+            problems.push(Problem {
+                first_entry: Some(0),
+                what: format!(
+                    "history was rewritten: the first {} entries do not have the root a checkpoint held elsewhere signed ({}, the log gives {root})",
+                    w.size, w.root
+                ),
+            });
+        }
+    }
+    // 6. The cached view (rollback marks) must be what the entries say at
+    //    the size it claims.
+    if let Some(cache) = cache {
+        let size = cache.view.size;
+        let root = match size {
+            0 => Some(merkle::empty_root()),
+            s if s <= n => merkle::range_root(&levels, 0, s).ok(),
+            _ => None,
+        };
+        let agrees = view_at_cache.as_ref() == Some(&cache.view)
+            && root.map(|r| r.to_string()).as_ref() == Some(&cache.root);
+        if !agrees {
             problems.push(Problem {
                 first_entry: None,
-                what: "view.json (the cached rollback high-water marks) disagrees with the entries; delete it to have it rebuilt".into(),
+                what: format!(
+                    "view.json (the cached rollback high-water marks, as of entry {}) disagrees with the entries; opening the ledger ignores it and rebuilds the marks",
+                    cache.view.size
+                ),
             });
         }
     }
@@ -246,5 +349,39 @@ pub fn audit(data_dir: &Path, key: &NoteVerifier) -> Result<AuditReport, LedgerE
         checkpoints: verified,
         latest: previous,
         problems,
+        notices,
+    })
+}
+
+/// An admission below (or reusing with other contents) the version already
+/// admitted for its model: the policy refuses these, so one in the log was
+/// admitted by a tampered medguard or written by hand.
+fn rollback(view: &View, entry: &Entry, index: u64) -> Option<Problem> {
+    let Entry::ModelAdmitted {
+        model,
+        version,
+        manifest_sha256,
+        ..
+    } = entry
+    else {
+        return None;
+    };
+    let hw = view.high_water.get(model)?;
+    let what = if *version < hw.version {
+        format!(
+            "entry {index} admits {model} {version} after {} was admitted: a rollback",
+            hw.version
+        )
+    } else if *version == hw.version && *manifest_sha256 != hw.manifest_sha256 {
+        format!(
+            "entry {index} admits {model} {version} with manifest {manifest_sha256}, but {version} was admitted before as {}",
+            hw.manifest_sha256
+        )
+    } else {
+        return None;
+    };
+    Some(Problem {
+        first_entry: Some(index),
+        what,
     })
 }

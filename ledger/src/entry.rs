@@ -22,6 +22,28 @@ pub enum Entry {
         time: Timestamp,
         /// The checkpoint verifier key (C2SP format).
         key: String,
+        /// The origin of the ledger this one replaces, when the operator
+        /// started a new ledger in a data directory whose ledger had gone
+        /// missing (`medguard ledger new`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
+    },
+    /// Opening the ledger found whole entries past the last signed
+    /// checkpoint. They were never acknowledged (a crash between writing
+    /// them and signing their checkpoint) or were appended by someone else;
+    /// the ledger cannot tell which, so it signs none of them: it moves them
+    /// into a quarantine file beside the ledger and records that here.
+    EntriesQuarantined {
+        /// When.
+        time: Timestamp,
+        /// How many whole entries were moved out.
+        count: u64,
+        /// The index the first of them would have had (this entry's own).
+        first_index: u64,
+        /// SHA-256 of the quarantined bytes, exactly as they were in the log.
+        sha256: Sha256Digest,
+        /// The quarantine file's name in the ledger directory.
+        file: String,
     },
     /// A model passed admission under the trust policy.
     ModelAdmitted {
@@ -86,6 +108,11 @@ pub enum Entry {
         p_value: Option<f64>,
         /// The predicted label; none when withheld.
         label: Option<String>,
+        /// The class probabilities returned with the label, by class
+        /// label; none when withheld. Recorded so that a receipt
+        /// vouches for the numbers a result shows, not only its label.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probabilities: Option<std::collections::BTreeMap<String, f32>>,
         /// enforce or flag-only.
         policy: String,
         /// The seed of the guest's noise draws, to reproduce the verdict.
@@ -98,6 +125,7 @@ impl Entry {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::LedgerCreated { .. } => "ledger-created",
+            Self::EntriesQuarantined { .. } => "entries-quarantined",
             Self::ModelAdmitted { .. } => "model-admitted",
             Self::ModelRefused { .. } => "model-refused",
             Self::PolicyChanged { .. } => "policy-changed",
@@ -109,6 +137,7 @@ impl Entry {
     pub fn time(&self) -> Timestamp {
         match self {
             Self::LedgerCreated { time, .. }
+            | Self::EntriesQuarantined { time, .. }
             | Self::ModelAdmitted { time, .. }
             | Self::ModelRefused { time, .. }
             | Self::PolicyChanged { time, .. }

@@ -20,7 +20,7 @@ pub mod receipt;
 pub mod store;
 pub mod view;
 
-pub use audit::{AuditReport, audit};
+pub use audit::{AuditReport, audit, audit_against};
 pub use entry::Entry;
 pub use note::{Checkpoint, NoteVerifier};
 pub use receipt::{Receipt, ReceiptError};

@@ -9,15 +9,27 @@
 //! | `key`, `origin` | the Ed25519 checkpoint key (hex seed, mode 0600) and the log's name |
 //! | `input-hmac.key` | the per-deployment secret for input digests (hex, mode 0600) |
 //!
+//! | `view.json` | the cached rollback marks, MACed and bound to the root they were computed at |
+//! | `quarantine-*.log` | whole entries found past the last checkpoint, moved out on open |
+//!
+//! The data directory itself holds `ledger.origin`, written when the ledger
+//! is created: a data directory that has it but no `ledger/` lost its ledger,
+//! and opening it is an error until the operator starts a new one on purpose
+//! ([`Ledger::create_replacing`]); silently starting afresh would drop every
+//! rollback mark.
+//!
 //! An append is acknowledged only after the entries, index and tree files
 //! were fsynced *and then* a checkpoint covering them was written and
-//! fsynced: the last checkpoint is the durable boundary. On open, whole
-//! entries past it (written, never acknowledged) are kept and checkpointed;
-//! a torn tail is cut back to the last whole entry; anything missing or
-//! damaged *before* it is corruption and stops the ledger. A failed write or
-//! fsync poisons the open ledger: it is not retried (the page cache may
-//! already have dropped the data), and the process must reopen it, which
-//! runs the recovery above.
+//! fsynced: the last checkpoint is the durable boundary. On open, a torn
+//! tail is cut back to the last whole entry; anything missing or damaged
+//! *before* the boundary is corruption and stops the ledger. Whole entries
+//! *past* it are never signed: they were never acknowledged, and a CRC is no
+//! authentication, so they may as well have been written by someone with
+//! access to the files. They are moved to a quarantine file and an
+//! [`Entry::EntriesQuarantined`] entry records their count and digest. A
+//! failed write or fsync poisons the open ledger: it is not retried (the
+//! page cache may already have dropped the data), and the process must
+//! reopen it, which runs the recovery above.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -32,7 +44,7 @@ use crate::entry::{Entry, input_hmac};
 use crate::merkle::{self, Hash, NodeSource};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
 use crate::receipt::Receipt;
-use crate::view::View;
+use crate::view::{SealedView, View, view_key};
 
 /// The ledger directory's name inside the data directory.
 pub const LEDGER_DIR: &str = "ledger";
@@ -47,6 +59,10 @@ const ORIGIN: &str = "origin";
 const SECRET: &str = "input-hmac.key";
 const LOCK: &str = "lock";
 pub(crate) const VIEW: &str = "view.json";
+/// Prefix of the files unacknowledged entries are moved to.
+pub(crate) const QUARANTINE_PREFIX: &str = "quarantine-";
+/// In the data directory: the origin of the ledger it holds.
+const MARKER: &str = "ledger.origin";
 pub(crate) const HEADER: usize = 8;
 
 pub(crate) fn level_file(level: u32) -> String {
@@ -77,6 +93,20 @@ pub enum LedgerError {
     /// An entry could not be encoded or is too large.
     #[error("cannot record entry: {0}")]
     Entry(String),
+    /// The data directory had a ledger and it is gone.
+    #[error(
+        "the ledger of {} is missing (it was {origin}); its rollback marks and history went with it. Restore ledger/ from a backup, or start a new ledger on purpose with `medguard ledger new`",
+        data_dir.display()
+    )]
+    Missing {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The origin of the ledger it had.
+        origin: String,
+    },
+    /// `create_replacing` found a ledger.
+    #[error("{} already holds a ledger; nothing to replace", .0.display())]
+    Exists(PathBuf),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LedgerError + '_ {
@@ -138,6 +168,7 @@ pub struct Ledger {
     signer: NoteSigner,
     origin: String,
     secret: [u8; 32],
+    view_key: [u8; 32],
     checkpoint: (Checkpoint, String),
     poisoned: Option<String>,
     view: View,
@@ -206,8 +237,9 @@ fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
 
 impl Ledger {
     /// Opens the ledger in `data_dir/ledger`, creating it (keys, origin, a
-    /// first entry naming the key, a first checkpoint) if it does not exist,
-    /// and recovering from a crash as the module documentation describes.
+    /// first entry naming the key, a first checkpoint) on first use, and
+    /// recovering from a crash as the module documentation describes. A data
+    /// directory whose ledger went missing is [`LedgerError::Missing`].
     pub fn open(data_dir: &Path) -> Result<Self, LedgerError> {
         DirBuilder::new()
             .recursive(true)
@@ -215,10 +247,74 @@ impl Ledger {
             .create(data_dir)
             .map_err(io_at(data_dir))?;
         let dir = data_dir.join(LEDGER_DIR);
-        if !dir.exists() {
-            create(data_dir, &dir)?;
+        let exists = fs::symlink_metadata(&dir).is_ok();
+        if !exists {
+            if let Some(origin) = previous_origin(data_dir)? {
+                return Err(LedgerError::Missing {
+                    data_dir: data_dir.to_owned(),
+                    origin,
+                });
+            }
+            create(data_dir, &dir, None)?;
         }
-        Self::open_dir(&dir)
+        let ledger = Self::open_dir(&dir)?;
+        ledger.mark(data_dir)?;
+        Ok(ledger)
+    }
+
+    /// Starts a new ledger in a data directory whose ledger is gone, on the
+    /// operator's explicit request; its first entry names the origin of the
+    /// ledger it replaces. Every rollback mark starts from nothing, so the
+    /// operator should re-admit the current models first.
+    pub fn create_replacing(data_dir: &Path) -> Result<Self, LedgerError> {
+        let dir = data_dir.join(LEDGER_DIR);
+        if fs::symlink_metadata(&dir).is_ok() {
+            return Err(LedgerError::Exists(dir));
+        }
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(io_at(data_dir))?;
+        let replaces = previous_origin(data_dir)?;
+        create(data_dir, &dir, replaces)?;
+        let ledger = Self::open_dir(&dir)?;
+        ledger.mark(data_dir)?;
+        Ok(ledger)
+    }
+
+    /// Records in the data directory that it holds this ledger. A marker
+    /// naming another ledger means `ledger/` was swapped for a different
+    /// log, unless this ledger was started to replace that one.
+    fn mark(&self, data_dir: &Path) -> Result<(), LedgerError> {
+        let path = data_dir.join(MARKER);
+        match previous_origin(data_dir)? {
+            Some(origin) if origin == self.origin => return Ok(()),
+            Some(origin) => {
+                let first: Option<Entry> = self
+                    .read_entry(0)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let replaces = matches!(
+                    first,
+                    Some(Entry::LedgerCreated { replaces: Some(r), .. }) if r == origin
+                );
+                if !replaces {
+                    return Err(LedgerError::Corrupt(format!(
+                        "{} holds the ledger {}, but this data directory's ledger was {origin}: ledger/ was replaced",
+                        self.dir.display(),
+                        self.origin
+                    )));
+                }
+            }
+            None => {}
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(data_dir).map_err(io_at(data_dir))?;
+        tmp.write_all(format!("{}\n", self.origin).as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(io_at(&path))?;
+        tmp.persist(&path).map_err(|e| io_at(&path)(e.error))?;
+        sync_dir(data_dir)
     }
 
     /// Opens the ledger directory `dir` itself.
@@ -237,7 +333,8 @@ impl Ledger {
             .map_err(io_at(&dir.join(ORIGIN)))?
             .trim()
             .to_owned();
-        let signer = NoteSigner::new(&origin, &read_hex32(&dir.join(KEY))?);
+        let seed = read_hex32(&dir.join(KEY))?;
+        let signer = NoteSigner::new(&origin, &seed);
         let secret = read_hex32(&dir.join(SECRET))?;
         let open = |name: &str| open_append(&dir.join(name));
         let log = open(ENTRIES)?;
@@ -256,6 +353,7 @@ impl Ledger {
             signer,
             origin,
             secret,
+            view_key: view_key(&seed),
             checkpoint: (
                 Checkpoint {
                     origin: String::new(),
@@ -371,23 +469,60 @@ impl Ledger {
             )));
         }
         self.checkpoint = (checkpoint, note);
-        // 5. Re-derive and checkpoint the whole entries past the boundary.
+        // 5. Whole entries past the boundary are not ours to sign: move
+        //    them (and any torn bytes after them) out, and say so.
         if !extra.is_empty() {
-            let payloads: Vec<Vec<u8>> = extra.iter().map(|r| tail[r.clone()].to_vec()).collect();
+            let file = self.quarantine(acked, &tail)?;
             self.log_len = end_acked;
             self.log.set_len(end_acked).map_err(io_at(&log_path))?;
-            self.commit_payloads(&payloads)?;
+            let entry = Entry::EntriesQuarantined {
+                time: Timestamp::now(),
+                count: extra.len() as u64,
+                first_index: acked,
+                sha256: medguard_attest::Sha256Digest::of(&tail),
+                file,
+            };
+            let payload =
+                serde_json::to_vec(&entry).map_err(|e| LedgerError::Entry(e.to_string()))?;
+            self.commit_payloads(&[payload])?;
         }
         Ok(())
     }
 
-    /// Loads the cached view and folds in the entries it has not seen.
+    /// Writes `bytes`, found past entry `first`, to a new quarantine file
+    /// and returns its name. Durable before the log is cut.
+    fn quarantine(&self, first: u64, bytes: &[u8]) -> Result<String, LedgerError> {
+        let stamp = Timestamp::now().as_nanosecond();
+        let name = format!("{QUARANTINE_PREFIX}{first:012}-{stamp}.log");
+        let path = self.path(&name);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io_at(&path))?;
+        sync_dir(&self.dir)?;
+        Ok(name)
+    }
+
+    /// Loads the cached view, if its seal holds for this log, and folds in
+    /// the entries it has not seen; otherwise rebuilds it from every entry.
     fn load_view(&mut self) -> Result<(), LedgerError> {
-        let cached: Option<View> = fs::read(self.path(VIEW))
+        let cached = fs::read(self.path(VIEW))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|b| serde_json::from_slice::<SealedView>(&b).ok())
+            .and_then(|sealed| {
+                sealed.open(&self.view_key, |size| {
+                    (size <= self.size())
+                        .then(|| self.root_at(size).ok())
+                        .flatten()
+                })
+            });
         let cached_size = cached.as_ref().map(|v| v.size);
-        let mut view = cached.filter(|v| v.size <= self.size()).unwrap_or_default();
+        let mut view = cached.unwrap_or_default();
         for index in view.size..self.size() {
             let bytes = self.read_entry(index)?;
             let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
@@ -403,7 +538,13 @@ impl Ledger {
     /// Writes the view cache atomically. Not fsynced and errors ignored: it
     /// is rebuilt from the entries whenever it is missing or behind.
     fn save_view(&mut self) {
-        let Ok(bytes) = serde_json::to_vec(&self.view) else {
+        let Ok(root) = self.root_at(self.view.size) else {
+            return;
+        };
+        let Some(sealed) = SealedView::seal(&self.view_key, self.view.clone(), root) else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(&sealed) else {
             return;
         };
         if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.dir)
@@ -639,9 +780,13 @@ impl Ledger {
         idx_buf: &[u8],
         level_bufs: &[Vec<u8>],
     ) -> Result<(), LedgerError> {
-        while self.levels.len() < level_bufs.len() {
-            let path = self.path(&level_file(self.levels.len() as u32));
-            self.levels.push(open_append(&path)?);
+        if self.levels.len() < level_bufs.len() {
+            while self.levels.len() < level_bufs.len() {
+                let path = self.path(&level_file(self.levels.len() as u32));
+                self.levels.push(open_append(&path)?);
+            }
+            // A new file's name must be durable before anything relies on it.
+            sync_dir(&self.dir)?;
         }
         let log_path = self.path(ENTRIES);
         let idx_path = self.path(INDEX);
@@ -696,6 +841,16 @@ pub fn local_verifier(data_dir: &Path) -> Result<NoteVerifier, LedgerError> {
     Ok(NoteSigner::new(origin.trim(), &read_hex32(&dir.join(KEY))?).verifier())
 }
 
+/// The origin named by the data directory's marker, if it has one.
+fn previous_origin(data_dir: &Path) -> Result<Option<String>, LedgerError> {
+    let path = data_dir.join(MARKER);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_at(&path)(e)),
+    }
+}
+
 /// A node source that remembers what it read, for the proofs of one batch.
 struct Cached<'a> {
     ledger: &'a Ledger,
@@ -717,7 +872,7 @@ impl NodeSource for Cached<'_> {
 
 /// Creates a ledger in a temporary directory and renames it into place, so
 /// that a crash leaves either no ledger or a whole one.
-fn create(data_dir: &Path, dir: &Path) -> Result<(), LedgerError> {
+fn create(data_dir: &Path, dir: &Path, replaces: Option<String>) -> Result<(), LedgerError> {
     let tmp = tempfile::Builder::new()
         .prefix(".ledger-new-")
         .tempdir_in(data_dir)
@@ -753,6 +908,7 @@ fn create(data_dir: &Path, dir: &Path) -> Result<(), LedgerError> {
         ledger.append(&[Entry::LedgerCreated {
             time: Timestamp::now(),
             key: signer.verifier().to_string(),
+            replaces,
         }])?;
     }
     sync_dir(t)?;

@@ -2,15 +2,23 @@
 //! per model (the rollback high-water marks) and the trust policy in force.
 //! The ledger is the one source of truth; `view.json` only caches the result
 //! with the ledger size it was computed at, so opening reads just the entries
-//! appended since. A missing, damaged or newer-than-the-ledger cache is
-//! rebuilt from the entries.
+//! appended since. The cache is sealed ([`SealedView`]): an HMAC under a key
+//! derived from the ledger's own signing key, over the view and the Merkle
+//! root of the entries it was computed from. A cache someone edited (say, to
+//! clear the marks) fails the MAC; an old genuine one replayed is still
+//! right for its prefix of the log, and one that does not match the log's
+//! root at its size is for another history. Any of these is ignored and the
+//! view rebuilt from the entries.
 
 use std::collections::BTreeMap;
 
+use hmac::{Hmac, Mac};
 use medguard_attest::{HighWater, Sha256Digest};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::entry::Entry;
+use crate::merkle::Hash;
 
 /// The derived state as of `size` entries.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,6 +65,58 @@ impl View {
     }
 }
 
+/// The cache file: a view, the root of the entries it reflects, and a MAC
+/// over both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedView {
+    /// The cached view.
+    pub view: View,
+    /// Hex Merkle root of the first `view.size` entries.
+    pub root: String,
+    /// Hex HMAC-SHA256 of `view` and `root` under the ledger's view key.
+    pub mac: String,
+}
+
+/// The key that seals the view cache, derived from the checkpoint signing
+/// seed so that only the ledger (whoever can sign checkpoints anyway) can
+/// write a cache it will believe.
+pub(crate) fn view_key(signing_seed: &[u8; 32]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(signing_seed).expect("HMAC takes any key length");
+    mac.update(b"medguard-ledger view-cache key v1");
+    mac.finalize().into_bytes().into()
+}
+
+fn view_mac(key: &[u8; 32], view: &View, root: &str) -> Option<Hmac<Sha256>> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+    mac.update(&serde_json::to_vec(&(view, root)).ok()?);
+    Some(mac)
+}
+
+impl SealedView {
+    /// Seals `view`, which reflects the entries whose root is `root`.
+    pub(crate) fn seal(key: &[u8; 32], view: View, root: Hash) -> Option<Self> {
+        let root = root.to_string();
+        let mac = hex::encode(view_mac(key, &view, &root)?.finalize().into_bytes());
+        Some(Self { view, root, mac })
+    }
+
+    /// The view, if the MAC verifies under `key` and `root_at(size)` is
+    /// the root it was sealed with.
+    pub(crate) fn open(
+        self,
+        key: &[u8; 32],
+        root_at: impl FnOnce(u64) -> Option<Hash>,
+    ) -> Option<View> {
+        let tag = hex::decode(&self.mac).ok()?;
+        view_mac(key, &self.view, &self.root)?
+            .verify_slice(&tag)
+            .ok()?;
+        (root_at(self.view.size)?.to_string() == self.root).then_some(self.view)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -74,6 +134,23 @@ mod tests {
             signer_fingerprint: Sha256Digest::from_bytes([0; 32]),
             policy_sha256: Sha256Digest::from_bytes([digest; 32]),
         }
+    }
+
+    #[test]
+    fn a_sealed_view_opens_only_unedited_and_for_its_root() {
+        let key = view_key(&[7; 32]);
+        let mut v = View::default();
+        v.apply(&admitted("1.2.0", 1));
+        let root = Hash([9; 32]);
+        let sealed = SealedView::seal(&key, v.clone(), root).unwrap();
+        assert_eq!(sealed.clone().open(&key, |_| Some(root)), Some(v));
+        // Marks cleared by hand.
+        let mut edited = sealed.clone();
+        edited.view.high_water.clear();
+        assert_eq!(edited.open(&key, |_| Some(root)), None);
+        // Another history at the same size, or another key.
+        assert_eq!(sealed.clone().open(&key, |_| Some(Hash([8; 32]))), None);
+        assert_eq!(sealed.open(&view_key(&[6; 32]), |_| Some(root)), None);
     }
 
     #[test]

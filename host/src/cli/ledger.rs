@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use medguard_ledger::{Entry, NoteVerifier, Receipt, audit};
+use medguard_ledger::{Checkpoint, Entry, Ledger, NoteVerifier, Receipt, audit_against};
 
 use super::{Exit, StateArgs};
 use crate::model_dir::read_capped;
@@ -25,6 +25,13 @@ enum Action {
         /// [default: the key stored beside the ledger].
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// A checkpoint held outside this machine (a witness's copy, the
+        /// output of `medguard ledger checkpoint`, or a receipt or `predict
+        /// --json` line that carries one): the log must still contain what
+        /// it signed. This catches a history rewritten even by someone who
+        /// holds the signing key. Repeatable.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
     },
     /// Print entries readably, oldest first.
     Show {
@@ -39,7 +46,9 @@ enum Action {
         json: bool,
     },
     /// Check a receipt offline with only the ledger's public key. RECEIPT
-    /// is a receipt or a line of `predict --json` output that carries one.
+    /// is a receipt or a line of `predict --json` output that carries one;
+    /// for such a line, its label, verdict, p-value, probabilities, seed and
+    /// model must also be what the signed entry says.
     VerifyReceipt {
         /// The receipt file.
         receipt: PathBuf,
@@ -51,6 +60,11 @@ enum Action {
     Key,
     /// Print the latest signed checkpoint, to hand to a witness.
     Checkpoint,
+    /// Start a new ledger in a data directory whose ledger is missing. Its
+    /// history and rollback marks are gone: restore ledger/ from a backup
+    /// instead if there is one. The new ledger's first entry names the one it
+    /// replaces.
+    New,
 }
 
 const RECEIPT_MAX_BYTES: u64 = 1 << 20;
@@ -70,11 +84,17 @@ impl LedgerCmd {
                 let text = read_capped(&receipt, RECEIPT_MAX_BYTES)?;
                 let value: serde_json::Value = serde_json::from_slice(&text)
                     .with_context(|| format!("{} is not JSON", receipt.display()))?;
-                let value = value.get("receipt").cloned().unwrap_or(value);
-                let receipt: Receipt = serde_json::from_value(value)
-                    .with_context(|| "not a medguard receipt".to_string())?;
+                let receipt: Receipt =
+                    serde_json::from_value(value.get("receipt").cloned().unwrap_or(value.clone()))
+                        .with_context(|| "not a medguard receipt".to_string())?;
                 match receipt.verify(&key) {
                     Ok((checkpoint, entry)) => {
+                        if let Err(why) = cross_check(&value, &entry) {
+                            eprintln!(
+                                "medguard: refused: the result does not match its receipt: {why}"
+                            );
+                            return Ok(Exit::Refused);
+                        }
                         println!(
                             "valid: entry {} ({}) is in {} at size {}, root {}",
                             receipt.index,
@@ -92,13 +112,20 @@ impl LedgerCmd {
                     }
                 }
             }
-            Action::Verify { key } => {
+            Action::Verify { key, checkpoint } => {
                 let dir = state.dir()?;
                 let key = match key {
                     Some(path) => read_key(&path)?,
                     None => medguard_ledger::store::local_verifier(&dir)?,
                 };
-                let report = audit(&dir, &key)?;
+                let witnessed = checkpoint
+                    .iter()
+                    .map(|path| read_checkpoint(path, &key))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let report = audit_against(&dir, &key, &witnessed)?;
+                for notice in &report.notices {
+                    eprintln!("medguard: ledger: note: {}", printable(notice));
+                }
                 match report.problems.first() {
                     None => {
                         let (size, root) = report
@@ -116,7 +143,7 @@ impl LedgerCmd {
                     }
                     Some(first) => {
                         for p in &report.problems {
-                            eprintln!("medguard: ledger: {}", p.what);
+                            eprintln!("medguard: ledger: {}", printable(&p.what));
                         }
                         match first.first_entry {
                             Some(i) => eprintln!(
@@ -134,12 +161,18 @@ impl LedgerCmd {
                 for index in from..end {
                     let bytes = ledger.read_entry(index)?;
                     if json {
-                        println!("{}", String::from_utf8_lossy(&bytes));
+                        // serde_json escapes every control character in
+                        // strings; anything else here is not from medguard.
+                        println!("{}", printable(&String::from_utf8_lossy(&bytes)));
                         continue;
                     }
                     let entry: Entry = serde_json::from_slice(&bytes)
                         .with_context(|| format!("entry {index} is not a ledger entry"))?;
-                    println!("#{index:<6} {}  {}", entry.time(), describe(&entry));
+                    println!(
+                        "#{index:<6} {}  {}",
+                        entry.time(),
+                        printable(&describe(&entry))
+                    );
                 }
                 Ok(Exit::Ok)
             }
@@ -151,14 +184,148 @@ impl LedgerCmd {
                 print!("{}", state.open_ledger()?.checkpoint().1);
                 Ok(Exit::Ok)
             }
+            Action::New => {
+                let dir = state.dir()?;
+                let ledger = Ledger::create_replacing(&dir)
+                    .with_context(|| format!("starting a new ledger in {}", dir.display()))?;
+                println!(
+                    "new ledger {} in {}; checkpoint key {}",
+                    ledger.origin(),
+                    dir.display(),
+                    ledger.verifier()
+                );
+                Ok(Exit::Ok)
+            }
         }
     }
+}
+
+/// Reads a checkpoint held elsewhere: a signed note, or a receipt or
+/// `predict --json` line carrying one; it must verify with `key`.
+fn read_checkpoint(path: &Path, key: &NoteVerifier) -> anyhow::Result<Checkpoint> {
+    let text = String::from_utf8(read_capped(path, RECEIPT_MAX_BYTES)?)
+        .with_context(|| format!("{} is not text", path.display()))?;
+    let note = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value) => value
+            .pointer("/receipt/checkpoint")
+            .or_else(|| value.get("checkpoint"))
+            .and_then(|c| c.as_str())
+            .map(str::to_owned)
+            .with_context(|| {
+                format!(
+                    "{} is JSON without a checkpoint (expected a receipt or a predict --json line)",
+                    path.display()
+                )
+            })?,
+        Err(_) => text,
+    };
+    key.open(&note)
+        .with_context(|| format!("the checkpoint in {} does not verify", path.display()))
+}
+
+/// Checks the fields of a `predict --json` line against the entry its
+/// receipt proves; a bare receipt has none of them and passes.
+fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(), String> {
+    use serde_json::{Value, json};
+    const RESULT_FIELDS: [&str; 6] = [
+        "label",
+        "verdict",
+        "p_value",
+        "probabilities",
+        "seed",
+        "model",
+    ];
+    let present: Vec<&str> = RESULT_FIELDS
+        .into_iter()
+        .filter(|f| line.get(f).is_some())
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let Entry::Inference {
+        model,
+        version,
+        model_sha256,
+        verdict,
+        p_value,
+        label,
+        probabilities,
+        seed,
+        ..
+    } = entry
+    else {
+        return Err(format!(
+            "the line carries a result but the receipt is for a {} entry",
+            entry.kind()
+        ));
+    };
+    let expected = [
+        ("label", json!(label)),
+        ("verdict", json!(verdict)),
+        ("p_value", json!(p_value)),
+        ("probabilities", json!(probabilities)),
+        ("seed", json!(seed)),
+        (
+            "model",
+            json!({"name": model, "version": version.to_string(), "sha256": model_sha256.to_string()}),
+        ),
+    ];
+    for (field, want) in expected {
+        let got = line.get(field).cloned().unwrap_or(Value::Null);
+        // Numbers are compared as the f32/f64 they were printed from.
+        let same = match (field, &got, &want) {
+            ("probabilities", Value::Object(a), Value::Object(b)) => {
+                a.len() == b.len()
+                    && a.iter().all(|(k, v)| {
+                        let f = |v: &Value| v.as_f64().map(|x| x as f32);
+                        b.get(k).and_then(f).is_some() && b.get(k).and_then(f) == f(v)
+                    })
+            }
+            _ => got == want,
+        };
+        if !same {
+            return Err(format!(
+                "`{field}` is {} in the line but {} in the signed entry",
+                printable(&got.to_string()),
+                printable(&want.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `text` with control characters escaped, so that an entry someone forged
+/// cannot move the cursor or rewrite the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// One line per entry for people.
 fn describe(entry: &Entry) -> String {
     match entry {
-        Entry::LedgerCreated { key, .. } => format!("ledger created, checkpoint key {key}"),
+        Entry::LedgerCreated { key, replaces, .. } => match replaces {
+            Some(old) => {
+                format!("ledger created, checkpoint key {key}, replacing lost ledger {old}")
+            }
+            None => format!("ledger created, checkpoint key {key}"),
+        },
+        Entry::EntriesQuarantined {
+            count,
+            first_index,
+            file,
+            ..
+        } => format!(
+            "{count} unsigned entries found past the last checkpoint (from {first_index}) were moved to {file}"
+        ),
         Entry::ModelAdmitted {
             model,
             version,
@@ -185,7 +352,7 @@ fn describe(entry: &Entry) -> String {
             "inference {model} {version}: {verdict}{} -> {} (input {})",
             p_value.map(|p| format!(" p {p:.4}")).unwrap_or_default(),
             label.as_deref().unwrap_or("withheld"),
-            &input_hmac[..16.min(input_hmac.len())]
+            input_hmac.chars().take(16).collect::<String>()
         ),
     }
 }

@@ -381,6 +381,12 @@ impl<'a> Context<'a> {
             verdict: p.verdict.to_owned(),
             p_value: p.p_value,
             label: p.label.map(str::to_owned),
+            probabilities: p.probabilities.as_ref().map(|probs| {
+                probs
+                    .iter()
+                    .map(|(label, v)| ((*label).to_owned(), *v))
+                    .collect()
+            }),
             policy: if settings.withhold_rejected {
                 "enforce"
             } else {

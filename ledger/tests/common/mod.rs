@@ -12,7 +12,21 @@ pub fn inference(seed: u64) -> medguard_ledger::Entry {
         verdict: "accept".into(),
         p_value: Some(0.5),
         label: Some("normal".into()),
+        probabilities: Some([("normal".into(), 0.75), ("pneumonia".into(), 0.25)].into()),
         policy: "enforce".into(),
         seed,
     }
+}
+
+/// Where each `u32 length, u32 CRC, payload` record of a ledger file starts.
+#[allow(dead_code)]
+pub fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut at = 0;
+    let mut starts = Vec::new();
+    while at + 8 <= bytes.len() {
+        starts.push(at);
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += 8 + len;
+    }
+    starts
 }

@@ -33,6 +33,6 @@ pub use policy::{
     HighWater, POLICY_MAX_BYTES, POLICY_SCHEMA, PolicyError, Refusal, TrustPolicy, TrustedKey,
 };
 pub use signature::{
-    BUNDLE_MAX_BYTES, ChangedFile, CheckedBundle, DEFAULT_IGNORED, FilesMismatch, SignatureError,
-    SignedDirectory, SigningKey, VerifyingKey, sign, verify,
+    BUNDLE_MAX_BYTES, ChangedFile, CheckedBundle, DEFAULT_IGNORED, FilesMismatch, PrivateKeyError,
+    SignatureError, SignedDirectory, SigningKey, VerifyingKey, sign, verify,
 };

@@ -553,20 +553,113 @@ pub enum SigningKey {
     P384(p384::ecdsa::SigningKey),
 }
 
+/// Why a private key cannot be read for signing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PrivateKeyError {
+    /// The key is protected by a passphrase; medguard asks for none.
+    #[error(
+        "private key is encrypted ({format}); decrypt it first, e.g. `openssl pkey -in KEY -out KEY.dec`, and keep the decrypted copy as protected as the original"
+    )]
+    Encrypted {
+        /// Which encrypted encoding: PKCS#8 or legacy SEC1 with PEM headers.
+        format: &'static str,
+    },
+    /// Not a private key in a format and on a curve this build reads.
+    #[error(
+        "private key is not usable: {0}; expected an unencrypted PEM ECDSA key on P-256 or P-384, SEC1 (BEGIN EC PRIVATE KEY, as `openssl ecparam -genkey` writes) or PKCS#8 (BEGIN PRIVATE KEY, as `openssl genpkey` writes)"
+    )]
+    Unsupported(String),
+}
+
+/// The PEM blocks of a text, each as its label and its text from the BEGIN
+/// line through the END line. Text around the blocks is skipped.
+fn pem_blocks(text: &str) -> Vec<(&str, &str)> {
+    fn boundary<'a>(line: &'a str, kind: &str) -> Option<&'a str> {
+        line.trim_end()
+            .strip_prefix("-----")?
+            .strip_prefix(kind)?
+            .strip_prefix(' ')?
+            .strip_suffix("-----")
+    }
+    let mut blocks = Vec::new();
+    let mut open: Option<(&str, usize)> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        if let Some(label) = boundary(line, "BEGIN") {
+            open = Some((label, start));
+        } else if let Some(label) = boundary(line, "END")
+            && let Some((begun, start)) = open.take()
+            && begun == label
+        {
+            blocks.push((label, &text[start..offset]));
+        }
+    }
+    blocks
+}
+
 impl SigningKey {
-    /// Reads an unencrypted PKCS#8 PEM private key (`BEGIN PRIVATE KEY`), as
-    /// `openssl genpkey` and Python's `cryptography` write them.
-    pub fn from_pem(pem: &str) -> Result<Self, SignatureError> {
-        if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem) {
-            return Ok(Self::P256(k.into()));
+    /// Reads a PEM ECDSA private key on P-256 or P-384, unencrypted, as
+    /// SEC1 (`BEGIN EC PRIVATE KEY`: what `openssl ecparam -genkey`, and so
+    /// `model_signing`'s instructions, produce; an `EC PARAMETERS` block
+    /// before it is skipped) or as PKCS#8 (`BEGIN PRIVATE KEY`: `openssl
+    /// genpkey`, Python's `cryptography`). An encrypted key is refused with
+    /// the advice to decrypt it.
+    pub fn from_pem(pem: &str) -> Result<Self, PrivateKeyError> {
+        let unsupported = |why: String| PrivateKeyError::Unsupported(why);
+        let blocks: Vec<(&str, &str)> = pem_blocks(pem)
+            .into_iter()
+            .filter(|(label, _)| *label != "EC PARAMETERS")
+            .collect();
+        let [(label, block)] = blocks.as_slice() else {
+            return Err(unsupported(match blocks.len() {
+                0 => "no PEM block found".into(),
+                n => format!("{n} PEM blocks where one key was expected"),
+            }));
+        };
+        match *label {
+            "PRIVATE KEY" => {
+                if let Ok(k) = p256::SecretKey::from_pkcs8_pem(block) {
+                    return Ok(Self::P256(k.into()));
+                }
+                if let Ok(k) = p384::SecretKey::from_pkcs8_pem(block) {
+                    return Ok(Self::P384(k.into()));
+                }
+                Err(unsupported(
+                    "a PKCS#8 key that is not an EC key on P-256 or P-384, or is damaged".into(),
+                ))
+            }
+            "EC PRIVATE KEY" if block.lines().any(|l| l.starts_with("Proc-Type:")) => {
+                Err(PrivateKeyError::Encrypted {
+                    format: "SEC1 with Proc-Type: 4,ENCRYPTED",
+                })
+            }
+            "EC PRIVATE KEY" => {
+                // PKCS#8 names its curve and each decoder checks it; SEC1's
+                // curve parameters are optional and go unchecked. Each
+                // decoder checks the embedded public key (OpenSSL always
+                // writes one) against the scalar on its curve, and P-256 is
+                // tried first: P-384's decoder would left-pad a 32-byte
+                // P-256 scalar, a 48-byte P-384 scalar never fits P-256.
+                if let Ok(k) = p256::SecretKey::from_sec1_pem(block) {
+                    return Ok(Self::P256(k.into()));
+                }
+                if let Ok(k) = p384::SecretKey::from_sec1_pem(block) {
+                    return Ok(Self::P384(k.into()));
+                }
+                Err(unsupported(
+                    "a SEC1 EC key that is not on P-256 or P-384, or is damaged".into(),
+                ))
+            }
+            "ENCRYPTED PRIVATE KEY" => Err(PrivateKeyError::Encrypted {
+                format: "PKCS#8, BEGIN ENCRYPTED PRIVATE KEY",
+            }),
+            "PUBLIC KEY" => Err(unsupported(
+                "this is a public key; signing needs its private half".into(),
+            )),
+            other => Err(unsupported(format!("a PEM block labelled {other:?}"))),
         }
-        if let Ok(k) = p384::SecretKey::from_pkcs8_pem(pem) {
-            return Ok(Self::P384(k.into()));
-        }
-        Err(SignatureError::Key(
-            "expected an unencrypted PKCS#8 PEM private key (BEGIN PRIVATE KEY) on P-256 or P-384"
-                .into(),
-        ))
     }
 
     /// The matching public key.

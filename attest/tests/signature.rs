@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use medguard_attest::{
-    CheckedBundle, Sha256Digest, SignatureError, SigningKey, VerifyingKey, sign, verify,
+    CheckedBundle, PrivateKeyError, Sha256Digest, SignatureError, SigningKey, VerifyingKey, sign,
+    verify,
 };
 
 fn fixtures() -> PathBuf {
@@ -229,4 +230,127 @@ fn our_bundles_verify_and_carry_the_same_file_list() {
         assert_eq!(signed, theirs);
     }
     assert!(SigningKey::from_pem("not a key").is_err());
+}
+
+/// Private keys as the openssl command line writes them
+/// (attest/tests/fixtures/keys/make_keys.sh). Throwaway test keys: they sign
+/// nothing but these tests.
+fn private_key(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+    std::fs::read_to_string(path.join(file)).unwrap()
+}
+
+fn refused(pem: &str) -> PrivateKeyError {
+    match SigningKey::from_pem(pem) {
+        Ok(_) => panic!("accepted {pem:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn sec1_keys_from_openssl_ecparam_sign_on_both_curves() {
+    for curve in ["p256", "p384"] {
+        let key = SigningKey::from_pem(&private_key(&format!("{curve}.sec1.pem"))).unwrap();
+        assert_eq!(
+            matches!(key, SigningKey::P256(_)),
+            curve == "p256",
+            "{curve}"
+        );
+        let public = VerifyingKey::from_pem(&private_key(&format!("{curve}.pub.pem"))).unwrap();
+        assert_eq!(key.verifying_key(), public, "{curve}");
+        let files = files_on_disk(curve);
+        let bundle = sign("model", &files, &key);
+        let signed = verify(&CheckedBundle::parse(&bundle).unwrap(), &public).unwrap();
+        assert_eq!(signed.files(), &files);
+    }
+}
+
+#[test]
+fn the_same_key_in_sec1_and_pkcs8_is_the_same_key() {
+    for curve in ["p256", "p384"] {
+        let public = VerifyingKey::from_pem(&private_key(&format!("{curve}.pub.pem"))).unwrap();
+        for format in ["sec1", "pkcs8"] {
+            let pem = private_key(&format!("{curve}.{format}.pem"));
+            let key = SigningKey::from_pem(&pem).unwrap();
+            assert_eq!(key.verifying_key(), public, "{curve} {format}");
+            let bundle = sign("model", &files_on_disk(curve), &key);
+            verify(&CheckedBundle::parse(&bundle).unwrap(), &public).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_ec_parameters_block_before_a_sec1_key_is_skipped() {
+    // `openssl ecparam -genkey` without `-noout` writes the curve first.
+    let params = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n";
+    let sec1 = private_key("p256.sec1.pem");
+    let key = SigningKey::from_pem(&format!("{params}{sec1}")).unwrap();
+    let crlf = SigningKey::from_pem(&sec1.replace('\n', "\r\n")).unwrap();
+    let public = VerifyingKey::from_pem(&private_key("p256.pub.pem")).unwrap();
+    assert_eq!(key.verifying_key(), public);
+    assert_eq!(crlf.verifying_key(), public);
+}
+
+#[test]
+fn an_encrypted_private_key_is_refused_with_how_to_decrypt_it() {
+    for file in ["p256.pkcs8.encrypted.pem", "p256.sec1.encrypted.pem"] {
+        let err = refused(&private_key(file));
+        assert!(
+            matches!(err, PrivateKeyError::Encrypted { .. }),
+            "{file}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("private key is encrypted") && text.contains("openssl pkey -in"),
+            "{file}: {text}"
+        );
+    }
+}
+
+#[test]
+fn anything_else_is_refused_naming_the_accepted_formats() {
+    let sec1 = private_key("p256.sec1.pem");
+    let damaged = sec1.replacen("MHcCAQEE", "MHcCAQEF", 1);
+    assert_ne!(damaged, sec1, "the fixture starts as SEC1 P-256 keys do");
+    let cases = [
+        ("not PEM", "not a key".to_owned(), "no PEM block"),
+        ("empty", String::new(), "no PEM block"),
+        (
+            "a public key",
+            private_key("p256.pub.pem"),
+            "this is a public key",
+        ),
+        (
+            "two keys",
+            format!("{sec1}{}", private_key("p384.sec1.pem")),
+            "2 PEM blocks",
+        ),
+        ("damaged SEC1", damaged, "SEC1 EC key that is not on P-256"),
+        (
+            "PKCS#8 label on SEC1 contents",
+            sec1.replace("EC PRIVATE KEY", "PRIVATE KEY"),
+            "PKCS#8 key that is not",
+        ),
+        (
+            "another format",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+                .to_owned(),
+            "labelled \"OPENSSH PRIVATE KEY\"",
+        ),
+    ];
+    for (name, pem, why) in cases {
+        let err = refused(&pem);
+        assert!(
+            matches!(err, PrivateKeyError::Unsupported(_)),
+            "{name}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("private key is not usable")
+                && text.contains(why)
+                && text.contains("SEC1 (BEGIN EC PRIVATE KEY")
+                && text.contains("PKCS#8 (BEGIN PRIVATE KEY"),
+            "{name}: {text}"
+        );
+    }
 }

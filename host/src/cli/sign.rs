@@ -13,7 +13,9 @@ use crate::signing::{SIGNATURE_FILE, sign_directory};
 pub struct SignCmd {
     /// The model directory to sign (its manifest is one of the signed files).
     model_dir: PathBuf,
-    /// Unencrypted PKCS#8 PEM private key on P-256 or P-384.
+    /// Unencrypted PEM ECDSA private key on P-256 or P-384: SEC1 (`BEGIN EC
+    /// PRIVATE KEY`, as `openssl ecparam -genkey` writes) or PKCS#8 (`BEGIN
+    /// PRIVATE KEY`). Decrypt an encrypted key first (`openssl pkey`).
     #[arg(long, value_name = "PEM")]
     key: PathBuf,
     /// Where to write the bundle [default: MODEL_DIR/model.sig].

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use semver::Version;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::{Manifest, Sha256Digest, VerifyingKey};
@@ -35,9 +36,15 @@ pub const POLICY_SCHEMA: &str = "medguard.policy/v1";
 /// Policy files are small; anything larger is refused before parsing.
 pub const POLICY_MAX_BYTES: usize = 1024 * 1024;
 
+/// Domain tag of [`TrustPolicy::sha256`]: its input is never mistaken for
+/// anything else hashed with SHA-256, and a change of its encoding gets a
+/// new tag.
+const POLICY_DIGEST_TAG: &[u8] = b"medguard.policy-digest/v1";
+
 /// A parsed, validated trust policy. Only [`TrustPolicy::parse`] builds one.
 #[derive(Debug, Clone)]
 pub struct TrustPolicy {
+    sha256: Sha256Digest,
     require_expiry: bool,
     keys: Vec<TrustedKey>,
     revoked: BTreeSet<Sha256Digest>,
@@ -262,6 +269,15 @@ impl TrustPolicy {
                 .map_err(|e| invalid(format!("revoked_keys: {e}")))?;
             revoked.insert(fingerprint);
         }
+        // The digest covers the text and every key as resolved; see `sha256`.
+        let mut digest = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            digest.update((bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        };
+        field(POLICY_DIGEST_TAG);
+        field(text.as_bytes());
+        field(&(raw.keys.len() as u64).to_be_bytes());
         let mut keys: Vec<TrustedKey> = Vec::new();
         for k in raw.keys {
             if k.name.trim().is_empty() {
@@ -282,6 +298,8 @@ impl TrustPolicy {
                     )));
                 }
             };
+            field(k.name.as_bytes());
+            field(pem.as_bytes());
             let key = VerifyingKey::from_pem(&pem)
                 .map_err(|e| invalid(format!("key {:?}: {e}", k.name)))?;
             let fingerprint = key.fingerprint();
@@ -321,11 +339,31 @@ impl TrustPolicy {
             }
         }
         Ok(Self {
+            sha256: Sha256Digest::from_bytes(digest.finalize().into()),
             require_expiry: raw.require_expiry,
             keys,
             revoked,
             models,
         })
+    }
+
+    /// The policy's digest, which the ledger records with every admission
+    /// and refusal and compares to log a `policy-changed` entry. It covers
+    /// the policy text and every key the policy resolved, not the text
+    /// alone: replacing the file a `public_key_file` names swaps the root of
+    /// trust without changing a byte of the TOML.
+    ///
+    /// It is SHA-256 over a domain tag, the text, the number of `[[keys]]`
+    /// entries and, for each in the policy's order, its name and the exact
+    /// PEM text it resolved to (the `public_key` string or the contents of
+    /// its `public_key_file`), every part prefixed with its length as a
+    /// big-endian u64, so that no two different policies concatenate to the
+    /// same input. Any change to a key file changes it, even one of
+    /// whitespace only. An inline key and the same key in a file give
+    /// different digests, since the texts differ. It is not the SHA-256 of
+    /// the policy file.
+    pub fn sha256(&self) -> Sha256Digest {
+        self.sha256
     }
 
     /// The keys a signature may come from: the one its hint names, or, for a

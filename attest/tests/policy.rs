@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use medguard_attest::{PolicyError, TrustPolicy};
+use medguard_attest::{PolicyError, Sha256Digest, TrustPolicy};
 
 const P256: &str = include_str!("../../tests/fixtures/signing/p256.pub.pem");
 const P384: &str = include_str!("../../tests/fixtures/signing/p384.pub.pem");
@@ -80,4 +80,64 @@ fn inconsistent_policies_are_refused_with_the_reason() {
         ),
         "not valid TOML of the expected shape",
     );
+}
+
+/// A policy whose one key comes from `k.pem`, read as `pem`.
+fn digest_with_key_file(pem: &str) -> Sha256Digest {
+    TrustPolicy::parse(KEY_FILE_POLICY, |_| Ok(pem.to_owned()))
+        .unwrap()
+        .sha256()
+}
+
+const KEY_FILE_POLICY: &str =
+    "schema = \"medguard.policy/v1\"\n\n[[keys]]\nname = \"a\"\npublic_key_file = \"k.pem\"\n";
+
+#[test]
+fn the_policy_digest_covers_the_key_files() {
+    // Same text, same keys: same digest.
+    assert_eq!(digest_with_key_file(P256), digest_with_key_file(P256));
+    // Same text, the file swapped for another key: another digest, though
+    // not a byte of the TOML changed.
+    assert_ne!(digest_with_key_file(P256), digest_with_key_file(P384));
+    // The exact PEM text counts, not only the key it decodes to: the same
+    // key with CRLF line endings is another digest.
+    assert_ne!(
+        digest_with_key_file(P256),
+        digest_with_key_file(&P256.replace('\n', "\r\n"))
+    );
+    // It is not the digest of the text alone.
+    assert_ne!(
+        digest_with_key_file(P256),
+        Sha256Digest::of(KEY_FILE_POLICY.as_bytes())
+    );
+}
+
+#[test]
+fn the_policy_digest_follows_its_documented_encoding() {
+    // Recomputed here from the documentation of `TrustPolicy::sha256`:
+    // every part length-prefixed (big-endian u64) after the domain tag.
+    let mut input = Vec::new();
+    let mut field = |bytes: &[u8]| {
+        input.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        input.extend_from_slice(bytes);
+    };
+    field(b"medguard.policy-digest/v1");
+    field(KEY_FILE_POLICY.as_bytes());
+    field(&1u64.to_be_bytes());
+    field(b"a");
+    field(P256.as_bytes());
+    assert_eq!(digest_with_key_file(P256), Sha256Digest::of(&input));
+}
+
+#[test]
+fn an_inline_key_and_the_same_key_from_a_file_give_different_digests() {
+    // Deliberately: the policy texts differ, and the digest covers the text.
+    // Both are stable, so a deployment that keeps its policy as it is never
+    // sees a `policy-changed` entry.
+    let inline = format!(
+        "schema = \"medguard.policy/v1\"\n\n[[keys]]\nname = \"a\"\npublic_key = \"\"\"\n{P256}\"\"\"\n"
+    );
+    let inline_digest = parse(&inline).unwrap().sha256();
+    assert_eq!(inline_digest, parse(&inline).unwrap().sha256());
+    assert_ne!(inline_digest, digest_with_key_file(P256));
 }

@@ -67,11 +67,11 @@ pub enum AdmissionError {
 }
 
 /// Reads a trust policy; `public_key_file` entries are read relative to the
-/// policy's own directory, each capped like the policy. Returns it with the
-/// SHA-256 of the policy file, which the ledger records.
+/// policy's own directory, each capped like the policy. Returns it with its
+/// digest ([`TrustPolicy::sha256`]: the text and every key it resolved),
+/// which the ledger records.
 pub fn load_policy(path: &Path) -> Result<(TrustPolicy, Sha256Digest), AdmissionError> {
     let bytes = read_capped(path, POLICY_MAX_BYTES as u64)?;
-    let digest = Sha256Digest::of(&bytes);
     let policy_err = |source| AdmissionError::Policy {
         path: path.to_owned(),
         source,
@@ -85,6 +85,7 @@ pub fn load_policy(path: &Path) -> Result<(TrustPolicy, Sha256Digest), Admission
         String::from_utf8(bytes).map_err(|_| format!("{file} is not UTF-8 text"))
     })
     .map_err(policy_err)?;
+    let digest = policy.sha256();
     Ok((policy, digest))
 }
 

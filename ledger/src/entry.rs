@@ -61,7 +61,8 @@ pub enum Entry {
         signer: String,
         /// Its fingerprint.
         signer_fingerprint: Sha256Digest,
-        /// SHA-256 of the trust policy file it was admitted under.
+        /// Digest of the trust policy it was admitted under
+        /// (`TrustPolicy::sha256`: its text and every key it resolved).
         policy_sha256: Sha256Digest,
     },
     /// A model was refused.

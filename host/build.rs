@@ -16,7 +16,15 @@ const GUEST_TARGET: &str = "wasm32-unknown-unknown";
 fn main() {
     let host_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = host_dir.parent().expect("host/ sits in the workspace root");
-    for watched in ["guest", "Cargo.lock", "Cargo.toml", ".cargo/config.toml"] {
+    // Every input of the guest build: its crates, the crates they depend on
+    // in this workspace (screen), the lock file and the build settings.
+    for watched in [
+        "guest",
+        "screen",
+        "Cargo.lock",
+        "Cargo.toml",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = env::var_os("CARGO_TARGET_DIR")
@@ -46,6 +54,8 @@ fn build_guest_core_module(root: &Path, target_dir: &Path) -> Vec<u8> {
         .current_dir(root)
         .args([
             "build",
+            // The lock file decides the guest's dependencies, as the host's.
+            "--locked",
             "--package",
             "medguard-guest",
             "--profile",

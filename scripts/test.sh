@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/system-packages.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Attestation and screening arithmetic are reused by the browser build: they

@@ -443,6 +443,14 @@ fn describe(m: &FilesMismatch) -> String {
             .iter()
             .map(|f| format!("file {f} is not covered by the signature")),
     );
+    // The full lists are in the fields; a message naming hundreds of files
+    // helps no one and would not fit a ledger entry.
+    const SHOWN: usize = 8;
+    let more = parts.len().saturating_sub(SHOWN);
+    parts.truncate(SHOWN);
+    if more > 0 {
+        parts.push(format!("and {more} more differences"));
+    }
     parts.join("; ")
 }
 

@@ -27,7 +27,7 @@ use medguard_attest::{
 };
 use thiserror::Error;
 
-use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError, read_capped, read_hashed};
+use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError, read_capped, read_hashed, read_model_file};
 use crate::signing::{SIGNATURE_FILE, SigningError, digest_capped, directory_files};
 
 /// Why a model directory was not admitted, or the policy not loaded.
@@ -109,11 +109,11 @@ pub fn admit_directory(
             dir: dir.to_owned(),
         });
     }
-    let bundle = read_capped(&sig_path, BUNDLE_MAX_BYTES as u64)?;
+    let bundle = read_model_file(&sig_path, BUNDLE_MAX_BYTES as u64)?;
     let bundle = CheckedBundle::parse(&bundle).map_err(|e| refused(e.into()))?;
     let signed = admit_signature(policy, &bundle).map_err(refused)?;
     // 2.
-    let manifest_bytes = read_capped(&dir.join(MANIFEST_PATH), MANIFEST_MAX_BYTES as u64)?;
+    let manifest_bytes = read_model_file(&dir.join(MANIFEST_PATH), MANIFEST_MAX_BYTES as u64)?;
     let admitted = signed
         .admit_manifest(&manifest_bytes, high_water, now)
         .map_err(refused)?;

@@ -21,7 +21,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use medguard_attest::{AttestedModel, Provenance};
+use medguard_attest::{AttestedModel, Provenance, Sha256Digest, TrustPolicy};
+use medguard_ledger::entry::{TEXT_MAX_BYTES, bounded};
 use medguard_ledger::{Entry, Ledger};
 
 use crate::admission::{AdmissionError, admit_directory, load_policy};
@@ -148,9 +149,20 @@ impl StateArgs {
 
     /// Opens (creating on first use) the deployment's audit ledger.
     fn open_ledger(&self) -> anyhow::Result<Ledger> {
-        let dir = self.dir()?;
-        Ledger::open(&dir).with_context(|| format!("opening the ledger in {}", dir.display()))
+        open_ledger_in(&self.dir()?)
     }
+}
+
+/// Opens (creating on first use) the audit ledger of the data directory `dir`.
+fn open_ledger_in(dir: &Path) -> anyhow::Result<Ledger> {
+    Ledger::open(dir).with_context(|| format!("opening the ledger in {}", dir.display()))
+}
+
+/// A parsed trust policy, its digest (text and keys), and how to name it.
+struct LoadedPolicy {
+    policy: TrustPolicy,
+    sha256: Sha256Digest,
+    name: String,
 }
 
 /// The trust policy a command admits models under.
@@ -165,31 +177,42 @@ struct TrustArgs {
 /// A model the trust policy admitted, with the ledger that recorded it.
 struct Admitted {
     model: AttestedModel,
-    policy: PathBuf,
+    policy: String,
     ledger: Ledger,
 }
 
 impl TrustArgs {
     /// Admits the signed model directory `dir` under the policy (or
     /// `fallback`, the demo's bundled policy) and the rollback marks the
-    /// ledger holds, and records the outcome in the ledger (a policy change,
-    /// then the admission or the refusal). A refusal is the command's
-    /// answer: its reason is printed as one line and `None` returned (exit
-    /// 1). A broken policy or ledger is an error (exit 2).
+    /// ledger of `data_dir` holds, and records the outcome in the ledger (a
+    /// policy change, then the admission or the refusal). A refusal is the
+    /// command's answer: its reason is printed as one line and `None`
+    /// returned (exit 1). A broken policy or ledger is an error (exit 2).
     fn admitted_or_refused(
         &self,
-        state: &StateArgs,
+        data_dir: &Path,
         dir: &Path,
-        fallback: Option<&Path>,
+        fallback: Option<LoadedPolicy>,
     ) -> anyhow::Result<Option<Admitted>> {
-        let Some(path) = self.trust_policy.as_deref().or(fallback) else {
-            eprintln!(
-                "medguard: refused: no trust policy (--trust-policy FILE or MEDGUARD_TRUST_POLICY); without one no model is admitted"
-            );
-            return Ok(None);
+        let loaded = match (&self.trust_policy, fallback) {
+            (Some(path), _) => {
+                let (policy, sha256) = load_policy(path)?;
+                LoadedPolicy {
+                    policy,
+                    sha256,
+                    name: path.display().to_string(),
+                }
+            }
+            (None, Some(fallback)) => fallback,
+            (None, None) => {
+                eprintln!(
+                    "medguard: refused: no trust policy (--trust-policy FILE or MEDGUARD_TRUST_POLICY); without one no model is admitted"
+                );
+                return Ok(None);
+            }
         };
-        let (policy, policy_sha256) = load_policy(path)?;
-        let mut ledger = state.open_ledger()?;
+        let (policy, policy_sha256) = (&loaded.policy, loaded.sha256);
+        let mut ledger = open_ledger_in(data_dir)?;
         let view = ledger.view().clone();
         let time = jiff::Timestamp::now();
         let mut entries = Vec::new();
@@ -200,12 +223,7 @@ impl TrustArgs {
                 to: policy_sha256,
             });
         }
-        let outcome = admit_directory(
-            dir,
-            &policy,
-            |name| view.high_water.get(name).cloned(),
-            time,
-        );
+        let outcome = admit_directory(dir, policy, |name| view.high_water.get(name).cloned(), time);
         let admitted = match outcome {
             Ok(model) => {
                 if let Provenance::Signed {
@@ -228,21 +246,22 @@ impl TrustArgs {
                 Some(model)
             }
             Err(e) => {
+                // The directory's own name only: a full path says nothing
+                // more about the model and may say things about the host.
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let reason = match &e {
                     AdmissionError::Refused { source, .. } => source.to_string(),
-                    other => other.to_string(),
+                    other => other.to_string().replace(&dir.display().to_string(), &name),
                 };
                 entries.push(Entry::ModelRefused {
                     time,
-                    // The directory's own name only: a full path says nothing
-                    // more about the model and may say things about the host.
-                    directory: dir
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
+                    directory: bounded(&name, 255),
                     model: None,
                     version: None,
-                    reason,
+                    reason: bounded(&reason, TEXT_MAX_BYTES),
                     policy_sha256,
                 });
                 eprintln!("medguard: refused: {e}");
@@ -254,7 +273,7 @@ impl TrustArgs {
             .context("recording the admission in the ledger")?;
         Ok(admitted.map(|model| Admitted {
             model,
-            policy: path.to_owned(),
+            policy: loaded.name,
             ledger,
         }))
     }
@@ -294,7 +313,7 @@ pub fn main() -> ExitCode {
         Command::Predict(cmd) => cmd.execute(&cli.sandbox, &cli.state),
         Command::Calibrate(cmd) => cmd.execute(&cli.sandbox),
         Command::Eval(cmd) => cmd.execute(&cli.sandbox),
-        Command::Demo(cmd) => cmd.execute(&cli.sandbox, &cli.state),
+        Command::Demo(cmd) => cmd.execute(&cli.sandbox),
         Command::Ledger(cmd) => cmd.execute(&cli.state),
     };
     match result {

@@ -3,6 +3,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+
+use rustix::fs::{Mode, OFlags};
 use std::path::{Path, PathBuf};
 
 use medguard_attest::{
@@ -56,7 +58,7 @@ pub enum ModelDirError {
 /// Reads and attests the model in `dir`.
 pub fn load(dir: &Path) -> Result<AttestedModel, ModelDirError> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let manifest_bytes = read_capped(&manifest_path, MANIFEST_MAX_BYTES as u64)?;
+    let manifest_bytes = read_model_file(&manifest_path, MANIFEST_MAX_BYTES as u64)?;
     let manifest = Manifest::parse(&manifest_bytes).map_err(|source| ModelDirError::Manifest {
         path: manifest_path,
         source,
@@ -65,7 +67,7 @@ pub fn load(dir: &Path) -> Result<AttestedModel, ModelDirError> {
     // Cap at the smaller of the global limit and one byte past the declared
     // size: enough to tell "too long" from "right", never an endless read.
     let cap = MODEL_MAX_BYTES.min(manifest.model.size.saturating_add(1));
-    let model_bytes = read_capped(&model_path, cap)?;
+    let model_bytes = read_model_file(&model_path, cap)?;
     attest(manifest, model_bytes).map_err(|source| ModelDirError::Attest {
         path: model_path,
         source,
@@ -79,7 +81,7 @@ pub fn read_hashed(path: &Path, cap: u64) -> Result<Hashed, ModelDirError> {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(io_err)?;
+    let file = open_regular(path, Links::Refuse).map_err(io_err)?;
     let size = file.metadata().map_or(0, |m| m.len());
     Hashed::read(file, cap, size)
         .map_err(io_err)?
@@ -89,13 +91,57 @@ pub fn read_hashed(path: &Path, cap: u64) -> Result<Hashed, ModelDirError> {
         })
 }
 
-/// Reads at most `cap` bytes of `path`; more than `cap` is an error.
+/// Whether opening a file may follow a symbolic link in its last component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Files the operator names (a policy in a Kubernetes ConfigMap is a link).
+    Follow,
+    /// Files inside a model directory: a link could point anywhere.
+    Refuse,
+}
+
+/// Opens `path` for reading if it is a regular file. The open itself never
+/// blocks (`O_NONBLOCK`: a FIFO planted as `model.sig` would otherwise hang
+/// every medguard process on this data directory), and the type is checked on
+/// the opened descriptor, so it cannot be swapped after the check.
+pub fn open_regular(path: &Path, links: Links) -> io::Result<File> {
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    if links == Links::Refuse {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let file = File::from(rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::LOOP && links == Links::Refuse {
+            io::Error::other("is a symbolic link; a model directory may hold only regular files")
+        } else {
+            io::Error::from(e)
+        }
+    })?);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "not a regular file (a FIFO, device, socket or directory)",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads at most `cap` bytes of the regular file `path` inside a model
+/// directory (no links); more than `cap` is an error.
+pub fn read_model_file(path: &Path, cap: u64) -> Result<Vec<u8>, ModelDirError> {
+    read_with(path, cap, Links::Refuse)
+}
+
+/// Reads at most `cap` bytes of the regular file `path`; more than `cap` is
+/// an error.
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, ModelDirError> {
+    read_with(path, cap, Links::Follow)
+}
+
+fn read_with(path: &Path, cap: u64, links: Links) -> Result<Vec<u8>, ModelDirError> {
     let io_err = |source| ModelDirError::Io {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(io_err)?;
+    let file = open_regular(path, links).map_err(io_err)?;
     // Sized from the metadata when it is believable, so a large model is read
     // without reallocating; pipes report 0 and grow as usual.
     let hint = file.metadata().map_or(0, |m| m.len()).min(cap);

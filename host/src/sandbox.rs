@@ -9,7 +9,7 @@
 mod cache;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -249,6 +249,7 @@ impl Runtime {
             runtime: self.clone(),
             pre,
             digest: guest.digest(),
+            sessions: AtomicU64::new(0),
         };
         Ok((
             program,
@@ -289,12 +290,19 @@ pub struct GuestProgram {
     runtime: Runtime,
     pre: SandboxedClassifierPre<RequestState>,
     digest: Sha256Digest,
+    sessions: AtomicU64,
 }
 
 impl GuestProgram {
     /// SHA-256 of the guest component that runs.
     pub fn digest(&self) -> Sha256Digest {
         self.digest
+    }
+
+    /// How many sessions (fresh stores and instances) were started from
+    /// this program: what shows that every input got its own.
+    pub fn sessions_started(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// A fresh sandbox with `model` loaded: new store, new instance, new memory.
@@ -323,6 +331,7 @@ impl GuestProgram {
         detector: Detector<'_>,
     ) -> Result<Session, SandboxError> {
         let limits = self.runtime.limits();
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
             &self.runtime.inner.engine,
             RequestState {
@@ -337,6 +346,7 @@ impl GuestProgram {
             store,
             deadline: limits.deadline,
             classes: model.manifest().output.labels.len(),
+            max_values: model_values(model),
             statistics: detector.statistics().to_vec(),
             poisoned: false,
         };
@@ -417,6 +427,14 @@ fn statistic_to_wit(s: &Statistic) -> wit::Statistic {
     }
 }
 
+/// The most values one call may carry: `max_batch` whole images.
+fn model_values(model: &AttestedModel) -> usize {
+    let m = model.manifest();
+    let per_image =
+        m.input.shape.channels as u64 * m.input.shape.height as u64 * m.input.shape.width as u64;
+    usize::try_from(per_image.saturating_mul(m.max_batch as u64)).unwrap_or(usize::MAX)
+}
+
 fn model_spec(model: &AttestedModel) -> wit::ModelSpec {
     let m = model.manifest();
     wit::ModelSpec {
@@ -438,6 +456,7 @@ pub struct Session {
     bindings: Option<SandboxedClassifier>,
     deadline: Duration,
     classes: usize,
+    max_values: usize,
     statistics: Vec<Statistic>,
     poisoned: bool,
 }
@@ -446,6 +465,7 @@ impl Session {
     /// Classifies `[batch, channels, height, width]` values; returns one
     /// probability vector per image.
     pub fn classify(&mut self, shape: &[u32], data: &[f32]) -> Result<Vec<Vec<f32>>, SandboxError> {
+        self.fits(data)?;
         self.arm();
         let bindings = match (&self.bindings, self.poisoned) {
             (Some(b), false) => b,
@@ -479,6 +499,7 @@ impl Session {
         data: &[f32],
         options: ScreenOptions,
     ) -> Result<Vec<ScreenedImage>, SandboxError> {
+        self.fits(data)?;
         self.arm();
         let bindings = match (&self.bindings, self.poisoned) {
             (Some(b), false) => b,
@@ -565,6 +586,22 @@ impl Session {
             screening,
             off_grid: a.off_grid,
         })
+    }
+
+    /// Refuses, without entering the guest, more values than the model
+    /// takes in one call: copying them into the guest's memory could only
+    /// hit the memory cap or overflow the canonical ABI's 32-bit lengths and
+    /// trap. The guest checks the exact shape itself.
+    fn fits(&self, data: &[f32]) -> Result<(), SandboxError> {
+        if data.len() > self.max_values {
+            return Err(GuestFailure::InvalidInput(format!(
+                "{} values in one call; this model takes at most {}",
+                data.len(),
+                self.max_values
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Gives the next call a full deadline.

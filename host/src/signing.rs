@@ -114,7 +114,9 @@ pub fn digest_capped(path: &Path) -> Result<Sha256Digest, SigningError> {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(io_err)?.take(MODEL_MAX_BYTES + 1);
+    let mut file = crate::model_dir::open_regular(path, crate::model_dir::Links::Refuse)
+        .map_err(io_err)?
+        .take(MODEL_MAX_BYTES + 1);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;

@@ -147,6 +147,23 @@ impl Entry {
     }
 }
 
+/// Longest text an entry's free-text field may hold, in bytes.
+pub const TEXT_MAX_BYTES: usize = 2048;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying how
+/// much was cut: free text from a refusal (file names an attacker chose)
+/// must never make its entry too large to record.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(40).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..end], text.len() - end)
+}
+
 /// HMAC-SHA256 of an input tensor's bytes under the deployment secret, hex.
 pub fn input_hmac(secret: &[u8; 32], tensor: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");

@@ -63,6 +63,8 @@ pub(crate) const VIEW: &str = "view.json";
 pub(crate) const QUARANTINE_PREFIX: &str = "quarantine-";
 /// In the data directory: the origin of the ledger it holds.
 const MARKER: &str = "ledger.origin";
+/// How long opening waits for another process to release the ledger.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub(crate) const HEADER: usize = 8;
 
 pub(crate) fn level_file(level: u32) -> String {
@@ -103,6 +105,17 @@ pub enum LedgerError {
         data_dir: PathBuf,
         /// The origin of the ledger it had.
         origin: String,
+    },
+    /// Another process held the ledger for the whole wait.
+    #[error(
+        "another medguard process has held the ledger in {} for {waited:?}; try again when it has finished, or find the process with `fuser {}/lock`",
+        dir.display(), dir.display()
+    )]
+    Busy {
+        /// The ledger directory.
+        dir: PathBuf,
+        /// How long opening waited.
+        waited: std::time::Duration,
     },
     /// `create_replacing` found a ledger.
     #[error("{} already holds a ledger; nothing to replace", .0.display())]
@@ -328,7 +341,24 @@ impl Ledger {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io_at(&lock_path))?;
-        lock.lock().map_err(io_at(&lock_path))?;
+        // Bounded: a process stuck while holding the lock must not hang
+        // every other one on this data directory.
+        let started = std::time::Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(LedgerError::Busy {
+                        dir: dir.clone(),
+                        waited: LOCK_WAIT,
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
+            }
+        }
         let origin = fs::read_to_string(dir.join(ORIGIN))
             .map_err(io_at(&dir.join(ORIGIN)))?
             .trim()

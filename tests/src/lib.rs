@@ -72,7 +72,7 @@ pub fn native_spec(model: &AttestedModel) -> medguard_guest_core::ModelSpec {
 /// Decodes a file for the bundled model.
 pub fn load_input(model: &AttestedModel, path: &Path) -> Batch {
     let bytes = std::fs::read(path).expect("read input");
-    decode(&bytes, &model.manifest().input).expect("decode input")
+    decode(&bytes, &model.manifest().input, model.manifest().max_batch).expect("decode input")
 }
 
 /// A compiled-guest cache shared by every test process of this build, so the
@@ -100,6 +100,27 @@ pub fn shared_program() -> &'static GuestProgram {
 /// `screen` traps.
 /// `extra` adds helper functions the bodies may call.
 pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> Vec<u8> {
+    classifier_component(load_body, classify_body, extra, false)
+}
+
+/// The same component plus one import the sandbox does not grant: a
+/// function `log: func(msg: string)` of its world. Everything else about it
+/// fits the sandbox, so refusing it can only be about the import.
+pub fn component_importing_log() -> Vec<u8> {
+    classifier_component(
+        "unreachable",
+        "unreachable",
+        r#"(import "$root" "log" (func (param i32 i32)))"#,
+        true,
+    )
+}
+
+fn classifier_component(
+    load_body: &str,
+    classify_body: &str,
+    extra: &str,
+    with_log_import: bool,
+) -> Vec<u8> {
     let wat = format!(
         r#"(module
   (memory (export "memory") 1)
@@ -137,9 +158,21 @@ pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> V
     let (pkg, _) = resolve
         .push_path(repo_root().join("guest").join("wit"))
         .expect("WIT parses");
-    let world = resolve
-        .select_world(&[pkg], Some("sandboxed-classifier"))
-        .expect("world exists");
+    let world = if with_log_import {
+        let extra = resolve
+            .push_str(
+                "log.wit",
+                "package test:log;\nworld plus-log {\n  import log: func(msg: string);\n  include medguard:guest/sandboxed-classifier@0.1.0;\n}\n",
+            )
+            .expect("extra WIT parses");
+        resolve
+            .select_world(&[extra], Some("plus-log"))
+            .expect("world exists")
+    } else {
+        resolve
+            .select_world(&[pkg], Some("sandboxed-classifier"))
+            .expect("world exists")
+    };
     wit_component::embed_component_metadata(
         &mut module,
         &resolve,

@@ -56,19 +56,19 @@ fn the_guest_refuses_wrong_shapes_non_finite_and_out_of_range_values() {
 fn files_that_are_not_images_are_refused_by_the_decoder() {
     let spec = bundled_model().manifest().input.clone();
     assert!(matches!(
-        decode(b"GIF89a....", &spec),
+        decode(b"GIF89a....", &spec, 16),
         Err(InputError::UnknownFormat(_))
     ));
     assert!(matches!(
-        decode(b"", &spec),
+        decode(b"", &spec, 16),
         Err(InputError::UnknownFormat(_))
     ));
     assert!(matches!(
-        decode(b"\x89PNG\r\n\x1a\ngarbage", &spec),
+        decode(b"\x89PNG\r\n\x1a\ngarbage", &spec, 16),
         Err(InputError::Png(_))
     ));
     assert!(matches!(
-        decode(b"\x93NUMPY garbage", &spec),
+        decode(b"\x93NUMPY garbage", &spec, 16),
         Err(InputError::Npy(_))
     ));
 }
@@ -78,7 +78,10 @@ fn a_huge_file_is_refused_before_decoding() {
     let spec = bundled_model().manifest().input.clone();
     let mut huge = b"\x89PNG\r\n\x1a\n".to_vec();
     huge.resize(INPUT_MAX_BYTES as usize + 1, 0);
-    assert!(matches!(decode(&huge, &spec), Err(InputError::TooLarge)));
+    assert!(matches!(
+        decode(&huge, &spec, 16),
+        Err(InputError::TooLarge)
+    ));
 }
 
 #[test]
@@ -97,7 +100,7 @@ fn a_png_that_claims_enormous_dimensions_is_refused() {
     png.extend(&chunk);
     png.extend(crc32(&chunk).to_be_bytes());
     let spec = bundled_model().manifest().input.clone();
-    let err = decode(&png, &spec).unwrap_err();
+    let err = decode(&png, &spec, 16).unwrap_err();
     assert!(
         matches!(err, InputError::Png(_) | InputError::TooLarge),
         "{err}"

@@ -56,3 +56,54 @@ fn a_cache_directory_others_can_write_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cache_directory_or_key_planted_by_another_user_is_refused() {
+    use medguard::sandbox::{CacheError, CompiledCache};
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let tmp = tempfile::tempdir().unwrap();
+    // Another local user's directory, with their own key: private modes, a
+    // key that would make their artifacts pass the MAC.
+    let dir = tmp.path().join("cache");
+    CompiledCache::open(&dir).unwrap();
+    let other = 4242;
+    if let Err(e) = chown(&dir, Some(other), None) {
+        // chown needs root (as CI runs); without it there is no other uid to be.
+        panic!("this test needs to run as root to plant another uid's files: {e}");
+    }
+    let err = CompiledCache::open(&dir).err().expect("must refuse");
+    assert!(
+        matches!(err, CacheError::Owner { owner: 4242, .. }),
+        "{err}"
+    );
+
+    // Our directory, their key file.
+    chown(&dir, Some(my_uid()), None).unwrap();
+    chown(dir.join("cache.key"), Some(other), None).unwrap();
+    let err = CompiledCache::open(&dir).err().expect("must refuse");
+    assert!(
+        matches!(err, CacheError::Owner { owner: 4242, .. }),
+        "{err}"
+    );
+
+    // Our key, readable by the group: refused too.
+    chown(dir.join("cache.key"), Some(my_uid()), None).unwrap();
+    fs::set_permissions(dir.join("cache.key"), fs::Permissions::from_mode(0o640)).unwrap();
+    let err = CompiledCache::open(&dir).err().expect("must refuse");
+    assert!(matches!(err, CacheError::Permissions { .. }), "{err}");
+
+    // A key that is a link to a file elsewhere.
+    fs::remove_file(dir.join("cache.key")).unwrap();
+    let elsewhere = tmp.path().join("their.key");
+    fs::write(&elsewhere, [7u8; 32]).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("cache.key")).unwrap();
+    let err = CompiledCache::open(&dir).err().expect("must refuse");
+    assert!(matches!(err, CacheError::NotAFile(_)), "{err}");
+}
+
+/// The effective uid, read from a file this process just created.
+fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let f = tempfile::tempfile().unwrap();
+    f.metadata().unwrap().uid()
+}

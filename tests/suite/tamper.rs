@@ -176,3 +176,56 @@ fn a_different_guest_module_is_refused() {
     fs::write(&path, &bytes).unwrap();
     assert!(guest::from_file(&path).is_ok());
 }
+
+/// Copies every file of the bundled model directory (signature, manifest,
+/// model, samples, docs) into `to`.
+fn copy_signed_dir(to: &std::path::Path) {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    copy(&bundled_dir(), to);
+}
+
+#[test]
+fn a_flipped_bit_in_the_signature_manifest_or_model_is_refused_by_signed_admission() {
+    use medguard::admission::{admit_directory, load_policy};
+    let (policy, _) = load_policy(&repo_root().join("models/trust/demo-policy.toml")).unwrap();
+    let now = jiff::Timestamp::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pneumonia");
+    copy_signed_dir(&dir);
+    admit_directory(&dir, &policy, |_| None, now).expect("the untouched copy is admitted");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut refused = 0;
+    for file in ["model.sig", "manifest.json", "model.onnx"] {
+        let path = dir.join(file);
+        let original = fs::read(&path).unwrap();
+        let mut offsets: Vec<usize> = (0..66)
+            .map(|_| rng.random_range(0..original.len()))
+            .collect();
+        offsets.extend([0, original.len() - 1]);
+        for offset in offsets {
+            let bit = rng.random_range(0..8);
+            let mut flipped = original.clone();
+            flipped[offset] ^= 1 << bit;
+            fs::write(&path, &flipped).unwrap();
+            let outcome = admit_directory(&dir, &policy, |_| None, now);
+            assert!(
+                outcome.is_err(),
+                "{file}: bit {bit} of byte {offset} flipped and still admitted"
+            );
+            refused += 1;
+        }
+        fs::write(&path, &original).unwrap();
+    }
+    assert_eq!(refused, 204);
+    admit_directory(&dir, &policy, |_| None, now).expect("restored, admitted again");
+}

@@ -4,38 +4,70 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use super::predict::{Format, Settings, open_session, predict_files};
+use super::predict::{Format, Settings, model_runs, predict_files};
 use medguard_attest::Provenance;
 
-use super::{Exit, SandboxArgs, StateArgs, TrustArgs};
+use super::{Exit, LoadedPolicy, SandboxArgs, TrustArgs};
 use crate::sandbox::CacheUse;
+use medguard_attest::TrustPolicy;
 
 /// Admit the bundled demo model under the bundled demo trust policy and
-/// classify its sample X-rays in the sandbox.
+/// classify its sample X-rays in the sandbox. The demo keeps its own data
+/// directory (`medguard-demo` beside the default one): the demo key is public,
+/// so nothing it admits may leave marks in a deployment's ledger.
 #[derive(Debug, Args)]
 pub struct DemoCmd {
-    /// The model directory to demonstrate.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/pneumonia"))]
+    /// The model directory to demonstrate (relative paths are taken from
+    /// the current directory, as scripts/demo.sh runs it from the repository root).
+    #[arg(long, default_value = "models/pneumonia")]
     model_dir: PathBuf,
     #[command(flatten)]
     trust: TrustArgs,
 }
 
-/// The demo's policy: trusts only the demo key, which is public in the repository.
-const DEMO_POLICY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/trust/demo-policy.toml"
-);
+/// The demo's policy and key, built into the binary by content (never by
+/// path): it trusts only the demo key, whose private half is public in the
+/// repository.
+const DEMO_POLICY: &str = include_str!("../../../models/trust/demo-policy.toml");
+const DEMO_PUBLIC_KEY: &str = include_str!("../../../models/trust/demo.pub.pem");
+
+fn demo_policy() -> anyhow::Result<LoadedPolicy> {
+    let policy = TrustPolicy::parse(DEMO_POLICY, |file| match file {
+        "demo.pub.pem" => Ok(DEMO_PUBLIC_KEY.to_owned()),
+        other => Err(format!("the built-in demo policy has no key file {other}")),
+    })
+    .context("the built-in demo policy")?;
+    Ok(LoadedPolicy {
+        sha256: policy.sha256(),
+        policy,
+        name: "the built-in demo policy (models/trust/demo-policy.toml)".into(),
+    })
+}
+
+/// The demo's own data directory: `--data-dir`/`MEDGUARD_DATA_DIR` name a
+/// deployment's, which the demo never writes to.
+fn demo_data_dir() -> anyhow::Result<PathBuf> {
+    crate::state::user_dir("XDG_DATA_HOME", ".local/share")
+        .map(|d| d.with_file_name("medguard-demo"))
+        .context("no place for the demo's data: HOME and XDG_DATA_HOME are unset")
+}
 
 impl DemoCmd {
-    pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
+    pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
+        if !self.model_dir.is_dir() {
+            anyhow::bail!(
+                "no model directory {}: run the demo from the repository root (scripts/demo.sh) or pass --model-dir",
+                self.model_dir.display()
+            );
+        }
         // Canonical, so the paths printed below are the ones a user can open.
         let dir = std::fs::canonicalize(&self.model_dir).unwrap_or(self.model_dir);
-        let fallback = std::fs::canonicalize(DEMO_POLICY).unwrap_or(DEMO_POLICY.into());
-        println!("medguard demo: {}\n", dir.display());
-        let Some(admitted) = self
-            .trust
-            .admitted_or_refused(state, &dir, Some(&fallback))?
+        let data_dir = demo_data_dir()?;
+        println!("medguard demo: {}", dir.display());
+        println!("   (its own ledger in {})\n", data_dir.display());
+        let Some(admitted) =
+            self.trust
+                .admitted_or_refused(&data_dir, &dir, Some(demo_policy()?))?
         else {
             return Ok(Exit::Refused);
         };
@@ -51,7 +83,7 @@ impl DemoCmd {
             "1. attestation  {} {}: every file matches model.sig, signed by {signer};\n                 admitted by {}; model sha256 {} matches the manifest",
             m.name,
             m.version,
-            policy.display(),
+            policy,
             model.model_digest()
         );
         let (program, load) = sandbox.start()?;
@@ -69,9 +101,9 @@ impl DemoCmd {
         );
         let started = Instant::now();
         let settings = Settings::default();
-        let Some(session) = open_session(&program, &model, settings)? else {
+        if !model_runs(&program, &model, settings)? {
             return Ok(Exit::Refused);
-        };
+        }
         println!(
             "3. sandbox      no imports at all; memory cap {} MiB; {} ms per call; model loaded in the guest in {:.0} ms\n",
             sandbox.memory_mib,
@@ -83,7 +115,6 @@ impl DemoCmd {
         let exit = predict_files(
             &program,
             &model,
-            session,
             &samples,
             Format::Human,
             settings,
@@ -98,13 +129,9 @@ impl DemoCmd {
             println!(
                 "\n5. pneumonia X-rays with an invisible PGD perturbation (8/255) that flips the bare model:"
             );
-            let Some(session) = open_session(&program, &model, settings)? else {
-                return Ok(Exit::Refused);
-            };
             predict_files(
                 &program,
                 &model,
-                session,
                 &attacks,
                 Format::Human,
                 settings,
@@ -113,8 +140,11 @@ impl DemoCmd {
         }
         let (checkpoint, _) = ledger.checkpoint();
         println!(
-            "\n6. ledger       every admission and verdict above is an entry in {} ({} entries, root {});\n                 `medguard ledger verify` checks it all, `medguard ledger show` lists it",
-            checkpoint.origin, checkpoint.size, checkpoint.root
+            "\n6. ledger       every admission and verdict above is an entry in {} ({} entries, root {});\n                 `medguard --data-dir {} ledger verify` checks it all, `... ledger show` lists it",
+            checkpoint.origin,
+            checkpoint.size,
+            checkpoint.root,
+            data_dir.display()
         );
         Ok(exit)
     }

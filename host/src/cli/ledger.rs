@@ -356,3 +356,76 @@ fn describe(entry: &Entry) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Issue 10, item 10: `ledger show` sliced `input_hmac` by bytes (a panic
+    /// on a non-ASCII one) and printed control characters raw.
+    #[test]
+    fn hostile_entry_text_is_shown_escaped_and_never_panics() {
+        let entry = Entry::Inference {
+            time: "2026-12-01T00:00:00Z".parse().unwrap(),
+            model: "m\u{1b}[2J".into(),
+            version: semver::Version::new(1, 0, 0),
+            model_sha256: medguard_attest::Sha256Digest::of(b"m"),
+            guest_sha256: medguard_attest::Sha256Digest::of(b"g"),
+            input_hmac: "\u{e9}".repeat(20),
+            verdict: "accept\r".into(),
+            p_value: None,
+            label: Some("normal\u{7}".into()),
+            probabilities: None,
+            policy: "enforce".into(),
+            seed: 1,
+        };
+        let shown = printable(&describe(&entry));
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+        assert!(shown.contains(&"\u{e9}".repeat(16)), "{shown}");
+    }
+
+    #[test]
+    fn a_result_line_must_match_its_signed_entry() {
+        let entry = Entry::Inference {
+            time: "2026-12-01T00:00:00Z".parse().unwrap(),
+            model: "pneumonia-cnn".into(),
+            version: semver::Version::new(1, 0, 0),
+            model_sha256: medguard_attest::Sha256Digest::of(b"m"),
+            guest_sha256: medguard_attest::Sha256Digest::of(b"g"),
+            input_hmac: "00".into(),
+            verdict: "accept".into(),
+            p_value: Some(0.25),
+            label: Some("normal".into()),
+            probabilities: Some([("normal".into(), 0.9), ("pneumonia".into(), 0.1)].into()),
+            policy: "enforce".into(),
+            seed: 7,
+        };
+        let line = serde_json::json!({
+            "label": "normal", "verdict": "accept", "p_value": 0.25, "seed": 7,
+            "probabilities": {"normal": 0.9f32, "pneumonia": 0.1f32},
+            "model": {"name": "pneumonia-cnn", "version": "1.0.0",
+                      "sha256": medguard_attest::Sha256Digest::of(b"m").to_string()},
+        });
+        cross_check(&line, &entry).unwrap();
+        for (field, value) in [
+            ("label", serde_json::json!("pneumonia")),
+            ("verdict", serde_json::json!("reject")),
+            ("p_value", serde_json::json!(0.5)),
+            ("seed", serde_json::json!(8)),
+            (
+                "probabilities",
+                serde_json::json!({"normal": 0.1f32, "pneumonia": 0.9f32}),
+            ),
+        ] {
+            let mut edited = line.clone();
+            edited[field] = value;
+            let err = cross_check(&edited, &entry).unwrap_err();
+            assert!(err.contains(field), "{err}");
+        }
+        // A bare receipt carries no result fields and passes.
+        cross_check(&serde_json::json!({"entry": "x"}), &entry).unwrap();
+    }
+}

@@ -95,18 +95,18 @@ impl Default for Settings {
 impl PredictCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
         // Admission comes first: a refused model never meets the guest.
-        let Some(admitted) = self
-            .trust
-            .admitted_or_refused(state, &self.model_dir, None)?
+        let Some(admitted) =
+            self.trust
+                .admitted_or_refused(&state.dir()?, &self.model_dir, None)?
         else {
             return Ok(Exit::Refused);
         };
         let (model, mut ledger) = (admitted.model, admitted.ledger);
         let settings = self.screening.settings()?;
         let (program, _) = sandbox.start()?;
-        let Some(session) = open_session(&program, &model, settings)? else {
+        if !model_runs(&program, &model, settings)? {
             return Ok(Exit::Refused);
-        };
+        }
         let format = if self.json {
             Format::Json
         } else {
@@ -115,7 +115,6 @@ impl PredictCmd {
         predict_files(
             &program,
             &model,
-            session,
             &self.inputs,
             format,
             settings,
@@ -180,39 +179,40 @@ struct Rejection<'a> {
     error: String,
 }
 
-/// Loads the attested model into a fresh sandbox. The guest refusing the
-/// model (its tensors or shapes contradict the manifest), or a model without
-/// a screening profile when unscreened operation was not allowed, is a
-/// refusal: the reason is printed and `None` returned.
-pub(super) fn open_session(
+/// Loads the attested model into a sandbox once, before any input is read.
+/// The guest refusing the model (its tensors or shapes contradict the
+/// manifest), or a model without a screening profile when unscreened
+/// operation was not allowed, is a refusal: the reason is printed and
+/// `false` returned.
+pub(super) fn model_runs(
     program: &GuestProgram,
     model: &AttestedModel,
     settings: Settings,
-) -> anyhow::Result<Option<Session>> {
+) -> anyhow::Result<bool> {
     if model.manifest().screening.is_none() && !settings.allow_unscreened {
         eprintln!(
             "medguard: refused: {} has no screening profile; run `medguard calibrate` on it (or pass --allow-unscreened to run it unguarded)",
             model.manifest().name
         );
-        return Ok(None);
+        return Ok(false);
     }
     match program.session(model) {
-        Ok(session) => Ok(Some(session)),
+        Ok(_) => Ok(true),
         Err(SandboxError::Guest(GuestFailure::InvalidModel(why))) => {
             eprintln!("medguard: refused: the guest cannot run the attested model: {why}");
-            Ok(None)
+            Ok(false)
         }
         Err(e) => Err(anyhow::Error::new(e).context("loading the model in the sandbox")),
     }
 }
 
-/// Screens and classifies every file with one loaded model, one session
-/// shared by all inputs of this call; a trap ends the session and the next
-/// input gets a new one.
+/// Screens and classifies every file, each in a fresh sandbox session (a
+/// new store, instance and memory), so that nothing of one input survives
+/// into the next. A refused input, or one whose sandbox trapped, is
+/// reported and the next input goes on.
 pub(super) fn predict_files(
     program: &GuestProgram,
     model: &AttestedModel,
-    session: Session,
     files: &[PathBuf],
     format: Format,
     settings: Settings,
@@ -241,12 +241,11 @@ pub(super) fn predict_files(
         guest_digest: program.digest(),
         seed: settings.seed,
     };
-    let mut session = Some(session);
     let mut exit = Exit::Ok;
     for file in files {
         let name = file.display().to_string();
         let digest = |tensor: &[u8]| ledger.input_hmac(tensor);
-        match screen_file(program, model, &mut session, file, settings, &digest) {
+        match screen_file(program, model, file, settings, &digest) {
             Ok((rows, source_bits, hmacs)) => {
                 let many = rows.len() > 1;
                 let predictions: Vec<Prediction<'_>> = rows
@@ -447,13 +446,12 @@ enum Failure {
 fn screen_file(
     program: &GuestProgram,
     model: &AttestedModel,
-    session: &mut Option<Session>,
     file: &Path,
     settings: Settings,
     digest: &dyn Fn(&[u8]) -> String,
 ) -> Result<(Vec<ScreenedImage>, u8, Vec<String>), Failure> {
     let bytes = read_capped(file, INPUT_MAX_BYTES).map_err(|e| Failure::Rejected(e.to_string()))?;
-    let batch = input::decode(&bytes, &model.manifest().input)
+    let batch = input::decode(&bytes, &model.manifest().input, model.manifest().max_batch)
         .map_err(|e| Failure::Rejected(e.to_string()))?;
     // The ledger names each image by a keyed digest of the exact tensor the
     // guest screens, little-endian f32.
@@ -466,17 +464,14 @@ fn screen_file(
             digest(&bytes)
         })
         .collect();
+    // This input's own sandbox; it ends with this function.
+    let mut session = program
+        .session(model)
+        .context("starting a sandbox session")
+        .map_err(Failure::Internal)?;
     let mut rows = Vec::with_capacity(batch.len());
     for chunk in batch.chunks(model.manifest().max_batch as usize) {
-        let s = match session {
-            Some(s) => s,
-            None => session.insert(
-                program
-                    .session(model)
-                    .context("starting a sandbox session")
-                    .map_err(Failure::Internal)?,
-            ),
-        };
+        let s = &mut session;
         let result = if model.manifest().screening.is_some() {
             s.screen(
                 &chunk.shape,
@@ -505,17 +500,50 @@ fn screen_file(
             Err(SandboxError::Guest(GuestFailure::InvalidInput(why))) => {
                 return Err(Failure::Rejected(why));
             }
-            Err(e) => {
-                // A trap poisons the session; the next input starts a fresh one.
-                *session = None;
-                return Err(match e {
-                    SandboxError::Deadline(_) | SandboxError::MemoryCap { .. } => {
-                        Failure::Rejected(e.to_string())
-                    }
-                    other => Failure::Internal(other.into()),
-                });
-            }
+            // A trap, deadline or memory-cap hit ends this input's session
+            // only; the next input gets a fresh one.
+            Err(e) => return Err(Failure::Rejected(e.to_string())),
         }
     }
     Ok((rows, batch.source_bits, hmacs))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::sandbox::{CompiledCache, Limits, Runtime};
+
+    /// Issue 10, item 4: one `predict` call used to run every input through
+    /// one instance. Each input now gets a session of its own.
+    #[test]
+    fn every_input_gets_a_fresh_sandbox_session() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let model = crate::model_dir::load(&root.join("models/pneumonia")).unwrap();
+        let cache = CompiledCache::open(&root.join("target/test-guest-cache")).unwrap();
+        let (program, _) = Runtime::new(Limits::default())
+            .unwrap()
+            .load_guest(&crate::guest::bundled().unwrap(), Some(&cache))
+            .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(data.path()).unwrap();
+        let files: Vec<PathBuf> = ["normal-1", "pneumonia-1", "normal-2"]
+            .iter()
+            .map(|f| root.join(format!("models/pneumonia/samples/{f}.png")))
+            .collect();
+        let before = program.sessions_started();
+        let exit = predict_files(
+            &program,
+            &model,
+            &files,
+            Format::Json,
+            Settings::default(),
+            &mut ledger,
+        )
+        .unwrap();
+        assert_eq!(exit, Exit::Ok);
+        assert_eq!(program.sessions_started() - before, 3);
+        assert_eq!(ledger.size(), 4);
+    }
 }

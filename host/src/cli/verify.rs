@@ -17,9 +17,9 @@ pub struct VerifyCmd {
 
 impl VerifyCmd {
     pub(super) fn execute(self, state: &StateArgs) -> anyhow::Result<Exit> {
-        let Some(admitted) = self
-            .trust
-            .admitted_or_refused(state, &self.model_dir, None)?
+        let Some(admitted) =
+            self.trust
+                .admitted_or_refused(&state.dir()?, &self.model_dir, None)?
         else {
             return Ok(Exit::Refused);
         };

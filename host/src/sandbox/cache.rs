@@ -51,6 +51,20 @@ pub enum CacheError {
         /// Its mode bits.
         mode: u32,
     },
+    /// The directory or key belongs to another user, who could have planted
+    /// a key and artifacts that pass their MAC.
+    #[error("{} belongs to uid {owner}, not to this user (uid {me}); use a cache directory of your own", path.display())]
+    Owner {
+        /// The offending path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective user.
+        me: u32,
+    },
+    /// The key is not a regular file (a link, FIFO or device).
+    #[error("cache key {} is not a regular file", .0.display())]
+    NotAFile(PathBuf),
     /// The key file is not 32 bytes.
     #[error("cache key {} is damaged; delete the cache directory to start afresh", .0.display())]
     BadKey(PathBuf),
@@ -111,9 +125,19 @@ impl CompiledCache {
                 key
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                check_private(&key_path)?;
-                let bytes =
-                    fs::read(&key_path).map_err(|e| io_error("read cache key", &key_path, e))?;
+                // No links, no blocking open; owner and mode checked on the
+                // opened file, so it cannot be swapped between check and read.
+                let file =
+                    crate::model_dir::open_regular(&key_path, crate::model_dir::Links::Refuse)
+                        .map_err(|_| CacheError::NotAFile(key_path.clone()))?;
+                let meta = file
+                    .metadata()
+                    .map_err(|e| io_error("inspect", &key_path, e))?;
+                check_owner(&key_path, &meta, 0o077)?;
+                let mut bytes = Vec::new();
+                file.take(KEY_LEN as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| io_error("read cache key", &key_path, e))?;
                 bytes
                     .try_into()
                     .map_err(|_| CacheError::BadKey(key_path.clone()))?
@@ -139,7 +163,7 @@ impl CompiledCache {
     ) -> Result<Option<Component>, CacheError> {
         let engine_hash = engine_hash(engine);
         let path = self.entry_path(engine_hash, guest);
-        let file = match File::open(&path) {
+        let file = match crate::model_dir::open_regular(&path, crate::model_dir::Links::Refuse) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -245,10 +269,31 @@ fn io_error(what: &'static str, path: &Path, source: io::Error) -> CacheError {
     }
 }
 
+/// The cache directory: not a link, owned by this user, writable by no one else.
 fn check_private(path: &Path) -> Result<(), CacheError> {
     let meta = fs::symlink_metadata(path).map_err(|e| io_error("inspect", path, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(CacheError::Permissions {
+            path: path.to_owned(),
+            mode: meta.permissions().mode() & 0o7777,
+        });
+    }
+    check_owner(path, &meta, 0o022)
+}
+
+/// `meta` must belong to the effective user and have none of `forbidden` mode bits.
+fn check_owner(path: &Path, meta: &fs::Metadata, forbidden: u32) -> Result<(), CacheError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(CacheError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
     let mode = meta.permissions().mode() & 0o7777;
-    if meta.file_type().is_symlink() || mode & 0o022 != 0 {
+    if mode & forbidden != 0 {
         return Err(CacheError::Permissions {
             path: path.to_owned(),
             mode,

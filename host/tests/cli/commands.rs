@@ -1,6 +1,6 @@
 //! Output shapes and documented exit codes.
 
-use crate::{assert_one_line_error, medguard, model_dir, s, signed_copy, text};
+use crate::{assert_one_line_error, medguard, medguard_command, model_dir, s, signed_copy, text};
 
 #[test]
 fn digest_prints_the_sha256() {
@@ -176,7 +176,10 @@ fn predict_reads_npy_batches() {
 
 #[test]
 fn demo_runs_and_usage_errors_exit_2() {
-    let demo = medguard(&["demo"]);
+    let (mut cmd, tmp) = medguard_command(&["demo"]);
+    // Even with a trust policy in the environment the demo uses its own.
+    cmd.env_remove("MEDGUARD_TRUST_POLICY");
+    let demo = cmd.output().unwrap();
     assert_eq!(demo.status.code(), Some(0), "{}", text(&demo.stderr));
     let out = text(&demo.stdout);
     assert!(
@@ -187,6 +190,20 @@ fn demo_runs_and_usage_errors_exit_2() {
         out.contains("normal-1.png") && out.contains("pneumonia-1.png"),
         "{out}"
     );
+    // The attacked samples are rejected and get no prediction.
+    for attacked in ["pgd8-1.png", "pgd8-2.png"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(attacked))
+            .unwrap_or_else(|| panic!("{attacked} missing: {out}"));
+        assert!(
+            line.contains("prediction withheld") && line.contains("reject"),
+            "{line}"
+        );
+    }
+    // Its ledger is its own: the deployment's data directory stays untouched.
+    assert!(!tmp.path().join("data").exists());
+    assert!(tmp.path().join("xdg/medguard-demo/ledger").is_dir());
 
     assert_eq!(medguard(&["predict"]).status.code(), Some(2));
     assert_eq!(medguard(&["no-such-command"]).status.code(), Some(2));

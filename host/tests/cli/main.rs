@@ -9,6 +9,7 @@
 
 mod commands;
 mod ledger;
+mod regression;
 mod screening;
 mod signing;
 mod trust;
@@ -39,10 +40,14 @@ fn demo_policy() -> PathBuf {
 fn medguard_command(args: &[&str]) -> (Command, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_medguard"));
+    // From the repository root, as the README's commands run; the demo's
+    // own data directory goes under the same temporary directory.
     cmd.args(args)
+        .current_dir(root())
         .env("MEDGUARD_CACHE_DIR", root().join("target/test-guest-cache"))
         .env("MEDGUARD_TRUST_POLICY", demo_policy())
-        .env("MEDGUARD_DATA_DIR", data.path());
+        .env("MEDGUARD_DATA_DIR", data.path().join("data"))
+        .env("XDG_DATA_HOME", data.path().join("xdg"));
     (cmd, data)
 }
 

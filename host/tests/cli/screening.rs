@@ -12,19 +12,10 @@ fn ci_data() -> PathBuf {
     root().join("tests/adversarial/ci")
 }
 
-/// The shared PneumoniaMNIST archive: `$MEDGUARD_SHARED_DATA`, or `../shared`
-/// beside the repository as on the CI machines.
-fn shared_npz() -> PathBuf {
-    let path = std::env::var_os("MEDGUARD_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data"))
-        .join("pneumoniamnist/pneumoniamnist.npz");
-    assert!(
-        path.is_file(),
-        "{} is missing; set MEDGUARD_SHARED_DATA to the shared data directory",
-        path.display()
-    );
-    path
+/// The 627 calibration images of the bundled model, committed in the
+/// repository (`tests/data/README.md`) so a bare clone can recalibrate.
+fn calibration_npz() -> PathBuf {
+    root().join("tests/data/calibration.npz")
 }
 
 /// The first `n` images of a committed CI attack set, as a uint8 .npy file.
@@ -209,14 +200,7 @@ fn calibration_reproduces_the_committed_profile_and_refuses_bad_data() {
     );
     assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), before);
 
-    let out = medguard(&[
-        "calibrate",
-        s(&dir),
-        "--data",
-        s(&shared_npz()),
-        "--indices",
-        s(&model_dir().join("splits.json")),
-    ]);
+    let out = medguard(&["calibrate", s(&dir), "--data", s(&calibration_npz())]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();

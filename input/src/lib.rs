@@ -2,13 +2,18 @@
 //!
 //! PNG (8- or 16-bit, gray or RGB, with or without an opaque alpha channel)
 //! and `.npy` (u8, u16, f32 or f64) are read with a size cap and mapped to
-//! tensor values exactly as the manifest's pixel mapping says. Shape and range
-//! are checked once more by the guest, which is the authority.
+//! tensor values exactly as the manifest's pixel mapping says. Every
+//! dimension a header declares is checked against the manifest (height,
+//! width, channels, at most `max_batch` images) *before* anything is
+//! allocated for the pixels: a 1 MB PNG can declare 32768x32768, a 100-byte
+//! `.npy` 2^44 elements. Shape and range are checked once more by the guest,
+//! which is the authority.
 
 use std::io::Cursor;
 
 use medguard_attest::{ColorConversion, InputSpec, PixelScale};
 use ndarray::ArrayD;
+use ndarray_npy::npy::header::Header as NpyHeader;
 use ndarray_npy::{ReadNpyError, ReadNpyExt};
 use thiserror::Error;
 
@@ -136,10 +141,14 @@ pub enum InputError {
     /// A PNG layout the pixel mapping cannot handle.
     #[error("{0}")]
     Unsupported(String),
+    /// The declared dimensions are not what the model takes.
+    #[error("{0}")]
+    Shape(String),
 }
 
-/// Decodes `bytes` (format sniffed from the content, not the name) into a batch for `spec`.
-pub fn decode(bytes: &[u8], spec: &InputSpec) -> Result<Batch, InputError> {
+/// Decodes `bytes` (format sniffed from the content, not the name) into a
+/// batch of 1 to `max_batch` images for `spec`.
+pub fn decode(bytes: &[u8], spec: &InputSpec, max_batch: u32) -> Result<Batch, InputError> {
     if bytes.len() as u64 > INPUT_MAX_BYTES {
         return Err(InputError::TooLarge);
     }
@@ -154,9 +163,9 @@ pub fn decode(bytes: &[u8], spec: &InputSpec) -> Result<Batch, InputError> {
         )));
     }
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        decode_png(bytes)
+        decode_png(bytes, spec)
     } else if bytes.starts_with(b"\x93NUMPY") {
-        decode_npy(bytes)
+        decode_npy(bytes, spec, max_batch)
     } else {
         Err(InputError::UnknownFormat(
             bytes.iter().take(8).copied().collect(),
@@ -164,7 +173,18 @@ pub fn decode(bytes: &[u8], spec: &InputSpec) -> Result<Batch, InputError> {
     }
 }
 
-fn decode_png(bytes: &[u8]) -> Result<Batch, InputError> {
+/// Refuses an image whose height and width are not the model's.
+fn check_size(kind: &str, height: u64, width: u64, spec: &InputSpec) -> Result<(), InputError> {
+    let (h, w) = (spec.shape.height, spec.shape.width);
+    if (height, width) != (h as u64, w as u64) {
+        return Err(InputError::Shape(format!(
+            "{kind} is {width}x{height} pixels; the model takes {w}x{h}"
+        )));
+    }
+    Ok(())
+}
+
+fn decode_png(bytes: &[u8], spec: &InputSpec) -> Result<Batch, InputError> {
     let mut decoder = png::Decoder::new_with_limits(
         Cursor::new(bytes),
         png::Limits {
@@ -174,6 +194,8 @@ fn decode_png(bytes: &[u8]) -> Result<Batch, InputError> {
     // Expand palettes and sub-byte gray to 8 bits; keep 16-bit samples as they are.
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder.read_info()?;
+    let info = reader.info();
+    check_size("PNG", info.height.into(), info.width.into(), spec)?;
     let mut buf = vec![0; reader.output_buffer_size().ok_or(InputError::TooLarge)?];
     let frame = reader.next_frame(&mut buf)?;
     let pixels = &buf[..frame.buffer_size()];
@@ -233,7 +255,31 @@ fn decode_png(bytes: &[u8]) -> Result<Batch, InputError> {
     })
 }
 
-fn decode_npy(bytes: &[u8]) -> Result<Batch, InputError> {
+fn decode_npy(bytes: &[u8], spec: &InputSpec, max_batch: u32) -> Result<Batch, InputError> {
+    let header = NpyHeader::from_reader(&mut Cursor::new(bytes))
+        .map_err(|e| InputError::Npy(format!("header: {e}")))?;
+    let (n, c, h, w) = match *header.shape.as_slice() {
+        [h, w] => (1, 1, h, w),
+        [n, h, w] => (n, 1, h, w),
+        [n, c, h, w] => (n, c, h, w),
+        ref other => {
+            return Err(InputError::Npy(format!(
+                "array has shape {other:?}; expected [H, W], [N, H, W] or [N, C, H, W]"
+            )));
+        }
+    };
+    check_size(".npy image", h as u64, w as u64, spec)?;
+    if c as u64 != spec.shape.channels as u64 {
+        return Err(InputError::Shape(format!(
+            ".npy images have {c} channels; the model takes {}",
+            spec.shape.channels
+        )));
+    }
+    if n == 0 || n as u64 > max_batch as u64 {
+        return Err(InputError::Shape(format!(
+            ".npy holds {n} images; this model takes 1 to {max_batch} per file"
+        )));
+    }
     let (dims, data, source_bits) = read_npy_as_unit_floats(bytes)?;
     let dims32: Vec<u32> = dims
         .iter()
@@ -333,6 +379,7 @@ mod tests {
                 &[0, 51, 204, 255],
             ),
             &spec(),
+            4,
         )
         .unwrap();
         assert_eq!(b.shape, [1, 1, 2, 2]);
@@ -348,6 +395,7 @@ mod tests {
         let b = decode(
             &png(png::ColorType::Grayscale, png::BitDepth::Sixteen, &samples),
             &spec(),
+            4,
         )
         .unwrap();
         assert_eq!(b.data, vec![0.0, 1.0 / 65535.0, 32768.0 / 65535.0, 1.0]);
@@ -360,6 +408,7 @@ mod tests {
         let b = decode(
             &png(png::ColorType::Rgb, png::BitDepth::Eight, &rgb),
             &spec(),
+            4,
         )
         .unwrap();
         assert_eq!(b.source_bits, 0, "luma falls between the levels");
@@ -379,6 +428,7 @@ mod tests {
                 &opaque,
             ),
             &spec(),
+            4,
         )
         .unwrap();
         assert_eq!(b.data, [10.0f32, 20.0, 30.0, 40.0].map(|v| v / 255.0));
@@ -387,6 +437,7 @@ mod tests {
         let err = decode(
             &png(png::ColorType::Rgba, png::BitDepth::Eight, &rgba),
             &spec(),
+            4,
         )
         .unwrap_err();
         assert!(err.to_string().contains("transparent"), "{err}");

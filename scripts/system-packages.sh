@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every Debian package the test suite needs, installed in this one place
+# (scripts/test.sh runs it; scripts/demo.sh needs none). Installs only what
+# is missing, so a prepared machine is not touched.
+#   python3-venv: the venv for the real OpenSSF model_signing (interop test)
+set -euo pipefail
+need=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3 python3-venv)
+if ((${#need[@]})); then
+  echo "scripts/system-packages.sh: installing ${need[*]}" >&2
+  apt-get update -qq >&2
+  apt-get install -y -qq "${need[@]}" >&2
+fi

@@ -16,3 +16,8 @@ cargo check --package medguard-attest --package medguard-screen --target wasm32-
 MEDGUARD_MODEL_SIGNING=$(scripts/model-signing.sh)
 export MEDGUARD_MODEL_SIGNING
 cargo test --workspace --release -- --include-ignored
+# The library example, built by the test run above, on the bundled model.
+example_data=$(mktemp -d)
+trap 'rm -rf "$example_data"' EXIT
+target/release/examples/classify "$example_data" models/trust/demo-policy.toml \
+  models/pneumonia models/pneumonia/samples/normal-1.png

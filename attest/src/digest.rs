@@ -1,3 +1,6 @@
+//! SHA-256 digests as a type (`Sha256Digest`), so a digest is never a bare
+//! string or another algorithm's output.
+
 use std::fmt;
 use std::str::FromStr;
 

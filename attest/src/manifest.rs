@@ -1,3 +1,5 @@
+//! The model manifest (`manifest.json`): strict, size-capped, one schema.
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -10,8 +12,9 @@ pub const MANIFEST_MAX_BYTES: usize = 1024 * 1024;
 const SCHEMA: &str = "medguard.manifest/v1";
 
 /// What a model directory claims about its model. A plain data type: it is
-/// trusted only once [`crate::attest`] has matched it with the model bytes (and,
-/// later, once its signature has been checked).
+/// trusted only once admission has checked its signature under the trust
+/// policy and matched it with the model bytes (or, for vendor tools, once
+/// [`crate::attest`] matched a manifest the caller vouches for).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -19,7 +22,7 @@ pub struct Manifest {
     pub schema: String,
     /// Model name, the key that trust policies and rollback use.
     pub name: String,
-    /// Model version (semver); later issues refuse rollbacks by it.
+    /// Model version (semver); admission refuses rollbacks by it.
     pub version: semver::Version,
     /// When this manifest stops being valid (RFC 3339). A trust policy can
     /// require one so that a stale signed manifest cannot be replayed
@@ -35,8 +38,8 @@ pub struct Manifest {
     /// The largest batch one inference call may carry.
     pub max_batch: u32,
     /// The adversarial-input screening profile written by `medguard
-    /// calibrate`. Part of the manifest so that whatever covers the manifest
-    /// (its digest, later its signature) covers the thresholds too.
+    /// calibrate`. Part of the manifest so that its signature covers the
+    /// thresholds too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screening: Option<ScreeningSection>,
 }

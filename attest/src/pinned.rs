@@ -1,3 +1,7 @@
+//! The vouched path to an [`AttestedModel`] (`attest`: a manifest the caller
+//! vouches for, vendor tools only), the model type itself, and `Pinned`, the
+//! guest bytes that match the digest built into the host.
+
 use std::sync::Arc;
 
 use thiserror::Error;

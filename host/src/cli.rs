@@ -21,11 +21,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use medguard_attest::{AttestedModel, Provenance, Sha256Digest, TrustPolicy};
-use medguard_ledger::entry::{TEXT_MAX_BYTES, bounded};
-use medguard_ledger::{Entry, Ledger};
+use medguard_attest::AttestedModel;
+use medguard_ledger::{Ledger, Receipt};
 
-use crate::admission::{AdmissionError, admit_directory, load_policy};
+use crate::admission::load_policy;
+use crate::guard::{Admission, Guard, NamedPolicy};
 
 use crate::guest;
 use crate::sandbox::{CompiledCache, GuestLoad, GuestProgram, Limits, Runtime};
@@ -149,20 +149,9 @@ impl StateArgs {
 
     /// Opens (creating on first use) the deployment's audit ledger.
     fn open_ledger(&self) -> anyhow::Result<Ledger> {
-        open_ledger_in(&self.dir()?)
+        let dir = self.dir()?;
+        Ledger::open(&dir).with_context(|| format!("opening the ledger in {}", dir.display()))
     }
-}
-
-/// Opens (creating on first use) the audit ledger of the data directory `dir`.
-fn open_ledger_in(dir: &Path) -> anyhow::Result<Ledger> {
-    Ledger::open(dir).with_context(|| format!("opening the ledger in {}", dir.display()))
-}
-
-/// A parsed trust policy, its digest (text and keys), and how to name it.
-struct LoadedPolicy {
-    policy: TrustPolicy,
-    sha256: Sha256Digest,
-    name: String,
 }
 
 /// The trust policy a command admits models under.
@@ -174,108 +163,54 @@ struct TrustArgs {
     trust_policy: Option<PathBuf>,
 }
 
-/// A model the trust policy admitted, with the ledger that recorded it.
-struct Admitted {
-    model: AttestedModel,
-    policy: String,
-    ledger: Ledger,
-}
-
 impl TrustArgs {
-    /// Admits the signed model directory `dir` under the policy (or
-    /// `fallback`, the demo's bundled policy) and the rollback marks the
-    /// ledger of `data_dir` holds, and records the outcome in the ledger (a
-    /// policy change, then the admission or the refusal). A refusal is the
-    /// command's answer: its reason is printed as one line and `None`
-    /// returned (exit 1). A broken policy or ledger is an error (exit 2).
-    fn admitted_or_refused(
-        &self,
-        data_dir: &Path,
-        dir: &Path,
-        fallback: Option<LoadedPolicy>,
-    ) -> anyhow::Result<Option<Admitted>> {
-        let loaded = match (&self.trust_policy, fallback) {
+    /// The policy given (or `fallback`, the demo's built-in one). Without
+    /// one the refusal is printed and `None` returned (exit 1); a policy that
+    /// does not load is an error (exit 2).
+    fn policy(&self, fallback: Option<NamedPolicy>) -> anyhow::Result<Option<NamedPolicy>> {
+        match (&self.trust_policy, fallback) {
             (Some(path), _) => {
                 let (policy, sha256) = load_policy(path)?;
-                LoadedPolicy {
+                Ok(Some(NamedPolicy {
                     policy,
                     sha256,
                     name: path.display().to_string(),
-                }
+                }))
             }
-            (None, Some(fallback)) => fallback,
+            (None, Some(fallback)) => Ok(Some(fallback)),
             (None, None) => {
                 eprintln!(
                     "medguard: refused: no trust policy (--trust-policy FILE or MEDGUARD_TRUST_POLICY); without one no model is admitted"
                 );
-                return Ok(None);
+                Ok(None)
             }
-        };
-        let (policy, policy_sha256) = (&loaded.policy, loaded.sha256);
-        let mut ledger = open_ledger_in(data_dir)?;
-        let view = ledger.view().clone();
-        let time = jiff::Timestamp::now();
-        let mut entries = Vec::new();
-        if view.policy != Some(policy_sha256) {
-            entries.push(Entry::PolicyChanged {
-                time,
-                from: view.policy,
-                to: policy_sha256,
-            });
         }
-        let outcome = admit_directory(dir, policy, |name| view.high_water.get(name).cloned(), time);
-        let admitted = match outcome {
-            Ok(model) => {
-                if let Provenance::Signed {
-                    signer,
-                    manifest_sha256,
-                } = model.provenance()
-                {
-                    let m = model.manifest();
-                    entries.push(Entry::ModelAdmitted {
-                        time,
-                        model: m.name.clone(),
-                        version: m.version.clone(),
-                        model_sha256: model.model_digest(),
-                        manifest_sha256: *manifest_sha256,
-                        signer: signer.name.clone(),
-                        signer_fingerprint: signer.fingerprint,
-                        policy_sha256,
-                    });
-                }
-                Some(model)
-            }
-            Err(e) => {
-                // The directory's own name only: a full path says nothing
-                // more about the model and may say things about the host.
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let reason = match &e {
-                    AdmissionError::Refused { source, .. } => source.to_string(),
-                    other => other.to_string().replace(&dir.display().to_string(), &name),
-                };
-                entries.push(Entry::ModelRefused {
-                    time,
-                    directory: bounded(&name, 255),
-                    model: None,
-                    version: None,
-                    reason: bounded(&reason, TEXT_MAX_BYTES),
-                    policy_sha256,
-                });
-                eprintln!("medguard: refused: {e}");
-                None
-            }
+    }
+
+    /// Opens the guard on `data_dir` and admits `dir` with it (recorded
+    /// either way). A refusal is the command's answer: printed as one line,
+    /// `None` returned (exit 1). A broken policy or ledger is an error.
+    fn admitted_or_refused(
+        &self,
+        data_dir: &Path,
+        dir: &Path,
+        fallback: Option<NamedPolicy>,
+    ) -> anyhow::Result<Option<(Guard, AttestedModel, Receipt)>> {
+        let Some(policy) = self.policy(fallback)? else {
+            return Ok(None);
         };
-        ledger
-            .append(&entries)
-            .context("recording the admission in the ledger")?;
-        Ok(admitted.map(|model| Admitted {
-            model,
-            policy: loaded.name,
-            ledger,
-        }))
+        let guard = Guard::open(data_dir, policy)
+            .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
+        match guard
+            .admit(dir)
+            .context("recording the admission in the ledger")?
+        {
+            Admission::Admitted { model, receipt } => Ok(Some((guard, *model, receipt))),
+            Admission::Refused { error, .. } => {
+                eprintln!("medguard: refused: {error}");
+                Ok(None)
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod cli;
 pub mod eval;
+pub mod guard;
 pub mod guest;
 /// Input decoding lives in its own crate, small enough to fuzz.
 pub use medguard_input as input;

@@ -7,7 +7,6 @@
 //! default, so a signed directory cannot point outside itself.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 

@@ -103,8 +103,8 @@ pub enum Entry {
         guest_sha256: Sha256Digest,
         /// HMAC-SHA256 of the input tensor under the deployment's secret.
         input_hmac: String,
-        /// accept, flag, reject or unscreened.
-        verdict: String,
+        /// The screening verdict.
+        verdict: Verdict,
         /// Combined screening p-value, when screened.
         p_value: Option<f64>,
         /// The predicted label; none when withheld.
@@ -114,8 +114,8 @@ pub enum Entry {
         /// vouches for the numbers a result shows, not only its label.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         probabilities: Option<std::collections::BTreeMap<String, f32>>,
-        /// enforce or flag-only.
-        policy: String,
+        /// Whether a rejected prediction was withheld.
+        policy: ScreeningPolicy,
         /// The seed of the guest's noise draws, to reproduce the verdict.
         seed: u64,
     },
@@ -144,6 +144,81 @@ impl Entry {
             | Self::PolicyChanged { time, .. }
             | Self::Inference { time, .. } => *time,
         }
+    }
+}
+
+/// A screening verdict as recorded: the guest's three, or `unscreened` for a
+/// model run without a profile (vendor use, explicitly allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Nothing unusual at the calibrated thresholds.
+    Accept,
+    /// Unusual enough for a human to look; the prediction is returned.
+    Flag,
+    /// Too unusual to trust; withheld under `enforce`.
+    Reject,
+    /// Not screened.
+    Unscreened,
+}
+
+impl Verdict {
+    /// As serialised: `accept`, `flag`, `reject`, `unscreened`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Flag => "flag",
+            Self::Reject => "reject",
+            Self::Unscreened => "unscreened",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<medguard_screen::Verdict> for Verdict {
+    fn from(v: medguard_screen::Verdict) -> Self {
+        match v {
+            medguard_screen::Verdict::Accept => Self::Accept,
+            medguard_screen::Verdict::Flag => Self::Flag,
+            medguard_screen::Verdict::Reject => Self::Reject,
+        }
+    }
+}
+
+/// What happens to the prediction of a rejected input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScreeningPolicy {
+    /// Withheld: a rejected input gets no prediction.
+    Enforce,
+    /// Returned with the verdict.
+    FlagOnly,
+}
+
+/// The per-deployment secret that names inputs in the ledger, shareable
+/// with the threads that compute input digests.
+#[derive(Clone)]
+pub struct InputKey([u8; 32]);
+
+impl std::fmt::Debug for InputKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputKey(..)")
+    }
+}
+
+impl InputKey {
+    pub(crate) fn new(secret: [u8; 32]) -> Self {
+        Self(secret)
+    }
+
+    /// HMAC-SHA256 of an input tensor's bytes under the secret, hex.
+    pub fn hmac(&self, tensor: &[u8]) -> String {
+        input_hmac(&self.0, tensor)
     }
 }
 

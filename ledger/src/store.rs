@@ -663,6 +663,12 @@ impl Ledger {
         input_hmac(&self.secret, tensor)
     }
 
+    /// The input-naming secret, for threads that digest inputs while
+    /// another holds the ledger.
+    pub fn input_key(&self) -> crate::entry::InputKey {
+        crate::entry::InputKey::new(self.secret)
+    }
+
     /// The root of the first `size` entries.
     pub fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
         if size == 0 {
@@ -1019,6 +1025,35 @@ impl GroupCommit {
                 state = self.done.wait(state).map_err(poisoned)?;
             }
         }
+    }
+
+    /// Appends `entries` together (one commit, unless others join it);
+    /// returns their receipts in order once they are durable.
+    pub fn append_all(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, LedgerError> {
+        // One ticket per entry through the normal path would interleave with
+        // other threads' entries; a batch holds the ledger once instead.
+        self.exclusive(|ledger| ledger.append(&entries))?
+    }
+
+    /// Runs `f` with the ledger to itself: waits for a commit in progress,
+    /// and no commit starts until `f` returns. For what must read and
+    /// append atomically (admission: check the rollback marks, record).
+    pub fn exclusive<R>(&self, f: impl FnOnce(&mut Ledger) -> R) -> Result<R, LedgerError> {
+        let poisoned = |_| LedgerError::Poisoned("a committing thread panicked".into());
+        let mut state = self.state.lock().map_err(poisoned)?;
+        let mut ledger = loop {
+            if let Some(ledger) = state.ledger.take() {
+                break ledger;
+            }
+            state = self.done.wait(state).map_err(poisoned)?;
+        };
+        drop(state);
+        let out = f(&mut ledger);
+        let mut state = self.state.lock().map_err(poisoned)?;
+        state.ledger = Some(ledger);
+        drop(state);
+        self.done.notify_all();
+        Ok(out)
     }
 
     /// The ledger back, once no one appends any more.

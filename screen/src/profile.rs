@@ -1,3 +1,6 @@
+//! The calibration profile (per-class clean references and thresholds),
+//! `fit()` that writes it and `judge()` that turns statistics into a verdict.
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 

@@ -1,3 +1,6 @@
+//! Conformal p-values against clean references and the Cauchy combination
+//! of several of them.
+
 /// Which tail of the reference distribution counts as evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -1,3 +1,6 @@
+//! What one screening call takes (`ScreenOptions`) and returns per image
+//! (`ScreenedImage`), shared by the guest and the host.
+
 use crate::Screening;
 
 /// Per-request screening options chosen by the host.

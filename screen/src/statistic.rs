@@ -1,3 +1,5 @@
+//! The screening statistics that exist, their names and parameters.
+
 use serde::{Deserialize, Serialize};
 
 /// One screening statistic and its parameters. The parameters are part of the

@@ -82,6 +82,17 @@ pub fn shared_cache() -> CompiledCache {
     CompiledCache::open(&dir).expect("open the shared test cache")
 }
 
+/// A program of its own (for a `Guard`, which owns one), compiled through
+/// the shared cache.
+pub fn shared_program_owned() -> GuestProgram {
+    let runtime = Runtime::new(Limits::default()).expect("runtime");
+    let guest = medguard::guest::bundled().expect("bundled guest is pinned");
+    runtime
+        .load_guest(&guest, Some(&shared_cache()))
+        .expect("load the guest")
+        .0
+}
+
 /// One runtime and the bundled guest, shared by the tests of one process.
 pub fn shared_program() -> &'static GuestProgram {
     static PROGRAM: OnceLock<GuestProgram> = OnceLock::new();

@@ -1,3 +1,5 @@
+//! The guest's errors, one per case the WIT world's `guest-error` names.
+
 use thiserror::Error;
 
 /// Why the guest refused a model or an input. Mirrors the WIT `guest-error`.

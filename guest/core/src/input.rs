@@ -1,3 +1,6 @@
+//! The model spec the host sends and the checks every input batch passes
+//! (shape, batch size, finiteness, range) before the model sees it.
+
 use crate::GuestError;
 
 /// What an attested manifest says about a model's input and output.

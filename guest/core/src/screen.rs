@@ -111,7 +111,7 @@ impl Classifier {
                 let mut rows = logits.chunks_exact(classes);
                 let own = rows.next().unwrap_or_default();
                 let probabilities = crate::softmax(own)?;
-                let class = argmax(own);
+                let class = medguard_screen::predicted_class(own);
                 let base = margin(own, class).unwrap_or(f64::NAN);
                 let values = statistics
                     .iter()
@@ -155,16 +155,6 @@ impl Classifier {
     }
 }
 
-/// Index of the largest value; the first on ties, NaN never wins.
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv { (i, v) } else { (bi, bv) }
-        })
-        .0
-}
 
 /// Median over a `window` x `window` neighbourhood per channel, with edge
 /// pixels repeated. Even windows extend right and down from the pixel (as in
@@ -260,12 +250,5 @@ mod tests {
         assert_eq!(off_grid(&[0.0, 128.0 / 255.0, 1.0], &s, 8), 0);
         assert_eq!(off_grid(&[0.0, 128.5 / 255.0, 1.0], &s, 8), 1);
         assert_eq!(off_grid(&[0.0, 128.5 / 255.0, 1.0], &s, 0), 0);
-    }
-
-    #[test]
-    fn argmax_prefers_the_first_and_ignores_nan() {
-        assert_eq!(argmax(&[1.0, 1.0]), 0);
-        assert_eq!(argmax(&[f32::NAN, 0.5]), 1);
-        assert_eq!(argmax(&[0.1, 0.9]), 1);
     }
 }

@@ -1,3 +1,7 @@
+//! `medguard calibrate`: the vendor's tool that measures clean reference
+//! statistics in the sandbox and writes the screening profile into a working
+//! copy's manifest (which then needs a new signature).
+
 use std::io::Write;
 use std::path::PathBuf;
 

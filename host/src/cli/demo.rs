@@ -1,13 +1,17 @@
+//! `medguard demo`: the bundled model under the built-in demo policy, in the
+//! demo's own data directory, through the same guard as `predict`.
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 
-use super::predict::{Format, Settings, model_runs, predict_files};
+use super::predict::{DEMO_OPTIONS, Format, model_runs, predict_files};
 use medguard_attest::Provenance;
 
-use super::{Exit, LoadedPolicy, SandboxArgs, TrustArgs};
+use super::{Exit, SandboxArgs, TrustArgs};
+use crate::guard::NamedPolicy;
 use crate::sandbox::CacheUse;
 use medguard_attest::TrustPolicy;
 
@@ -31,13 +35,13 @@ pub struct DemoCmd {
 const DEMO_POLICY: &str = include_str!("../../../models/trust/demo-policy.toml");
 const DEMO_PUBLIC_KEY: &str = include_str!("../../../models/trust/demo.pub.pem");
 
-fn demo_policy() -> anyhow::Result<LoadedPolicy> {
+fn demo_policy() -> anyhow::Result<NamedPolicy> {
     let policy = TrustPolicy::parse(DEMO_POLICY, |file| match file {
         "demo.pub.pem" => Ok(DEMO_PUBLIC_KEY.to_owned()),
         other => Err(format!("the built-in demo policy has no key file {other}")),
     })
     .context("the built-in demo policy")?;
-    Ok(LoadedPolicy {
+    Ok(NamedPolicy {
         sha256: policy.sha256(),
         policy,
         name: "the built-in demo policy (models/trust/demo-policy.toml)".into(),
@@ -65,13 +69,13 @@ impl DemoCmd {
         let data_dir = demo_data_dir()?;
         println!("medguard demo: {}", dir.display());
         println!("   (its own ledger in {})\n", data_dir.display());
-        let Some(admitted) =
+        let Some((guard, model, _)) =
             self.trust
                 .admitted_or_refused(&data_dir, &dir, Some(demo_policy()?))?
         else {
             return Ok(Exit::Refused);
         };
-        let (model, policy, mut ledger) = (admitted.model, admitted.policy, admitted.ledger);
+        let policy = guard.policy().name.clone();
         let m = model.manifest();
         let signer = match model.provenance() {
             Provenance::Signed { signer, .. } => {
@@ -99,9 +103,10 @@ impl DemoCmd {
             program.digest(),
             load.elapsed.as_secs_f64()
         );
+        let guard = guard.with_sandbox(program);
         let started = Instant::now();
-        let settings = Settings::default();
-        if !model_runs(&program, &model, settings)? {
+        let options = DEMO_OPTIONS;
+        if !model_runs(&guard, &model, options)? {
             return Ok(Exit::Refused);
         }
         println!(
@@ -112,14 +117,7 @@ impl DemoCmd {
         );
         println!("4. clean sample X-rays, screened then classified:");
         let samples = pngs(&dir.join("samples"))?;
-        let exit = predict_files(
-            &program,
-            &model,
-            &samples,
-            Format::Human,
-            settings,
-            &mut ledger,
-        )?;
+        let exit = predict_files(&guard, &model, &samples, Format::Human, options)?;
 
         // Adversarial copies made by ART's PGD (tests/adversarial): the bare
         // model calls these pneumonia X-rays normal. Their rejection is the
@@ -129,21 +127,12 @@ impl DemoCmd {
             println!(
                 "\n5. pneumonia X-rays with an invisible PGD perturbation (8/255) that flips the bare model:"
             );
-            predict_files(
-                &program,
-                &model,
-                &attacks,
-                Format::Human,
-                settings,
-                &mut ledger,
-            )?;
+            predict_files(&guard, &model, &attacks, Format::Human, options)?;
         }
-        let (checkpoint, _) = ledger.checkpoint();
+        let (size, _) = guard.checkpoint()?;
         println!(
-            "\n6. ledger       every admission and verdict above is an entry in {} ({} entries, root {});\n                 `medguard --data-dir {} ledger verify` checks it all, `... ledger show` lists it",
-            checkpoint.origin,
-            checkpoint.size,
-            checkpoint.root,
+            "\n6. ledger       every admission and verdict above is an entry in {} ({size} entries);\n                 `medguard --data-dir {} ledger verify` checks it all, `... ledger show` lists it",
+            guard.origin(),
             data_dir.display()
         );
         Ok(exit)

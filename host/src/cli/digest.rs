@@ -1,3 +1,5 @@
+//! `medguard digest`: the SHA-256 of a file, as manifests record it.
+
 use std::path::PathBuf;
 
 use clap::Args;

@@ -1,3 +1,6 @@
+//! `medguard eval`: runs the real guard over clean, attacked and corrupted
+//! images and reports detection and accuracy with bootstrap intervals.
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

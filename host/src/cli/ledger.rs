@@ -1,3 +1,7 @@
+//! `medguard ledger`: audit the ledger (against witnessed checkpoints too),
+//! list it, check receipts offline, export its key and checkpoint, and start
+//! a new one where the old is lost.
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -374,11 +378,11 @@ mod tests {
             model_sha256: medguard_attest::Sha256Digest::of(b"m"),
             guest_sha256: medguard_attest::Sha256Digest::of(b"g"),
             input_hmac: "\u{e9}".repeat(20),
-            verdict: "accept\r".into(),
+            verdict: medguard_ledger::entry::Verdict::Flag,
             p_value: None,
             label: Some("normal\u{7}".into()),
             probabilities: None,
-            policy: "enforce".into(),
+            policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
             seed: 1,
         };
         let shown = printable(&describe(&entry));
@@ -396,11 +400,11 @@ mod tests {
             model_sha256: medguard_attest::Sha256Digest::of(b"m"),
             guest_sha256: medguard_attest::Sha256Digest::of(b"g"),
             input_hmac: "00".into(),
-            verdict: "accept".into(),
+            verdict: medguard_ledger::entry::Verdict::Accept,
             p_value: Some(0.25),
             label: Some("normal".into()),
             probabilities: Some([("normal".into(), 0.9), ("pneumonia".into(), 0.1)].into()),
-            policy: "enforce".into(),
+            policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
             seed: 7,
         };
         let line = serde_json::json!({

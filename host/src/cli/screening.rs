@@ -97,14 +97,4 @@ fn open(program: &GuestProgram, model: &AttestedModel, mode: Mode<'_>) -> anyhow
     .context("loading the model in the sandbox")
 }
 
-/// Index of the most probable class, the first on ties, as the guest picks
-/// the class its statistics are about.
-pub(super) fn predicted_class(probabilities: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, p) in probabilities.iter().enumerate() {
-        if *p > probabilities[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub(super) use medguard_screen::predicted_class;

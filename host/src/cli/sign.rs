@@ -1,3 +1,5 @@
+//! `medguard sign`: signs a model directory in the OpenSSF model-signing format.
+
 use std::path::PathBuf;
 
 use anyhow::Context;

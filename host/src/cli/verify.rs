@@ -1,3 +1,6 @@
+//! `medguard verify`: admits a signed model directory through the guard
+//! without starting the sandbox, and says what was recorded.
+
 use std::path::PathBuf;
 
 use clap::Args;
@@ -17,13 +20,13 @@ pub struct VerifyCmd {
 
 impl VerifyCmd {
     pub(super) fn execute(self, state: &StateArgs) -> anyhow::Result<Exit> {
-        let Some(admitted) =
+        let Some((guard, model, receipt)) =
             self.trust
                 .admitted_or_refused(&state.dir()?, &self.model_dir, None)?
         else {
             return Ok(Exit::Refused);
         };
-        let (model, policy) = (&admitted.model, &admitted.policy);
+        let policy = &guard.policy().name;
         let m = model.manifest();
         println!(
             "accepted: {} {} ({} bytes, sha256 {})",
@@ -41,7 +44,7 @@ impl VerifyCmd {
                 "signed by: key {:?} ({}), admitted by {}",
                 signer.name,
                 signer.fingerprint,
-                policy.display()
+                policy
             );
             println!("manifest: sha256 {manifest_sha256}");
         }
@@ -50,8 +53,8 @@ impl VerifyCmd {
         }
         println!(
             "recorded: ledger entry {} of {}",
-            admitted.ledger.size() - 1,
-            admitted.ledger.origin()
+            receipt.index,
+            guard.origin()
         );
         Ok(Exit::Ok)
     }

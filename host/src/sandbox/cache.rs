@@ -10,7 +10,7 @@
 //! HMAC rather than directory permissions alone: it also catches bit rot and a
 //! cache directory that was copied between machines or users.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

@@ -9,11 +9,11 @@ pub fn inference(seed: u64) -> medguard_ledger::Entry {
         model_sha256: medguard_attest::Sha256Digest::of(b"model"),
         guest_sha256: medguard_attest::Sha256Digest::of(b"guest"),
         input_hmac: format!("{:064x}", seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        verdict: "accept".into(),
+        verdict: medguard_ledger::entry::Verdict::Accept,
         p_value: Some(0.5),
         label: Some("normal".into()),
         probabilities: Some([("normal".into(), 0.75), ("pneumonia".into(), 0.25)].into()),
-        policy: "enforce".into(),
+        policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
         seed,
     }
 }

@@ -1,0 +1,486 @@
+//! The guard: the one pipeline every front end (CLI, server, PACS bridge,
+//! embedding) runs: admit a signed model under the trust policy, screen and
+//! classify an input in a fresh sandbox, record the outcome in the ledger,
+//! return it with its receipt.
+//!
+//! ```text
+//! model dir ──admit──► Admitted (AttestedModel + ledger entry)
+//! input bytes ──decode (header dims vs manifest)──► Batch
+//!            ──fresh Session (store + instance)──► screened images
+//!            ──verdict, withheld prediction──► ledger entries (one group commit)
+//!            ──► Classified { results with receipts }
+//! ```
+//!
+//! A [`Guard`] is `Send + Sync`: share one per process (an `Arc` in a
+//! server). Every `classify` gets its own sandbox session; the ledger is one
+//! [`GroupCommit`], so concurrent requests share fsyncs. Admission takes the
+//! ledger exclusively while it checks the rollback marks and records the
+//! outcome, so two admissions cannot race past each other's marks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jiff::Timestamp;
+use medguard_attest::{AttestedModel, Provenance, Sha256Digest, TrustPolicy};
+use medguard_ledger::entry::{InputKey, TEXT_MAX_BYTES, bounded};
+pub use medguard_ledger::entry::{ScreeningPolicy, Verdict};
+use medguard_ledger::{Entry, GroupCommit, Ledger, LedgerError};
+pub use medguard_ledger::{NoteVerifier, Receipt};
+use medguard_screen::{StatisticReport, predicted_class};
+use thiserror::Error;
+
+use crate::admission::{AdmissionError, admit_directory};
+use crate::input::{self, InputError};
+use crate::sandbox::{GuestFailure, GuestProgram, SandboxError, ScreenOptions, ScreenedImage};
+
+/// A trust policy as loaded, with its digest (text and keys) and a name for
+/// messages (its path, or "the built-in demo policy").
+#[derive(Debug, Clone)]
+pub struct NamedPolicy {
+    /// The parsed policy.
+    pub policy: TrustPolicy,
+    /// [`TrustPolicy::sha256`], what the ledger records.
+    pub sha256: Sha256Digest,
+    /// How to name it to a person.
+    pub name: String,
+}
+
+/// Why the guard could not do its work at all (as opposed to refusing a
+/// model or an input, which are answers).
+#[derive(Debug, Error)]
+pub enum GuardError {
+    /// The ledger failed; nothing more can be recorded, so nothing more is done.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The guard was opened for admission only and has no sandbox.
+    #[error("this guard was opened without a sandbox; it can admit models but not classify")]
+    NoSandbox,
+    /// The sandbox failed in a way that is not about one input (the model
+    /// cannot be loaded at all).
+    #[error("loading the model in the sandbox: {0}")]
+    Sandbox(#[source] SandboxError),
+}
+
+/// The outcome of admitting a model directory: both are answers, recorded.
+#[derive(Debug)]
+pub enum Admission {
+    /// Admitted under the policy: the model and the entry that records it.
+    Admitted {
+        /// The model, ready for the sandbox.
+        model: Box<AttestedModel>,
+        /// Its `model-admitted` entry's receipt.
+        receipt: Receipt,
+    },
+    /// Refused: the reason (one line) and the `model-refused` entry's receipt.
+    Refused {
+        /// The error, with its full source chain.
+        error: Box<AdmissionError>,
+        /// The entry's receipt.
+        receipt: Receipt,
+    },
+}
+
+/// Why one input got no result. Every case is about this input only; the
+/// next one is unaffected.
+#[derive(Debug, Error)]
+pub enum InputRefusal {
+    /// The bytes are not an image the model takes (format, dimensions, size).
+    #[error(transparent)]
+    Decode(#[from] InputError),
+    /// The guest refused the values (shape, range, non-finite).
+    #[error("{0}")]
+    Guest(String),
+    /// The sandbox trapped, ran out of time or memory; its session ended.
+    #[error(transparent)]
+    Sandbox(SandboxError),
+}
+
+/// Why `classify` produced no result.
+#[derive(Debug, Error)]
+pub enum ClassifyError {
+    /// This input was refused; the guard goes on.
+    #[error(transparent)]
+    Refused(#[from] InputRefusal),
+    /// The model has no screening profile and unscreened use was not allowed.
+    #[error(
+        "{model} has no screening profile; run `medguard calibrate` on it (or allow unscreened use explicitly)"
+    )]
+    Unscreened {
+        /// The model's name.
+        model: String,
+    },
+    /// The guard itself failed (the ledger): stop.
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+}
+
+/// How one classification runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassifyOptions {
+    /// The seed of the guest's noise draws; callers draw it fresh per
+    /// request ([`fresh_seed`]) and pass it to reproduce a verdict.
+    pub seed: u64,
+    /// Withhold rejected predictions, or return them with the verdict.
+    pub policy: ScreeningPolicy,
+    /// Run a model without a screening profile (vendor use only).
+    pub allow_unscreened: bool,
+}
+
+/// A seed from the OS for one request's noise draws.
+pub fn fresh_seed() -> Result<u64, getrandom::Error> {
+    getrandom::u64()
+}
+
+/// One image's result, recorded.
+#[derive(Debug, Clone)]
+pub struct ImageResult {
+    /// The screening verdict.
+    pub verdict: Verdict,
+    /// Combined p-value; none when unscreened.
+    pub p_value: Option<f64>,
+    /// Each statistic's value and p-value; empty when unscreened.
+    pub statistics: Vec<StatisticReport>,
+    /// The predicted label; none when withheld.
+    pub label: Option<String>,
+    /// Probabilities by label; none when withheld.
+    pub probabilities: Option<BTreeMap<String, f32>>,
+    /// Values off the source's integer grid (format integrity, reported only).
+    pub off_grid: u32,
+    /// The entry as recorded, and its receipt.
+    pub receipt: Receipt,
+}
+
+/// The results for one input (one image, or a batch of them).
+#[derive(Debug, Clone)]
+pub struct Classified {
+    /// One per image, in order.
+    pub images: Vec<ImageResult>,
+    /// The bit depth the values came from (0 for floats or colour).
+    pub source_bits: u8,
+    /// The seed the guest used.
+    pub seed: u64,
+}
+
+/// The pipeline. See the module documentation.
+pub struct Guard {
+    program: Option<GuestProgram>,
+    ledger: GroupCommit,
+    input_key: InputKey,
+    policy: NamedPolicy,
+    origin: String,
+    verifier: NoteVerifier,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Guard({}, policy {})", self.origin, self.policy.name)
+    }
+}
+
+impl Guard {
+    /// Opens the guard on the data directory `data_dir` (its ledger is
+    /// created on first use) under `policy`. It admits models at once; it
+    /// classifies once a sandbox is attached ([`Guard::with_sandbox`]), so a
+    /// caller can refuse a model before any guest is started.
+    pub fn open(data_dir: &Path, policy: NamedPolicy) -> Result<Self, GuardError> {
+        let ledger = Ledger::open(data_dir)?;
+        Ok(Self {
+            program: None,
+            input_key: ledger.input_key(),
+            origin: ledger.origin().to_owned(),
+            verifier: ledger.verifier(),
+            ledger: GroupCommit::new(ledger),
+            policy,
+        })
+    }
+
+    /// The guard running inputs in `program`.
+    pub fn with_sandbox(mut self, program: GuestProgram) -> Self {
+        self.program = Some(program);
+        self
+    }
+
+    /// The policy models are admitted under.
+    pub fn policy(&self) -> &NamedPolicy {
+        &self.policy
+    }
+
+    /// The sandbox, if this guard has one.
+    pub fn program(&self) -> Option<&GuestProgram> {
+        self.program.as_ref()
+    }
+
+    /// The ledger's latest checkpoint: (size, signed note).
+    pub fn checkpoint(&self) -> Result<(u64, String), GuardError> {
+        Ok(self.ledger.exclusive(|l| {
+            let (cp, note) = l.checkpoint();
+            (cp.size, note.to_owned())
+        })?)
+    }
+
+    /// The ledger's origin (its name in checkpoints).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The key that verifies the ledger's checkpoints and so every receipt.
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.verifier
+    }
+
+    /// Admits the signed model directory `dir`, in this order:
+    /// 1. the ledger is taken exclusively (no other admission can move the
+    ///    rollback marks meanwhile);
+    /// 2. a policy other than the one in force is recorded as a change;
+    /// 3. the directory is admitted under the policy and the marks
+    ///    (`admission.rs`: signature, manifest, names, bytes);
+    /// 4. the admission or the refusal is recorded, with the reason bounded
+    ///    and no host path in it;
+    /// 5. the answer carries the entry's receipt.
+    pub fn admit(&self, dir: &Path) -> Result<Admission, GuardError> {
+        let policy = &self.policy;
+        let outcome = self.ledger.exclusive(|ledger| {
+            let view = ledger.view().clone();
+            let time = Timestamp::now();
+            let mut entries = Vec::new();
+            if view.policy != Some(policy.sha256) {
+                entries.push(Entry::PolicyChanged {
+                    time,
+                    from: view.policy,
+                    to: policy.sha256,
+                });
+            }
+            let outcome = admit_directory(
+                dir,
+                &policy.policy,
+                |name| view.high_water.get(name).cloned(),
+                time,
+            );
+            entries.push(match &outcome {
+                Ok(model) => admitted_entry(model, policy.sha256, time),
+                Err(e) => refused_entry(dir, e, policy.sha256, time),
+            });
+            let receipt = ledger.append(&entries)?.pop();
+            Ok::<_, LedgerError>((outcome, receipt))
+        })??;
+        let (outcome, receipt) = outcome;
+        let receipt = receipt.ok_or_else(|| {
+            GuardError::Ledger(LedgerError::Entry("no receipt for the admission".into()))
+        })?;
+        Ok(match outcome {
+            Ok(model) => Admission::Admitted {
+                model: Box::new(model),
+                receipt,
+            },
+            Err(error) => Admission::Refused {
+                error: Box::new(error),
+                receipt,
+            },
+        })
+    }
+
+    /// Loads `model` in a sandbox once, before any input: the guest refusing
+    /// the model (its tensors contradict the manifest) is `Ok(Err(reason))`,
+    /// a refusal; anything else that stops it is an error.
+    pub fn check_model_runs(&self, model: &AttestedModel) -> Result<Result<(), String>, GuardError> {
+        let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
+        match program.session(model) {
+            Ok(_) => Ok(Ok(())),
+            Err(SandboxError::Guest(GuestFailure::InvalidModel(why))) => Ok(Err(format!(
+                "the guest cannot run the attested model: {why}"
+            ))),
+            Err(e) => Err(GuardError::Sandbox(e)),
+        }
+    }
+
+    /// Screens and classifies one input (PNG or `.npy` bytes, one to
+    /// `max_batch` images) with `model`, in a sandbox session of its own,
+    /// and records every image's outcome before returning it:
+    /// 1. a model without a screening profile is refused unless allowed;
+    /// 2. the header's dimensions are checked against the manifest before
+    ///    any pixel is allocated, then the pixels decoded;
+    /// 3. a fresh session (store, instance, memory) screens and classifies
+    ///    them in one guest call; under `enforce` the guest withholds a
+    ///    rejected prediction;
+    /// 4. each image's entry names the input only by its keyed HMAC;
+    /// 5. all entries go to the ledger in one group commit, and only then
+    ///    are results returned, each with its receipt.
+    pub fn classify(
+        &self,
+        model: &AttestedModel,
+        bytes: &[u8],
+        options: ClassifyOptions,
+    ) -> Result<Classified, ClassifyError> {
+        let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
+        let manifest = model.manifest();
+        // 1.
+        if manifest.screening.is_none() && !options.allow_unscreened {
+            return Err(ClassifyError::Unscreened {
+                model: manifest.name.clone(),
+            });
+        }
+        // 2.
+        let batch = input::decode(bytes, &manifest.input, manifest.max_batch)
+            .map_err(InputRefusal::Decode)?;
+        // 3.
+        let mut session = program.session(model).map_err(GuardError::Sandbox)?;
+        let screened = if manifest.screening.is_some() {
+            session.screen(
+                &batch.shape,
+                &batch.data,
+                ScreenOptions {
+                    seed: options.seed,
+                    source_bits: batch.source_bits,
+                    withhold_rejected: options.policy == ScreeningPolicy::Enforce,
+                },
+            )
+        } else {
+            session.classify(&batch.shape, &batch.data).map(|rows| {
+                rows.into_iter()
+                    .map(|p| ScreenedImage {
+                        probabilities: Some(p),
+                        statistics: Vec::new(),
+                        screening: None,
+                        off_grid: 0,
+                    })
+                    .collect()
+            })
+        };
+        drop(session);
+        let screened = screened.map_err(|e| match e {
+            SandboxError::Guest(GuestFailure::InvalidInput(why)) => InputRefusal::Guest(why),
+            other => InputRefusal::Sandbox(other),
+        })?;
+        // 4.
+        let per_image = batch.data.len() / batch.len().max(1);
+        let time = Timestamp::now();
+        let labels = &manifest.output.labels;
+        let mut images: Vec<Unrecorded> = Vec::with_capacity(screened.len());
+        let mut entries = Vec::with_capacity(screened.len());
+        for (image, values) in screened.into_iter().zip(batch.data.chunks(per_image.max(1))) {
+            // The keyed digest of the exact tensor the guest screened.
+            let tensor: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let result = unrecorded(image, labels);
+            entries.push(Entry::Inference {
+                time,
+                model: manifest.name.clone(),
+                version: manifest.version.clone(),
+                model_sha256: model.model_digest(),
+                guest_sha256: program.digest(),
+                input_hmac: self.input_key.hmac(&tensor),
+                verdict: result.verdict,
+                p_value: result.p_value,
+                label: result.label.clone(),
+                probabilities: result.probabilities.clone(),
+                policy: options.policy,
+                seed: options.seed,
+            });
+            images.push(result);
+        }
+        // 5.
+        let receipts = self
+            .ledger
+            .append_all(entries)
+            .map_err(|e| ClassifyError::Guard(GuardError::Ledger(e)))?;
+        Ok(Classified {
+            images: images
+                .into_iter()
+                .zip(receipts)
+                .map(|(u, receipt)| ImageResult {
+                    verdict: u.verdict,
+                    p_value: u.p_value,
+                    statistics: u.statistics,
+                    label: u.label,
+                    probabilities: u.probabilities,
+                    off_grid: u.off_grid,
+                    receipt,
+                })
+                .collect(),
+            source_bits: batch.source_bits,
+            seed: options.seed,
+        })
+    }
+}
+
+/// One image's result before the ledger recorded it.
+struct Unrecorded {
+    verdict: Verdict,
+    p_value: Option<f64>,
+    statistics: Vec<StatisticReport>,
+    label: Option<String>,
+    probabilities: Option<BTreeMap<String, f32>>,
+    off_grid: u32,
+}
+
+/// The guest's answer for one image as the caller sees it.
+fn unrecorded(image: ScreenedImage, labels: &[String]) -> Unrecorded {
+    let label = image
+        .probabilities
+        .as_deref()
+        .and_then(|p| labels.get(predicted_class(p)).cloned());
+    let probabilities = image
+        .probabilities
+        .map(|p| labels.iter().cloned().zip(p).collect());
+    let (verdict, p_value, statistics) = match image.screening {
+        None => (Verdict::Unscreened, None, Vec::new()),
+        Some(s) => (s.verdict.into(), Some(s.p_value), s.statistics),
+    };
+    Unrecorded {
+        verdict,
+        p_value,
+        statistics,
+        label,
+        probabilities,
+        off_grid: image.off_grid,
+    }
+}
+
+fn admitted_entry(model: &AttestedModel, policy_sha256: Sha256Digest, time: Timestamp) -> Entry {
+    let m = model.manifest();
+    let (signer, signer_fingerprint, manifest_sha256) = match model.provenance() {
+        Provenance::Signed {
+            signer,
+            manifest_sha256,
+        } => (signer.name.clone(), signer.fingerprint, *manifest_sha256),
+        // admit_directory builds only signed models; a vouched one would
+        // say so here rather than pass for signed.
+        Provenance::Vouched => ("(vouched)".into(), Sha256Digest::of(b""), Sha256Digest::of(b"")),
+    };
+    Entry::ModelAdmitted {
+        time,
+        model: m.name.clone(),
+        version: m.version.clone(),
+        model_sha256: model.model_digest(),
+        manifest_sha256,
+        signer,
+        signer_fingerprint,
+        policy_sha256,
+    }
+}
+
+/// The refusal entry: the directory's own name only (a full path says
+/// nothing more about the model and may say things about the host), the
+/// reason with that path taken out and bounded.
+fn refused_entry(
+    dir: &Path,
+    error: &AdmissionError,
+    policy_sha256: Sha256Digest,
+    time: Timestamp,
+) -> Entry {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let reason = match error {
+        AdmissionError::Refused { source, .. } => source.to_string(),
+        other => other.to_string().replace(&dir.display().to_string(), &name),
+    };
+    Entry::ModelRefused {
+        time,
+        directory: bounded(&name, 255),
+        model: None,
+        version: None,
+        reason: bounded(&reason, TEXT_MAX_BYTES),
+        policy_sha256,
+    }
+}

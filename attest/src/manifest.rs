@@ -8,6 +8,11 @@ use crate::Sha256Digest;
 /// Manifests are small; anything larger is refused before parsing.
 pub const MANIFEST_MAX_BYTES: usize = 1024 * 1024;
 
+/// Most output classes a manifest may declare.
+pub const MAX_LABELS: usize = 256;
+/// Longest output label, in bytes.
+pub const MAX_LABEL_BYTES: usize = 64;
+
 /// The manifest schema this build understands.
 const SCHEMA: &str = "medguard.manifest/v1";
 
@@ -282,6 +287,17 @@ impl Manifest {
             .all(|(i, l)| !labels[..i].contains(l));
         if labels.len() < 2 || !unique || labels.iter().any(String::is_empty) {
             return invalid("output labels must be at least two distinct non-empty names".into());
+        }
+        // Every result records its probabilities by label: bounded, so that
+        // a result always fits its ledger entry.
+        if labels.len() > MAX_LABELS
+            || labels
+                .iter()
+                .any(|l| l.len() > MAX_LABEL_BYTES || l.chars().any(char::is_control))
+        {
+            return invalid(format!(
+                "at most {MAX_LABELS} output labels of at most {MAX_LABEL_BYTES} bytes each, without control characters"
+            ));
         }
         if let Some(screening) = &self.screening {
             screening

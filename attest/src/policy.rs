@@ -6,6 +6,7 @@
 //! schema = "medguard.policy/v1"
 //! require_expiry = true                 # the default
 //! revoked_keys = ["<fingerprint>"]      # SHA-256 of the public key PEM
+//! ledger_key = "medguard.invalid/ledger/..+..+.."   # optional: the one ledger to record in
 //!
 //! [[keys]]
 //! name = "vendor-2026"
@@ -49,6 +50,7 @@ pub struct TrustPolicy {
     keys: Vec<TrustedKey>,
     revoked: BTreeSet<Sha256Digest>,
     models: BTreeMap<String, ModelRule>,
+    ledger_key: Option<String>,
 }
 
 /// A key the policy names.
@@ -216,6 +218,7 @@ struct RawPolicy {
     keys: Vec<RawKey>,
     #[serde(default)]
     models: Vec<RawModel>,
+    ledger_key: Option<String>,
 }
 
 fn default_require_expiry() -> bool {
@@ -338,12 +341,20 @@ impl TrustPolicy {
                 return Err(invalid(format!("model {:?} is listed twice", m.name)));
             }
         }
+        if let Some(k) = &raw.ledger_key
+            && (k.is_empty() || k.chars().any(char::is_whitespace) || !k.contains('+'))
+        {
+            return Err(invalid(format!(
+                "ledger_key {k:?} is not a verifier key as `medguard ledger key` prints it"
+            )));
+        }
         Ok(Self {
             sha256: Sha256Digest::from_bytes(digest.finalize().into()),
             require_expiry: raw.require_expiry,
             keys,
             revoked,
             models,
+            ledger_key: raw.ledger_key,
         })
     }
 
@@ -364,6 +375,14 @@ impl TrustPolicy {
     /// the policy file.
     pub fn sha256(&self) -> Sha256Digest {
         self.sha256
+    }
+
+    /// The verifier key of the one ledger this deployment records in, if the
+    /// policy pins it: a ledger with another key (deleted and recreated, or
+    /// swapped for another) is refused rather than trusted with the rollback
+    /// marks.
+    pub fn ledger_key(&self) -> Option<&str> {
+        self.ledger_key.as_deref()
     }
 
     /// The keys a signature may come from: the one its hint names, or, for a

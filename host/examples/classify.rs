@@ -5,7 +5,9 @@
 //! cargo run --release --example classify -- DATA_DIR POLICY.toml MODEL_DIR IMAGE.png
 
 use anyhow::{Context, bail};
-use medguard::guard::{Admission, ClassifyOptions, Guard, NamedPolicy, ScreeningPolicy, fresh_seed};
+use medguard::guard::{
+    Admission, ClassifyOptions, Guard, NamedPolicy, ScreeningPolicy, fresh_seed,
+};
 use medguard::sandbox::{Limits, Runtime};
 
 fn main() -> anyhow::Result<()> {
@@ -15,7 +17,14 @@ fn main() -> anyhow::Result<()> {
     };
     let (policy, sha256) = medguard::admission::load_policy(policy_path.as_ref())?;
     let name = policy_path.clone();
-    let guard = Guard::open(data_dir.as_ref(), NamedPolicy { policy, sha256, name })?;
+    let guard = Guard::open(
+        data_dir.as_ref(),
+        NamedPolicy {
+            policy,
+            sha256,
+            name,
+        },
+    )?;
     let model = match guard.admit(model_dir.as_ref())? {
         Admission::Admitted { model, .. } => model,
         Admission::Refused { error, .. } => bail!("refused: {error}"),
@@ -31,7 +40,10 @@ fn main() -> anyhow::Result<()> {
     let bytes = std::fs::read(image).with_context(|| format!("reading {image}"))?;
     for result in guard.classify(&model, &bytes, options)?.images {
         let label = result.label.as_deref().unwrap_or("withheld");
-        println!("{}: {label} (ledger entry {})", result.verdict, result.receipt.index);
+        println!(
+            "{}: {label} (ledger entry {})",
+            result.verdict, result.receipt.index
+        );
     }
     Ok(())
 }

@@ -207,11 +207,52 @@ impl TrustArgs {
         {
             Admission::Admitted { model, receipt } => Ok(Some((guard, *model, receipt))),
             Admission::Refused { error, .. } => {
-                eprintln!("medguard: refused: {error}");
+                eprintln!("medguard: refused: {}", printable(&error.to_string()));
                 Ok(None)
             }
         }
     }
+}
+
+/// Characters that must never reach a terminal raw from text an attacker
+/// may have chosen (file names in a refusal, fields of a forged entry):
+/// controls (C0, DEL, C1) and the bidirectional overrides that reorder what
+/// is shown.
+fn hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with [`hostile`] characters escaped (`\u{1b}`).
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if hostile(c) {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// JSON text with [`hostile`] characters written as JSON escapes
+/// (`\u001b`): still the same JSON value, safe on a terminal. Outside strings
+/// valid JSON holds no such character, so every one is inside a string.
+pub(crate) fn json_printable(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if hostile(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Reads and attests a model directory whose manifest the user vouches for

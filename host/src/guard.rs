@@ -52,6 +52,16 @@ pub enum GuardError {
     /// The ledger failed; nothing more can be recorded, so nothing more is done.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The trust policy pins another ledger than the one in the data directory.
+    #[error(
+        "the trust policy pins the ledger {pinned}, but the data directory holds {actual}: the ledger was replaced or recreated. Restore the pinned ledger, or change ledger_key in the policy on purpose"
+    )]
+    LedgerKey {
+        /// The key the policy names.
+        pinned: String,
+        /// The key of the ledger found.
+        actual: String,
+    },
     /// The guard was opened for admission only and has no sandbox.
     #[error("this guard was opened without a sandbox; it can admit models but not classify")]
     NoSandbox,
@@ -101,6 +111,14 @@ pub enum ClassifyError {
     /// This input was refused; the guard goes on.
     #[error(transparent)]
     Refused(#[from] InputRefusal),
+    /// The model was not admitted under a trust policy (a manifest someone
+    /// vouched for, as the vendor tools load them): the guard runs only
+    /// signed models.
+    #[error("{model} was not admitted under the trust policy; the guard runs only signed models")]
+    Unsigned {
+        /// The model's name.
+        model: String,
+    },
     /// The model has no screening profile and unscreened use was not allowed.
     #[error(
         "{model} has no screening profile; run `medguard calibrate` on it (or allow unscreened use explicitly)"
@@ -184,6 +202,15 @@ impl Guard {
     /// caller can refuse a model before any guest is started.
     pub fn open(data_dir: &Path, policy: NamedPolicy) -> Result<Self, GuardError> {
         let ledger = Ledger::open(data_dir)?;
+        if let Some(pinned) = policy.policy.ledger_key() {
+            let actual = ledger.verifier().to_string();
+            if pinned != actual {
+                return Err(GuardError::LedgerKey {
+                    pinned: pinned.to_owned(),
+                    actual,
+                });
+            }
+        }
         Ok(Self {
             program: None,
             input_key: ledger.input_key(),
@@ -282,7 +309,10 @@ impl Guard {
     /// Loads `model` in a sandbox once, before any input: the guest refusing
     /// the model (its tensors contradict the manifest) is `Ok(Err(reason))`,
     /// a refusal; anything else that stops it is an error.
-    pub fn check_model_runs(&self, model: &AttestedModel) -> Result<Result<(), String>, GuardError> {
+    pub fn check_model_runs(
+        &self,
+        model: &AttestedModel,
+    ) -> Result<Result<(), String>, GuardError> {
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         match program.session(model) {
             Ok(_) => Ok(Ok(())),
@@ -296,7 +326,8 @@ impl Guard {
     /// Screens and classifies one input (PNG or `.npy` bytes, one to
     /// `max_batch` images) with `model`, in a sandbox session of its own,
     /// and records every image's outcome before returning it:
-    /// 1. a model without a screening profile is refused unless allowed;
+    /// 1. a model not admitted under the policy is refused, and one without
+    ///    a screening profile unless unscreened use is allowed;
     /// 2. the header's dimensions are checked against the manifest before
     ///    any pixel is allocated, then the pixels decoded;
     /// 3. a fresh session (store, instance, memory) screens and classifies
@@ -314,6 +345,11 @@ impl Guard {
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         let manifest = model.manifest();
         // 1.
+        if !matches!(model.provenance(), Provenance::Signed { .. }) {
+            return Err(ClassifyError::Unsigned {
+                model: manifest.name.clone(),
+            });
+        }
         if manifest.screening.is_none() && !options.allow_unscreened {
             return Err(ClassifyError::Unscreened {
                 model: manifest.name.clone(),
@@ -357,7 +393,10 @@ impl Guard {
         let labels = &manifest.output.labels;
         let mut images: Vec<Unrecorded> = Vec::with_capacity(screened.len());
         let mut entries = Vec::with_capacity(screened.len());
-        for (image, values) in screened.into_iter().zip(batch.data.chunks(per_image.max(1))) {
+        for (image, values) in screened
+            .into_iter()
+            .zip(batch.data.chunks(per_image.max(1)))
+        {
             // The keyed digest of the exact tensor the guest screened.
             let tensor: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let result = unrecorded(image, labels);
@@ -444,7 +483,11 @@ fn admitted_entry(model: &AttestedModel, policy_sha256: Sha256Digest, time: Time
         } => (signer.name.clone(), signer.fingerprint, *manifest_sha256),
         // admit_directory builds only signed models; a vouched one would
         // say so here rather than pass for signed.
-        Provenance::Vouched => ("(vouched)".into(), Sha256Digest::of(b""), Sha256Digest::of(b"")),
+        Provenance::Vouched => (
+            "(vouched)".into(),
+            Sha256Digest::of(b""),
+            Sha256Digest::of(b""),
+        ),
     };
     Entry::ModelAdmitted {
         time,
@@ -467,13 +510,24 @@ fn refused_entry(
     policy_sha256: Sha256Digest,
     time: Timestamp,
 ) -> Entry {
-    let name = dir
+    let full = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let name = full
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let reason = match error {
         AdmissionError::Refused { source, .. } => source.to_string(),
-        other => other.to_string().replace(&dir.display().to_string(), &name),
+        other => {
+            // Host paths out: the directory as given and as resolved, but
+            // never a string so short ("." or "/") that it would eat the text.
+            let mut text = other.to_string();
+            for prefix in [full.display().to_string(), dir.display().to_string()] {
+                if prefix.len() > 1 {
+                    text = text.replace(&prefix, &name);
+                }
+            }
+            text
+        }
     };
     Entry::ModelRefused {
         time,

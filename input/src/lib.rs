@@ -255,7 +255,26 @@ fn decode_png(bytes: &[u8], spec: &InputSpec) -> Result<Batch, InputError> {
     })
 }
 
+/// Longest `.npy` header accepted; numpy writes well under 1 KiB.
+const NPY_HEADER_MAX_BYTES: usize = 64 * 1024;
+
 fn decode_npy(bytes: &[u8], spec: &InputSpec, max_batch: u32) -> Result<Batch, InputError> {
+    // The header's own length field is read before the header: the reader
+    // allocates whatever it says (up to 4 GiB from a 12-byte file).
+    let declared = match (bytes.get(6), bytes.get(8..12)) {
+        (Some(1), Some(b)) => u16::from_le_bytes([b[0], b[1]]) as usize,
+        (Some(2 | 3), Some(b)) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        _ => {
+            return Err(InputError::Npy(
+                "not a .npy file of version 1, 2 or 3".into(),
+            ));
+        }
+    };
+    if declared > NPY_HEADER_MAX_BYTES || declared > bytes.len() {
+        return Err(InputError::Npy(format!(
+            "header of {declared} bytes declared; at most {NPY_HEADER_MAX_BYTES}, within the file"
+        )));
+    }
     let header = NpyHeader::from_reader(&mut Cursor::new(bytes))
         .map_err(|e| InputError::Npy(format!("header: {e}")))?;
     let (n, c, h, w) = match *header.shape.as_slice() {

@@ -142,10 +142,33 @@ pub fn audit_against(
                         count,
                         file,
                         sha256,
+                        forged,
                         ..
-                    } => notices.push(format!(
-                        "entry {index}: on opening, {count} entries found past the last signed checkpoint were quarantined in {file} (sha256 {sha256}), unsigned: a crash before their checkpoint, or entries someone else appended"
-                    )),
+                    } => {
+                        let held = std::fs::read(dir.join(file))
+                            .ok()
+                            .map(|b| medguard_attest::Sha256Digest::of(&b));
+                        if held != Some(*sha256) {
+                            problems.push(Problem {
+                                first_entry: Some(index),
+                                what: format!(
+                                    "the quarantine file {file} that entry {index} records is missing or altered"
+                                ),
+                            });
+                        }
+                        if *forged > 0 {
+                            problems.push(Problem {
+                                first_entry: Some(index),
+                                what: format!(
+                                    "entry {index}: {forged} of {count} entries found past the last signed checkpoint carried a MAC that does not verify: written by someone without the ledger's key, or damaged; they were quarantined unsigned in {file}"
+                                ),
+                            });
+                        } else {
+                            notices.push(format!(
+                                "entry {index}: on opening, {count} unacknowledged entries without their MAC (a crash before it reached the disk) were quarantined unsigned in {file} (sha256 {sha256})"
+                            ));
+                        }
+                    }
                     Entry::LedgerCreated {
                         replaces: Some(old),
                         ..

@@ -44,6 +44,11 @@ pub enum Entry {
         sha256: Sha256Digest,
         /// The quarantine file's name in the ledger directory.
         file: String,
+        /// How many of them carried a MAC that does not verify: written by
+        /// someone without the key, or damaged. Zero when they merely lacked
+        /// one (a crash before their MACs reached the disk).
+        #[serde(default)]
+        forged: u64,
     },
     /// A model passed admission under the trust policy.
     ModelAdmitted {

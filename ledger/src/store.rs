@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `entries.log` | entries, each framed `u32 length, u32 CRC-32, JSON` (little endian) |
 //! | `entries.idx` | the byte offset of every entry, `u64` each |
+//! | `entries.mac` | per entry, HMAC-SHA256 of its index and leaf hash under a key derived from the checkpoint key, 32 bytes each |
 //! | `tree-NN.hashes` | the hashes of the perfect subtrees of level NN (`tree-00` the leaves), 32 bytes each |
 //! | `checkpoints.log` | every signed checkpoint, framed like the entries |
 //! | `key`, `origin` | the Ed25519 checkpoint key (hex seed, mode 0600) and the log's name |
@@ -23,10 +24,15 @@
 //! fsynced: the last checkpoint is the durable boundary. On open, a torn
 //! tail is cut back to the last whole entry; anything missing or damaged
 //! *before* the boundary is corruption and stops the ledger. Whole entries
-//! *past* it are never signed: they were never acknowledged, and a CRC is no
-//! authentication, so they may as well have been written by someone with
-//! access to the files. They are moved to a quarantine file and an
-//! [`Entry::EntriesQuarantined`] entry records their count and digest. A
+//! *past* it were never acknowledged (a crash between their fsync and their
+//! checkpoint's). A CRC is no authentication, so the ledger signs them only
+//! if each carries its MAC (`entries.mac`), which only the holder of the
+//! checkpoint key can compute: then they are the ledger's own and are
+//! checkpointed. From the first one without a valid MAC on, they are moved
+//! to a quarantine file and an [`Entry::EntriesQuarantined`] entry records
+//! their count and digest. Every entry read back (for the rollback marks,
+//! `ledger show`, receipts) is checked against its MAC, so an entry edited in
+//! place or an index pointed elsewhere is corruption, not data. A
 //! failed write or fsync poisons the open ledger: it is not retried (the
 //! page cache may already have dropped the data), and the process must
 //! reopen it, which runs the recovery above.
@@ -44,7 +50,7 @@ use crate::entry::{Entry, input_hmac};
 use crate::merkle::{self, Hash, NodeSource};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
 use crate::receipt::Receipt;
-use crate::view::{SealedView, View, view_key};
+use crate::view::{Opened, SealedView, View, view_key};
 
 /// The ledger directory's name inside the data directory.
 pub const LEDGER_DIR: &str = "ledger";
@@ -53,6 +59,7 @@ pub const ENTRY_MAX_BYTES: usize = 64 * 1024;
 
 pub(crate) const ENTRIES: &str = "entries.log";
 pub(crate) const INDEX: &str = "entries.idx";
+const MACS: &str = "entries.mac";
 pub(crate) const CHECKPOINTS: &str = "checkpoints.log";
 const KEY: &str = "key";
 const ORIGIN: &str = "origin";
@@ -173,6 +180,8 @@ pub struct Ledger {
     _lock: File,
     log: File,
     idx: File,
+    macs: File,
+    entry_key: [u8; 32],
     checkpoints: File,
     levels: Vec<File>,
     counts: Vec<u64>,
@@ -369,12 +378,15 @@ impl Ledger {
         let open = |name: &str| open_append(&dir.join(name));
         let log = open(ENTRIES)?;
         let idx = open(INDEX)?;
+        let macs = open(MACS)?;
         let checkpoints = open(CHECKPOINTS)?;
         let mut ledger = Self {
             dir: dir.clone(),
             _lock: lock,
             log,
             idx,
+            macs,
+            entry_key: entry_key(&seed),
             checkpoints,
             levels: Vec::new(),
             counts: Vec::new(),
@@ -464,6 +476,21 @@ impl Ledger {
             self.log.set_len(self.log_len).map_err(io_at(&log_path))?;
         }
         self.idx.set_len(acked * 8).map_err(io_at(&idx_path))?;
+        let mac_path = self.path(MACS);
+        let macs_len = self.macs.metadata().map_err(io_at(&mac_path))?.len();
+        // The MACs of the entries past the boundary, as far as they were
+        // written, before the file is cut back to the boundary.
+        let extra_macs = self.read_at(
+            &self.macs,
+            &mac_path,
+            acked * 32,
+            (macs_len.saturating_sub(acked * 32) / 32 * 32) as usize,
+        )?;
+        if macs_len < acked * 32 {
+            self.macs.set_len(0).map_err(io_at(&mac_path))?;
+        } else {
+            self.macs.set_len(acked * 32).map_err(io_at(&mac_path))?;
+        }
         // 4. Tree files back to the boundary, checked against its root.
         self.counts.clear();
         self.last.clear();
@@ -499,24 +526,93 @@ impl Ledger {
             )));
         }
         self.checkpoint = (checkpoint, note);
-        // 5. Whole entries past the boundary are not ours to sign: move
-        //    them (and any torn bytes after them) out, and say so.
+        // A ledger from before per-entry MACs: its covered entries are
+        // checked against the signed root once, then given their MACs.
+        if macs_len < acked * 32 {
+            self.migrate_macs(acked)?;
+        }
+        // 5. Whole entries past the boundary: those with their MAC are the
+        //    ledger's own and are checkpointed; from the first without one,
+        //    they (and any torn bytes after them) are moved out, unsigned.
         if !extra.is_empty() {
-            let file = self.quarantine(acked, &tail)?;
+            let genuine = extra
+                .iter()
+                .zip(extra_macs.chunks_exact(32))
+                .zip(acked..)
+                .take_while(|((r, mac), index)| {
+                    self.entry_mac(*index, &merkle::leaf_hash(&tail[(*r).clone()]))[..] == mac[..]
+                })
+                .count();
+            let kept: Vec<Vec<u8>> = extra[..genuine]
+                .iter()
+                .map(|r| tail[r.clone()].to_vec())
+                .collect();
+            let cut = extra
+                .get(genuine)
+                .map(|r| r.start - HEADER)
+                .unwrap_or(tail.len());
+            let quarantined = (genuine < extra.len()).then(|| &tail[cut..]);
+            let file = quarantined
+                .map(|q| self.quarantine(acked + genuine as u64, q))
+                .transpose()?;
             self.log_len = end_acked;
             self.log.set_len(end_acked).map_err(io_at(&log_path))?;
-            let entry = Entry::EntriesQuarantined {
-                time: Timestamp::now(),
-                count: extra.len() as u64,
-                first_index: acked,
-                sha256: medguard_attest::Sha256Digest::of(&tail),
-                file,
-            };
-            let payload =
-                serde_json::to_vec(&entry).map_err(|e| LedgerError::Entry(e.to_string()))?;
-            self.commit_payloads(&[payload])?;
+            self.commit_payloads(&kept)?;
+            if let (Some(bytes), Some(file)) = (quarantined, file) {
+                let mismatched = extra[genuine..]
+                    .iter()
+                    .zip(extra_macs.chunks_exact(32).skip(genuine))
+                    .zip(acked + genuine as u64..)
+                    .filter(|((r, mac), index)| {
+                        self.entry_mac(*index, &merkle::leaf_hash(&tail[(*r).clone()]))[..]
+                            != mac[..]
+                    })
+                    .count() as u64;
+                let entry = Entry::EntriesQuarantined {
+                    time: Timestamp::now(),
+                    count: (extra.len() - genuine) as u64,
+                    first_index: acked + genuine as u64,
+                    sha256: medguard_attest::Sha256Digest::of(bytes),
+                    file,
+                    forged: mismatched,
+                };
+                let payload =
+                    serde_json::to_vec(&entry).map_err(|e| LedgerError::Entry(e.to_string()))?;
+                self.commit_payloads(&[payload])?;
+            }
         }
         Ok(())
+    }
+
+    /// The MAC of entry `index` with leaf hash `leaf`.
+    fn entry_mac(&self, index: u64, leaf: &Hash) -> [u8; 32] {
+        entry_mac(&self.entry_key, index, leaf)
+    }
+
+    /// Gives the first `acked` entries their MACs, after checking that they
+    /// hash to the signed root.
+    fn migrate_macs(&mut self, acked: u64) -> Result<(), LedgerError> {
+        let mut leaves = Vec::with_capacity(acked as usize);
+        for index in 0..acked {
+            let payload = self.record(index, self.offset(index)?)?;
+            leaves.push(merkle::leaf_hash(&payload));
+        }
+        let root = merkle::root_of(&leaves);
+        if root != self.checkpoint.0.root {
+            return Err(LedgerError::Corrupt(format!(
+                "the entries give root {root} at size {acked}, the last checkpoint says {}",
+                self.checkpoint.0.root
+            )));
+        }
+        let mut buf = Vec::with_capacity(leaves.len() * 32);
+        for (index, leaf) in leaves.iter().enumerate() {
+            buf.extend_from_slice(&self.entry_mac(index as u64, leaf));
+        }
+        let path = self.path(MACS);
+        self.macs
+            .write_all(&buf)
+            .and_then(|()| self.macs.sync_data())
+            .map_err(io_at(&path))
     }
 
     /// Writes `bytes`, found past entry `first`, to a new quarantine file
@@ -541,16 +637,28 @@ impl Ledger {
     /// Loads the cached view, if its seal holds for this log, and folds in
     /// the entries it has not seen; otherwise rebuilds it from every entry.
     fn load_view(&mut self) -> Result<(), LedgerError> {
-        let cached = fs::read(self.path(VIEW))
+        let opened = fs::read(self.path(VIEW))
             .ok()
             .and_then(|b| serde_json::from_slice::<SealedView>(&b).ok())
-            .and_then(|sealed| {
+            .map(|sealed| {
                 sealed.open(&self.view_key, |size| {
                     (size <= self.size())
                         .then(|| self.root_at(size).ok())
                         .flatten()
                 })
             });
+        let cached = match opened {
+            Some(Opened::View(view)) => Some(view),
+            Some(Opened::Contradicts { size, root }) => {
+                // Not replaced on close: it is the evidence.
+                self.poisoned = Some("the view cache contradicts the log".into());
+                return Err(LedgerError::Corrupt(format!(
+                    "view.json was sealed by this ledger at {size} entries with root {root}, which this log (now {} entries) does not have: the log was cut back or rewritten. Compare it with a checkpoint held elsewhere (`medguard ledger verify --checkpoint`); to open the ledger anyway, move view.json aside (it is the evidence)",
+                    self.size()
+                )));
+            }
+            Some(Opened::Ignored) | None => None,
+        };
         let cached_size = cached.as_ref().map(|v| v.size);
         let mut view = cached.unwrap_or_default();
         for index in view.size..self.size() {
@@ -612,7 +720,7 @@ impl Ledger {
         Ok(u64::from_le_bytes(b.try_into().unwrap_or_default()))
     }
 
-    /// The exact bytes of entry `index`.
+    /// The exact bytes of entry `index`, checked against its MAC.
     pub fn read_entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
         if index >= self.size() {
             return Err(LedgerError::Entry(format!(
@@ -620,7 +728,14 @@ impl Ledger {
                 self.size()
             )));
         }
-        self.record(index, self.offset(index)?)
+        let payload = self.record(index, self.offset(index)?)?;
+        let mac = self.read_at(&self.macs, &self.path(MACS), index * 32, 32)?;
+        if self.entry_mac(index, &merkle::leaf_hash(&payload))[..] != mac[..] {
+            return Err(LedgerError::Corrupt(format!(
+                "entry {index} is not the one the ledger wrote there (its MAC fails): edited in place, or the index points elsewhere"
+            )));
+        }
+        Ok(payload)
     }
 
     /// The payload of entry `index`, whose record starts at `at`.
@@ -754,13 +869,17 @@ impl Ledger {
         }
         let mut log_buf = Vec::new();
         let mut idx_buf = Vec::with_capacity(payloads.len() * 8);
+        let mut mac_buf = Vec::with_capacity(payloads.len() * 32);
         let mut level_bufs: Vec<Vec<u8>> = vec![Vec::new(); self.counts.len()];
         for p in payloads {
             idx_buf.extend_from_slice(&(self.log_len + log_buf.len() as u64).to_le_bytes());
             frame(p, &mut log_buf);
-            self.push_leaf(merkle::leaf_hash(p), &mut level_bufs);
+            let leaf = merkle::leaf_hash(p);
+            let index = self.size();
+            mac_buf.extend_from_slice(&self.entry_mac(index, &leaf));
+            self.push_leaf(leaf, &mut level_bufs);
         }
-        let result = self.write_and_sync(&log_buf, &idx_buf, &level_bufs);
+        let result = self.write_and_sync(&log_buf, &idx_buf, &mac_buf, &level_bufs);
         if let Err(e) = result {
             self.poisoned = Some(e.to_string());
             return Err(e);
@@ -814,6 +933,7 @@ impl Ledger {
         &mut self,
         log_buf: &[u8],
         idx_buf: &[u8],
+        mac_buf: &[u8],
         level_bufs: &[Vec<u8>],
     ) -> Result<(), LedgerError> {
         if self.levels.len() < level_bufs.len() {
@@ -828,6 +948,8 @@ impl Ledger {
         let idx_path = self.path(INDEX);
         self.log.write_all(log_buf).map_err(io_at(&log_path))?;
         self.idx.write_all(idx_buf).map_err(io_at(&idx_path))?;
+        let mac_path = self.path(MACS);
+        self.macs.write_all(mac_buf).map_err(io_at(&mac_path))?;
         for (level, buf) in level_bufs.iter().enumerate() {
             if !buf.is_empty() {
                 let path = self.path(&level_file(level as u32));
@@ -836,6 +958,7 @@ impl Ledger {
         }
         self.log.sync_data().map_err(io_at(&log_path))?;
         self.idx.sync_data().map_err(io_at(&idx_path))?;
+        self.macs.sync_data().map_err(io_at(&mac_path))?;
         for (level, buf) in level_bufs.iter().enumerate() {
             if !buf.is_empty() {
                 let path = self.path(&level_file(level as u32));
@@ -875,6 +998,25 @@ pub fn local_verifier(data_dir: &Path) -> Result<NoteVerifier, LedgerError> {
     let origin_path = dir.join(ORIGIN);
     let origin = fs::read_to_string(&origin_path).map_err(io_at(&origin_path))?;
     Ok(NoteSigner::new(origin.trim(), &read_hex32(&dir.join(KEY))?).verifier())
+}
+
+/// The key of the per-entry MACs, derived from the checkpoint signing seed.
+fn entry_key(signing_seed: &[u8; 32]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(signing_seed)
+        .expect("HMAC takes any key length");
+    mac.update(b"medguard-ledger entry-mac key v1");
+    mac.finalize().into_bytes().into()
+}
+
+/// HMAC-SHA256 of an entry's index and leaf hash.
+fn entry_mac(key: &[u8; 32], index: u64, leaf: &Hash) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&index.to_le_bytes());
+    mac.update(&leaf.0);
+    mac.finalize().into_bytes().into()
 }
 
 /// The origin named by the data directory's marker, if it has one.
@@ -1004,7 +1146,16 @@ impl GroupCommit {
                 let batch = std::mem::take(&mut state.queue);
                 drop(state);
                 let (tickets, entries): (Vec<u64>, Vec<Entry>) = batch.into_iter().unzip();
-                let outcome = ledger.append(&entries);
+                // A panic must not take the ledger with it: every waiter
+                // would wait forever. It ends this batch and poisons the ledger.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ledger.append(&entries)
+                }))
+                .unwrap_or_else(|_| {
+                    let why = "a thread panicked while committing".to_owned();
+                    ledger.poisoned = Some(why.clone());
+                    Err(LedgerError::Poisoned(why))
+                });
                 state = self.state.lock().map_err(poisoned)?;
                 state.ledger = Some(ledger);
                 match outcome {
@@ -1048,12 +1199,22 @@ impl GroupCommit {
             state = self.done.wait(state).map_err(poisoned)?;
         };
         drop(state);
-        let out = f(&mut ledger);
-        let mut state = self.state.lock().map_err(poisoned)?;
+        // Given back even if `f` panics (poisoned then), so no waiter hangs.
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut ledger)));
+        if out.is_err() {
+            ledger.poisoned = Some("a thread panicked while holding the ledger".into());
+        }
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.ledger = Some(ledger);
         drop(state);
         self.done.notify_all();
-        Ok(out)
+        match out {
+            Ok(out) => Ok(out),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 
     /// The ledger back, once no one appends any more.

@@ -102,19 +102,43 @@ impl SealedView {
         Some(Self { view, root, mac })
     }
 
-    /// The view, if the MAC verifies under `key` and `root_at(size)` is
-    /// the root it was sealed with.
-    pub(crate) fn open(
-        self,
-        key: &[u8; 32],
-        root_at: impl FnOnce(u64) -> Option<Hash>,
-    ) -> Option<View> {
-        let tag = hex::decode(&self.mac).ok()?;
-        view_mac(key, &self.view, &self.root)?
-            .verify_slice(&tag)
-            .ok()?;
-        (root_at(self.view.size)?.to_string() == self.root).then_some(self.view)
+    /// Opens the cache: the view if the MAC verifies under `key` and
+    /// `root_at(size)` is the root it was sealed with. A cache this ledger
+    /// sealed that the log no longer matches (larger than the log, or
+    /// another root at its size) is evidence that the log was cut back or
+    /// rewritten: it is reported, never silently replaced.
+    pub(crate) fn open(self, key: &[u8; 32], root_at: impl FnOnce(u64) -> Option<Hash>) -> Opened {
+        let sealed_here = hex::decode(&self.mac).ok().is_some_and(|tag| {
+            view_mac(key, &self.view, &self.root).is_some_and(|mac| mac.verify_slice(&tag).is_ok())
+        });
+        if !sealed_here {
+            return Opened::Ignored;
+        }
+        match root_at(self.view.size) {
+            Some(root) if root.to_string() == self.root => Opened::View(self.view),
+            _ => Opened::Contradicts {
+                size: self.view.size,
+                root: self.root,
+            },
+        }
     }
+}
+
+/// What opening the cache found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Opened {
+    /// A cache this ledger sealed, for a prefix of this log.
+    View(View),
+    /// Not sealed by this ledger (edited, foreign, old format): rebuild.
+    Ignored,
+    /// Sealed by this ledger at `size` entries with `root`, which this log
+    /// does not have.
+    Contradicts {
+        /// The size it was sealed at.
+        size: u64,
+        /// The root it was sealed with.
+        root: String,
+    },
 }
 
 #[cfg(test)]
@@ -143,14 +167,24 @@ mod tests {
         v.apply(&admitted("1.2.0", 1));
         let root = Hash([9; 32]);
         let sealed = SealedView::seal(&key, v.clone(), root).unwrap();
-        assert_eq!(sealed.clone().open(&key, |_| Some(root)), Some(v));
-        // Marks cleared by hand.
+        assert_eq!(sealed.clone().open(&key, |_| Some(root)), Opened::View(v));
+        // Marks cleared by hand, or another key.
         let mut edited = sealed.clone();
         edited.view.high_water.clear();
-        assert_eq!(edited.open(&key, |_| Some(root)), None);
-        // Another history at the same size, or another key.
-        assert_eq!(sealed.clone().open(&key, |_| Some(Hash([8; 32]))), None);
-        assert_eq!(sealed.open(&view_key(&[6; 32]), |_| Some(root)), None);
+        assert_eq!(edited.open(&key, |_| Some(root)), Opened::Ignored);
+        assert_eq!(
+            sealed.clone().open(&view_key(&[6; 32]), |_| Some(root)),
+            Opened::Ignored
+        );
+        // Genuine, but for another history or a longer log.
+        assert!(matches!(
+            sealed.clone().open(&key, |_| Some(Hash([8; 32]))),
+            Opened::Contradicts { size: 1, .. }
+        ));
+        assert!(matches!(
+            sealed.open(&key, |_| None),
+            Opened::Contradicts { .. }
+        ));
     }
 
     #[test]

@@ -27,7 +27,7 @@ fn admitted(version: &str, manifest: u8) -> Entry {
 
 /// Rewrites every entry of the log with `edit`, framing and CRCs valid, as
 /// someone with write access to the files would.
-fn forge_entries(dir: &Path, edit: impl Fn(String) -> String) {
+fn forge_entries(dir: &Path, mut edit: impl FnMut(String) -> String) {
     let log = fs::read(dir.join("entries.log")).unwrap();
     let mut out = Vec::new();
     for at in record_starts(&log) {
@@ -65,47 +65,101 @@ fn issue_10_1_a_forged_verdict_past_a_cut_checkpoint_log_is_never_signed() {
     drop(ledger);
     let dir = tmp.path().join("ledger");
     cut_checkpoints(&dir, 1);
+    // One verdict flipped, its CRC fixed: the review's reproduction.
+    let log = fs::read(dir.join("entries.log")).unwrap();
+    let mut flipped = false;
     forge_entries(&dir, |e| {
-        e.replace("\"verdict\":\"accept\"", "\"verdict\":\"reject\"")
+        if !flipped && e.contains("\"seed\":4") {
+            flipped = true;
+            return e.replace("\"verdict\":\"accept\"", "\"verdict\":\"reject\"");
+        }
+        e
     });
+    assert_ne!(log, fs::read(dir.join("entries.log")).unwrap());
 
     let ledger = Ledger::open(tmp.path()).unwrap();
-    // Nothing the ledger cannot prove it wrote was signed: the forged entries
-    // were moved out, and the only entry is the record of that.
+    // The entries before the forged one carry the ledger's own MACs and are
+    // signed again; from the forged one on nothing is signed.
     let now = entries(&ledger);
-    assert_eq!(now.len(), 1, "{now:?}");
-    assert!(matches!(now[0], Entry::EntriesQuarantined { count: 8, .. }));
+    assert_eq!(now.len(), 6, "{now:?}");
+    assert_eq!(now[4], inference(3));
+    assert!(
+        matches!(
+            now[5],
+            Entry::EntriesQuarantined {
+                count: 3,
+                first_index: 5,
+                forged: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        now[5]
+    );
+    assert!(
+        !now.iter()
+            .any(|e| matches!(e, Entry::Inference { seed: 4, .. }))
+    );
     drop(ledger);
     let report = audit(tmp.path(), &key).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert!(report.notices[0].contains("quarantined"));
-    // The witness's checkpoint shows the log was cut back.
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].what.contains("MAC that does not verify"));
+    // The witness's checkpoint shows the log no longer holds what it signed.
     let report = audit_against(tmp.path(), &key, &[witness]).unwrap();
     assert!(
-        report.problems[0].what.contains("cut back"),
+        report.problems.iter().any(|p| p.what.contains("cut back")),
         "{:?}",
         report.problems
     );
 }
 
 #[test]
+fn issue_10_1_a_cut_checkpoint_log_loses_no_acknowledged_entry() {
+    // The reviewer's second attack: cut the checkpoints to make acknowledged
+    // entries look unacknowledged, hoping they are dropped with their marks.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(tmp.path()).unwrap();
+    ledger.append(&[admitted("2.0.0", 2)]).unwrap();
+    ledger.append(&[inference(1), inference(2)]).unwrap();
+    let key = ledger.verifier();
+    let witness = key.open(ledger.checkpoint().1).unwrap();
+    drop(ledger);
+    cut_checkpoints(&tmp.path().join("ledger"), 1);
+    let ledger = Ledger::open(tmp.path()).unwrap();
+    assert_eq!(ledger.size(), 4);
+    assert_eq!(
+        ledger.view().high_water["pneumonia-cnn"]
+            .version
+            .to_string(),
+        "2.0.0"
+    );
+    drop(ledger);
+    let report = audit_against(tmp.path(), &key, &[witness]).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
 fn issue_10_1_a_witness_catches_history_rewritten_by_someone_with_the_key() {
     let tmp = tempfile::tempdir().unwrap();
+    drop(Ledger::open(tmp.path()).unwrap());
+    // A backup of the young ledger, restored later: genuine files, signed
+    // with the real key, but not the history the witness saw.
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(&tmp.path().join("ledger"), backup.path());
     let mut ledger = Ledger::open(tmp.path()).unwrap();
     ledger.append(&[inference(1), inference(2)]).unwrap();
     let key = ledger.verifier();
     let witness = key.open(ledger.checkpoint().1).unwrap();
     drop(ledger);
-    // Cut, and the ledger's own process signs a new, different history
-    // longer than the witnessed one.
-    cut_checkpoints(&tmp.path().join("ledger"), 1);
+    fs::remove_dir_all(tmp.path().join("ledger")).unwrap();
+    copy_dir(backup.path(), &tmp.path().join("ledger"));
     let mut ledger = Ledger::open(tmp.path()).unwrap();
     ledger
         .append(&[inference(3), inference(4), inference(5)])
         .unwrap();
     drop(ledger);
     assert!(audit(tmp.path(), &key).unwrap().problems.is_empty());
-    let report = audit_against(tmp.path(), &key, &[witness.clone()]).unwrap();
+    let report = audit_against(tmp.path(), &key, &[witness]).unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(report.problems[0].what.contains("history was rewritten"));
     // A consistent witness passes.
@@ -118,6 +172,37 @@ fn issue_10_1_a_witness_catches_history_rewritten_by_someone_with_the_key() {
     drop(ledger);
     let report = audit_against(tmp2.path(), &key, &[old]).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn issue_10_2_an_entry_edited_in_place_or_an_index_pointed_elsewhere_is_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(tmp.path()).unwrap();
+    ledger.append(&[admitted("2.0.0", 2)]).unwrap();
+    ledger.append(&[admitted("3.0.0", 3)]).unwrap();
+    drop(ledger);
+    let dir = tmp.path().join("ledger");
+    fs::remove_file(dir.join("view.json")).unwrap();
+    // Same length, CRC fixed: the marks would read 0.0.0 if believed.
+    forge_entries(&dir, |e| e.replace("\"3.0.0\"", "\"0.0.0\""));
+    let err = Ledger::open(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("MAC fails"), "{err}");
+    // The index slot of entry 2 pointed at entry 1's record.
+    forge_entries(&dir, |e| e.replace("\"0.0.0\"", "\"3.0.0\""));
+    let mut idx = fs::read(dir.join("entries.idx")).unwrap();
+    let one: [u8; 8] = idx[8..16].try_into().unwrap();
+    idx[16..24].copy_from_slice(&one);
+    fs::write(dir.join("entries.idx"), idx).unwrap();
+    let err = Ledger::open(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("damaged"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }
 
 #[test]
@@ -243,4 +328,25 @@ fn issue_10_2_a_ledger_swapped_in_from_elsewhere_is_refused() {
     fs::rename(b.path().join("ledger"), a.path().join("ledger")).unwrap();
     let err = Ledger::open(a.path()).unwrap_err().to_string();
     assert!(err.contains("was replaced"), "{err}");
+}
+
+#[test]
+fn issue_10_2_a_genuine_view_the_log_no_longer_matches_stops_the_ledger() {
+    // The reviewer's follow-up: a whole-directory restore from an older
+    // backup, keeping the newer sealed view, used to drop the marks quietly.
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Ledger::open(tmp.path()).unwrap());
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(&tmp.path().join("ledger"), backup.path());
+    let mut ledger = Ledger::open(tmp.path()).unwrap();
+    ledger.append(&[admitted("2.0.0", 2)]).unwrap();
+    drop(ledger);
+    let view = fs::read(tmp.path().join("ledger/view.json")).unwrap();
+    fs::remove_dir_all(tmp.path().join("ledger")).unwrap();
+    copy_dir(backup.path(), &tmp.path().join("ledger"));
+    fs::write(tmp.path().join("ledger/view.json"), &view).unwrap();
+    let err = Ledger::open(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("cut back or rewritten"), "{err}");
+    // The evidence is kept.
+    assert_eq!(fs::read(tmp.path().join("ledger/view.json")).unwrap(), view);
 }

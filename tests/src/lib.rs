@@ -111,7 +111,7 @@ pub fn shared_program() -> &'static GuestProgram {
 /// `screen` traps.
 /// `extra` adds helper functions the bodies may call.
 pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> Vec<u8> {
-    classifier_component(load_body, classify_body, extra, false)
+    classifier_component(load_body, classify_body, "", extra, false)
 }
 
 /// The same component plus one import the sandbox does not grant: a
@@ -122,6 +122,7 @@ pub fn component_importing_log() -> Vec<u8> {
         "unreachable",
         "unreachable",
         r#"(import "$root" "log" (func (param i32 i32)))"#,
+        "",
         true,
     )
 }
@@ -129,11 +130,13 @@ pub fn component_importing_log() -> Vec<u8> {
 fn classifier_component(
     load_body: &str,
     classify_body: &str,
+    imports: &str,
     extra: &str,
     with_log_import: bool,
 ) -> Vec<u8> {
     let wat = format!(
         r#"(module
+  {imports}
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 1024))
   ;; A bump allocator: enough for the host to copy arguments in.

@@ -29,10 +29,17 @@ fn the_guest_refuses_wrong_shapes_non_finite_and_out_of_range_values() {
         session.classify(&[1, 1, 28, 28], &ok[1..]).unwrap_err(),
         "needs 784 values",
     );
+    // More values than max_batch images never enter the guest...
     rejected(
         session
             .classify(&[65, 1, 28, 28], &vec![0.5; 65 * 784])
             .unwrap_err(),
+        "takes at most 50176",
+    );
+    // ...and a shape that claims more images than the values hold is the
+    // guest's to refuse.
+    rejected(
+        session.classify(&[65, 1, 28, 28], &ok).unwrap_err(),
         "batch of 65",
     );
     for (bad, needle) in [

@@ -43,7 +43,11 @@ fn every_input_gets_a_fresh_sandbox_session_and_a_receipt() {
     };
     let program = guard.program().unwrap();
     let before = program.sessions_started();
-    for name in ["samples/normal-1.png", "samples/pneumonia-1.png", "samples/normal-2.png"] {
+    for name in [
+        "samples/normal-1.png",
+        "samples/pneumonia-1.png",
+        "samples/normal-2.png",
+    ] {
         let out = guard.classify(&model, &sample(name), OPTIONS).unwrap();
         assert_eq!(out.images.len(), 1);
         let image = &out.images[0];
@@ -73,7 +77,11 @@ fn a_rejected_input_gets_no_prediction_and_a_bad_one_does_not_stop_the_next() {
         Err(ClassifyError::Refused(InputRefusal::Decode(_))) => {}
         other => panic!("{other:?}"),
     }
-    assert!(guard.classify(&model, &sample("samples/normal-3.png"), OPTIONS).is_ok());
+    assert!(
+        guard
+            .classify(&model, &sample("samples/normal-3.png"), OPTIONS)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -94,12 +102,19 @@ fn one_guard_serves_many_threads() {
             let (guard, model, bytes) = (guard.clone(), model.clone(), bytes.clone());
             std::thread::spawn(move || {
                 (0..3)
-                    .map(|_| guard.classify(&model, &bytes, OPTIONS).unwrap().images[0].receipt.index)
+                    .map(|_| {
+                        guard.classify(&model, &bytes, OPTIONS).unwrap().images[0]
+                            .receipt
+                            .index
+                    })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut indices: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut indices: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     indices.sort_unstable();
     indices.dedup();
     assert_eq!(indices.len(), 12, "every result has its own entry");

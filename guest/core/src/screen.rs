@@ -155,7 +155,6 @@ impl Classifier {
     }
 }
 
-
 /// Median over a `window` x `window` neighbourhood per channel, with edge
 /// pixels repeated. Even windows extend right and down from the pixel (as in
 /// the feature-squeezing paper's 2x2 filter); the median of an even count is

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use medguard_ledger::{Checkpoint, Entry, Ledger, NoteVerifier, Receipt, audit_against};
 
-use super::{Exit, StateArgs};
+use super::{Exit, StateArgs, json_printable, printable};
 use crate::model_dir::read_capped;
 
 /// The audit ledger: check it, list it, check a receipt, export its key.
@@ -88,6 +88,17 @@ impl LedgerCmd {
                 let text = read_capped(&receipt, RECEIPT_MAX_BYTES)?;
                 let value: serde_json::Value = serde_json::from_slice(&text)
                     .with_context(|| format!("{} is not JSON", receipt.display()))?;
+                // serde_json keeps the last of two equal keys; a viewer may
+                // show the first. A line with a key twice is refused.
+                let keys: TopLevelKeys = serde_json::from_slice(&text)
+                    .with_context(|| format!("{} is not a JSON object", receipt.display()))?;
+                if let Some(twice) = keys.duplicate() {
+                    eprintln!(
+                        "medguard: refused: the result line has the key {} twice",
+                        printable(&twice)
+                    );
+                    return Ok(Exit::Refused);
+                }
                 let receipt: Receipt =
                     serde_json::from_value(value.get("receipt").cloned().unwrap_or(value.clone()))
                         .with_context(|| "not a medguard receipt".to_string())?;
@@ -165,9 +176,9 @@ impl LedgerCmd {
                 for index in from..end {
                     let bytes = ledger.read_entry(index)?;
                     if json {
-                        // serde_json escapes every control character in
-                        // strings; anything else here is not from medguard.
-                        println!("{}", printable(&String::from_utf8_lossy(&bytes)));
+                        // serde_json leaves DEL, C1 and bidi controls raw;
+                        // escaped as JSON, the line still parses the same.
+                        println!("{}", json_printable(&String::from_utf8_lossy(&bytes)));
                         continue;
                     }
                     let entry: Entry = serde_json::from_slice(&bytes)
@@ -239,17 +250,33 @@ fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(), String> {
         "seed",
         "model",
     ];
-    let present: Vec<&str> = RESULT_FIELDS
-        .into_iter()
-        .filter(|f| line.get(f).is_some())
-        .collect();
-    if present.is_empty() {
+    // What a `predict --json` line may hold besides its receipt.
+    const LINE_FIELDS: [&str; 5] = [
+        "input",
+        "statistics",
+        "integrity",
+        "guest_sha256",
+        "receipt",
+    ];
+    if line.get("receipt").is_none() {
+        // A bare receipt: nothing shown beside it to check.
         return Ok(());
+    }
+    if let Some(obj) = line.as_object()
+        && let Some(extra) = obj
+            .keys()
+            .find(|k| !RESULT_FIELDS.contains(&k.as_str()) && !LINE_FIELDS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "the line has a field `{}` medguard never writes",
+            printable(extra)
+        ));
     }
     let Entry::Inference {
         model,
         version,
         model_sha256,
+        guest_sha256,
         verdict,
         p_value,
         label,
@@ -273,6 +300,7 @@ fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(), String> {
             "model",
             json!({"name": model, "version": version.to_string(), "sha256": model_sha256.to_string()}),
         ),
+        ("guest_sha256", json!(guest_sha256.to_string())),
     ];
     for (field, want) in expected {
         let got = line.get(field).cloned().unwrap_or(Value::Null);
@@ -298,19 +326,38 @@ fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(), String> {
     Ok(())
 }
 
-/// `text` with control characters escaped, so that an entry someone forged
-/// cannot move the cursor or rewrite the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+/// The top-level keys of a JSON object, in order, duplicates kept.
+struct TopLevelKeys(Vec<String>);
+
+impl TopLevelKeys {
+    fn duplicate(&self) -> Option<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.0.iter().find(|k| !seen.insert(k.as_str())).cloned()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevelKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = TopLevelKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevelKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(TopLevelKeys(keys))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
 }
 
 /// One line per entry for people.
@@ -389,6 +436,13 @@ mod tests {
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
         assert!(shown.contains("\\u{1b}[2J"), "{shown}");
         assert!(shown.contains(&"\u{e9}".repeat(16)), "{shown}");
+        // In JSON, the same characters become JSON escapes of the same value.
+        let raw = "{\"a\":\"x\u{7f}\u{202e}\u{9b}y\"}";
+        let escaped = crate::cli::json_printable(raw);
+        assert!(!escaped.chars().any(crate::cli::hostile), "{escaped:?}");
+        let a: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(a, b);
     }
 
     #[test]
@@ -412,6 +466,9 @@ mod tests {
             "probabilities": {"normal": 0.9f32, "pneumonia": 0.1f32},
             "model": {"name": "pneumonia-cnn", "version": "1.0.0",
                       "sha256": medguard_attest::Sha256Digest::of(b"m").to_string()},
+            "guest_sha256": medguard_attest::Sha256Digest::of(b"g").to_string(),
+            "input": "a.png",
+            "receipt": {"entry": "x"},
         });
         cross_check(&line, &entry).unwrap();
         for (field, value) in [
@@ -423,11 +480,18 @@ mod tests {
                 "probabilities",
                 serde_json::json!({"normal": 0.1f32, "pneumonia": 0.9f32}),
             ),
+            ("guest_sha256", serde_json::json!("sha256:00")),
+            ("shown_label", serde_json::json!("pneumonia")),
         ] {
             let mut edited = line.clone();
             edited[field] = value;
             let err = cross_check(&edited, &entry).unwrap_err();
             assert!(err.contains(field), "{err}");
+            // A field missing altogether is a mismatch too.
+            if field != "shown_label" {
+                edited.as_object_mut().unwrap().remove(field);
+                assert!(cross_check(&edited, &entry).is_err(), "{field}");
+            }
         }
         // A bare receipt carries no result fields and passes.
         cross_check(&serde_json::json!({"entry": "x"}), &entry).unwrap();

@@ -217,7 +217,10 @@ pub(super) fn predict_files(
         match format {
             Format::Json => println!(
                 "{}",
-                serde_json::to_string(&Rejection { input: name, error: why })?
+                serde_json::to_string(&Rejection {
+                    input: name,
+                    error: why
+                })?
             ),
             Format::Human => eprintln!("medguard: rejected {name}: {why}"),
         }

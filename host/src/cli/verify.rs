@@ -42,9 +42,7 @@ impl VerifyCmd {
         {
             println!(
                 "signed by: key {:?} ({}), admitted by {}",
-                signer.name,
-                signer.fingerprint,
-                policy
+                signer.name, signer.fingerprint, policy
             );
             println!("manifest: sha256 {manifest_sha256}");
         }

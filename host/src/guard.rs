@@ -256,19 +256,30 @@ impl Guard {
     }
 
     /// Admits the signed model directory `dir`, in this order:
-    /// 1. the ledger is taken exclusively (no other admission can move the
-    ///    rollback marks meanwhile);
-    /// 2. a policy other than the one in force is recorded as a change;
-    /// 3. the directory is admitted under the policy and the marks
-    ///    (`admission.rs`: signature, manifest, names, bytes);
+    /// 1. the directory is admitted under the policy and a snapshot of the
+    ///    rollback marks (`admission.rs`: signature, manifest, names,
+    ///    bytes), without holding the ledger: reading a large or slow model
+    ///    must not stall every other request's commit;
+    /// 2. the ledger is taken exclusively; if this model's mark moved since
+    ///    the snapshot (another admission in between), step 1 is redone
+    ///    under the lock, so no two admissions race past each other's marks
+    ///    (marks only rise, so a refusal stays one);
+    /// 3. a policy other than the one in force is recorded as a change;
     /// 4. the admission or the refusal is recorded, with the reason bounded
     ///    and no host path in it;
     /// 5. the answer carries the entry's receipt.
     pub fn admit(&self, dir: &Path) -> Result<Admission, GuardError> {
         let policy = &self.policy;
+        let snapshot = self.ledger.exclusive(|ledger| ledger.view().clone())?;
+        let time = Timestamp::now();
+        let first = admit_directory(
+            dir,
+            &policy.policy,
+            |name| snapshot.high_water.get(name).cloned(),
+            time,
+        );
         let outcome = self.ledger.exclusive(|ledger| {
             let view = ledger.view().clone();
-            let time = Timestamp::now();
             let mut entries = Vec::new();
             if view.policy != Some(policy.sha256) {
                 entries.push(Entry::PolicyChanged {
@@ -277,12 +288,20 @@ impl Guard {
                     to: policy.sha256,
                 });
             }
-            let outcome = admit_directory(
-                dir,
-                &policy.policy,
-                |name| view.high_water.get(name).cloned(),
-                time,
-            );
+            let moved = first.as_ref().is_ok_and(|m| {
+                let name = &m.manifest().name;
+                view.high_water.get(name) != snapshot.high_water.get(name)
+            });
+            let outcome = if moved {
+                admit_directory(
+                    dir,
+                    &policy.policy,
+                    |name| view.high_water.get(name).cloned(),
+                    time,
+                )
+            } else {
+                first
+            };
             entries.push(match &outcome {
                 Ok(model) => admitted_entry(model, policy.sha256, time),
                 Err(e) => refused_entry(dir, e, policy.sha256, time),

@@ -64,7 +64,7 @@ pub(crate) const CHECKPOINTS: &str = "checkpoints.log";
 const KEY: &str = "key";
 const ORIGIN: &str = "origin";
 const SECRET: &str = "input-hmac.key";
-const LOCK: &str = "lock";
+pub(crate) const LOCK: &str = "lock";
 pub(crate) const VIEW: &str = "view.json";
 /// Prefix of the files unacknowledged entries are moved to.
 pub(crate) const QUARANTINE_PREFIX: &str = "quarantine-";
@@ -1027,6 +1027,23 @@ fn previous_origin(data_dir: &Path) -> Result<Option<String>, LedgerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_at(&path)(e)),
     }
+}
+
+/// The latest signed checkpoint of the ledger in `data_dir`, read from its
+/// files without opening (or locking, or repairing) the ledger, verified with
+/// its local key: for exporting to a witness while a server holds the ledger.
+pub fn latest_checkpoint(data_dir: &Path) -> Result<String, LedgerError> {
+    let verifier = local_verifier(data_dir)?;
+    let path = data_dir.join(LEDGER_DIR).join(CHECKPOINTS);
+    let bytes = fs::read(&path).map_err(io_at(&path))?;
+    let (notes, _) = records(&bytes);
+    notes
+        .iter()
+        .rev()
+        .filter_map(|r| std::str::from_utf8(&bytes[r.clone()]).ok())
+        .find(|note| verifier.open(note).is_ok())
+        .map(str::to_owned)
+        .ok_or_else(|| LedgerError::Corrupt("no checkpoint verifies with the ledger's key".into()))
 }
 
 /// A node source that remembers what it read, for the proofs of one batch.

@@ -77,6 +77,11 @@ fn issue_10_1_a_forged_verdict_past_a_cut_checkpoint_log_is_never_signed() {
     });
     assert_ne!(log, fs::read(dir.join("entries.log")).unwrap());
 
+    // The view this ledger sealed at 8 entries proves the log was cut: the
+    // ledger stops, and keeps the view as evidence.
+    let err = Ledger::open(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("cut back or rewritten"), "{err}");
+    fs::rename(dir.join("view.json"), tmp.path().join("evidence.json")).unwrap();
     let ledger = Ledger::open(tmp.path()).unwrap();
     // The entries before the forged one carry the ledger's own MACs and are
     // signed again; from the forged one on nothing is signed.

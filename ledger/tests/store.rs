@@ -103,54 +103,72 @@ fn a_torn_tail_is_cut_back_to_the_last_whole_entry() {
 }
 
 #[test]
-fn whole_entries_written_but_never_checkpointed_are_quarantined_not_signed() {
+fn whole_entries_written_but_never_checkpointed_are_signed_only_with_their_macs() {
     // A crash after the data fsync, before the checkpoint: those entries
-    // were never acknowledged, and a CRC does not say who wrote them.
-    // Reopening moves them out, records that, and signs only its own entry.
-    let tmp = tempfile::tempdir().unwrap();
-    let ledger = filled(tmp.path(), 2, 3);
-    let key = ledger.verifier();
-    drop(ledger);
-    let dir = tmp.path().join("ledger");
-    let cps = fs::read(dir.join("checkpoints.log")).unwrap();
-    let last = *common::record_starts(&cps).last().unwrap();
-    fs::write(dir.join("checkpoints.log"), &cps[..last]).unwrap();
-    // Before reopening, the audit says what no checkpoint covers.
-    let report = audit(tmp.path(), &key).unwrap();
-    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert_eq!(report.problems[0].first_entry, Some(4));
-    assert!(
-        report.problems[0]
-            .what
-            .contains("covered by no signed checkpoint")
-    );
+    // were never acknowledged. With their MACs they are the ledger's own and
+    // reopening checkpoints them; without (the crash came before the MACs
+    // reached the disk) a CRC does not say who wrote them, so they are moved
+    // out and the move recorded.
+    for with_macs in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = filled(tmp.path(), 2, 3);
+        let key = ledger.verifier();
+        drop(ledger);
+        let dir = tmp.path().join("ledger");
+        let cps = fs::read(dir.join("checkpoints.log")).unwrap();
+        let last = *common::record_starts(&cps).last().unwrap();
+        fs::write(dir.join("checkpoints.log"), &cps[..last]).unwrap();
+        fs::remove_file(dir.join("view.json")).ok();
+        if !with_macs {
+            let macs = fs::read(dir.join("entries.mac")).unwrap();
+            fs::write(dir.join("entries.mac"), &macs[..4 * 32]).unwrap();
+        }
+        // Before reopening, the audit says what no checkpoint covers.
+        let report = audit(tmp.path(), &key).unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert_eq!(report.problems[0].first_entry, Some(4));
+        assert!(
+            report.problems[0]
+                .what
+                .contains("covered by no signed checkpoint")
+        );
 
-    let ledger = Ledger::open(tmp.path()).unwrap();
-    assert_eq!(ledger.size(), 5);
-    let last: Entry = serde_json::from_slice(&ledger.read_entry(4).unwrap()).unwrap();
-    let Entry::EntriesQuarantined {
-        count,
-        first_index,
-        file,
-        sha256,
-        ..
-    } = last
-    else {
-        panic!("{last:?}")
-    };
-    assert_eq!((count, first_index), (3, 4));
-    let moved = fs::read(dir.join(&file)).unwrap();
-    assert_eq!(medguard_attest::Sha256Digest::of(&moved), sha256);
-    assert_eq!(common::record_starts(&moved).len(), 3);
-    drop(ledger);
-    let report = audit(tmp.path(), &key).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert_eq!(report.notices.len(), 1, "{:?}", report.notices);
-    assert!(
-        report.notices[0].contains("quarantined"),
-        "{:?}",
-        report.notices
-    );
+        let ledger = Ledger::open(tmp.path()).unwrap();
+        if with_macs {
+            assert_eq!(ledger.size(), 7);
+            drop(ledger);
+            let report = audit(tmp.path(), &key).unwrap();
+            assert!(report.problems.is_empty(), "{:?}", report.problems);
+            assert!(report.notices.is_empty(), "{:?}", report.notices);
+            continue;
+        }
+        assert_eq!(ledger.size(), 5);
+        let last: Entry = serde_json::from_slice(&ledger.read_entry(4).unwrap()).unwrap();
+        let Entry::EntriesQuarantined {
+            count,
+            first_index,
+            file,
+            sha256,
+            forged,
+            ..
+        } = last
+        else {
+            panic!("{last:?}")
+        };
+        assert_eq!((count, first_index, forged), (3, 4, 0));
+        let moved = fs::read(dir.join(&file)).unwrap();
+        assert_eq!(medguard_attest::Sha256Digest::of(&moved), sha256);
+        assert_eq!(common::record_starts(&moved).len(), 3);
+        drop(ledger);
+        let report = audit(tmp.path(), &key).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.notices.len(), 1, "{:?}", report.notices);
+        assert!(
+            report.notices[0].contains("quarantined"),
+            "{:?}",
+            report.notices
+        );
+    }
 }
 
 /// Rewrites the entries (and optionally the leaf hashes) as an attacker with

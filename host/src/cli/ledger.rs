@@ -191,12 +191,23 @@ impl LedgerCmd {
                 }
                 Ok(Exit::Ok)
             }
+            // Read-only, without the ledger's lock: a witness's cron job runs
+            // these while a server holds the ledger. The first use of a data
+            // directory creates its ledger.
             Action::Key => {
-                println!("{}", state.open_ledger()?.verifier());
+                let dir = state.dir()?;
+                if !dir.join(medguard_ledger::store::LEDGER_DIR).exists() {
+                    drop(state.open_ledger()?);
+                }
+                println!("{}", medguard_ledger::store::local_verifier(&dir)?);
                 Ok(Exit::Ok)
             }
             Action::Checkpoint => {
-                print!("{}", state.open_ledger()?.checkpoint().1);
+                let dir = state.dir()?;
+                if !dir.join(medguard_ledger::store::LEDGER_DIR).exists() {
+                    drop(state.open_ledger()?);
+                }
+                print!("{}", medguard_ledger::store::latest_checkpoint(&dir)?);
                 Ok(Exit::Ok)
             }
             Action::New => {

@@ -27,7 +27,15 @@ fn issue_10_1_a_forged_history_is_not_re_signed_and_a_witness_sees_the_cut() {
         .map(|e| e.unwrap().path().display().to_string())
         .chain([model.join("adversarial/pgd8-1.png").display().to_string()])
         .collect();
-    let mut args = vec!["predict", "--json", "--data-dir", s(&data), s(&model)];
+    let mut args = vec![
+        "predict",
+        "--json",
+        "--seed",
+        "20261128",
+        "--data-dir",
+        s(&data),
+        s(&model),
+    ];
     args.extend(samples.iter().map(String::as_str));
     let out = medguard(&args);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -56,16 +64,39 @@ fn issue_10_1_a_forged_history_is_not_re_signed_and_a_witness_sees_the_cut() {
     assert_eq!(forged, 1);
     std::fs::write(dir.join("entries.log"), log).unwrap();
 
+    // The view the ledger sealed when it closed proves the log was cut:
+    // it stops, naming that, and keeps the view as evidence.
+    let out = medguard(&["ledger", "show", "--json", "--data-dir", s(&data)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("cut back or rewritten"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::rename(dir.join("view.json"), tmp.path().join("evidence.json")).unwrap();
     let out = medguard(&["ledger", "show", "--json", "--data-dir", s(&data)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    // Nothing past the cut was signed: the only entry says what was moved out.
+    // The entries before the forged one carry the ledger's MACs and are
+    // signed again; the forged verdict is not: it was moved out, and the
+    // last entry says so.
     let shown = json_lines(&out);
-    assert_eq!(shown.len(), 1, "{}", text(&out.stdout));
-    assert_eq!(shown[0]["kind"], "entries-quarantined");
+    assert_eq!(shown.len(), 10, "{}", text(&out.stdout));
+    assert_eq!(shown[9]["kind"], "entries-quarantined", "{}", shown[9]);
+    assert_eq!(shown[9]["forged"], 1, "{}", shown[9]);
+    assert_eq!(
+        shown.iter().filter(|e| e["kind"] == "inference").count(),
+        6,
+        "only the six clean samples' results remain"
+    );
+    // The audit says a forgery was found, and the witness's checkpoint
+    // shows the log no longer holds what it signed.
     let out = medguard(&["ledger", "verify", "--data-dir", s(&data)]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("quarantined"));
-    // The checkpoint held elsewhere proves the history was cut.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("MAC that does not verify"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = medguard(&[
         "ledger",
         "verify",
@@ -75,10 +106,10 @@ fn issue_10_1_a_forged_history_is_not_re_signed_and_a_witness_sees_the_cut() {
         s(&witness),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("cut back"),
-        "{}",
-        text(&out.stderr)
+        err.contains("history was rewritten") || err.contains("cut back"),
+        "{err}"
     );
 }
 
@@ -233,13 +264,15 @@ fn issue_10_2_a_policy_that_pins_the_ledger_refuses_a_recreated_one() {
     let out = medguard(&["ledger", "key", "--data-dir", s(&data)]);
     let key = text(&out.stdout).trim().to_owned();
     let policy = tmp.path().join("policy.toml");
-    let demo = std::fs::read_to_string(crate::demo_policy()).unwrap().replace(
-        "public_key_file = \"demo.pub.pem\"",
-        &format!(
-            "public_key_file = \"{}\"",
-            crate::root().join("models/trust/demo.pub.pem").display()
-        ),
-    );
+    let demo = std::fs::read_to_string(crate::demo_policy())
+        .unwrap()
+        .replace(
+            "public_key_file = \"demo.pub.pem\"",
+            &format!(
+                "public_key_file = \"{}\"",
+                crate::root().join("models/trust/demo.pub.pem").display()
+            ),
+        );
     std::fs::write(&policy, format!("ledger_key = \"{key}\"\n{demo}")).unwrap();
     let verify = || {
         medguard(&[
@@ -251,7 +284,12 @@ fn issue_10_2_a_policy_that_pins_the_ledger_refuses_a_recreated_one() {
             s(&model_dir()),
         ])
     };
-    assert_eq!(verify().status.code(), Some(0), "{}", text(&verify().stderr));
+    assert_eq!(
+        verify().status.code(),
+        Some(0),
+        "{}",
+        text(&verify().stderr)
+    );
     std::fs::remove_dir_all(&data).unwrap();
     let out = verify();
     assert_eq!(out.status.code(), Some(2));

@@ -1,7 +1,7 @@
 //! Attestation for medguard, with no I/O so that the browser build can reuse it.
 //!
 //! The host reads bytes; this crate decides whether they may run. The only way
-//! to obtain an [`AttestedModel`] is to pass [`attest`] (a manifest the caller
+//! to obtain an [`AttestedModel`] is to pass [`vouch_unsigned`] (a manifest the caller
 //! vouches for) or the admission stages under a [`TrustPolicy`]
 //! ([`admit_signature`]); a [`Pinned`] blob comes only from [`pin`]. Each
 //! carries the very bytes that were hashed.
@@ -27,11 +27,14 @@ pub use manifest::{
     ValueRange,
 };
 pub use pinned::{
-    AttestError, AttestedModel, DigestMismatch, Hashed, Pinned, Provenance, Signer, attest, pin,
+    AttestError, AttestedModel, DigestMismatch, Hashed, Pinned, Provenance, Signer, pin,
+    vouch_unsigned,
 };
 pub use policy::{
     HighWater, POLICY_MAX_BYTES, POLICY_SCHEMA, PolicyError, Refusal, TrustPolicy, TrustedKey,
 };
+#[cfg(fuzzing)]
+pub use signature::read_statement_for_fuzzing;
 pub use signature::{
     BUNDLE_MAX_BYTES, ChangedFile, CheckedBundle, DEFAULT_IGNORED, FilesMismatch, PrivateKeyError,
     SignatureError, SignedDirectory, SigningKey, VerifyingKey, sign, verify,

@@ -205,7 +205,7 @@ pub struct AttestedModel {
 /// Why the manifest itself was trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provenance {
-    /// The caller vouched for the manifest ([`attest`]): a vendor's own
+    /// The caller vouched for the manifest ([`vouch_unsigned`]): a vendor's own
     /// working copy, or a digest pinned by the embedding application.
     Vouched,
     /// A key of the trust policy signed the whole directory and the policy
@@ -278,9 +278,12 @@ pub enum AttestError {
 /// 2. their length equals the manifest's declared size (cheap, and names truncation);
 /// 3. their SHA-256 equals the manifest's digest.
 ///
-/// The manifest is taken on the caller's word ([`Provenance::Vouched`]); a
-/// deployment admits signed directories through [`crate::admit_signature`].
-pub fn attest(
+/// **Unsigned: for vendor tools only** (calibrating or evaluating a model
+/// before it is signed). The manifest is taken on the caller's word
+/// ([`Provenance::Vouched`]), and the name says so at every call site; a
+/// deployment admits signed directories through [`crate::admit_signature`],
+/// and the host's guard refuses to run a vouched model.
+pub fn vouch_unsigned(
     manifest: Manifest,
     model_bytes: impl Into<Vec<u8>>,
 ) -> Result<AttestedModel, AttestError> {
@@ -289,7 +292,7 @@ pub fn attest(
     attest_hashed(manifest, bytes, digest, Provenance::Vouched)
 }
 
-/// [`attest`] for bytes this crate has just hashed, so that admission hashes
+/// [`vouch_unsigned`] for bytes this crate has just hashed, so that admission hashes
 /// the model once. Private to the crate: `digest` must be the bytes' SHA-256.
 pub(crate) fn attest_hashed(
     manifest: Manifest,

@@ -259,8 +259,8 @@ pub(crate) fn json_printable(json: &str) -> String {
 /// (the vendor-side commands `calibrate` and `eval`). A refusal is the command's answer,
 /// not an error: its reason is printed as one line and `None` returned, and
 /// the command exits 1.
-fn attested_or_refused(dir: &std::path::Path) -> Option<medguard_attest::AttestedModel> {
-    match crate::model_dir::load(dir) {
+fn unsigned_or_refused(dir: &std::path::Path) -> Option<medguard_attest::AttestedModel> {
+    match crate::model_dir::load_unsigned(dir) {
         Ok(model) => Some(model),
         Err(e) => {
             eprintln!("medguard: refused: {e}");

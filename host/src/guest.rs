@@ -1,4 +1,8 @@
 //! The guest this host was built with, and the pin that refuses any other.
+//!
+//! The sandbox runs only a [`GuestModule`], and outside this module only
+//! [`bundled`] and [`from_file`] make one, both against the digest the build
+//! script computed: a caller cannot pin some other guest to its own hash.
 
 use std::path::Path;
 
@@ -30,14 +34,39 @@ pub enum GuestPinError {
     Mismatch(#[from] medguard_attest::DigestMismatch),
 }
 
+/// Guest component bytes the sandbox may run: the build-time pin matched.
+#[derive(Debug, Clone)]
+pub struct GuestModule(Pinned);
+
+impl GuestModule {
+    /// The component bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
+
+    /// Their SHA-256 (the build-time pin).
+    pub fn digest(&self) -> Sha256Digest {
+        self.0.digest()
+    }
+
+    /// Any component, unpinned: for the sandbox's own tests, which must run
+    /// hostile guests to show that they are contained. Exists only with the
+    /// `hostile-guests` feature, which the test crate alone enables.
+    #[cfg(feature = "hostile-guests")]
+    pub fn hostile_for_tests(bytes: Vec<u8>) -> Self {
+        let digest = Sha256Digest::of(&bytes);
+        Self(pin(bytes, digest).expect("bytes match their own digest"))
+    }
+}
+
 /// The bundled guest, checked against the pin like any other.
-pub fn bundled() -> Result<Pinned, GuestPinError> {
-    Ok(pin(BUNDLED, expected_digest())?)
+pub fn bundled() -> Result<GuestModule, GuestPinError> {
+    Ok(GuestModule(pin(BUNDLED, expected_digest())?))
 }
 
 /// A guest read from `path` (for deployments that ship it beside the binary),
 /// accepted only if it is byte-for-byte the pinned guest.
-pub fn from_file(path: &Path) -> Result<Pinned, GuestPinError> {
+pub fn from_file(path: &Path) -> Result<GuestModule, GuestPinError> {
     let bytes = read_capped(path, GUEST_MAX_BYTES)?;
-    Ok(pin(bytes, expected_digest())?)
+    Ok(GuestModule(pin(bytes, expected_digest())?))
 }

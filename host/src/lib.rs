@@ -2,7 +2,7 @@
 //! drives both from the `medguard` command line.
 //!
 //! Trust flows one way: bytes -> [`medguard_attest::AttestedModel`] (via
-//! [`admission::admit_directory`] under a trust policy, or [`model_dir::load`]
+//! [`admission::admit_directory`] under a trust policy, or [`model_dir::load_unsigned`]
 //! for a manifest the caller vouches for) -> [`sandbox::Session`] ->
 //! probabilities. The host
 //! never parses or runs the model itself; tract lives behind the sandbox.

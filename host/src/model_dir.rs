@@ -8,12 +8,10 @@ use rustix::fs::{Mode, OFlags};
 use std::path::{Path, PathBuf};
 
 use medguard_attest::{
-    AttestError, AttestedModel, Hashed, MANIFEST_MAX_BYTES, Manifest, ManifestError, attest,
+    AttestError, AttestedModel, Hashed, MANIFEST_MAX_BYTES, MANIFEST_PATH, Manifest, ManifestError,
+    vouch_unsigned,
 };
 use thiserror::Error;
-
-/// The manifest's file name inside a model directory.
-pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Model files larger than this are refused without reading further.
 pub const MODEL_MAX_BYTES: u64 = 512 << 20;
@@ -55,9 +53,12 @@ pub enum ModelDirError {
     },
 }
 
-/// Reads and attests the model in `dir`.
-pub fn load(dir: &Path) -> Result<AttestedModel, ModelDirError> {
-    let manifest_path = dir.join(MANIFEST_FILE);
+/// Reads the model in `dir` and checks it against its manifest, which is
+/// taken on the caller's word ([`medguard_attest::vouch_unsigned`]): **for
+/// vendor tools only** (`calibrate`, `eval`), never for serving. Deployments
+/// admit signed directories (`crate::admission`, `crate::guard::Guard::admit`).
+pub fn load_unsigned(dir: &Path) -> Result<AttestedModel, ModelDirError> {
+    let manifest_path = dir.join(MANIFEST_PATH);
     let manifest_bytes = read_model_file(&manifest_path, MANIFEST_MAX_BYTES as u64)?;
     let manifest = Manifest::parse(&manifest_bytes).map_err(|source| ModelDirError::Manifest {
         path: manifest_path,
@@ -68,7 +69,7 @@ pub fn load(dir: &Path) -> Result<AttestedModel, ModelDirError> {
     // size: enough to tell "too long" from "right", never an endless read.
     let cap = MODEL_MAX_BYTES.min(manifest.model.size.saturating_add(1));
     let model_bytes = read_model_file(&model_path, cap)?;
-    attest(manifest, model_bytes).map_err(|source| ModelDirError::Attest {
+    vouch_unsigned(manifest, model_bytes).map_err(|source| ModelDirError::Attest {
         path: model_path,
         source,
     })

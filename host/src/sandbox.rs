@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use medguard_attest::{AttestedModel, Pinned, Sha256Digest};
+use medguard_attest::{AttestedModel, Sha256Digest};
+
+use crate::guest::GuestModule;
 use medguard_screen::{Profile, Screening, Statistic, StatisticReport, Verdict};
 pub use medguard_screen::{ScreenOptions, ScreenedImage};
 use thiserror::Error;
@@ -60,17 +62,18 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Why the sandbox could not compile, link or run the guest.
 #[derive(Debug, Error)]
 pub enum SandboxError {
-    /// wasmtime rejected the engine configuration.
-    #[error("sandbox configuration rejected by wasmtime: {0}")]
-    Config(String),
+    /// wasmtime rejected the engine configuration, or the epoch ticker
+    /// could not start.
+    #[error("sandbox configuration rejected")]
+    Config(#[source] Cause),
     /// The guest bytes are not a valid component.
-    #[error("guest could not be compiled: {0}")]
-    Compile(String),
+    #[error("guest could not be compiled")]
+    Compile(#[source] Cause),
     /// The guest imports something the sandbox does not grant, or lacks the classifier world.
     #[error(
-        "guest does not fit the sandbox (it may import nothing and must export medguard:guest/classifier): {0}"
+        "guest does not fit the sandbox (it may import nothing and must export medguard:guest/classifier)"
     )]
-    Link(String),
+    Link(#[source] Cause),
     /// The guest exceeded its wall-clock budget and was stopped.
     #[error("guest ran past its {0:?} deadline and was stopped")]
     Deadline(Duration),
@@ -85,9 +88,17 @@ pub enum SandboxError {
     /// The guest overflowed its stack.
     #[error("guest overflowed its stack")]
     StackOverflow,
-    /// Any other trap (unreachable, out-of-bounds access, a panic in the guest).
-    #[error("guest trapped: {0}")]
-    Trap(String),
+    /// Any other trap (unreachable, out-of-bounds access, a panic in the
+    /// guest): its kind when wasmtime names one, and the whole error with the
+    /// guest's stack as the source.
+    #[error("guest trapped{}", match .kind { Some(k) => format!(": {k}"), None => String::new() })]
+    Trap {
+        /// wasmtime's trap code, if the error is a trap.
+        kind: Option<Trap>,
+        /// The error, with wasm frames.
+        #[source]
+        source: Cause,
+    },
     /// An earlier trap ended this session; start a new one.
     #[error("this sandbox session was ended by an earlier trap; start a new session")]
     Poisoned,
@@ -108,6 +119,10 @@ pub enum SandboxError {
     #[error("guest returned malformed screening evidence: {0}")]
     MalformedScreening(String),
 }
+
+/// A wasmtime error with its chain of causes (`source()`), kept whole so
+/// that a caller can walk or print it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The guest's own refusal, as defined in the WIT world.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -178,7 +193,7 @@ impl Runtime {
             .relaxed_simd_deterministic(true);
         // Threads and shared memory are not compiled into this wasmtime
         // (the `threads` feature is off), so a guest cannot ask for them.
-        let engine = Engine::new(&config).map_err(|e| SandboxError::Config(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(|e| SandboxError::Config(e.into()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -190,7 +205,7 @@ impl Runtime {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| SandboxError::Config(format!("start epoch ticker: {e}")))?
+                .map_err(|e| SandboxError::Config(e.into()))?
         };
         Ok(Self {
             inner: Arc::new(RuntimeInner {
@@ -207,10 +222,10 @@ impl Runtime {
         self.inner.limits
     }
 
-    /// Compiles (or loads from `cache`) a pinned guest and pre-links it.
+    /// Compiles (or loads from `cache`) the pinned guest and pre-links it.
     pub fn load_guest(
         &self,
-        guest: &Pinned,
+        guest: &GuestModule,
         cache: Option<&CompiledCache>,
     ) -> Result<(GuestProgram, GuestLoad), SandboxError> {
         let engine = &self.inner.engine;
@@ -231,7 +246,7 @@ impl Runtime {
             Some(c) => c,
             None => {
                 let c = Component::new(engine, guest.bytes())
-                    .map_err(|e| SandboxError::Compile(format!("{e:#}")))?;
+                    .map_err(|e| SandboxError::Compile(e.into()))?;
                 if let Some(cache) = cache
                     && let Err(e) = cache.store(engine, guest.digest(), &c)
                 {
@@ -244,7 +259,7 @@ impl Runtime {
         let pre = linker
             .instantiate_pre(&component)
             .and_then(SandboxedClassifierPre::new)
-            .map_err(|e| SandboxError::Link(format!("{e:#}")))?;
+            .map_err(|e| SandboxError::Link(e.into()))?;
         let program = GuestProgram {
             runtime: self.clone(),
             pre,
@@ -625,10 +640,13 @@ impl Session {
                 cap: cap.cap,
             };
         }
-        match e.downcast_ref::<Trap>() {
+        match e.downcast_ref::<Trap>().copied() {
             Some(Trap::Interrupt) => SandboxError::Deadline(self.deadline),
             Some(Trap::StackOverflow) => SandboxError::StackOverflow,
-            _ => SandboxError::Trap(format!("{e:#}")),
+            kind => SandboxError::Trap {
+                kind,
+                source: e.into(),
+            },
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use medguard_attest::{DEFAULT_IGNORED, Sha256Digest, SigningKey, sign};
+use medguard_attest::{DEFAULT_IGNORED, MANIFEST_PATH, Sha256Digest, SigningKey, sign};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -38,6 +38,14 @@ pub enum SigningError {
     Symlink {
         /// The link.
         path: PathBuf,
+    },
+    /// The manifest of a directory being renewed is not a JSON object.
+    #[error("{}: {reason}", path.display())]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A FIFO, socket or device inside the directory.
     #[error("{} is not a regular file; signed model directories hold only files and folders", path.display())]
@@ -158,4 +166,105 @@ pub fn sign_directory(dir: &Path, key: &SigningKey, out: &Path) -> Result<(), Si
     tmp.as_file().sync_all().map_err(io_err)?;
     tmp.persist(out).map_err(|e| io_err(e.error))?;
     Ok(())
+}
+
+/// How far ahead [`renewal_expiry`] looks.
+const RENEWAL_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
+
+/// Whether a manifest expiring at `expires` is due for renewal at `now`:
+/// it expires within 30 days.
+pub fn renewal_due(expires: jiff::Timestamp, now: jiff::Timestamp) -> bool {
+    expires <= now + RENEWAL_MARGIN
+}
+
+/// The expiry a renewal at `now` gives: the first of January (UTC) after
+/// next, counted from 30 days ahead. It is the same for every renewal in a
+/// year, so one renewed copy serves them all, and always over a year away.
+pub fn renewal_expiry(now: jiff::Timestamp) -> jiff::Timestamp {
+    let year = (now + RENEWAL_MARGIN)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .year();
+    jiff::civil::date(year + 2, 1, 1)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp())
+        .unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// A copy of the model directory `src` whose manifest says `expires`,
+/// signed with `key`: how the demo and the tests keep working after the
+/// bundled manifest's own expiry (its key is public, so this proves nothing
+/// beyond the demo). The copy is `parent/<content key>/<src's name>`, the key
+/// covering every file of `src`, `expires` and the signer, so an unchanged
+/// source is renewed once and reused; it is built beside and renamed into
+/// place, so a reader never sees half a copy and concurrent renewals agree.
+/// Returns the copy's directory.
+pub fn renewed_copy(
+    src: &Path,
+    parent: &Path,
+    key: &SigningKey,
+    expires: jiff::Timestamp,
+) -> Result<PathBuf, SigningError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SigningError::Io { path, source }
+    };
+    let files = directory_files(src, &DEFAULT_IGNORED)?;
+    let mut content = Sha256::new();
+    for (name, path) in &files {
+        content.update(name.as_bytes());
+        content.update([0]);
+        content.update(digest_capped(path)?.as_bytes());
+    }
+    content.update(expires.to_string().as_bytes());
+    content.update(key.verifying_key().fingerprint().as_bytes());
+    let name = std::fs::canonicalize(src)
+        .map_err(io_err(src))?
+        .file_name()
+        .map(|n| n.to_owned())
+        .unwrap_or_else(|| "model".into());
+    let root = parent.join(hex::encode(&content.finalize()[..12]));
+    let copy = root.join(&name);
+    if copy.join(SIGNATURE_FILE).is_file() {
+        return Ok(copy);
+    }
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".renewing-")
+        .tempdir_in(parent)
+        .map_err(io_err(parent))?;
+    let staged = tmp.path().join(&name);
+    for (relative, from) in &files {
+        let to = staged.join(relative);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        if relative == MANIFEST_PATH {
+            let bytes = std::fs::read(from).map_err(io_err(from))?;
+            let bad = |reason: String| SigningError::Manifest {
+                path: from.clone(),
+                reason,
+            };
+            let mut manifest: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+            manifest
+                .as_object_mut()
+                .ok_or_else(|| bad("not a JSON object".into()))?
+                .insert("expires".into(), expires.to_string().into());
+            let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| bad(e.to_string()))?;
+            text.push(b'\n');
+            std::fs::write(&to, text).map_err(io_err(&to))?;
+        } else {
+            std::fs::copy(from, &to).map_err(io_err(&to))?;
+        }
+    }
+    sign_directory(&staged, key, &staged.join(SIGNATURE_FILE))?;
+    let built = tmp.path().join("root");
+    std::fs::create_dir(&built).map_err(io_err(&built))?;
+    std::fs::rename(&staged, built.join(&name)).map_err(io_err(&staged))?;
+    match std::fs::rename(&built, &root) {
+        Ok(()) => Ok(copy),
+        // Another process renewed the same content first: its copy is ours.
+        Err(_) if copy.join(SIGNATURE_FILE).is_file() => Ok(copy),
+        Err(e) => Err(io_err(&root)(e)),
+    }
 }

@@ -19,14 +19,30 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// The bundled demo model directory.
+/// The bundled demo model directory, re-signed with the (public) demo key to
+/// expire over a year from today, so that no test depends on the committed
+/// manifest's own expiry date. One copy per content and year, kept in
+/// `target/renewed-models`.
 pub fn model_dir() -> PathBuf {
-    repo_root().join("models").join("pneumonia")
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let pem = std::fs::read_to_string(repo_root().join("models/trust/demo.key.pem"))
+            .expect("the demo key");
+        let key = medguard_attest::SigningKey::from_pem(&pem).expect("the demo key parses");
+        medguard::signing::renewed_copy(
+            &repo_root().join("models").join("pneumonia"),
+            &repo_root().join("target").join("renewed-models"),
+            &key,
+            medguard::signing::renewal_expiry(jiff::Timestamp::now()),
+        )
+        .expect("renewing the bundled model")
+    })
+    .clone()
 }
 
 /// The bundled model, attested.
 pub fn bundled_model() -> AttestedModel {
-    model_dir::load(&model_dir()).expect("the bundled model attests")
+    model_dir::load_unsigned(&model_dir()).expect("the bundled model attests")
 }
 
 /// `models/pneumonia/golden.json`: sample files with PyTorch's probabilities.

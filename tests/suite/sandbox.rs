@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use medguard::guest::GuestModule;
 use medguard::sandbox::{GuestProgram, Limits, Runtime, SandboxError};
-use medguard_attest::{Sha256Digest, pin};
 use medguard_tests::{
     bundled_model, golden, hostile_component, load_input, model_dir, shared_cache,
 };
@@ -22,10 +22,8 @@ fn tight_runtime() -> Runtime {
 }
 
 fn load(runtime: &Runtime, component: Vec<u8>) -> GuestProgram {
-    // Test guests are pinned to their own digest: the sandbox only ever runs pinned bytes.
-    let digest = Sha256Digest::of(&component);
     runtime
-        .load_guest(&pin(component, digest).unwrap(), None)
+        .load_guest(&GuestModule::hostile_for_tests(component), None)
         .unwrap()
         .0
 }
@@ -160,7 +158,10 @@ fn a_trap_is_a_typed_error_and_ends_only_its_session() {
         .session(&bundled_model())
         .err()
         .expect("unreachable traps");
-    assert!(matches!(err, SandboxError::Trap(_)), "{err}");
+    assert!(matches!(err, SandboxError::Trap { .. }), "{err}");
+    // The trap's kind is named, and its cause (with the guest's stack) kept.
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
     assert_runtime_still_serves(&runtime);
 }
 
@@ -171,13 +172,21 @@ fn a_guest_that_imports_anything_is_not_linked() {
     // error names what it asked for.
     let component = medguard_tests::component_importing_log();
     let runtime = tight_runtime();
-    let digest = Sha256Digest::of(&component);
     let err = runtime
-        .load_guest(&pin(component, digest).unwrap(), None)
+        .load_guest(&GuestModule::hostile_for_tests(component), None)
         .err()
         .expect("must not link");
     match &err {
-        SandboxError::Link(why) => assert!(why.contains("log"), "{why}"),
+        SandboxError::Link(cause) => {
+            // The cause is kept whole, not flattened: walk its chain.
+            let mut chain = cause.to_string();
+            let mut next = cause.source();
+            while let Some(e) = next {
+                chain.push_str(&format!(": {e}"));
+                next = e.source();
+            }
+            assert!(chain.contains("log"), "{chain}");
+        }
         other => panic!("expected a link error, got {other}"),
     }
 }

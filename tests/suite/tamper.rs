@@ -6,7 +6,7 @@ use std::fs;
 
 use medguard::guest::{self, GuestPinError};
 use medguard::model_dir::{self, ModelDirError};
-use medguard_attest::{AttestError, Manifest, Sha256Digest, attest};
+use medguard_attest::{AttestError, Manifest, Sha256Digest, vouch_unsigned};
 use medguard_tests::{model_dir as bundled_dir, repo_root};
 use rand::{Rng, SeedableRng};
 
@@ -35,7 +35,7 @@ fn a_single_flipped_bit_anywhere_is_refused() {
     for offset in offsets {
         let mut flipped = bytes.clone();
         flipped[offset] ^= 1 << rng.random_range(0..8);
-        match attest(manifest.clone(), flipped) {
+        match vouch_unsigned(manifest.clone(), flipped) {
             Err(AttestError::Digest(m)) => {
                 assert_eq!(m.expected, manifest.model.sha256);
                 assert_ne!(m.actual, manifest.model.sha256);
@@ -44,7 +44,7 @@ fn a_single_flipped_bit_anywhere_is_refused() {
         }
     }
     assert!(
-        attest(manifest, bytes).is_ok(),
+        vouch_unsigned(manifest, bytes).is_ok(),
         "the untouched model must pass"
     );
 }
@@ -57,7 +57,7 @@ fn flipped_bits_on_disk_are_refused_with_both_digests_named() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     fs::write(&path, &bytes).unwrap();
-    let err = model_dir::load(tmp.path()).unwrap_err();
+    let err = model_dir::load_unsigned(tmp.path()).unwrap_err();
     let msg = err.to_string();
     let (manifest, _) = bundled_parts();
     assert!(matches!(
@@ -85,7 +85,7 @@ fn a_manifest_with_a_wrong_digest_is_refused() {
     v["model"]["sha256"] = Sha256Digest::of(b"something else").to_string().into();
     fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
     assert!(matches!(
-        model_dir::load(tmp.path()),
+        model_dir::load_unsigned(tmp.path()),
         Err(ModelDirError::Attest {
             source: AttestError::Digest(_),
             ..
@@ -100,7 +100,7 @@ fn truncated_and_empty_models_are_refused() {
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
     assert!(matches!(
-        model_dir::load(tmp.path()),
+        model_dir::load_unsigned(tmp.path()),
         Err(ModelDirError::Attest {
             source: AttestError::SizeMismatch { .. },
             ..
@@ -108,7 +108,7 @@ fn truncated_and_empty_models_are_refused() {
     ));
     fs::write(&path, b"").unwrap();
     assert!(matches!(
-        model_dir::load(tmp.path()),
+        model_dir::load_unsigned(tmp.path()),
         Err(ModelDirError::Attest {
             source: AttestError::Empty { .. },
             ..
@@ -124,7 +124,7 @@ fn a_padded_model_is_refused_without_reading_it_all() {
     bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
     fs::write(&path, &bytes).unwrap();
     assert!(matches!(
-        model_dir::load(tmp.path()),
+        model_dir::load_unsigned(tmp.path()),
         Err(ModelDirError::TooLarge { .. })
     ));
 }
@@ -138,12 +138,12 @@ fn another_valid_onnx_model_in_place_is_refused() {
     assert_ne!(other, right);
     let tmp = scratch_copy();
     fs::write(tmp.path().join("model.onnx"), &other).unwrap();
-    assert!(model_dir::load(tmp.path()).is_err());
+    assert!(model_dir::load_unsigned(tmp.path()).is_err());
     // Even if the attacker also fixes the manifest's size, the digest refuses it.
     let mut resized = manifest.clone();
     resized.model.size = other.len() as u64;
     assert!(matches!(
-        attest(resized, other),
+        vouch_unsigned(resized, other),
         Err(AttestError::Digest(_))
     ));
 }

@@ -53,9 +53,13 @@ impl ModelSpec {
         Ok(())
     }
 
-    /// Elements in one image (`channels * height * width`).
+    /// Elements in one image (`channels * height * width`), saturating: the
+    /// three `u32`s of a hostile spec can overflow a `u64` (fuzz finding 1),
+    /// and a saturated count is still refused as too large.
     pub fn image_elements(&self) -> u64 {
-        self.channels as u64 * self.height as u64 * self.width as u64
+        u64::from(self.channels)
+            .saturating_mul(u64::from(self.height))
+            .saturating_mul(u64::from(self.width))
     }
 }
 
@@ -90,7 +94,7 @@ impl InputBatch {
                 spec.max_batch
             ));
         }
-        let elements = *batch as u64 * spec.image_elements();
+        let elements = u64::from(*batch).saturating_mul(spec.image_elements());
         if self.data.len() as u64 != elements {
             return bad(format!(
                 "shape {:?} needs {elements} values but {} were sent",
@@ -182,5 +186,19 @@ mod tests {
         s.height = u32::MAX;
         s.width = u32::MAX;
         assert!(s.validate().is_err());
+    }
+
+    /// Fuzz finding 1 (fuzz/README.md): 2^20 * 2^22 * 2^22 elements is 2^64,
+    /// which wrapped to 0 and passed the size check (or panicked with
+    /// overflow checks on).
+    #[test]
+    fn a_spec_whose_element_count_overflows_u64_is_refused() {
+        let mut s = spec();
+        (s.channels, s.height, s.width) = (1 << 20, 1 << 22, 1 << 22);
+        assert_eq!(s.image_elements(), u64::MAX);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("larger than the guest accepts"), "{err}");
+        let err = batch(&[u32::MAX, 1 << 20, 1 << 22, 1 << 22], &[]).check(&s);
+        assert!(err.is_err());
     }
 }

@@ -12,10 +12,11 @@ use medguard_screen::{Targets, fit};
 use serde::Deserialize;
 
 use super::screening::{Mode, predicted_class, screen_all};
-use super::{Exit, SandboxArgs, attested_or_refused};
+use super::{Exit, SandboxArgs, unsigned_or_refused};
 use crate::input::{self, Batch};
-use crate::model_dir::{MANIFEST_FILE, read_capped};
+use crate::model_dir::read_capped;
 use crate::signing::SIGNATURE_FILE;
+use medguard_attest::MANIFEST_PATH;
 
 /// Compute clean reference statistics in the sandbox and write the screening
 /// profile into the model's manifest.
@@ -54,7 +55,7 @@ struct Indices {
 
 impl CalibrateCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
-        let Some(model) = attested_or_refused(&self.model_dir) else {
+        let Some(model) = unsigned_or_refused(&self.model_dir) else {
             return Ok(Exit::Refused);
         };
         let images = self.load_images()?;
@@ -124,7 +125,7 @@ impl CalibrateCmd {
         );
         println!(
             "wrote          {}",
-            self.model_dir.join(MANIFEST_FILE).display()
+            self.model_dir.join(MANIFEST_PATH).display()
         );
         // The manifest is a signed file: any signature is now stale, and
         // the model will be refused until it is signed again.
@@ -190,7 +191,7 @@ fn write_manifest(dir: &std::path::Path, manifest: &Manifest) -> anyhow::Result<
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(&text)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(MANIFEST_FILE))
-        .with_context(|| format!("replacing {}", dir.join(MANIFEST_FILE).display()))?;
+    tmp.persist(dir.join(MANIFEST_PATH))
+        .with_context(|| format!("replacing {}", dir.join(MANIFEST_PATH).display()))?;
     Ok(())
 }

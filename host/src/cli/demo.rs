@@ -13,7 +13,8 @@ use medguard_attest::Provenance;
 use super::{Exit, SandboxArgs, TrustArgs};
 use crate::guard::NamedPolicy;
 use crate::sandbox::CacheUse;
-use medguard_attest::TrustPolicy;
+use crate::signing::{renewal_due, renewal_expiry, renewed_copy};
+use medguard_attest::{SigningKey, TrustPolicy};
 
 /// Admit the bundled demo model under the bundled demo trust policy and
 /// classify its sample X-rays in the sandbox. The demo keeps its own data
@@ -34,6 +35,9 @@ pub struct DemoCmd {
 /// repository.
 const DEMO_POLICY: &str = include_str!("../../../models/trust/demo-policy.toml");
 const DEMO_PUBLIC_KEY: &str = include_str!("../../../models/trust/demo.pub.pem");
+/// Its private half, public on purpose: the demo re-signs its own copy of a
+/// manifest that is about to expire with it.
+const DEMO_PRIVATE_KEY: &str = include_str!("../../../models/trust/demo.key.pem");
 
 fn demo_policy() -> anyhow::Result<NamedPolicy> {
     let policy = TrustPolicy::parse(DEMO_POLICY, |file| match file {
@@ -66,8 +70,18 @@ impl DemoCmd {
         }
         // Canonical, so the paths printed below are the ones a user can open.
         let dir = std::fs::canonicalize(&self.model_dir).unwrap_or(self.model_dir);
-        let data_dir = demo_data_dir()?;
+        let demo_root = demo_data_dir()?;
         println!("medguard demo: {}", dir.display());
+        let (dir, data_dir) = match renewed(&dir, &demo_root)? {
+            Some(copy) => {
+                // A renewed manifest is another manifest of the same version:
+                // it gets a ledger of its own rather than a refusal for
+                // equivocation in the demo's.
+                let data_dir = copy.with_file_name("data");
+                (copy, data_dir)
+            }
+            None => (dir, demo_root),
+        };
         println!("   (its own ledger in {})\n", data_dir.display());
         let Some((guard, model, _)) =
             self.trust
@@ -137,6 +151,32 @@ impl DemoCmd {
         );
         Ok(exit)
     }
+}
+
+/// The demo's re-signed copy of `dir` when its manifest is due for renewal
+/// (the bundled one is signed for two years at a time), so that the demo
+/// outlives it; `None` when the manifest is good as it is.
+fn renewed(dir: &Path, demo_root: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let path = dir.join(medguard_attest::MANIFEST_PATH);
+    let bytes = crate::model_dir::read_capped(&path, medguard_attest::MANIFEST_MAX_BYTES as u64)?;
+    let manifest = medguard_attest::Manifest::parse(&bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let now = jiff::Timestamp::now();
+    let Some(expires) = manifest.expires else {
+        return Ok(None);
+    };
+    if !renewal_due(expires, now) {
+        return Ok(None);
+    }
+    let renewed_until = renewal_expiry(now);
+    let key = SigningKey::from_pem(DEMO_PRIVATE_KEY).context("the built-in demo key")?;
+    let copy = renewed_copy(dir, &demo_root.join("renewed"), &key, renewed_until)
+        .with_context(|| format!("renewing the demo's copy of {}", dir.display()))?;
+    println!(
+        "   its manifest expires {expires}; the demo re-signed its own copy with the public demo key\n   (valid until {renewed_until}): {}\n   a deployment asks the model's signer for a fresh manifest instead",
+        copy.display()
+    );
+    Ok(Some(copy))
 }
 
 /// The PNG files of a directory, sorted; none if it does not exist.

@@ -11,7 +11,7 @@ use medguard_screen::Verdict;
 use serde::Serialize;
 
 use super::screening::{Mode, predicted_class, screen_all};
-use super::{Exit, SandboxArgs, attested_or_refused};
+use super::{Exit, SandboxArgs, unsigned_or_refused};
 use crate::eval::{self, Estimate, bootstrap, plot, proportion, roc_auc, tpr_at_fpr};
 use crate::input::{self, Batch};
 use crate::model_dir::read_capped;
@@ -120,7 +120,7 @@ struct CorruptionReport {
 
 impl EvalCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
-        let Some(model) = attested_or_refused(&self.model_dir) else {
+        let Some(model) = unsigned_or_refused(&self.model_dir) else {
             return Ok(Exit::Refused);
         };
         let Some(screening) = &model.manifest().screening else {

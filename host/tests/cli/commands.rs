@@ -1,6 +1,9 @@
 //! Output shapes and documented exit codes.
 
-use crate::{assert_one_line_error, medguard, medguard_command, model_dir, s, signed_copy, text};
+use crate::{
+    assert_one_line_error, committed_model_dir, medguard, medguard_command, model_dir, s,
+    signed_copy, text,
+};
 
 #[test]
 fn digest_prints_the_sha256() {
@@ -215,4 +218,71 @@ fn demo_runs_and_usage_errors_exit_2() {
     assert_eq!(wrong_guest.status.code(), Some(2));
     assert_one_line_error(&wrong_guest);
     assert!(text(&wrong_guest.stderr).contains("guest module refused"));
+}
+
+/// The tests run on a renewed copy (main.rs), so this one checks the
+/// committed signature itself: it covers the committed files, and the
+/// committed manifest is refused for nothing but its age once it expires.
+#[test]
+fn the_committed_model_verifies_as_committed() {
+    let out = medguard(&["verify", s(&committed_model_dir())]);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(committed_model_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let expires: jiff::Timestamp = manifest["expires"].as_str().unwrap().parse().unwrap();
+    if expires > jiff::Timestamp::now() {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("expiry:"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_demo_renews_its_copy_of_a_manifest_about_to_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tomorrow = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let model = signed_copy(tmp.path(), None, |m| {
+        m["expires"] = tomorrow.to_string().into();
+    });
+    let xdg = tmp.path().join("xdg");
+    let run = || {
+        let (mut cmd, _data) = medguard_command(&["demo", "--model-dir", s(&model)]);
+        cmd.env_remove("MEDGUARD_TRUST_POLICY")
+            .env("XDG_DATA_HOME", &xdg)
+            .output()
+            .unwrap()
+    };
+    let renewed_until = medguard::signing::renewal_expiry(jiff::Timestamp::now());
+    for attempt in 0..2 {
+        let out = run();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("re-signed its own copy")
+                && stdout.contains(&renewed_until.to_string())
+                && stdout.contains("normal-1.png"),
+            "run {attempt}: {stdout}"
+        );
+    }
+    // One renewed copy, with its own ledger; the source is untouched.
+    let renewed: Vec<_> = std::fs::read_dir(xdg.join("medguard-demo/renewed"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(renewed.len(), 1, "{renewed:?}");
+    assert!(renewed[0].join("data/ledger").is_dir());
+    let copy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(renewed[0].join("pneumonia/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(copy["expires"], renewed_until.to_string().as_str());
+    let source: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(source["expires"], tomorrow.to_string().as_str());
 }

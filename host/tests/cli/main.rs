@@ -24,8 +24,29 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
-fn model_dir() -> PathBuf {
+/// The committed model directory, exactly as a clone has it.
+fn committed_model_dir() -> PathBuf {
     root().join("models/pneumonia")
+}
+
+/// The bundled model re-signed with the demo key to expire over a year from
+/// today (`medguard::signing::renewal_expiry`), so that no test depends on
+/// the committed manifest's own expiry date. One copy per content and year,
+/// under the target directory.
+fn model_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let pem = std::fs::read_to_string(root().join("models/trust/demo.key.pem")).unwrap();
+        let key = medguard_attest::SigningKey::from_pem(&pem).unwrap();
+        medguard::signing::renewed_copy(
+            &committed_model_dir(),
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("renewed-models"),
+            &key,
+            medguard::signing::renewal_expiry(jiff::Timestamp::now()),
+        )
+        .unwrap()
+    })
+    .clone()
 }
 
 /// The demo's trust policy, which every test runs under unless it says otherwise.

@@ -41,6 +41,34 @@ fn standard_domain(domain: &str, what: &str) -> Result<(), String> {
 }
 
 fn lint_graph(graph: &GraphProto) -> Result<(), String> {
+    // tract indexes its name table with every graph output and panics on a
+    // name nothing in the graph defines (fuzz finding 2): refuse such a
+    // graph here, with a reason, instead of trapping in the loader. An output
+    // naming a value of an enclosing graph is refused too, as tract cannot
+    // wire it either.
+    let defined: std::collections::HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str)),
+        )
+        .filter(|name| !name.is_empty())
+        .collect();
+    if let Some(output) = graph
+        .output
+        .iter()
+        .find(|o| !defined.contains(o.name.as_str()))
+    {
+        return Err(format!(
+            "graph {:?} has output {:?}, which no input, initializer or node of that graph defines",
+            graph.name, output.name
+        ));
+    }
     for tensor in &graph.initializer {
         lint_tensor(tensor)?;
     }

@@ -62,3 +62,24 @@ fn custom_operator_domains_are_refused() {
         "{why}"
     );
 }
+
+/// Fuzz finding 2 (fuzz/README.md): an `If` whose branch names an output
+/// that nothing in the branch defines made tract's loader panic on a map
+/// lookup. The reproducer the fuzzer wrote is committed as is.
+#[test]
+fn an_output_nothing_defines_is_refused_not_a_panic() {
+    let bytes = include_bytes!("fuzz/finding-2-if-output-undefined.onnx");
+    match Classifier::load(bytes, crate::fuzz_spec()) {
+        Err(GuestError::InvalidModel(why)) => {
+            assert!(why.contains("which no input"), "{why}")
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("loaded"),
+    }
+    // The same in the top-level graph of the bundled model.
+    let mut model = proto();
+    let graph = model.graph.as_mut().unwrap();
+    graph.output[0].name = "defined-nowhere".into();
+    let why = refused(model);
+    assert!(why.contains("defined-nowhere"), "{why}");
+}

@@ -68,3 +68,28 @@ fn refuses_bytes_that_are_not_onnx() {
         Err(GuestError::InvalidModel(_))
     ));
 }
+
+/// The `guest_onnx` fuzz target's committed seeds, natively: each loads (and
+/// then classifies) or is refused with an error, never a panic. The CI smoke
+/// run of the fuzzers leaves the guest targets out (their sanitizer build
+/// takes half an hour), so this is how CI replays them.
+#[test]
+fn the_guest_onnx_fuzz_seeds_load_or_are_refused() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/guest_onnx");
+    let mut loaded = 0;
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        seeds += 1;
+        if let Ok(c) = Classifier::load(&bytes, crate::fuzz_spec()) {
+            loaded += 1;
+            let batch = InputBatch {
+                shape: vec![1, 1, 4, 4],
+                data: vec![0.5; 16],
+            };
+            c.classify(&batch).unwrap();
+        }
+    }
+    // Seeds that load and seeds the lint refuses (fuzz/examples/seeds.rs).
+    assert!(seeds >= 6 && loaded >= 4, "{loaded} of {seeds} loaded");
+}

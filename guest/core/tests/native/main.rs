@@ -31,6 +31,17 @@ fn spec() -> ModelSpec {
     }
 }
 
+/// The spec the `guest_onnx` fuzz target loads every model with (1x4x4
+/// images, two classes), for its reproducers.
+fn fuzz_spec() -> ModelSpec {
+    ModelSpec {
+        height: 4,
+        width: 4,
+        max_batch: 4,
+        ..spec()
+    }
+}
+
 fn classifier() -> Classifier {
     Classifier::load(&model_bytes(), spec()).unwrap()
 }

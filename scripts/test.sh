@@ -23,6 +23,6 @@ cargo test --workspace --release -- --include-ignored
 # from now: tests/src/lib.rs, model_dir), so that it runs on any date.
 example_data=$(mktemp -d)
 trap 'rm -rf "$example_data"' EXIT
-model=$(ls -td target/renewed-models/*/pneumonia | head -1)
+model=$(cat target/renewed-models/current)
 target/release/examples/classify "$example_data" models/trust/demo-policy.toml \
   "$model" "$model/samples/normal-1.png"

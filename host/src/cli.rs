@@ -9,7 +9,6 @@ mod digest;
 mod eval;
 mod ledger;
 mod predict;
-mod screening;
 mod sign;
 mod verify;
 
@@ -253,6 +252,19 @@ pub(crate) fn json_printable(json: &str) -> String {
         }
     }
     out
+}
+
+/// A progress bar for a bulk run over `n` images, labelled `label`.
+fn progress_bar(n: usize, label: &str) -> anyhow::Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(n as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>28} [{bar:30}] {pos}/{len} images, {eta} left",
+        )
+        .context("progress template")?
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_owned());
+    Ok(bar)
 }
 
 /// Reads and attests a model directory whose manifest the user vouches for

@@ -67,7 +67,7 @@ pub enum GuardError {
     NoSandbox,
     /// The sandbox failed in a way that is not about one input (the model
     /// cannot be loaded at all).
-    #[error("loading the model in the sandbox: {0}")]
+    #[error("loading the model in the sandbox")]
     Sandbox(#[source] SandboxError),
 }
 

@@ -53,6 +53,7 @@ impl GuestModule {
     /// hostile guests to show that they are contained. Exists only with the
     /// `hostile-guests` feature, which the test crate alone enables.
     #[cfg(feature = "hostile-guests")]
+    #[doc(hidden)]
     pub fn hostile_for_tests(bytes: Vec<u8>) -> Self {
         let digest = Sha256Digest::of(&bytes);
         Self(pin(bytes, digest).expect("bytes match their own digest"))

@@ -18,3 +18,4 @@ pub mod model_dir;
 pub mod sandbox;
 pub mod signing;
 pub mod state;
+pub mod vendor;

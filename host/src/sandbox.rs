@@ -445,8 +445,10 @@ fn statistic_to_wit(s: &Statistic) -> wit::Statistic {
 /// The most values one call may carry: `max_batch` whole images.
 fn model_values(model: &AttestedModel) -> usize {
     let m = model.manifest();
-    let per_image =
-        m.input.shape.channels as u64 * m.input.shape.height as u64 * m.input.shape.width as u64;
+    // Saturating: a vouched manifest's three u32s can overflow a u64.
+    let per_image = u64::from(m.input.shape.channels)
+        .saturating_mul(u64::from(m.input.shape.height))
+        .saturating_mul(u64::from(m.input.shape.width));
     usize::try_from(per_image.saturating_mul(m.max_batch as u64)).unwrap_or(usize::MAX)
 }
 

@@ -193,10 +193,14 @@ pub fn renewal_expiry(now: jiff::Timestamp) -> jiff::Timestamp {
 /// A copy of the model directory `src` whose manifest says `expires`,
 /// signed with `key`: how the demo and the tests keep working after the
 /// bundled manifest's own expiry (its key is public, so this proves nothing
-/// beyond the demo). The copy is `parent/<content key>/<src's name>`, the key
-/// covering every file of `src`, `expires` and the signer, so an unchanged
-/// source is renewed once and reused; it is built beside and renamed into
-/// place, so a reader never sees half a copy and concurrent renewals agree.
+/// beyond the demo; the caller checks `src` first). Every file is read once
+/// (regular files only, capped), into a staging directory beside the
+/// result, where the manifest is edited, everything synced and signed. The
+/// copy lands at `parent/<content key>/model/<src's name>`, the key covering
+/// the staged files, their names and the signer, so an unchanged source is
+/// renewed once and then reused, and only after the copy in place is
+/// checked to hold exactly the staged files. `parent/<content key>/` is the
+/// caller's to use for what belongs with the copy (the demo's ledger).
 /// Returns the copy's directory.
 pub fn renewed_copy(
     src: &Path,
@@ -208,63 +212,81 @@ pub fn renewed_copy(
         let path = path.to_owned();
         move |source| SigningError::Io { path, source }
     };
-    let files = directory_files(src, &DEFAULT_IGNORED)?;
-    let mut content = Sha256::new();
-    for (name, path) in &files {
-        content.update(name.as_bytes());
-        content.update([0]);
-        content.update(digest_capped(path)?.as_bytes());
-    }
-    content.update(expires.to_string().as_bytes());
-    content.update(key.verifying_key().fingerprint().as_bytes());
     let name = std::fs::canonicalize(src)
         .map_err(io_err(src))?
         .file_name()
         .map(|n| n.to_owned())
         .unwrap_or_else(|| "model".into());
-    let root = parent.join(hex::encode(&content.finalize()[..12]));
-    let copy = root.join(&name);
-    if copy.join(SIGNATURE_FILE).is_file() {
-        return Ok(copy);
-    }
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let tmp = tempfile::Builder::new()
         .prefix(".renewing-")
         .tempdir_in(parent)
         .map_err(io_err(parent))?;
-    let staged = tmp.path().join(&name);
-    for (relative, from) in &files {
-        let to = staged.join(relative);
+    let staged = tmp.path().join("model").join(&name);
+    for (relative, from) in directory_files(src, &DEFAULT_IGNORED)? {
+        let mut bytes = crate::model_dir::read_model_file(&from, MODEL_MAX_BYTES)?;
+        if relative == MANIFEST_PATH {
+            bytes = with_expiry(&bytes, expires).map_err(|reason| SigningError::Manifest {
+                path: from.clone(),
+                reason,
+            })?;
+        }
+        let to = staged.join(&relative);
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        if relative == MANIFEST_PATH {
-            let bytes = std::fs::read(from).map_err(io_err(from))?;
-            let bad = |reason: String| SigningError::Manifest {
-                path: from.clone(),
-                reason,
-            };
-            let mut manifest: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-            manifest
-                .as_object_mut()
-                .ok_or_else(|| bad("not a JSON object".into()))?
-                .insert("expires".into(), expires.to_string().into());
-            let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| bad(e.to_string()))?;
-            text.push(b'\n');
-            std::fs::write(&to, text).map_err(io_err(&to))?;
-        } else {
-            std::fs::copy(from, &to).map_err(io_err(&to))?;
+        let mut file = std::fs::File::create(&to).map_err(io_err(&to))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&to))?;
+    }
+    let files = directory_digests(&staged, &DEFAULT_IGNORED)?;
+    let mut content = Sha256::new();
+    content.update(name.as_encoded_bytes());
+    for (relative, digest) in &files {
+        content.update([0]);
+        content.update(relative.as_bytes());
+        content.update([0]);
+        content.update(digest.as_bytes());
+    }
+    content.update(key.verifying_key().fingerprint().as_bytes());
+    let root = parent.join(hex::encode(&content.finalize()[..12]));
+    let copy = root.join("model").join(&name);
+    if !root.exists() {
+        sign_directory(&staged, key, &staged.join(SIGNATURE_FILE))?;
+        match std::fs::rename(tmp.path(), &root) {
+            Ok(()) => {
+                // The staging directory is the result now: nothing to clean.
+                let _ = tmp.keep();
+                return Ok(copy);
+            }
+            // Another process renewed the same content first: check it below.
+            Err(_) if root.exists() => {}
+            Err(e) => return Err(io_err(&root)(e)),
         }
     }
-    sign_directory(&staged, key, &staged.join(SIGNATURE_FILE))?;
-    let built = tmp.path().join("root");
-    std::fs::create_dir(&built).map_err(io_err(&built))?;
-    std::fs::rename(&staged, built.join(&name)).map_err(io_err(&staged))?;
-    match std::fs::rename(&built, &root) {
-        Ok(()) => Ok(copy),
-        // Another process renewed the same content first: its copy is ours.
-        Err(_) if copy.join(SIGNATURE_FILE).is_file() => Ok(copy),
-        Err(e) => Err(io_err(&root)(e)),
+    // Reuse only a copy that holds exactly what was staged, and is signed.
+    if copy.join(SIGNATURE_FILE).is_file() && directory_digests(&copy, &DEFAULT_IGNORED)? == files {
+        Ok(copy)
+    } else {
+        Err(SigningError::Io {
+            path: copy,
+            source: std::io::Error::other(
+                "a renewed copy is there but does not hold the files it is named for; remove it",
+            ),
+        })
     }
+}
+
+/// `manifest` (JSON) with its `expires` set.
+fn with_expiry(manifest: &[u8], expires: jiff::Timestamp) -> Result<Vec<u8>, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
+    value
+        .as_object_mut()
+        .ok_or("not a JSON object")?
+        .insert("expires".into(), expires.to_string().into());
+    let mut text = serde_json::to_vec_pretty(&value).map_err(|e| e.to_string())?;
+    text.push(b'\n');
+    Ok(text)
 }

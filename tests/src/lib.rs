@@ -29,13 +29,18 @@ pub fn model_dir() -> PathBuf {
         let pem = std::fs::read_to_string(repo_root().join("models/trust/demo.key.pem"))
             .expect("the demo key");
         let key = medguard_attest::SigningKey::from_pem(&pem).expect("the demo key parses");
-        medguard::signing::renewed_copy(
+        let parent = repo_root().join("target").join("renewed-models");
+        let copy = medguard::signing::renewed_copy(
             &repo_root().join("models").join("pneumonia"),
-            &repo_root().join("target").join("renewed-models"),
+            &parent,
             &key,
             medguard::signing::renewal_expiry(jiff::Timestamp::now()),
         )
-        .expect("renewing the bundled model")
+        .expect("renewing the bundled model");
+        // For scripts/test.sh, which runs the example on the same copy.
+        std::fs::write(parent.join("current"), copy.as_os_str().as_encoded_bytes())
+            .expect("recording the renewed copy");
+        copy
     })
     .clone()
 }

@@ -2,20 +2,19 @@
 //! statistics in the sandbox and writes the screening profile into a working
 //! copy's manifest (which then needs a new signature).
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use medguard_attest::{CalibrationSource, Manifest, ScreeningSection};
-use medguard_screen::{Targets, fit};
+use medguard_screen::Targets;
 use serde::Deserialize;
 
-use super::screening::{Mode, predicted_class, screen_all};
-use super::{Exit, SandboxArgs, unsigned_or_refused};
+use super::{Exit, SandboxArgs, progress_bar, unsigned_or_refused};
 use crate::input::{self, Batch};
 use crate::model_dir::read_capped;
 use crate::signing::SIGNATURE_FILE;
+use crate::vendor::bulk::Run;
+use crate::vendor::calibration::{calibrate, write_manifest};
 use medguard_attest::MANIFEST_PATH;
 
 /// Compute clean reference statistics in the sandbox and write the screening
@@ -59,69 +58,35 @@ impl CalibrateCmd {
             return Ok(Exit::Refused);
         };
         let images = self.load_images()?;
-        let spec = &model.manifest().input.shape;
-        if images.shape[1..] != [spec.channels, spec.height, spec.width] {
-            bail!(
-                "calibration images are {:?}, the model takes [N, {}, {}, {}]",
-                images.shape,
-                spec.channels,
-                spec.height,
-                spec.width
-            );
-        }
         let (program, _) = sandbox.start()?;
-        let statistics = medguard_screen::Statistic::default_set();
-        let screened = screen_all(
-            &program,
-            &model,
-            Mode::Measure(&statistics),
-            &images,
-            self.seed,
-            self.threads,
-            "calibrating",
-        )?;
-        let samples: Vec<(usize, Vec<f64>)> = screened
-            .into_iter()
-            .map(|s| {
-                let class = s.probabilities.as_deref().map_or(0, predicted_class);
-                (class, s.statistics)
-            })
-            .collect();
-        let labels = &model.manifest().output.labels;
         let targets = Targets {
             flag_fpr: self.flag_fpr,
             reject_fpr: self.reject_fpr,
         };
-        let profile = fit(statistics, labels.len(), &samples, targets)
-            .context("fitting the screening profile")?;
+        let bar = progress_bar(images.len(), "calibrating")?;
+        let run = Run {
+            seed: self.seed,
+            threads: self.threads,
+            progress: &|n| bar.inc(n as u64),
+        };
+        let calibrated = calibrate(&program, &model, &images, targets, self.describe(), run)?;
+        bar.finish_and_clear();
+        write_manifest(&self.model_dir, &calibrated.manifest)
+            .with_context(|| format!("writing {}", self.model_dir.join(MANIFEST_PATH).display()))?;
 
-        let mut manifest: Manifest = model.manifest().clone();
-        manifest.screening = Some(ScreeningSection {
-            calibration: CalibrationSource {
-                data: self.describe(),
-                images: samples.len() as u32,
-                guest_sha256: program.digest(),
-                seed: self.seed,
-            },
-            profile: profile.clone(),
-        });
-        write_manifest(&self.model_dir, &manifest)?;
-
-        for (c, label) in labels.iter().enumerate() {
-            let n = samples.iter().filter(|(class, _)| *class == c).count();
+        let labels = &model.manifest().output.labels;
+        for (label, n) in labels.iter().zip(&calibrated.per_class) {
             println!("class {label:<12} {n} clean reference images");
         }
-        let flagged = samples
-            .iter()
-            .filter(|(c, v)| profile.judge(*c, v).verdict != medguard_screen::Verdict::Accept)
-            .count();
+        let thresholds = &calibrated.profile.thresholds;
         println!(
             "thresholds     flag at p <= {:.4} (target {}), reject at p <= {:.4} (target {})",
-            profile.thresholds.flag, self.flag_fpr, profile.thresholds.reject, self.reject_fpr
+            thresholds.flag, self.flag_fpr, thresholds.reject, self.reject_fpr
         );
         println!(
-            "in-sample      {flagged} of {} calibration images flagged against the full reference (leave-one-out is what the thresholds use)",
-            samples.len()
+            "in-sample      {} of {} calibration images flagged against the full reference (leave-one-out is what the thresholds use)",
+            calibrated.flagged_in_sample,
+            images.len()
         );
         println!(
             "wrote          {}",
@@ -178,20 +143,4 @@ impl CalibrateCmd {
             None => format!("{file}:{}", self.array),
         }
     }
-}
-
-/// Replaces the manifest atomically: a crash leaves the old or the new file,
-/// never half of one. The new manifest is re-parsed first, so an invalid one
-/// is never written.
-fn write_manifest(dir: &std::path::Path, manifest: &Manifest) -> anyhow::Result<()> {
-    let mut text = serde_json::to_vec_pretty(manifest).context("serialising the manifest")?;
-    text.push(b'\n');
-    Manifest::parse(&text).context("the calibrated manifest would not be valid")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(&text)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(MANIFEST_PATH))
-        .with_context(|| format!("replacing {}", dir.join(MANIFEST_PATH).display()))?;
-    Ok(())
 }

@@ -11,6 +11,7 @@ use super::predict::{DEMO_OPTIONS, Format, model_runs, predict_files};
 use medguard_attest::Provenance;
 
 use super::{Exit, SandboxArgs, TrustArgs};
+use crate::admission::admit_directory;
 use crate::guard::NamedPolicy;
 use crate::sandbox::CacheUse;
 use crate::signing::{renewal_due, renewal_expiry, renewed_copy};
@@ -72,13 +73,18 @@ impl DemoCmd {
         let dir = std::fs::canonicalize(&self.model_dir).unwrap_or(self.model_dir);
         let demo_root = demo_data_dir()?;
         println!("medguard demo: {}", dir.display());
-        let (dir, data_dir) = match renewed(&dir, &demo_root)? {
-            Some(copy) => {
+        // Renewal is the built-in policy's business: a policy given on the
+        // command line judges the directory as it is.
+        let renewal = match self.trust.trust_policy {
+            None => renewed(&dir, &demo_root)?,
+            Some(_) => None,
+        };
+        let (dir, data_dir) = match renewal {
+            Some((copy, root)) => {
                 // A renewed manifest is another manifest of the same version:
                 // it gets a ledger of its own rather than a refusal for
                 // equivocation in the demo's.
-                let data_dir = copy.with_file_name("data");
-                (copy, data_dir)
+                (copy, root.join("data"))
             }
             None => (dir, demo_root),
         };
@@ -153,10 +159,14 @@ impl DemoCmd {
     }
 }
 
-/// The demo's re-signed copy of `dir` when its manifest is due for renewal
-/// (the bundled one is signed for two years at a time), so that the demo
-/// outlives it; `None` when the manifest is good as it is.
-fn renewed(dir: &Path, demo_root: &Path) -> anyhow::Result<Option<PathBuf>> {
+/// The demo's re-signed copy of `dir` (and the directory that holds it)
+/// when its manifest is due for renewal (the bundled one is signed for two
+/// years at a time), so that the demo outlives it. Only a directory that
+/// the built-in policy admits in every respect but its age is renewed:
+/// `None` leaves anything else (tampered, unsigned, signed by another key)
+/// to be refused by the admission that follows, as it would be without
+/// renewal.
+fn renewed(dir: &Path, demo_root: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
     let path = dir.join(medguard_attest::MANIFEST_PATH);
     let bytes = crate::model_dir::read_capped(&path, medguard_attest::MANIFEST_MAX_BYTES as u64)?;
     let manifest = medguard_attest::Manifest::parse(&bytes)
@@ -168,6 +178,13 @@ fn renewed(dir: &Path, demo_root: &Path) -> anyhow::Result<Option<PathBuf>> {
     if !renewal_due(expires, now) {
         return Ok(None);
     }
+    // Admission as of just before the manifest expired, without rollback
+    // marks (the demo's ledger judges those after renewal).
+    let before_expiry = expires - jiff::SignedDuration::from_secs(1);
+    let policy = demo_policy()?;
+    if admit_directory(dir, &policy.policy, |_| None, before_expiry).is_err() {
+        return Ok(None);
+    }
     let renewed_until = renewal_expiry(now);
     let key = SigningKey::from_pem(DEMO_PRIVATE_KEY).context("the built-in demo key")?;
     let copy = renewed_copy(dir, &demo_root.join("renewed"), &key, renewed_until)
@@ -176,7 +193,12 @@ fn renewed(dir: &Path, demo_root: &Path) -> anyhow::Result<Option<PathBuf>> {
         "   its manifest expires {expires}; the demo re-signed its own copy with the public demo key\n   (valid until {renewed_until}): {}\n   a deployment asks the model's signer for a fresh manifest instead",
         copy.display()
     );
-    Ok(Some(copy))
+    let root = copy
+        .parent()
+        .and_then(Path::parent)
+        .context("a renewed copy sits two levels below its root")?
+        .to_owned();
+    Ok(Some((copy, root)))
 }
 
 /// The PNG files of a directory, sorted; none if it does not exist.

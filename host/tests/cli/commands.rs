@@ -278,11 +278,36 @@ fn the_demo_renews_its_copy_of_a_manifest_about_to_expire() {
         .collect();
     assert_eq!(renewed.len(), 1, "{renewed:?}");
     assert!(renewed[0].join("data/ledger").is_dir());
-    let copy: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(renewed[0].join("pneumonia/manifest.json")).unwrap())
-            .unwrap();
+    let copy: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(renewed[0].join("model/pneumonia/manifest.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(copy["expires"], renewed_until.to_string().as_str());
     let source: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(source["expires"], tomorrow.to_string().as_str());
+}
+
+#[test]
+fn the_demo_renews_nothing_the_demo_policy_would_refuse() {
+    // An expiring copy whose model was swapped after signing: renewing it
+    // would launder the swap under the demo key.
+    let tmp = tempfile::tempdir().unwrap();
+    let tomorrow = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let model = signed_copy(tmp.path(), None, |m| {
+        m["expires"] = tomorrow.to_string().into();
+    });
+    let mut bytes = std::fs::read(model.join("model.onnx")).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(model.join("model.onnx"), bytes).unwrap();
+    let (mut cmd, data) = medguard_command(&["demo", "--model-dir", s(&model)]);
+    let out = cmd.env_remove("MEDGUARD_TRUST_POLICY").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("model.onnx"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("re-signed"));
+    assert!(!data.path().join("xdg/medguard-demo/renewed").exists());
 }

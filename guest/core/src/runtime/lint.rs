@@ -44,8 +44,9 @@ fn lint_graph(graph: &GraphProto) -> Result<(), String> {
     // tract indexes its name table with every graph output and panics on a
     // name nothing in the graph defines (fuzz finding 2): refuse such a
     // graph here, with a reason, instead of trapping in the loader. An output
-    // naming a value of an enclosing graph is refused too, as tract cannot
-    // wire it either.
+    // of a subgraph that names a value of the enclosing graph directly is
+    // refused too: tract wires such names only when a node reads them, and a
+    // classifier has no use for it.
     let defined: std::collections::HashSet<&str> = graph
         .input
         .iter()

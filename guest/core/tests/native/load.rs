@@ -87,7 +87,8 @@ fn the_guest_onnx_fuzz_seeds_load_or_are_refused() {
                 shape: vec![1, 1, 4, 4],
                 data: vec![0.5; 16],
             };
-            c.classify(&batch).unwrap();
+            // An error is an answer too; only a panic fails (as in the target).
+            let _ = c.classify(&batch);
         }
     }
     // Seeds that load and seeds the lint refuses (fuzz/examples/seeds.rs).

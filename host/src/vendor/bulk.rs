@@ -1,19 +1,19 @@
-//! Screening many images with the real guard, shared by `calibrate` and `eval`.
+//! Screening many images in parallel sandboxes, shared by calibration and
+//! evaluation.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use medguard_attest::AttestedModel;
 use medguard_screen::Statistic;
 
+use super::VendorError;
 use crate::input::Batch;
 use crate::sandbox::{GuestProgram, ScreenOptions, ScreenedImage, Session};
 
 /// What the sessions screen with.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Mode<'a> {
+pub enum Mode<'a> {
     /// Compute these statistics without a verdict (calibration).
     Measure(&'a [Statistic]),
     /// Judge with the manifest's calibrated profile.
@@ -24,33 +24,44 @@ pub(super) enum Mode<'a> {
 /// that call overhead does not matter.
 const CHUNK: usize = 16;
 
-/// Screens every image of `batch` in `threads` sandboxes in parallel, chunk
-/// `i` with seed `seed + i`, so results do not depend on the thread count.
-/// Predictions of rejected inputs are kept (flag-only), since evaluation and
-/// calibration need them.
-pub(super) fn screen_all(
+/// How a bulk run goes: the seed of chunk 0, the sandboxes to run in
+/// parallel, and a callback told how many more images are done (a progress
+/// bar at the edge).
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    /// Chunk `i` screens with seed `seed + i`.
+    pub seed: u64,
+    /// Sandboxes in parallel.
+    pub threads: usize,
+    /// Called with the number of images each finished chunk held.
+    pub progress: &'a (dyn Fn(usize) + Sync),
+}
+
+/// Screens every image of `batch` in `run.threads` sandboxes in parallel,
+/// chunk `i` with seed `run.seed + i`, so results do not depend on the
+/// thread count. Predictions of rejected inputs are kept (flag-only), since
+/// evaluation and calibration need them. `label` names the set in errors.
+pub fn screen_all(
     program: &GuestProgram,
     model: &AttestedModel,
     mode: Mode<'_>,
     batch: &Batch,
-    seed: u64,
-    threads: usize,
+    run: Run<'_>,
     label: &str,
-) -> anyhow::Result<Vec<ScreenedImage>> {
+) -> Result<Vec<ScreenedImage>, VendorError> {
+    let Run {
+        seed,
+        threads,
+        progress,
+    } = run;
     let chunk = CHUNK.min(model.manifest().max_batch as usize);
     let chunks: Vec<Batch> = batch.chunks(chunk).collect();
-    let bar = ProgressBar::new(batch.len() as u64).with_style(
-        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} images, {eta} left")
-            .context("progress template")?
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_owned());
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Vec<ScreenedImage>>>> = Mutex::new(vec![None; chunks.len()]);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    std::thread::scope(|scope| -> Result<(), VendorError> {
         let workers: Vec<_> = (0..threads.max(1).min(chunks.len().max(1)))
             .map(|_| {
-                scope.spawn(|| -> anyhow::Result<()> {
+                scope.spawn(|| -> Result<(), VendorError> {
                     let mut session = open(program, model, mode)?;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -65,36 +76,39 @@ pub(super) fn screen_all(
                         let screened =
                             session
                                 .screen(&c.shape, &c.data, options)
-                                .with_context(|| {
-                                    format!("screening {label}, images from {}", i * chunk)
+                                .map_err(|source| VendorError::Sandbox {
+                                    what: format!("screening {label}, images from {}", i * chunk),
+                                    source,
                                 })?;
-                        bar.inc(c.len() as u64);
-                        results
-                            .lock()
-                            .map_err(|_| anyhow::anyhow!("a worker panicked"))?[i] = Some(screened);
+                        progress(c.len());
+                        results.lock().map_err(|_| VendorError::WorkerPanicked)?[i] =
+                            Some(screened);
                     }
                 })
             })
             .collect();
         for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("a screening worker panicked"))??;
+            w.join().map_err(|_| VendorError::WorkerPanicked)??;
         }
         Ok(())
     })?;
-    bar.finish_and_clear();
     let results = results
         .into_inner()
-        .map_err(|_| anyhow::anyhow!("a worker panicked"))?;
+        .map_err(|_| VendorError::WorkerPanicked)?;
     Ok(results.into_iter().flatten().flatten().collect())
 }
 
-fn open(program: &GuestProgram, model: &AttestedModel, mode: Mode<'_>) -> anyhow::Result<Session> {
+fn open(
+    program: &GuestProgram,
+    model: &AttestedModel,
+    mode: Mode<'_>,
+) -> Result<Session, VendorError> {
     match mode {
         Mode::Measure(statistics) => program.calibration_session(model, statistics),
         Mode::Judge => program.session(model),
     }
-    .context("loading the model in the sandbox")
+    .map_err(|source| VendorError::Sandbox {
+        what: "loading the model in the sandbox".into(),
+        source,
+    })
 }
-
-pub(super) use medguard_screen::predicted_class;

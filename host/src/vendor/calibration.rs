@@ -1,0 +1,107 @@
+//! Calibration: clean reference statistics measured in the sandbox, fitted
+//! into the screening profile that goes into the manifest.
+
+use std::io::Write;
+use std::path::Path;
+
+use medguard_attest::{
+    AttestedModel, CalibrationSource, MANIFEST_PATH, Manifest, ScreeningSection,
+};
+use medguard_screen::{Profile, Statistic, Targets, Verdict, fit, predicted_class};
+
+use super::VendorError;
+use super::bulk::{Mode, Run, screen_all};
+use crate::input::Batch;
+use crate::sandbox::GuestProgram;
+
+/// What calibration produced.
+#[derive(Debug)]
+pub struct Calibrated {
+    /// The model's manifest with the new screening section; unsigned.
+    pub manifest: Manifest,
+    /// The fitted profile (also in `manifest`).
+    pub profile: Profile,
+    /// Reference images per class, in the manifest's label order.
+    pub per_class: Vec<usize>,
+    /// Calibration images the profile flags against the full reference
+    /// (in-sample; the thresholds themselves come from leave-one-out).
+    pub flagged_in_sample: usize,
+}
+
+/// Measures the default statistics on the clean `images` in the sandbox,
+/// fits a profile for `targets`, and returns the model's manifest with it.
+/// `data` describes the images' source for the manifest's record.
+pub fn calibrate(
+    program: &GuestProgram,
+    model: &AttestedModel,
+    images: &Batch,
+    targets: Targets,
+    data: String,
+    run: Run<'_>,
+) -> Result<Calibrated, VendorError> {
+    let spec = &model.manifest().input.shape;
+    if images.shape[1..] != [spec.channels, spec.height, spec.width] {
+        return Err(VendorError::Data(format!(
+            "calibration images are {:?}, the model takes [N, {}, {}, {}]",
+            images.shape, spec.channels, spec.height, spec.width
+        )));
+    }
+    let statistics = Statistic::default_set();
+    let screened = screen_all(
+        program,
+        model,
+        Mode::Measure(&statistics),
+        images,
+        run,
+        "calibrating",
+    )?;
+    let samples: Vec<(usize, Vec<f64>)> = screened
+        .into_iter()
+        .map(|s| {
+            let class = s.probabilities.as_deref().map_or(0, predicted_class);
+            (class, s.statistics)
+        })
+        .collect();
+    let labels = &model.manifest().output.labels;
+    let profile = fit(statistics, labels.len(), &samples, targets)
+        .map_err(|e| VendorError::Fit(e.to_string()))?;
+    let mut manifest = model.manifest().clone();
+    manifest.screening = Some(ScreeningSection {
+        calibration: CalibrationSource {
+            data,
+            images: samples.len() as u32,
+            guest_sha256: program.digest(),
+            seed: run.seed,
+        },
+        profile: profile.clone(),
+    });
+    let per_class = (0..labels.len())
+        .map(|c| samples.iter().filter(|(class, _)| *class == c).count())
+        .collect();
+    let flagged_in_sample = samples
+        .iter()
+        .filter(|(c, v)| profile.judge(*c, v).verdict != Verdict::Accept)
+        .count();
+    Ok(Calibrated {
+        manifest,
+        profile,
+        per_class,
+        flagged_in_sample,
+    })
+}
+
+/// Replaces `dir`'s manifest atomically: a crash leaves the old or the new
+/// file, never half of one. The new manifest is re-parsed first, so an
+/// invalid one is never written.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    Manifest::parse(&text).map_err(|e| {
+        std::io::Error::other(format!("the calibrated manifest would not be valid: {e}"))
+    })?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(&text)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join(MANIFEST_PATH)).map_err(|e| e.error)?;
+    Ok(())
+}

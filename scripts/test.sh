@@ -26,3 +26,6 @@ trap 'rm -rf "$example_data"' EXIT
 model=$(cat target/renewed-models/current)
 target/release/examples/classify "$example_data" models/trust/demo-policy.toml \
   "$model" "$model/samples/normal-1.png"
+# Every fuzz target but the guest's, a few seconds each from the committed
+# seeds (fuzz/README.md; installs a nightly toolchain and cargo-fuzz).
+scripts/fuzz.sh

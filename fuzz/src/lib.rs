@@ -154,6 +154,7 @@ pub fn sample_entries() -> Vec<Entry> {
             probabilities: Some([("normal".into(), 0.9), ("pneumonia".into(), 0.1)].into()),
             policy: ScreeningPolicy::Enforce,
             seed: 7,
+            caller: None,
         },
         Entry::Inference {
             time,
@@ -168,6 +169,7 @@ pub fn sample_entries() -> Vec<Entry> {
             probabilities: None,
             policy: ScreeningPolicy::Enforce,
             seed: 9,
+            caller: Some("pacs-reader".into()),
         },
     ]
 }

@@ -9,6 +9,7 @@ mod digest;
 mod eval;
 mod ledger;
 mod predict;
+mod serve;
 mod sign;
 mod verify;
 
@@ -55,6 +56,7 @@ enum Command {
     Eval(eval::EvalCmd),
     Demo(demo::DemoCmd),
     Ledger(ledger::LedgerCmd),
+    Serve(serve::ServeCmd),
 }
 
 /// How a command ended, as the process exit code.
@@ -303,6 +305,7 @@ pub fn main() -> ExitCode {
         Command::Eval(cmd) => cmd.execute(&cli.sandbox),
         Command::Demo(cmd) => cmd.execute(&cli.sandbox),
         Command::Ledger(cmd) => cmd.execute(&cli.state),
+        Command::Serve(cmd) => cmd.execute(&cli.sandbox, &cli.state),
     };
     match result {
         Ok(exit) => exit.into(),

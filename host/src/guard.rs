@@ -361,22 +361,28 @@ impl Guard {
         bytes: &[u8],
         options: ClassifyOptions,
     ) -> Result<Classified, ClassifyError> {
-        let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
-        let manifest = model.manifest();
-        // 1.
-        if !matches!(model.provenance(), Provenance::Signed { .. }) {
-            return Err(ClassifyError::Unsigned {
-                model: manifest.name.clone(),
-            });
-        }
-        if manifest.screening.is_none() && !options.allow_unscreened {
-            return Err(ClassifyError::Unscreened {
-                model: manifest.name.clone(),
-            });
-        }
+        self.check_classifiable(model, options)?;
         // 2.
+        let manifest = model.manifest();
         let batch = input::decode(bytes, &manifest.input, manifest.max_batch)
             .map_err(InputRefusal::Decode)?;
+        self.classify_batch(model, &batch, options, None)
+    }
+
+    /// [`Guard::classify`] for a tensor that arrived decoded (the server's
+    /// Open Inference Protocol requests), on behalf of `caller` (a name the
+    /// ledger records; never a credential). The guest checks the values
+    /// against the manifest as it does for decoded files.
+    pub fn classify_batch(
+        &self,
+        model: &AttestedModel,
+        batch: &input::Batch,
+        options: ClassifyOptions,
+        caller: Option<&str>,
+    ) -> Result<Classified, ClassifyError> {
+        self.check_classifiable(model, options)?;
+        let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
+        let manifest = model.manifest();
         // 3.
         let mut session = program.session(model).map_err(GuardError::Sandbox)?;
         let screened = if manifest.screening.is_some() {
@@ -432,6 +438,7 @@ impl Guard {
                 probabilities: result.probabilities.clone(),
                 policy: options.policy,
                 seed: options.seed,
+                caller: caller.map(|c| bounded(c, TEXT_MAX_BYTES)),
             });
             images.push(result);
         }
@@ -457,6 +464,28 @@ impl Guard {
             source_bits: batch.source_bits,
             seed: options.seed,
         })
+    }
+}
+
+impl Guard {
+    /// Step 1: only signed models, and screened ones unless allowed.
+    fn check_classifiable(
+        &self,
+        model: &AttestedModel,
+        options: ClassifyOptions,
+    ) -> Result<(), ClassifyError> {
+        let manifest = model.manifest();
+        if !matches!(model.provenance(), Provenance::Signed { .. }) {
+            return Err(ClassifyError::Unsigned {
+                model: manifest.name.clone(),
+            });
+        }
+        if manifest.screening.is_none() && !options.allow_unscreened {
+            return Err(ClassifyError::Unscreened {
+                model: manifest.name.clone(),
+            });
+        }
+        Ok(())
     }
 }
 

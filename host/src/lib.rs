@@ -16,6 +16,7 @@ pub mod guest;
 pub use medguard_input as input;
 pub mod model_dir;
 pub mod sandbox;
+pub mod server;
 pub mod signing;
 pub mod state;
 pub mod vendor;

@@ -123,6 +123,10 @@ pub enum Entry {
         policy: ScreeningPolicy,
         /// The seed of the guest's noise draws, to reproduce the verdict.
         seed: u64,
+        /// Who asked, as the server's token file names them (never the
+        /// token): the access record auditors ask for. None for local use.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller: Option<String>,
     },
 }
 

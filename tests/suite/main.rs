@@ -7,4 +7,5 @@ mod cache;
 mod guard;
 mod parity;
 mod sandbox;
+mod server;
 mod tamper;

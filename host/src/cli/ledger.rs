@@ -442,6 +442,7 @@ mod tests {
             probabilities: None,
             policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
             seed: 1,
+            caller: None,
         };
         let shown = printable(&describe(&entry));
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
@@ -471,6 +472,7 @@ mod tests {
             probabilities: Some([("normal".into(), 0.9), ("pneumonia".into(), 0.1)].into()),
             policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
             seed: 7,
+            caller: None,
         };
         let line = serde_json::json!({
             "label": "normal", "verdict": "accept", "p_value": 0.25, "seed": 7,

@@ -11,6 +11,7 @@ mod commands;
 mod ledger;
 mod regression;
 mod screening;
+mod serve;
 mod signing;
 mod trust;
 

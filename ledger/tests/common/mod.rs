@@ -15,6 +15,7 @@ pub fn inference(seed: u64) -> medguard_ledger::Entry {
         probabilities: Some([("normal".into(), 0.75), ("pneumonia".into(), 0.25)].into()),
         policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
         seed,
+        caller: None,
     }
 }
 

@@ -1,0 +1,160 @@
+//! `medguard serve`: admits every model directory, then serves them over
+//! the Open Inference Protocol until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{Exit, SandboxArgs, StateArgs, TrustArgs, printable};
+use crate::guard::{Admission, Guard, ScreeningPolicy};
+use crate::server::auth::Tokens;
+use crate::server::{self, Limits, Server};
+
+/// Serve admitted models over the Open Inference Protocol (KServe v2 REST):
+/// a fresh sandbox per request, every verdict in the ledger.
+#[derive(Debug, Args)]
+pub struct ServeCmd {
+    /// Model directories to serve; each is admitted under the trust policy
+    /// at start, and a refused one is recorded and not served.
+    #[arg(required = true)]
+    model_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Bearer tokens (TOML: name, SHA-256 of the token, models); without
+    /// it every caller who reaches the address may infer.
+    #[arg(long, value_name = "TOML")]
+    tokens: Option<PathBuf>,
+    /// Largest request body, in MiB (413 above).
+    #[arg(long, default_value_t = 64)]
+    max_body_mib: usize,
+    /// Sandboxes running at once [default: the number of CPUs].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Requests that may wait for a sandbox before the answer is 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Return rejected predictions with their verdict instead of withholding them.
+    #[arg(long)]
+    flag_only: bool,
+}
+
+impl ServeCmd {
+    pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
+        let Some(policy) = self.trust.policy(None)? else {
+            return Ok(Exit::Refused);
+        };
+        let tokens = self.tokens.as_deref().map(Tokens::load).transpose()?;
+        if tokens.is_none() {
+            eprintln!(
+                "medguard: warning: no --tokens: anyone who reaches {} may run inferences",
+                self.listen
+            );
+        }
+        let data_dir = state.dir()?;
+        let guard = Guard::open(&data_dir, policy)
+            .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
+        let mut models = Vec::new();
+        for dir in &self.model_dirs {
+            match guard
+                .admit(dir)
+                .context("recording an admission in the ledger")?
+            {
+                Admission::Admitted { model, .. } => {
+                    let m = model.manifest();
+                    eprintln!(
+                        "medguard: serving {} {} from {}",
+                        m.name,
+                        m.version,
+                        dir.display()
+                    );
+                    models.push(*model);
+                }
+                Admission::Refused { error, .. } => {
+                    eprintln!(
+                        "medguard: refused {}: {}; not served",
+                        dir.display(),
+                        printable(&error.to_string())
+                    );
+                }
+            }
+        }
+        if models.is_empty() {
+            eprintln!("medguard: refused: no model was admitted; nothing to serve");
+            return Ok(Exit::Refused);
+        }
+        let (program, load) = sandbox.start()?;
+        let guard = guard.with_sandbox(program);
+        // Ready only once every served model loads in the sandbox.
+        for model in &models {
+            if let Err(why) = guard.check_model_runs(model)? {
+                anyhow::bail!(
+                    "{} does not run in the sandbox: {why}",
+                    model.manifest().name
+                );
+            }
+        }
+        eprintln!(
+            "medguard: guest ready in {:.2} s ({:?})",
+            load.elapsed.as_secs_f64(),
+            load.cache
+        );
+        let limits = Limits {
+            max_body_bytes: self
+                .max_body_mib
+                .checked_mul(1 << 20)
+                .context("--max-body-mib is too large")?,
+            concurrency: self.concurrency.unwrap_or(Limits::default().concurrency),
+            queue: self.queue,
+        };
+        let policy = if self.flag_only {
+            ScreeningPolicy::FlagOnly
+        } else {
+            ScreeningPolicy::Enforce
+        };
+        let server = Arc::new(Server::new(Arc::new(guard), models, tokens, policy, limits));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(self.listen)
+                .await
+                .with_context(|| format!("listening on {}", self.listen))?;
+            let local = listener.local_addr()?;
+            eprintln!("medguard: listening on http://{local}/v2");
+            let draining = server.clone();
+            let shutdown = async move {
+                shutdown_signal().await;
+                draining.set_ready(false);
+                eprintln!("medguard: shutting down: finishing requests in flight");
+            };
+            server::serve(listener, server::router(server), shutdown)
+                .await
+                .context("serving")
+        })?;
+        eprintln!("medguard: stopped; every verdict is in the ledger");
+        Ok(Exit::Ok)
+    }
+}
+
+/// SIGTERM (what container runtimes send) or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

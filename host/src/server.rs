@@ -1,0 +1,514 @@
+//! `medguard serve`: the guard behind the Open Inference Protocol (KServe
+//! v2) REST API, the protocol Triton and KServe clients already speak. The
+//! one module that touches axum and tokio.
+//!
+//! Every inference runs through [`Guard::classify_batch`]: a fresh sandbox
+//! session per request, screening, the ledger entry (naming the caller) and
+//! its receipt. The sandbox work runs on tokio's blocking pool, at most
+//! `concurrency` at a time; up to `queue` more wait, and past that the
+//! answer is 503 with `Retry-After`.
+//!
+//! Status codes: 200 with outputs; 400 for a request that does not fit
+//! the model; 401 without a known token, 403 for a model the token may not
+//! use; 404 for an unknown model or version; 413 for a body over the limit;
+//! 422 for an input the guard refused (screening rejected it under the
+//! enforce policy, or the guest refused its values), with the verdict and
+//! receipts in `parameters`; 503 when the queue is full or the server is
+//! not ready; 504 when the guest ran past its deadline; 500 when the guard
+//! itself failed (the ledger). Health and server metadata need no token.
+
+pub mod auth;
+pub mod oip;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use medguard_attest::AttestedModel;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::guard::{ClassifyError, ClassifyOptions, Guard, InputRefusal, ScreeningPolicy, Verdict};
+use crate::sandbox::SandboxError;
+use auth::{Caller, Denied, Tokens};
+use oip::{ErrorBody, InferRequest, InferResponse, ModelMetadata, OutputTensor, ServerMetadata};
+
+/// How the server runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Sandboxes running at once.
+    pub concurrency: usize,
+    /// Requests waiting for one, beyond which the answer is 503.
+    pub queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 << 20,
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue: 64,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct Server {
+    guard: Arc<Guard>,
+    /// By model name, the versions served, oldest first.
+    models: BTreeMap<String, Vec<AttestedModel>>,
+    tokens: Option<Tokens>,
+    policy: ScreeningPolicy,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    ready: AtomicBool,
+}
+
+impl Server {
+    /// A server for the admitted `models` through `guard` (which must have
+    /// a sandbox). `tokens: None` serves anyone who can reach the address.
+    pub fn new(
+        guard: Arc<Guard>,
+        models: Vec<AttestedModel>,
+        tokens: Option<Tokens>,
+        policy: ScreeningPolicy,
+        limits: Limits,
+    ) -> Self {
+        let mut by_name: BTreeMap<String, Vec<AttestedModel>> = BTreeMap::new();
+        for m in models {
+            by_name
+                .entry(m.manifest().name.clone())
+                .or_default()
+                .push(m);
+        }
+        for versions in by_name.values_mut() {
+            versions.sort_by(|a, b| a.manifest().version.cmp(&b.manifest().version));
+        }
+        Self {
+            guard,
+            models: by_name,
+            tokens,
+            policy,
+            permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            limits,
+            waiting: AtomicUsize::new(0),
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    /// Marks the server not ready (draining before shutdown).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    fn model(&self, name: &str, version: Option<&str>) -> Result<&AttestedModel, Failure> {
+        let versions = self
+            .models
+            .get(name)
+            .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("no model {name:?}")))?;
+        match version {
+            None => versions.last(),
+            Some(v) => versions
+                .iter()
+                .find(|m| m.manifest().version.to_string() == v),
+        }
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("model {name:?} has no version {:?}", version.unwrap_or("")),
+            )
+        })
+    }
+
+    fn caller(&self, headers: &HeaderMap, model: &str) -> Result<Caller, Failure> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Caller::Anyone);
+        };
+        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        tokens
+            .check(authorization, model)
+            .map_err(|denied| match denied {
+                Denied::Unauthenticated => Failure::new(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token from the server's token file is required".into(),
+                ),
+                Denied::Forbidden => Failure::new(
+                    StatusCode::FORBIDDEN,
+                    format!("this token may not use model {model:?}"),
+                ),
+            })
+    }
+}
+
+/// The routes of the Open Inference Protocol that medguard serves.
+pub fn router(server: Arc<Server>) -> Router {
+    let limit = server.limits.max_body_bytes;
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_version_metadata),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_version_ready),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_version),
+        )
+        .fallback(|| async {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint of the Open Inference Protocol".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(server)
+}
+
+/// An error answer: `{"error": ...}` with its status.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: bool,
+}
+
+impl Failure {
+    fn new(status: StatusCode, error: String) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                error,
+                parameters: BTreeMap::new(),
+            },
+            retry_after: false,
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+async fn ready(State(server): State<Arc<Server>>) -> Response {
+    if server.ready.load(Ordering::SeqCst) {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false})),
+        )
+            .into_response()
+    }
+}
+
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "medguard",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: Vec::new(),
+    })
+}
+
+fn metadata(
+    server: &Server,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Json<ModelMetadata>, Failure> {
+    let model = server.model(name, version)?;
+    let versions = match version {
+        Some(v) => vec![v.to_owned()],
+        None => server.models[name]
+            .iter()
+            .map(|m| m.manifest().version.to_string())
+            .collect(),
+    };
+    Ok(Json(ModelMetadata::of(model.manifest(), versions)))
+}
+
+async fn model_metadata(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelMetadata>, Failure> {
+    metadata(&server, &name, None)
+}
+
+async fn model_version_metadata(
+    State(server): State<Arc<Server>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<ModelMetadata>, Failure> {
+    metadata(&server, &name, Some(&version))
+}
+
+fn model_is_ready(
+    server: &Server,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Json<Value>, Failure> {
+    server.model(name, version)?;
+    Ok(Json(
+        json!({"name": name, "ready": server.ready.load(Ordering::SeqCst)}),
+    ))
+}
+
+async fn model_ready(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Failure> {
+    model_is_ready(&server, &name, None)
+}
+
+async fn model_version_ready(
+    State(server): State<Arc<Server>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, Failure> {
+    model_is_ready(&server, &name, Some(&version))
+}
+
+/// The body, or the reason it could not be read (over the limit: 413) as a
+/// JSON error like every other.
+type Body = Result<Bytes, BytesRejection>;
+
+async fn infer(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<InferResponse>, Failure> {
+    run_inference(server, name, None, headers, body).await
+}
+
+async fn infer_version(
+    State(server): State<Arc<Server>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<InferResponse>, Failure> {
+    run_inference(server, name, Some(version), headers, body).await
+}
+
+async fn run_inference(
+    server: Arc<Server>,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<InferResponse>, Failure> {
+    if !server.ready.load(Ordering::SeqCst) {
+        return Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down".into(),
+        ));
+    }
+    // Who asks comes before what: an unknown caller learns nothing about
+    // which models exist.
+    let caller = server.caller(&headers, &name)?;
+    let model = server.model(&name, version.as_deref())?.clone();
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "the request body is over the server's {}-byte limit",
+                server.limits.max_body_bytes
+            )
+        } else {
+            rejection.body_text()
+        };
+        Failure::new(status, error)
+    })?;
+    let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("not an inference request: {e}"),
+        )
+    })?;
+    let batch = oip::batch_of(&request, model.manifest())
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.0))?;
+    let seed = match request.parameters.get("medguard_seed") {
+        None => crate::guard::fresh_seed().map_err(|e| {
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("drawing a seed: {e}"),
+            )
+        })?,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "parameter medguard_seed must be a non-negative integer".into(),
+            )
+        })?,
+    };
+    let permit = acquire(&server).await?;
+    let options = ClassifyOptions {
+        seed,
+        policy: server.policy,
+        allow_unscreened: false,
+    };
+    let guard = server.guard.clone();
+    let classify_model = model.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        guard.classify_batch(&classify_model, &batch, options, caller.name())
+    })
+    .await
+    .map_err(|_| {
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the inference worker panicked".into(),
+        )
+    })?;
+    let classified = outcome.map_err(classify_failure)?;
+
+    let labels = &model.manifest().output.labels;
+    let mut parameters = BTreeMap::new();
+    let results: Vec<Value> = classified
+        .images
+        .iter()
+        .map(|r| {
+            json!({
+                "verdict": r.verdict,
+                "p_value": r.p_value,
+                "label": r.label,
+                "statistics": r.statistics.iter().map(|s| json!({
+                    "name": s.statistic.name(),
+                    "value": s.value,
+                    "p_value": s.p_value,
+                })).collect::<Vec<_>>(),
+                "receipt": r.receipt,
+            })
+        })
+        .collect();
+    let worst = classified
+        .images
+        .iter()
+        .map(|r| r.verdict)
+        .max_by_key(|v| match v {
+            Verdict::Accept | Verdict::Unscreened => 0,
+            Verdict::Flag => 1,
+            Verdict::Reject => 2,
+        })
+        .unwrap_or(Verdict::Accept);
+    parameters.insert("medguard_verdict".into(), json!(worst.as_str()));
+    parameters.insert("medguard_seed".into(), json!(classified.seed));
+    // Parameter values are scalars in the protocol: the per-image evidence
+    // and receipts travel as one JSON string.
+    parameters.insert(
+        "medguard_results".into(),
+        Value::String(Value::Array(results).to_string()),
+    );
+    let withheld = classified.images.iter().any(|r| r.probabilities.is_none());
+    if withheld {
+        let mut failure = Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "input rejected by screening ({}): the prediction is withheld; the verdicts, evidence and receipts are in parameters.medguard_results",
+                worst.as_str()
+            ),
+        );
+        failure.body.parameters = parameters;
+        return Err(failure);
+    }
+    let data: Vec<f32> = classified
+        .images
+        .iter()
+        .flat_map(|r| {
+            let p = r.probabilities.as_ref();
+            labels
+                .iter()
+                .map(move |l| p.and_then(|p| p.get(l).copied()).unwrap_or(f32::NAN))
+        })
+        .collect();
+    Ok(Json(InferResponse {
+        model_name: model.manifest().name.clone(),
+        model_version: model.manifest().version.to_string(),
+        id: request.id,
+        parameters,
+        outputs: vec![OutputTensor {
+            name: oip::PROBABILITIES.into(),
+            shape: vec![classified.images.len() as i64, labels.len() as i64],
+            datatype: "FP32",
+            data,
+        }],
+    }))
+}
+
+/// A sandbox permit, waiting in the bounded queue; 503 past it.
+async fn acquire(server: &Server) -> Result<tokio::sync::OwnedSemaphorePermit, Failure> {
+    if let Ok(permit) = server.permits.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    let waiting = server.waiting.fetch_add(1, Ordering::SeqCst);
+    let result = if waiting >= server.limits.queue {
+        let mut failure = Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every sandbox is busy and the queue is full; retry shortly".into(),
+        );
+        failure.retry_after = true;
+        Err(failure)
+    } else {
+        server.permits.clone().acquire_owned().await.map_err(|_| {
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down".into(),
+            )
+        })
+    };
+    server.waiting.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
+fn classify_failure(e: ClassifyError) -> Failure {
+    match e {
+        ClassifyError::Refused(InputRefusal::Sandbox(SandboxError::Deadline(d))) => Failure::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the guest ran past its {d:?} deadline and was stopped"),
+        ),
+        ClassifyError::Refused(why) => Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("input refused: {why}"),
+        ),
+        other => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops
+/// accepting, lets in-flight requests finish, and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,266 @@
+//! The Open Inference Protocol (KServe v2) REST messages medguard speaks,
+//! and the mapping of an inference request's tensor onto the model's input.
+//! Plain serde types: no HTTP here.
+
+use std::collections::BTreeMap;
+
+use medguard_attest::Manifest;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::input::Batch;
+
+/// `GET /v2`.
+#[derive(Debug, Serialize)]
+pub struct ServerMetadata {
+    /// `medguard`.
+    pub name: &'static str,
+    /// This build's version.
+    pub version: &'static str,
+    /// Protocol extensions supported (none yet).
+    pub extensions: Vec<&'static str>,
+}
+
+/// A tensor's metadata: name, datatype, shape with `-1` for the batch axis.
+#[derive(Debug, Serialize)]
+pub struct TensorMetadata {
+    /// Tensor name.
+    pub name: String,
+    /// `FP32` or `UINT8`.
+    pub datatype: &'static str,
+    /// Dimensions; `-1` is variable.
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]`.
+#[derive(Debug, Serialize)]
+pub struct ModelMetadata {
+    /// The model's name.
+    pub name: String,
+    /// The versions served.
+    pub versions: Vec<String>,
+    /// `onnx_onnxv1`.
+    pub platform: &'static str,
+    /// Inputs accepted: the manifest's tensor as FP32, and as UINT8 pixels.
+    pub inputs: Vec<TensorMetadata>,
+    /// Outputs returned.
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// The output tensor every inference returns: one probability per label.
+pub const PROBABILITIES: &str = "probabilities";
+
+impl ModelMetadata {
+    /// The metadata of `manifest`, served in `versions`.
+    pub fn of(manifest: &Manifest, versions: Vec<String>) -> Self {
+        let shape = &manifest.input.shape;
+        let image = vec![
+            -1,
+            i64::from(shape.channels),
+            i64::from(shape.height),
+            i64::from(shape.width),
+        ];
+        Self {
+            name: manifest.name.clone(),
+            versions,
+            platform: "onnx_onnxv1",
+            inputs: vec![
+                TensorMetadata {
+                    name: manifest.input.tensor.clone(),
+                    datatype: "FP32",
+                    shape: image.clone(),
+                },
+                TensorMetadata {
+                    name: manifest.input.tensor.clone(),
+                    datatype: "UINT8",
+                    shape: image,
+                },
+            ],
+            outputs: vec![TensorMetadata {
+                name: PROBABILITIES.into(),
+                datatype: "FP32",
+                shape: vec![-1, manifest.output.labels.len() as i64],
+            }],
+        }
+    }
+}
+
+/// `POST .../infer` body.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    /// Echoed in the response.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Request parameters (`medguard_seed` is read; others are ignored).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Value>,
+    /// Exactly one input: the image tensor.
+    pub inputs: Vec<InferInput>,
+    /// Requested outputs; only `probabilities` exists.
+    #[serde(default)]
+    pub outputs: Vec<RequestedOutput>,
+}
+
+/// One input tensor.
+#[derive(Debug, Deserialize)]
+pub struct InferInput {
+    /// Must be the manifest's input tensor.
+    pub name: String,
+    /// `[N, C, H, W]`.
+    pub shape: Vec<i64>,
+    /// `FP32` or `UINT8`.
+    pub datatype: String,
+    /// Row-major values, flat or nested.
+    pub data: Value,
+}
+
+/// One requested output.
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    /// Its name.
+    pub name: String,
+}
+
+/// `POST .../infer` answer.
+#[derive(Debug, Serialize)]
+pub struct InferResponse {
+    /// The model that answered.
+    pub model_name: String,
+    /// Its version.
+    pub model_version: String,
+    /// The request's id, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// medguard's verdicts, evidence, seed and receipts.
+    pub parameters: BTreeMap<String, Value>,
+    /// The probabilities; empty when every image was rejected under enforce.
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// One output tensor.
+#[derive(Debug, Serialize)]
+pub struct OutputTensor {
+    /// Its name.
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// `FP32`.
+    pub datatype: &'static str,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// Why a request's tensor does not fit the model (answered 400).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TensorError(pub String);
+
+/// The request's one input as a batch for `manifest`: the tensor name, a
+/// `[N, C, H, W]` shape with N from 1 to `max_batch`, FP32 values (the
+/// guest checks their range) or UINT8 pixels (mapped to [0, 1], as the
+/// manifest's pixel mapping does for 8-bit images), and exactly as many
+/// values as the shape says, flat or nested.
+pub fn batch_of(request: &InferRequest, manifest: &Manifest) -> Result<Batch, TensorError> {
+    let bad = |why: String| Err(TensorError(why));
+    let [input] = request.inputs.as_slice() else {
+        return bad(format!(
+            "{} inputs; this model takes exactly one, {:?}",
+            request.inputs.len(),
+            manifest.input.tensor
+        ));
+    };
+    if input.name != manifest.input.tensor {
+        return bad(format!(
+            "input {:?}; this model's input is {:?}",
+            input.name, manifest.input.tensor
+        ));
+    }
+    if let Some(other) = request.outputs.iter().find(|o| o.name != PROBABILITIES) {
+        return bad(format!(
+            "output {:?} does not exist; this model returns {PROBABILITIES:?}",
+            other.name
+        ));
+    }
+    let s = &manifest.input.shape;
+    let expected = [s.channels, s.height, s.width];
+    let dims: Option<Vec<u32>> = input.shape.iter().map(|&d| u32::try_from(d).ok()).collect();
+    let shape = match dims.as_deref() {
+        Some(&[n, c, h, w]) if [c, h, w] == expected && n >= 1 && n <= manifest.max_batch => {
+            [n, c, h, w]
+        }
+        _ => {
+            return bad(format!(
+                "shape {:?}; this model takes [N, {}, {}, {}] with N from 1 to {}",
+                input.shape, s.channels, s.height, s.width, manifest.max_batch
+            ));
+        }
+    };
+    let count = shape.iter().map(|&d| d as usize).product::<usize>();
+    let mut values = Vec::with_capacity(count);
+    flatten(&input.data, count, &mut values)?;
+    if values.len() != count {
+        return bad(format!(
+            "shape {:?} needs {count} values; {} were sent",
+            input.shape,
+            values.len()
+        ));
+    }
+    let (data, source_bits) = match input.datatype.as_str() {
+        "FP32" => (
+            values
+                .iter()
+                .map(|v| v.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| TensorError("FP32 data must be numbers".into()))?,
+            0,
+        ),
+        "UINT8" => (
+            values
+                .iter()
+                .map(|v| v.as_u64().filter(|&x| x <= 255).map(|x| x as f32 / 255.0))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| TensorError("UINT8 data must be integers 0 to 255".into()))?,
+            8,
+        ),
+        other => {
+            return bad(format!(
+                "datatype {other:?}; this model takes FP32 values or UINT8 pixels"
+            ));
+        }
+    };
+    Ok(Batch {
+        shape,
+        data,
+        source_bits,
+    })
+}
+
+/// Appends the leaves of `data` (numbers, or arrays of them to any depth)
+/// to `out`, refusing more than `limit` of them before collecting more.
+fn flatten<'a>(data: &'a Value, limit: usize, out: &mut Vec<&'a Value>) -> Result<(), TensorError> {
+    match data {
+        Value::Array(items) => {
+            for item in items {
+                flatten(item, limit, out)?;
+            }
+            Ok(())
+        }
+        leaf => {
+            if out.len() == limit {
+                return Err(TensorError(format!("more values than the shape's {limit}")));
+            }
+            out.push(leaf);
+            Ok(())
+        }
+    }
+}
+
+/// An error body: `{"error": "..."}`, what every OIP client reads.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+    /// For a rejected input: the verdicts, evidence and receipts.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, Value>,
+}

@@ -219,7 +219,7 @@ impl TrustArgs {
 /// may have chosen (file names in a refusal, fields of a forged entry):
 /// controls (C0, DEL, C1) and the bidirectional overrides that reorder what
 /// is shown.
-fn hostile(c: char) -> bool {
+pub(crate) fn hostile(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -26,8 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -173,6 +171,12 @@ pub fn router(server: Arc<Server>) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_version),
         )
+        .method_not_allowed_fallback(|| async {
+            Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route of the Open Inference Protocol".into(),
+            )
+        })
         .fallback(|| async {
             Failure::new(
                 StatusCode::NOT_FOUND,
@@ -258,15 +262,19 @@ fn metadata(
 
 async fn model_metadata(
     State(server): State<Arc<Server>>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<ModelMetadata>, Failure> {
+    server.caller(&headers, &name)?;
     metadata(&server, &name, None)
 }
 
 async fn model_version_metadata(
     State(server): State<Arc<Server>>,
+    headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<ModelMetadata>, Failure> {
+    server.caller(&headers, &name)?;
     metadata(&server, &name, Some(&version))
 }
 
@@ -283,21 +291,46 @@ fn model_is_ready(
 
 async fn model_ready(
     State(server): State<Arc<Server>>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Failure> {
+    server.caller(&headers, &name)?;
     model_is_ready(&server, &name, None)
 }
 
 async fn model_version_ready(
     State(server): State<Arc<Server>>,
+    headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, Failure> {
+    server.caller(&headers, &name)?;
     model_is_ready(&server, &name, Some(&version))
 }
 
-/// The body, or the reason it could not be read (over the limit: 413) as a
-/// JSON error like every other.
-type Body = Result<Bytes, BytesRejection>;
+/// The request body, read only once the caller is known and only up to
+/// what the model can take.
+type Body = axum::body::Body;
+
+/// JSON text per tensor value an honest client may need (`-0.123456789e-10,`
+/// and nesting), and room for the rest of the request.
+const BYTES_PER_VALUE: usize = 32;
+const REQUEST_OVERHEAD: usize = 64 << 10;
+
+/// The largest body a request for `model` can need, within `limit`: a
+/// bigger one is refused (413) before it is buffered.
+fn body_limit(model: &AttestedModel, limit: usize) -> usize {
+    let m = model.manifest();
+    let s = &m.input.shape;
+    let values = u64::from(m.max_batch)
+        .saturating_mul(u64::from(s.channels))
+        .saturating_mul(u64::from(s.height))
+        .saturating_mul(u64::from(s.width));
+    let bytes = usize::try_from(values)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(BYTES_PER_VALUE)
+        .saturating_add(REQUEST_OVERHEAD);
+    bytes.min(limit)
+}
 
 async fn infer(
     State(server): State<Arc<Server>>,
@@ -334,17 +367,14 @@ async fn run_inference(
     // which models exist.
     let caller = server.caller(&headers, &name)?;
     let model = server.model(&name, version.as_deref())?.clone();
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+    let limit = body_limit(&model, server.limits.max_body_bytes);
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the request body is over the server's {}-byte limit",
-                server.limits.max_body_bytes
-            )
-        } else {
-            rejection.body_text()
-        };
-        Failure::new(status, error)
+                "the request body is over the {limit} bytes this model can need, or was cut off"
+            ),
+        )
     })?;
     let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
         Failure::new(
@@ -352,9 +382,12 @@ async fn run_inference(
             format!("not an inference request: {e}"),
         )
     })?;
+    drop(body);
     let batch = oip::batch_of(&request, model.manifest())
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.0))?;
-    let seed = match request.parameters.get("medguard_seed") {
+    // Nothing of the request but its tensor waits in the queue.
+    let InferRequest { id, parameters, .. } = request;
+    let seed = match parameters.get("medguard_seed") {
         None => crate::guard::fresh_seed().map_err(|e| {
             Failure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -395,6 +428,11 @@ async fn run_inference(
         .images
         .iter()
         .map(|r| {
+            // Under enforce a withheld prediction stays withheld: the
+            // evidence (margin, per-class p-values) would rebuild it.
+            if r.probabilities.is_none() {
+                return json!({"verdict": r.verdict, "label": null, "receipt": r.receipt});
+            }
             json!({
                 "verdict": r.verdict,
                 "p_value": r.p_value,
@@ -451,7 +489,7 @@ async fn run_inference(
     Ok(Json(InferResponse {
         model_name: model.manifest().name.clone(),
         model_version: model.manifest().version.to_string(),
-        id: request.id,
+        id,
         parameters,
         outputs: vec![OutputTensor {
             name: oip::PROBABILITIES.into(),
@@ -467,24 +505,30 @@ async fn acquire(server: &Server) -> Result<tokio::sync::OwnedSemaphorePermit, F
     if let Ok(permit) = server.permits.clone().try_acquire_owned() {
         return Ok(permit);
     }
+    // Counted out on drop: a client that hangs up while queued drops this
+    // future, and its place must come back.
+    struct Waiting<'a>(&'a AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
     let waiting = server.waiting.fetch_add(1, Ordering::SeqCst);
-    let result = if waiting >= server.limits.queue {
+    let _place = Waiting(&server.waiting);
+    if waiting >= server.limits.queue {
         let mut failure = Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "every sandbox is busy and the queue is full; retry shortly".into(),
         );
         failure.retry_after = true;
-        Err(failure)
-    } else {
-        server.permits.clone().acquire_owned().await.map_err(|_| {
-            Failure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down".into(),
-            )
-        })
-    };
-    server.waiting.fetch_sub(1, Ordering::SeqCst);
-    result
+        return Err(failure);
+    }
+    server.permits.clone().acquire_owned().await.map_err(|_| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down".into(),
+        )
+    })
 }
 
 fn classify_failure(e: ClassifyError) -> Failure {
@@ -497,7 +541,16 @@ fn classify_failure(e: ClassifyError) -> Failure {
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("input refused: {why}"),
         ),
-        other => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        other => {
+            // The guard's own failure (the ledger): its detail, with host
+            // paths, goes to the operator's log, not to the client.
+            tracing::error!("inference failed: {other:#}");
+            eprintln!("medguard: error: inference failed: {other}");
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the guard failed to record the result; the operator's log says why".into(),
+            )
+        }
     }
 }
 

@@ -223,6 +223,12 @@ async fn an_attacked_image_is_refused_with_its_evidence_and_no_prediction() {
     let r = &results(&body["parameters"])[0];
     assert_eq!(r["verdict"], "reject");
     assert!(r["label"].is_null());
+    // The evidence (margin, per-class p-values) would rebuild the withheld
+    // prediction: only the verdict and the receipt come back.
+    assert!(
+        r.get("statistics").is_none() && r.get("p_value").is_none(),
+        "{r}"
+    );
     let receipt: Receipt = serde_json::from_value(r["receipt"].clone()).unwrap();
     receipt.verify(f.guard.verifier()).unwrap();
 }
@@ -250,8 +256,16 @@ async fn tokens_gate_each_model_and_the_ledger_names_the_caller() {
         assert!(answer["error"].is_string());
     }
     // An unknown caller learns nothing about which models exist.
-    let (status, _) = call(&f.server, "POST", "/v2/models/nope/infer", None, body()).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for (method, uri) in [
+        ("POST", "/v2/models/nope/infer"),
+        ("GET", "/v2/models/nope"),
+        ("GET", "/v2/models/pneumonia-cnn"),
+        ("GET", "/v2/models/pneumonia-cnn/ready"),
+    ] {
+        let b = if method == "POST" { body() } else { None };
+        let (status, _) = call(&f.server, method, uri, None, b).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+    }
     let (status, answer) = call(&f.server, "POST", uri, Some("reader-secret"), body()).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let receipt: Receipt =
@@ -314,6 +328,9 @@ async fn bad_requests_get_a_json_error_and_the_right_status() {
         ),
         (vec![b' '; 65 << 10], StatusCode::PAYLOAD_TOO_LARGE, ""),
     ];
+    let (status, answer) = call(&f.server, "GET", uri, None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(answer["error"].is_string());
     for (body, expected, needle) in cases {
         let (status, answer) = call(&f.server, "POST", uri, None, Some(body)).await;
         assert_eq!(status, expected, "{answer}");

@@ -409,12 +409,17 @@ fn describe(entry: &Entry) -> String {
             p_value,
             label,
             input_hmac,
+            caller,
             ..
         } => format!(
-            "inference {model} {version}: {verdict}{} -> {} (input {})",
+            "inference {model} {version}: {verdict}{} -> {} (input {}){}",
             p_value.map(|p| format!(" p {p:.4}")).unwrap_or_default(),
             label.as_deref().unwrap_or("withheld"),
-            input_hmac.chars().take(16).collect::<String>()
+            input_hmac.chars().take(16).collect::<String>(),
+            caller
+                .as_deref()
+                .map(|c| format!(" for {c}"))
+                .unwrap_or_default()
         ),
     }
 }

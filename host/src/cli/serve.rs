@@ -67,6 +67,20 @@ impl ServeCmd {
             {
                 Admission::Admitted { model, .. } => {
                     let m = model.manifest();
+                    // Two directories with one name and version would make
+                    // `/infer` and `/versions/{v}/infer` run different bytes.
+                    if let Some(twin) = models.iter().find(|o: &&medguard_attest::AttestedModel| {
+                        o.manifest().name == m.name && o.manifest().version == m.version
+                    }) {
+                        anyhow::bail!(
+                            "{} {} is given twice ({} and another directory, model sha256 {} and {}); serve each version once",
+                            m.name,
+                            m.version,
+                            dir.display(),
+                            twin.model_digest(),
+                            model.model_digest()
+                        );
+                    }
                     eprintln!(
                         "medguard: serving {} {} from {}",
                         m.name,

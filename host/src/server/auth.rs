@@ -97,7 +97,7 @@ impl Tokens {
         let mut names = BTreeSet::new();
         let mut entries = Vec::with_capacity(file.tokens.len());
         for e in file.tokens {
-            if e.name.is_empty() || e.name.len() > 128 || e.name.chars().any(char::is_control) {
+            if e.name.is_empty() || e.name.len() > 128 || e.name.chars().any(crate::cli::hostile) {
                 return Err(format!(
                     "token name {:?} must be 1 to 128 printable characters",
                     e.name
@@ -112,6 +112,12 @@ impl Tokens {
                     e.name
                 )
             })?;
+            if entries.iter().any(|t: &TokenEntry| t.sha256 == sha256) {
+                return Err(format!(
+                    "token {:?} has the same digest as another: one token, one name",
+                    e.name
+                ));
+            }
             if e.models.is_empty() {
                 return Err(format!(
                     "token {:?} may use no model; list models or \"*\"",
@@ -217,5 +223,18 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.contains("twice"), "{err}");
+        // Two names for one token would let the ledger name the wrong one.
+        let err = Tokens::parse(&format!(
+            "[[tokens]]\nname = \"x\"\nsha256 = \"{dup}\"\nmodels = [\"*\"]\n\
+             [[tokens]]\nname = \"y\"\nsha256 = \"{dup}\"\nmodels = [\"*\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("same digest"), "{err}");
+        // A name that would reorder what an auditor's terminal shows.
+        let err = Tokens::parse(&format!(
+            "[[tokens]]\nname = \"evil\u{202e}\"\nsha256 = \"{dup}\"\nmodels = [\"*\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("printable"), "{err}");
     }
 }

@@ -195,8 +195,13 @@ pub fn batch_of(request: &InferRequest, manifest: &Manifest) -> Result<Batch, Te
             ));
         }
     };
-    let count = shape.iter().map(|&d| d as usize).product::<usize>();
-    let mut values = Vec::with_capacity(count);
+    // At most max_batch * C * H * W, which the manifest bounds; checked all
+    // the same, and never reserved beyond what a body can hold.
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+        .ok_or_else(|| TensorError(format!("shape {:?} is too large", input.shape)))?;
+    let mut values = Vec::with_capacity(count.min(1 << 20));
     flatten(&input.data, count, &mut values)?;
     if values.len() != count {
         return bad(format!(

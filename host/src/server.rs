@@ -34,7 +34,9 @@ use medguard_attest::AttestedModel;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::guard::{ClassifyError, ClassifyOptions, Guard, InputRefusal, ScreeningPolicy, Verdict};
+use crate::guard::{
+    ClassifyError, ClassifyOptions, Guard, GuardError, InputRefusal, ScreeningPolicy, Verdict,
+};
 use crate::sandbox::SandboxError;
 use auth::{Caller, Denied, Tokens};
 use oip::{ErrorBody, InferRequest, InferResponse, ModelMetadata, OutputTensor, ServerMetadata};
@@ -533,7 +535,8 @@ async fn acquire(server: &Server) -> Result<tokio::sync::OwnedSemaphorePermit, F
 
 fn classify_failure(e: ClassifyError) -> Failure {
     match e {
-        ClassifyError::Refused(InputRefusal::Sandbox(SandboxError::Deadline(d))) => Failure::new(
+        ClassifyError::Refused(InputRefusal::Sandbox(SandboxError::Deadline(d)))
+        | ClassifyError::Guard(GuardError::Sandbox(SandboxError::Deadline(d))) => Failure::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!("the guest ran past its {d:?} deadline and was stopped"),
         ),

@@ -9,6 +9,8 @@ use axum::http::{Request, StatusCode, header};
 use medguard::admission::load_policy;
 use medguard::guard::Receipt;
 use medguard::guard::{Admission, Guard, NamedPolicy, ScreeningPolicy};
+use medguard::guest::GuestModule;
+use medguard::sandbox::{GuestProgram, Runtime};
 use medguard::server::auth::Tokens;
 use medguard::server::{Limits, Server, router};
 use medguard_attest::Sha256Digest;
@@ -23,6 +25,10 @@ struct Fixture {
 }
 
 fn fixture(tokens: Option<Tokens>, limits: Limits) -> Fixture {
+    fixture_with(shared_program_owned(), tokens, limits)
+}
+
+fn fixture_with(program: GuestProgram, tokens: Option<Tokens>, limits: Limits) -> Fixture {
     let data = tempfile::tempdir().unwrap();
     let path = repo_root().join("models/trust/demo-policy.toml");
     let (policy, sha256) = load_policy(&path).unwrap();
@@ -38,7 +44,7 @@ fn fixture(tokens: Option<Tokens>, limits: Limits) -> Fixture {
     let Admission::Admitted { model, .. } = guard.admit(&model_dir()).unwrap() else {
         panic!("the bundled model is admitted");
     };
-    let guard = Arc::new(guard.with_sandbox(shared_program_owned()));
+    let guard = Arc::new(guard.with_sandbox(program));
     let server = Arc::new(Server::new(
         guard.clone(),
         vec![*model],
@@ -352,4 +358,51 @@ async fn bad_requests_get_a_json_error_and_the_right_status() {
         status == StatusCode::OK || status == StatusCode::UNPROCESSABLE_ENTITY,
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_past_its_deadline_is_504_and_a_full_queue_is_503() {
+    // A guest whose model load never returns, stopped after one second;
+    // one sandbox and no queue.
+    let runtime = Runtime::new(medguard::sandbox::Limits {
+        deadline: std::time::Duration::from_secs(1),
+        ..medguard::sandbox::Limits::default()
+    })
+    .unwrap();
+    let spin =
+        medguard_tests::hostile_component("(loop $l (br $l)) unreachable", "unreachable", "");
+    let (program, _) = runtime
+        .load_guest(&GuestModule::hostile_for_tests(spin), None)
+        .unwrap();
+    let f = fixture_with(
+        program,
+        None,
+        Limits {
+            concurrency: 1,
+            queue: 0,
+            ..Limits::default()
+        },
+    );
+    let uri = "/v2/models/pneumonia-cnn/infer";
+    let body = || Some(infer_body("FP32", json!(vec![0.5f32; 784]), 1));
+    let server = f.server.clone();
+    let first = body();
+    let slow = tokio::spawn(async move { call(&server, "POST", uri, None, first).await });
+    // While the first holds the one sandbox, the next finds no place.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, answer) = call(&f.server, "POST", uri, None, body()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("queue is full"),
+        "{answer}"
+    );
+    let (status, answer) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("deadline"),
+        "{answer}"
+    );
+    // The place came back: the next request runs (and times out) again.
+    let (status, _) = call(&f.server, "POST", uri, None, body()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
 }

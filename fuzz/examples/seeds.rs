@@ -177,7 +177,8 @@ fn main() {
     let mut npy = Vec::new();
     pixels.write_npy(&mut npy).expect("npy");
     seeds.put("input_decode", "u8-2x28x28.npy", &npy);
-    let values = ndarray::Array4::from_shape_fn((1, 1, 28, 28), |(_, _, y, x)| (y * 28 + x) as f32 / 784.0);
+    let values =
+        ndarray::Array4::from_shape_fn((1, 1, 28, 28), |(_, _, y, x)| (y * 28 + x) as f32 / 784.0);
     let mut npy = Vec::new();
     values.write_npy(&mut npy).expect("npy");
     seeds.put("input_decode", "f32-1x1x28x28.npy", &npy);
@@ -190,7 +191,8 @@ fn main() {
                 ndarray_npy::NpzWriter::new(&mut out)
             };
             npz.add_array("images", &pixels).expect("npz");
-            npz.add_array("flipped", &ndarray::arr1(&[true, false])).expect("npz");
+            npz.add_array("flipped", &ndarray::arr1(&[true, false]))
+                .expect("npz");
             npz.finish().expect("npz");
         }
         seeds.put("input_decode", name, &out.into_inner());

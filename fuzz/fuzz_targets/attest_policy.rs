@@ -4,18 +4,9 @@
 //! model rules of whatever policy was accepted.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
-use medguard_attest::{HighWater, Manifest, Sha256Digest, TrustPolicy};
+use medguard_attest::{HighWater, Sha256Digest, TrustPolicy};
 use medguard_fuzz::{DEMO_PUB_PEM, P384_PUB_PEM, verifying_keys};
-
-fn manifest() -> &'static Manifest {
-    static M: OnceLock<Manifest> = OnceLock::new();
-    M.get_or_init(|| {
-        Manifest::parse(include_bytes!("../../models/pneumonia/manifest.json")).expect("manifest")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -45,8 +36,15 @@ fuzz_target!(|data: &[u8]| {
         };
         for signer in candidates {
             let digest = Sha256Digest::from_bytes([4; 32]);
-            let _ = policy.check_manifest(signer, manifest(), digest, None, now);
-            let _ = policy.check_manifest(signer, manifest(), digest, Some(&high_water), now);
+            let _ =
+                policy.check_manifest(signer, medguard_fuzz::bundled_manifest(), digest, None, now);
+            let _ = policy.check_manifest(
+                signer,
+                medguard_fuzz::bundled_manifest(),
+                digest,
+                Some(&high_water),
+                now,
+            );
         }
     }
 });

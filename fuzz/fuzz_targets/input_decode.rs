@@ -5,23 +5,16 @@
 //! dimensions are checked before anything is allocated.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
-use medguard_attest::Manifest;
-
-fn manifest() -> &'static Manifest {
-    static M: OnceLock<Manifest> = OnceLock::new();
-    M.get_or_init(|| {
-        Manifest::parse(include_bytes!("../../models/pneumonia/manifest.json")).expect("manifest")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
-    let m = manifest();
+    let m = medguard_fuzz::bundled_manifest();
     if let Ok(batch) = medguard_input::decode(data, &m.input, m.max_batch) {
         assert!(!batch.is_empty() && batch.len() <= m.max_batch as usize);
-        assert_eq!(batch.data.len(), batch.shape.iter().product::<u32>() as usize);
+        assert_eq!(
+            batch.data.len(),
+            batch.shape.iter().product::<u32>() as usize
+        );
     }
     if data.starts_with(b"PK") {
         let _ = medguard_input::read_npz_images(data, "images");

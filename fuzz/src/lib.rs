@@ -14,8 +14,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use medguard_attest::VerifyingKey;
 #[cfg(feature = "guest")]
 use medguard_guest_core::{InputBatch, ModelSpec};
-use medguard_ledger::note::{Checkpoint, NoteSigner};
 use medguard_ledger::entry::{ScreeningPolicy, Verdict};
+use medguard_ledger::note::{Checkpoint, NoteSigner};
 use medguard_ledger::{Entry, Ledger, NoteVerifier, merkle};
 use sha2::{Digest, Sha256};
 
@@ -34,6 +34,15 @@ pub fn verifying_keys() -> &'static [VerifyingKey; 2] {
     static KEYS: OnceLock<[VerifyingKey; 2]> = OnceLock::new();
     KEYS.get_or_init(|| {
         [DEMO_PUB_PEM, P384_PUB_PEM].map(|pem| VerifyingKey::from_pem(pem).expect("fixture key"))
+    })
+}
+
+/// The bundled model's manifest, as the targets that need one use it.
+pub fn bundled_manifest() -> &'static medguard_attest::Manifest {
+    static M: OnceLock<medguard_attest::Manifest> = OnceLock::new();
+    M.get_or_init(|| {
+        medguard_attest::Manifest::parse(include_bytes!("../../models/pneumonia/manifest.json"))
+            .expect("the bundled manifest parses")
     })
 }
 

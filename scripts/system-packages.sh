@@ -3,9 +3,11 @@
 # (scripts/test.sh runs it; scripts/demo.sh needs none). Installs only what
 # is missing, so a prepared machine is not touched.
 #   python3-venv: the venv for the real OpenSSF model_signing (interop test)
+#   g++: libFuzzer, which cargo-fuzz's libfuzzer-sys compiles (scripts/fuzz.sh)
 set -euo pipefail
 need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3 python3-venv)
+command -v c++ >/dev/null || need+=(g++)
 if ((${#need[@]})); then
   echo "scripts/system-packages.sh: installing ${need[*]}" >&2
   apt-get update -qq >&2

@@ -6,6 +6,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::{GuestError, InputBatch, ModelSpec};
 
+mod checked;
 mod lint;
 
 /// An optimised tract plan with a symbolic batch axis.
@@ -18,7 +19,8 @@ impl Runnable {
         let invalid =
             |what: &str, e: TractError| GuestError::InvalidModel(format!("{what}: {e:#}"));
         let mut reader = bytes;
-        let onnx = tract_onnx::onnx();
+        let mut onnx = tract_onnx::onnx();
+        checked::register(&mut onnx.op_register);
         let proto = onnx
             .proto_model_for_read(&mut reader)
             .map_err(|e| invalid("not a readable ONNX model", e))?;

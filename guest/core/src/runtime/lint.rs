@@ -1,7 +1,7 @@
 //! Lint of the ONNX protobuf before tract builds a model from it. It runs in
 //! the guest, so even the parse of an untrusted model stays in the sandbox.
 
-use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, TensorProto};
+use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// Operator domains of the ONNX standard; anything else is custom code the
 /// manifest cannot describe.
@@ -85,6 +85,34 @@ fn lint_graph(graph: &GraphProto) -> Result<(), String> {
         )?;
         for attribute in &node.attribute {
             lint_attribute(attribute)?;
+        }
+        if node.op_type == "If" {
+            lint_if(node)?;
+        }
+    }
+    Ok(())
+}
+
+/// ONNX If: both branches yield as many outputs as the node has. tract
+/// unwraps that count while it analyses the graph (fuzz finding 3).
+fn lint_if(node: &NodeProto) -> Result<(), String> {
+    for branch in ["then_branch", "else_branch"] {
+        let outputs = node
+            .attribute
+            .iter()
+            .find(|a| a.name == branch)
+            .and_then(|a| a.g.as_ref())
+            .map(|g| g.output.len());
+        if outputs != Some(node.output.len()) {
+            return Err(format!(
+                "If node {:?} has {} outputs but its {branch} {}",
+                node.name,
+                node.output.len(),
+                match outputs {
+                    Some(n) => format!("has {n}"),
+                    None => "is missing".into(),
+                }
+            ));
         }
     }
     Ok(())

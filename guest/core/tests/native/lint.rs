@@ -83,3 +83,100 @@ fn an_output_nothing_defines_is_refused_not_a_panic() {
     let why = refused(model);
     assert!(why.contains("defined-nowhere"), "{why}");
 }
+
+fn refused_as_fuzzed(bytes: &[u8]) -> String {
+    match Classifier::load(bytes, crate::fuzz_spec()) {
+        Err(GuestError::InvalidModel(why)) => why,
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("loaded"),
+    }
+}
+
+/// Every model the `guest_onnx` fuzz target found to crash tract 0.23.9
+/// (fuzz findings 3 to 5 in fuzz/README.md), as the fuzzer wrote it: each is
+/// refused with a reason instead of a panic (a trap in the guest).
+#[test]
+fn every_guest_onnx_reproducer_is_refused_with_a_reason() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/native/fuzz/guest_onnx");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let why = refused_as_fuzzed(&std::fs::read(&path).unwrap());
+        assert!(
+            why.contains("If node") || why.contains("Flatten"),
+            "{}: {why}",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 14, "reproducers in {dir}");
+}
+
+/// The fuzzer's seed with a Flatten, edited one attribute at a time.
+fn flatten_seed() -> ModelProto {
+    let bytes = include_bytes!("fuzz/seed-matmul.onnx");
+    ModelProto::decode(bytes.as_slice()).unwrap()
+}
+
+fn with_flatten(edit: impl FnOnce(&mut tract_onnx::pb::NodeProto)) -> Vec<u8> {
+    let mut model = flatten_seed();
+    let node = model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Flatten")
+        .unwrap();
+    edit(node);
+    model.encode_to_vec()
+}
+
+/// Fuzz finding 4: a Flatten axis past the input's rank, either way, made
+/// tract slice its shape out of bounds. ONNX allows [-rank, rank].
+#[test]
+fn a_flatten_axis_outside_the_rank_is_refused() {
+    Classifier::load(&flatten_seed().encode_to_vec(), crate::fuzz_spec()).unwrap();
+    // -3 is axis 1 of the rank-4 image: the same model.
+    let axis = |value: i64| with_flatten(|n| n.attribute[0].i = value);
+    Classifier::load(&axis(-3), crate::fuzz_spec()).unwrap();
+    for outside in [5, 17, -5, i64::MIN, i64::MAX] {
+        let why = refused_as_fuzzed(&axis(outside));
+        assert!(
+            why.contains(&format!("Flatten axis {outside} is outside [-4, 4]")),
+            "{why}"
+        );
+    }
+}
+
+/// Fuzz finding 5: a Flatten with no input made tract index past the end.
+#[test]
+fn a_flatten_without_its_input_is_refused() {
+    let why = refused_as_fuzzed(&with_flatten(|n| n.input.clear()));
+    assert!(why.contains("Wrong input number"), "{why}");
+}
+
+/// Fuzz finding 3: If branches that yield other than the node's number of
+/// outputs made tract unwrap an error while it analysed the graph.
+#[test]
+fn if_branches_must_yield_the_nodes_outputs() {
+    let seed = ModelProto::decode(include_bytes!("fuzz/seed-if.onnx").as_slice()).unwrap();
+    Classifier::load(&seed.encode_to_vec(), crate::fuzz_spec()).unwrap();
+    for branch in ["then_branch", "else_branch"] {
+        let mut model = seed.clone();
+        let node = &mut model.graph.as_mut().unwrap().node[2];
+        let attribute = node
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == branch)
+            .unwrap();
+        attribute.g.as_mut().unwrap().output.clear();
+        let why = refused_as_fuzzed(&model.encode_to_vec());
+        assert!(why.contains(&format!("its {branch} has 0")), "{why}");
+        let mut model = seed.clone();
+        let node = &mut model.graph.as_mut().unwrap().node[2];
+        node.attribute.retain(|a| a.name != branch);
+        let why = refused_as_fuzzed(&model.encode_to_vec());
+        assert!(why.contains(&format!("its {branch} is missing")), "{why}");
+    }
+}

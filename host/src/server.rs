@@ -242,7 +242,7 @@ async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "medguard",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: Vec::new(),
+        extensions: vec![oip::BINARY_EXTENSION],
     })
 }
 
@@ -339,7 +339,7 @@ async fn infer(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<InferResponse>, Failure> {
+) -> Result<Response, Failure> {
     run_inference(server, name, None, headers, body).await
 }
 
@@ -348,7 +348,7 @@ async fn infer_version(
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<InferResponse>, Failure> {
+) -> Result<Response, Failure> {
     run_inference(server, name, Some(version), headers, body).await
 }
 
@@ -358,7 +358,7 @@ async fn run_inference(
     version: Option<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<InferResponse>, Failure> {
+) -> Result<Response, Failure> {
     if !server.ready.load(Ordering::SeqCst) {
         return Err(Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -378,15 +378,12 @@ async fn run_inference(
             ),
         )
     })?;
-    let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
-        Failure::new(
-            StatusCode::BAD_REQUEST,
-            format!("not an inference request: {e}"),
-        )
-    })?;
+    let bad_request = |e: oip::TensorError| Failure::new(StatusCode::BAD_REQUEST, e.0);
+    let header_length = headers.get(oip::HEADER_LENGTH).map(|v| v.as_bytes());
+    let (request, binary) = oip::parse_request(&body, header_length).map_err(bad_request)?;
+    let batch = oip::batch_of(&request, binary, model.manifest()).map_err(bad_request)?;
+    let binary_output = oip::binary_output(&request).map_err(bad_request)?;
     drop(body);
-    let batch = oip::batch_of(&request, model.manifest())
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.0))?;
     // Nothing of the request but its tensor waits in the queue.
     let InferRequest { id, parameters, .. } = request;
     let seed = match parameters.get("medguard_seed") {
@@ -488,18 +485,53 @@ async fn run_inference(
                 .map(move |l| p.and_then(|p| p.get(l).copied()).unwrap_or(f32::NAN))
         })
         .collect();
-    Ok(Json(InferResponse {
+    let mut output = OutputTensor {
+        name: oip::PROBABILITIES.into(),
+        shape: vec![classified.images.len() as i64, labels.len() as i64],
+        datatype: "FP32",
+        data: None,
+        parameters: BTreeMap::new(),
+    };
+    let bytes: Vec<u8> = if binary_output {
+        output
+            .parameters
+            .insert("binary_data_size".into(), json!(data.len() * 4));
+        data.iter().flat_map(|v| v.to_le_bytes()).collect()
+    } else {
+        output.data = Some(data);
+        Vec::new()
+    };
+    let response = InferResponse {
         model_name: model.manifest().name.clone(),
         model_version: model.manifest().version.to_string(),
         id,
         parameters,
-        outputs: vec![OutputTensor {
-            name: oip::PROBABILITIES.into(),
-            shape: vec![classified.images.len() as i64, labels.len() as i64],
-            datatype: "FP32",
-            data,
-        }],
-    }))
+        outputs: vec![output],
+    };
+    if !binary_output {
+        return Ok(Json(response).into_response());
+    }
+    // The binary tensor data extension: the JSON, then the tensor's bytes,
+    // and a header that says where one ends.
+    let mut body = serde_json::to_vec(&response).map_err(|e| {
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the response: {e}"),
+        )
+    })?;
+    let json_length = body.len();
+    body.extend_from_slice(&bytes);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::HeaderName::from_static(oip::HEADER_LENGTH),
+                json_length.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// A sandbox permit, waiting in the bounded queue; 503 past it.

@@ -131,6 +131,7 @@ async fn health_and_metadata_follow_the_protocol() {
         (status, meta["name"].as_str()),
         (StatusCode::OK, Some("medguard"))
     );
+    assert_eq!(meta["extensions"], json!(["binary_tensor_data"]));
     let (status, model) = call(&f.server, "GET", "/v2/models/pneumonia-cnn", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(model["platform"], "onnx_onnxv1");
@@ -405,4 +406,137 @@ async fn a_guest_past_its_deadline_is_504_and_a_full_queue_is_503() {
     // The place came back: the next request runs (and times out) again.
     let (status, _) = call(&f.server, "POST", uri, None, body()).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+/// A request under the binary tensor data extension: the JSON, then the
+/// tensor's bytes; the header says where the JSON ends.
+async fn call_binary(
+    server: &Arc<Server>,
+    json_part: Value,
+    tensor: &[u8],
+    header_length: Option<String>,
+) -> (StatusCode, Value, Vec<u8>) {
+    let mut body = serde_json::to_vec(&json_part).unwrap();
+    let length = header_length.unwrap_or_else(|| body.len().to_string());
+    body.extend_from_slice(tensor);
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v2/models/pneumonia-cnn/infer")
+        .header("Inference-Header-Content-Length", length)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(body))
+        .unwrap();
+    let response = router(server.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let split = response
+        .headers()
+        .get("inference-header-content-length")
+        .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let split = split.unwrap_or(bytes.len());
+    let value = serde_json::from_slice(&bytes[..split]).unwrap();
+    (status, value, bytes[split..].to_vec())
+}
+
+fn binary_input(datatype: &str, size: usize) -> Value {
+    json!({"name": "image", "shape": [1, 1, 28, 28], "datatype": datatype,
+           "parameters": {"binary_data_size": size}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_tensors_give_the_answer_json_gives() {
+    let f = fixture(None, Limits::default());
+    let (values, pixels) = tensors("samples/pneumonia-1.png");
+    let (status, json_answer) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(infer_body("FP32", json!(values), 11)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json_answer}");
+    let expected: Vec<f32> =
+        serde_json::from_value(json_answer["outputs"][0]["data"].clone()).unwrap();
+
+    // FP32 bytes in, JSON out.
+    let fp32: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (status, answer, rest) = call_binary(
+        &f.server,
+        json!({"parameters": {"medguard_seed": 11}, "inputs": [binary_input("FP32", fp32.len())]}),
+        &fp32,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(rest.is_empty());
+    assert_eq!(answer["outputs"], json_answer["outputs"]);
+
+    // UINT8 bytes in, binary out (per output, and for the whole request).
+    for outputs in [
+        json!({"outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]}),
+        json!({"parameters": {"binary_data_output": true, "medguard_seed": 11}}),
+    ] {
+        let mut request = json!({"parameters": {"medguard_seed": 11},
+            "inputs": [binary_input("UINT8", pixels.len())]});
+        for (k, v) in outputs.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        let (status, answer, rest) = call_binary(&f.server, request, &pixels, None).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let output = &answer["outputs"][0];
+        assert!(output.get("data").is_none(), "{output}");
+        assert_eq!(output["parameters"]["binary_data_size"], 8);
+        let got: Vec<f32> = rest
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            answer["parameters"]["medguard_verdict"],
+            json_answer["parameters"]["medguard_verdict"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_binary_requests_are_400() {
+    let f = fixture(None, Limits::default());
+    let fp32 = vec![0u8; 784 * 4];
+    let request = |input: Value| json!({"inputs": [input]});
+    let cases = [
+        // The size says one thing, the bytes another.
+        (request(binary_input("FP32", 784 * 4)), &fp32[..100], None, "bytes follow"),
+        (request(binary_input("FP32", 784)), &fp32[..784], None, "values of 4 bytes"),
+        (request(binary_input("UINT8", 784)), &fp32[..], None, "bytes follow"),
+        // Bytes with no binary input, and a header past the body.
+        (infer_json(), &fp32[..4], None, "no input has binary_data_size"),
+        (request(binary_input("FP32", 784 * 4)), &fp32[..], Some("99999999".into()), "within"),
+        (request(binary_input("FP32", 784 * 4)), &fp32[..], Some("-1".into()), "byte count"),
+        (
+            request(json!({"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                "parameters": {"binary_data_size": "many"}})),
+            &fp32[..],
+            None,
+            "non-negative integer",
+        ),
+        (
+            request(json!({"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32"})),
+            &[][..],
+            None,
+            "neither data nor binary_data_size",
+        ),
+    ];
+    for (json_part, tensor, header_length, needle) in cases {
+        let (status, answer, _) = call_binary(&f.server, json_part, tensor, header_length).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{needle}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(needle), "{needle:?} not in {error:?}");
+    }
+}
+
+fn infer_json() -> Value {
+    serde_json::from_slice(&infer_body("FP32", json!(vec![0.5f32; 784]), 1)).unwrap()
 }

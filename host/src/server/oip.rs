@@ -17,7 +17,7 @@ pub struct ServerMetadata {
     pub name: &'static str,
     /// This build's version.
     pub version: &'static str,
-    /// Protocol extensions supported (none yet).
+    /// Protocol extensions supported.
     pub extensions: Vec<&'static str>,
 }
 
@@ -110,8 +110,12 @@ pub struct InferInput {
     pub shape: Vec<i64>,
     /// `FP32` or `UINT8`.
     pub datatype: String,
-    /// Row-major values, flat or nested.
-    pub data: Value,
+    /// Row-major values, flat or nested; absent when the tensor is binary.
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// `binary_data_size` when the tensor follows the JSON as bytes.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Value>,
 }
 
 /// One requested output.
@@ -119,6 +123,61 @@ pub struct InferInput {
 pub struct RequestedOutput {
     /// Its name.
     pub name: String,
+    /// `binary_data: true` asks for the tensor as bytes after the JSON.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Value>,
+}
+
+/// The binary tensor data extension: the header that says how long the JSON
+/// part of a body is, when tensors follow it as bytes.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The name `GET /v2` advertises for that extension.
+pub const BINARY_EXTENSION: &str = "binary_tensor_data";
+
+/// Splits an inference body into its JSON request and the binary tensor
+/// data after it. `header_length` is the `Inference-Header-Content-Length`
+/// header; without it the whole body is JSON.
+pub fn parse_request<'a>(
+    body: &'a [u8],
+    header_length: Option<&[u8]>,
+) -> Result<(InferRequest, &'a [u8]), TensorError> {
+    let split = match header_length {
+        None => body.len(),
+        Some(text) => std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .filter(|&n| n <= body.len())
+            .ok_or_else(|| {
+                TensorError(format!(
+                    "Inference-Header-Content-Length must be a byte count within the {}-byte body",
+                    body.len()
+                ))
+            })?,
+    };
+    let (json, binary) = body.split_at(split);
+    let request = serde_json::from_slice(json)
+        .map_err(|e| TensorError(format!("not an inference request: {e}")))?;
+    Ok((request, binary))
+}
+
+/// Whether the response's probabilities go as bytes after the JSON: the
+/// requested output's `binary_data`, else the request's
+/// `binary_data_output`, else not.
+pub fn binary_output(request: &InferRequest) -> Result<bool, TensorError> {
+    let flag = |parameters: &BTreeMap<String, Value>, name: &str| match parameters.get(name) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(TensorError(format!(
+            "parameter {name} must be true or false, not {other}"
+        ))),
+    };
+    for output in &request.outputs {
+        if let Some(b) = flag(&output.parameters, "binary_data")? {
+            return Ok(b);
+        }
+    }
+    Ok(flag(&request.parameters, "binary_data_output")?.unwrap_or(false))
 }
 
 /// `POST .../infer` answer.
@@ -146,8 +205,12 @@ pub struct OutputTensor {
     pub shape: Vec<i64>,
     /// `FP32`.
     pub datatype: &'static str,
-    /// Row-major values.
-    pub data: Vec<f32>,
+    /// Row-major values; none when they follow the JSON as bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Vec<f32>>,
+    /// `binary_data_size` when the values follow the JSON as bytes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, Value>,
 }
 
 /// Why a request's tensor does not fit the model (answered 400).
@@ -159,8 +222,13 @@ pub struct TensorError(pub String);
 /// `[N, C, H, W]` shape with N from 1 to `max_batch`, FP32 values (the
 /// guest checks their range) or UINT8 pixels (mapped to [0, 1], as the
 /// manifest's pixel mapping does for 8-bit images), and exactly as many
-/// values as the shape says, flat or nested.
-pub fn batch_of(request: &InferRequest, manifest: &Manifest) -> Result<Batch, TensorError> {
+/// values as the shape says: in `data`, flat or nested, or as the
+/// little-endian bytes in `binary` (the binary tensor data extension).
+pub fn batch_of(
+    request: &InferRequest,
+    binary: &[u8],
+    manifest: &Manifest,
+) -> Result<Batch, TensorError> {
     let bad = |why: String| Err(TensorError(why));
     let [input] = request.inputs.as_slice() else {
         return bad(format!(
@@ -201,36 +269,33 @@ pub fn batch_of(request: &InferRequest, manifest: &Manifest) -> Result<Batch, Te
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
         .ok_or_else(|| TensorError(format!("shape {:?} is too large", input.shape)))?;
-    let mut values = Vec::with_capacity(count.min(1 << 20));
-    flatten(&input.data, count, &mut values)?;
-    if values.len() != count {
-        return bad(format!(
-            "shape {:?} needs {count} values; {} were sent",
-            input.shape,
-            values.len()
-        ));
-    }
-    let (data, source_bits) = match input.datatype.as_str() {
-        "FP32" => (
-            values
-                .iter()
-                .map(|v| v.as_f64().map(|x| x as f32))
-                .collect::<Option<Vec<f32>>>()
-                .ok_or_else(|| TensorError("FP32 data must be numbers".into()))?,
-            0,
-        ),
-        "UINT8" => (
-            values
-                .iter()
-                .map(|v| v.as_u64().filter(|&x| x <= 255).map(|x| x as f32 / 255.0))
-                .collect::<Option<Vec<f32>>>()
-                .ok_or_else(|| TensorError("UINT8 data must be integers 0 to 255".into()))?,
-            8,
-        ),
+    let source_bits = match input.datatype.as_str() {
+        "FP32" => 0,
+        "UINT8" => 8,
         other => {
             return bad(format!(
                 "datatype {other:?}; this model takes FP32 values or UINT8 pixels"
             ));
+        }
+    };
+    let data = match binary_size(input)? {
+        Some(size) => {
+            if input.data.is_some() {
+                return bad("input has both data and binary_data_size; send one".into());
+            }
+            binary_values(binary, size, count, source_bits)?
+        }
+        None => {
+            if !binary.is_empty() {
+                return bad(format!(
+                    "{} bytes follow the JSON but no input has binary_data_size",
+                    binary.len()
+                ));
+            }
+            let data = input.data.as_ref().ok_or_else(|| {
+                TensorError("input has neither data nor binary_data_size".into())
+            })?;
+            json_values(data, count, source_bits, &input.shape)?
         }
     };
     Ok(Batch {
@@ -238,6 +303,77 @@ pub fn batch_of(request: &InferRequest, manifest: &Manifest) -> Result<Batch, Te
         data,
         source_bits,
     })
+}
+
+/// The input's `binary_data_size`, if it is binary.
+fn binary_size(input: &InferInput) -> Result<Option<usize>, TensorError> {
+    input
+        .parameters
+        .get("binary_data_size")
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    TensorError("binary_data_size must be a non-negative integer".into())
+                })
+        })
+        .transpose()
+}
+
+/// `count` values from the bytes after the JSON: 4-byte little-endian FP32
+/// or one byte per UINT8 pixel, exactly `size` bytes, which must be all the
+/// bytes there are (the model has one input).
+fn binary_values(
+    binary: &[u8],
+    size: usize,
+    count: usize,
+    source_bits: u8,
+) -> Result<Vec<f32>, TensorError> {
+    let width = if source_bits == 8 { 1 } else { 4 };
+    if binary.len() != size || Some(size) != count.checked_mul(width) {
+        return Err(TensorError(format!(
+            "binary_data_size is {size} and {} bytes follow the JSON; the shape needs {count} values of {width} bytes",
+            binary.len()
+        )));
+    }
+    Ok(if source_bits == 8 {
+        binary.iter().map(|&b| f32::from(b) / 255.0).collect()
+    } else {
+        binary
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    })
+}
+
+/// `count` values from JSON `data`, flat or nested.
+fn json_values(
+    data: &Value,
+    count: usize,
+    source_bits: u8,
+    shape: &[i64],
+) -> Result<Vec<f32>, TensorError> {
+    let mut values = Vec::with_capacity(count.min(1 << 20));
+    flatten(data, count, &mut values)?;
+    if values.len() != count {
+        return Err(TensorError(format!(
+            "shape {shape:?} needs {count} values; {} were sent",
+            values.len()
+        )));
+    }
+    if source_bits == 8 {
+        values
+            .iter()
+            .map(|v| v.as_u64().filter(|&x| x <= 255).map(|x| x as f32 / 255.0))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| TensorError("UINT8 data must be integers 0 to 255".into()))
+    } else {
+        values
+            .iter()
+            .map(|v| v.as_f64().map(|x| x as f32))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| TensorError("FP32 data must be numbers".into()))
+    }
 }
 
 /// Appends the leaves of `data` (numbers, or arrays of them to any depth)

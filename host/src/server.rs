@@ -15,9 +15,12 @@
 //! enforce policy, or the guest refused its values), with the verdict and
 //! receipts in `parameters`; 503 when the queue is full or the server is
 //! not ready; 504 when the guest ran past its deadline; 500 when the guard
-//! itself failed (the ledger). Health and server metadata need no token.
+//! itself failed (the ledger); 408 when a body does not arrive in time.
+//! Health and server metadata need no token. Connections (TLS, limits,
+//! header deadline, drain) are `listen`'s.
 
 pub mod auth;
+pub mod listen;
 pub mod oip;
 
 use std::collections::BTreeMap;
@@ -33,6 +36,8 @@ use axum::routing::{get, post};
 use medguard_attest::AttestedModel;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::guard::{
     ClassifyError, ClassifyOptions, Guard, GuardError, InputRefusal, ScreeningPolicy, Verdict,
@@ -50,6 +55,9 @@ pub struct Limits {
     pub concurrency: usize,
     /// Requests waiting for one, beyond which the answer is 503.
     pub queue: usize,
+    /// Time a client has to send a request's body once its headers are in
+    /// (408 after); a slow sender must not hold a connection for ever.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +66,7 @@ impl Default for Limits {
             max_body_bytes: 64 << 20,
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue: 64,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -186,6 +195,30 @@ pub fn router(server: Arc<Server>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        // Outermost last: every request gets an id (the client's
+        // x-request-id, or a fresh UUID), its log span carries it, and the
+        // answer returns it. Spans hold the method, path and status only:
+        // no header, no body, nothing of a patient.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        id,
+                        method = %request.method(),
+                        path = request.uri().path(),
+                    )
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(server)
 }
 
@@ -370,7 +403,21 @@ async fn run_inference(
     let caller = server.caller(&headers, &name)?;
     let model = server.model(&name, version.as_deref())?.clone();
     let limit = body_limit(&model, server.limits.max_body_bytes);
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let body = tokio::time::timeout(
+        server.limits.body_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    .map_err(|_| {
+        Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {:?}",
+                server.limits.body_timeout
+            ),
+        )
+    })?
+    .map_err(|_| {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -587,16 +634,4 @@ fn classify_failure(e: ClassifyError) -> Failure {
             )
         }
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves; then stops
-/// accepting, lets in-flight requests finish, and returns.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -18,6 +18,8 @@ use medguard_tests::{model_dir, repo_root, shared_program_owned};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
+mod listen;
+
 struct Fixture {
     server: Arc<Server>,
     guard: Arc<Guard>,
@@ -508,16 +510,48 @@ async fn malformed_binary_requests_are_400() {
     let request = |input: Value| json!({"inputs": [input]});
     let cases = [
         // The size says one thing, the bytes another.
-        (request(binary_input("FP32", 784 * 4)), &fp32[..100], None, "bytes follow"),
-        (request(binary_input("FP32", 784)), &fp32[..784], None, "values of 4 bytes"),
-        (request(binary_input("UINT8", 784)), &fp32[..], None, "bytes follow"),
-        // Bytes with no binary input, and a header past the body.
-        (infer_json(), &fp32[..4], None, "no input has binary_data_size"),
-        (request(binary_input("FP32", 784 * 4)), &fp32[..], Some("99999999".into()), "within"),
-        (request(binary_input("FP32", 784 * 4)), &fp32[..], Some("-1".into()), "byte count"),
         (
-            request(json!({"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                "parameters": {"binary_data_size": "many"}})),
+            request(binary_input("FP32", 784 * 4)),
+            &fp32[..100],
+            None,
+            "bytes follow",
+        ),
+        (
+            request(binary_input("FP32", 784)),
+            &fp32[..784],
+            None,
+            "values of 4 bytes",
+        ),
+        (
+            request(binary_input("UINT8", 784)),
+            &fp32[..],
+            None,
+            "bytes follow",
+        ),
+        // Bytes with no binary input, and a header past the body.
+        (
+            infer_json(),
+            &fp32[..4],
+            None,
+            "no input has binary_data_size",
+        ),
+        (
+            request(binary_input("FP32", 784 * 4)),
+            &fp32[..],
+            Some("99999999".into()),
+            "within",
+        ),
+        (
+            request(binary_input("FP32", 784 * 4)),
+            &fp32[..],
+            Some("-1".into()),
+            "byte count",
+        ),
+        (
+            request(
+                json!({"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                "parameters": {"binary_data_size": "many"}}),
+            ),
             &fp32[..],
             None,
             "non-negative integer",

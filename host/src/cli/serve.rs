@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -11,6 +12,7 @@ use clap::Args;
 use super::{Exit, SandboxArgs, StateArgs, TrustArgs, printable};
 use crate::guard::{Admission, Guard, ScreeningPolicy};
 use crate::server::auth::Tokens;
+use crate::server::listen::{self, Connections};
 use crate::server::{self, Limits, Server};
 
 /// Serve admitted models over the Open Inference Protocol (KServe v2 REST):
@@ -42,12 +44,34 @@ pub struct ServeCmd {
     /// Return rejected predictions with their verdict instead of withholding them.
     #[arg(long)]
     flag_only: bool,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connections open at once; more wait in the backlog.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has for the TLS handshake and each request's headers
+    /// (an idle connection is closed after it too), and again for its body.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    client_timeout_secs: u64,
+    /// Seconds that requests in flight may take to finish after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    drain_secs: u64,
 }
 
 impl ServeCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
         let Some(policy) = self.trust.policy(None)? else {
             return Ok(Exit::Refused);
+        };
+        // Before anything is admitted: a bad certificate is the operator's
+        // mistake, not a ledger event.
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(listen::tls_config(cert, key)?),
+            _ => None,
         };
         let tokens = self.tokens.as_deref().map(Tokens::load).transpose()?;
         if tokens.is_none() {
@@ -125,6 +149,18 @@ impl ServeCmd {
                 .context("--max-body-mib is too large")?,
             concurrency: self.concurrency.unwrap_or(Limits::default().concurrency),
             queue: self.queue,
+            body_timeout: Duration::from_secs(self.client_timeout_secs),
+        };
+        let connections = Connections {
+            max_open: self.max_connections,
+            header_timeout: Duration::from_secs(self.client_timeout_secs),
+            drain: Duration::from_secs(self.drain_secs),
+            tls,
+        };
+        let scheme = if connections.tls.is_some() {
+            "https"
+        } else {
+            "http"
         };
         let policy = if self.flag_only {
             ScreeningPolicy::FlagOnly
@@ -132,6 +168,7 @@ impl ServeCmd {
             ScreeningPolicy::Enforce
         };
         let server = Arc::new(Server::new(Arc::new(guard), models, tokens, policy, limits));
+        init_logging();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -141,14 +178,14 @@ impl ServeCmd {
                 .await
                 .with_context(|| format!("listening on {}", self.listen))?;
             let local = listener.local_addr()?;
-            eprintln!("medguard: listening on http://{local}/v2");
+            eprintln!("medguard: listening on {scheme}://{local}/v2");
             let draining = server.clone();
             let shutdown = async move {
                 shutdown_signal().await;
                 draining.set_ready(false);
                 eprintln!("medguard: shutting down: finishing requests in flight");
             };
-            server::serve(listener, server::router(server), shutdown)
+            listen::serve(listener, server::router(server), connections, shutdown)
                 .await
                 .context("serving")
         })?;
@@ -171,4 +208,17 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+/// Request logs (`tracing`) to stderr: one line per answer, with its id,
+/// method, path, status and latency.
+fn init_logging() {
+    use std::io::IsTerminal;
+    // A second server in one process (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
 }

@@ -292,9 +292,10 @@ pub fn batch_of(
                     binary.len()
                 ));
             }
-            let data = input.data.as_ref().ok_or_else(|| {
-                TensorError("input has neither data nor binary_data_size".into())
-            })?;
+            let data = input
+                .data
+                .as_ref()
+                .ok_or_else(|| TensorError("input has neither data nor binary_data_size".into()))?;
             json_values(data, count, source_bits, &input.shape)?
         }
     };

@@ -177,6 +177,19 @@ pub struct Classified {
     pub source_bits: u8,
     /// The seed the guest used.
     pub seed: u64,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Where one classification's time went (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Instantiating the fresh sandbox and loading the model into it.
+    pub sandbox_start: std::time::Duration,
+    /// Screening and inference in the guest.
+    pub compute: std::time::Duration,
+    /// Appending the entries to the ledger (durably) and getting receipts.
+    pub ledger_commit: std::time::Duration,
 }
 
 /// The pipeline. See the module documentation.
@@ -384,7 +397,9 @@ impl Guard {
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         let manifest = model.manifest();
         // 3.
+        let started = std::time::Instant::now();
         let mut session = program.session(model).map_err(GuardError::Sandbox)?;
+        let sandbox_start = started.elapsed();
         let screened = if manifest.screening.is_some() {
             session.screen(
                 &batch.shape,
@@ -408,6 +423,7 @@ impl Guard {
             })
         };
         drop(session);
+        let compute = started.elapsed().saturating_sub(sandbox_start);
         let screened = screened.map_err(|e| match e {
             SandboxError::Guest(GuestFailure::InvalidInput(why)) => InputRefusal::Guest(why),
             other => InputRefusal::Sandbox(other),
@@ -443,6 +459,7 @@ impl Guard {
             images.push(result);
         }
         // 5.
+        let committing = std::time::Instant::now();
         let receipts = self
             .ledger
             .append_all(entries)
@@ -463,6 +480,11 @@ impl Guard {
                 .collect(),
             source_bits: batch.source_bits,
             seed: options.seed,
+            timings: Timings {
+                sandbox_start,
+                compute,
+                ledger_commit: committing.elapsed(),
+            },
         })
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod listen;
+pub mod metrics;
 pub mod oip;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,7 @@ pub struct Server {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     ready: AtomicBool,
+    metrics: metrics::Metrics,
 }
 
 impl Server {
@@ -113,6 +115,7 @@ impl Server {
             limits,
             waiting: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
+            metrics: metrics::Metrics::new(),
         }
     }
 
@@ -167,6 +170,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
+        .route("/metrics", get(metrics_text))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -269,6 +273,17 @@ async fn ready(State(server): State<Arc<Server>>) -> Response {
         )
             .into_response()
     }
+}
+
+async fn metrics_text(State(server): State<Arc<Server>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        server.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn server_metadata() -> Json<ServerMetadata> {
@@ -398,10 +413,41 @@ async fn run_inference(
             "the server is shutting down".into(),
         ));
     }
+    let started = std::time::Instant::now();
     // Who asks comes before what: an unknown caller learns nothing about
     // which models exist.
-    let caller = server.caller(&headers, &name)?;
-    let model = server.model(&name, version.as_deref())?.clone();
+    let chosen = server
+        .caller(&headers, &name)
+        .and_then(|caller| Ok((caller, server.model(&name, version.as_deref())?.clone())));
+    let (caller, model) = chosen.inspect_err(|f| server.metrics.denied(f.status.as_u16()))?;
+    let labels = metrics::ModelLabels {
+        model: model.manifest().name.clone(),
+        version: model.manifest().version.to_string(),
+    };
+    let answer = infer_model(&server, model, caller, &labels, headers, body).await;
+    let outcome = match &answer {
+        Ok(_) => Ok(()),
+        Err(f) => Err(match f.status {
+            StatusCode::UNPROCESSABLE_ENTITY => metrics::Reason::refused,
+            StatusCode::SERVICE_UNAVAILABLE => metrics::Reason::unavailable,
+            StatusCode::GATEWAY_TIMEOUT => metrics::Reason::timeout,
+            StatusCode::INTERNAL_SERVER_ERROR => metrics::Reason::internal,
+            _ => metrics::Reason::bad_request,
+        }),
+    };
+    server.metrics.answered(&labels, outcome, started.elapsed());
+    answer
+}
+
+/// The inference for a caller and model already checked.
+async fn infer_model(
+    server: &Arc<Server>,
+    model: AttestedModel,
+    caller: Caller,
+    labels: &metrics::ModelLabels,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
     let limit = body_limit(&model, server.limits.max_body_bytes);
     let body = tokio::time::timeout(
         server.limits.body_timeout,
@@ -447,7 +493,9 @@ async fn run_inference(
             )
         })?,
     };
-    let permit = acquire(&server).await?;
+    let queued = std::time::Instant::now();
+    let permit = acquire(server).await?;
+    let queued = queued.elapsed();
     let options = ClassifyOptions {
         seed,
         policy: server.policy,
@@ -467,6 +515,12 @@ async fn run_inference(
         )
     })?;
     let classified = outcome.map_err(classify_failure)?;
+    server.metrics.classified(
+        labels,
+        classified.images.iter().map(|r| r.verdict),
+        queued,
+        &classified.timings,
+    );
 
     let labels = &model.manifest().output.labels;
     let mut parameters = BTreeMap::new();

@@ -574,3 +574,102 @@ async fn malformed_binary_requests_are_400() {
 fn infer_json() -> Value {
     serde_json::from_slice(&infer_body("FP32", json!(vec![0.5f32; 784]), 1)).unwrap()
 }
+
+async fn metrics_text(server: &Arc<Server>) -> String {
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = router(server.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let kind = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// The value of the sample `name{labels}` in an OpenMetrics text.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_answers_verdicts_and_time_without_patient_data() {
+    let f = fixture(None, Limits::default());
+    let uri = "/v2/models/pneumonia-cnn/infer";
+    let (clean, _) = tensors("samples/normal-1.png");
+    let (attacked, _) = tensors("adversarial/pgd8-1.png");
+    let (status, _) = call(
+        &f.server,
+        "POST",
+        uri,
+        None,
+        Some(infer_body("FP32", json!(clean), 5)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &f.server,
+        "POST",
+        uri,
+        None,
+        Some(infer_body("FP32", json!(attacked), 5)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = call(&f.server, "POST", uri, None, Some(b"{}".to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(
+        &f.server,
+        "POST",
+        "/v2/models/patient-jane-doe/infer",
+        None,
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let text = metrics_text(&f.server).await;
+    let version = medguard_tests::bundled_model()
+        .manifest()
+        .version
+        .to_string();
+    let model = format!("model=\"pneumonia-cnn\",version=\"{version}\"");
+    let get = |name: &str, labels: &str| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"))
+    };
+    assert_eq!(get("medguard_inference_request_success_total", &model), 1.0);
+    for (reason, n) in [("refused", 1.0), ("bad_request", 1.0)] {
+        let labels = format!("{model},reason=\"{reason}\"");
+        assert_eq!(get("medguard_inference_request_failure_total", &labels), n);
+    }
+    assert_eq!(get("medguard_request_denied_total", "status=\"404\""), 1.0);
+    assert_eq!(get("medguard_inference_exec_count_total", &model), 2.0);
+    assert_eq!(get("medguard_inference_count_total", &model), 2.0);
+    assert_eq!(
+        get(
+            "medguard_verdict_count_total",
+            &format!("{model},verdict=\"reject\"")
+        ),
+        1.0
+    );
+    assert_eq!(get("medguard_sandbox_instantiation_seconds_count", ""), 2.0);
+    assert!(get("medguard_inference_compute_infer_duration_us_total", &model) > 0.0);
+    assert!(get("medguard_sandbox_instantiation_duration_us_total", &model) > 0.0);
+    assert!(get("medguard_ledger_commit_duration_us_total", "") > 0.0);
+    assert_eq!(
+        get("medguard_inference_request_duration_seconds_count", &model),
+        3.0
+    );
+    // The path a client chose is not a label.
+    assert!(!text.contains("jane"), "{text}");
+}

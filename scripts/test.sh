@@ -11,12 +11,15 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # Attestation and screening arithmetic are reused by the browser build: they
 # must stay wasm-clean.
 cargo check --package medguard-attest --package medguard-screen --target wasm32-unknown-unknown
-# The interop test runs against the real OpenSSF model_signing tool,
+# The interop tests run against the real OpenSSF model_signing tool,
 # installed (pinned) in a venv outside the repository. It is #[ignore]d so
 # that a bare `cargo test` needs no Python; here it runs in the same
 # invocation (a second one would resolve other features and rebuild).
-MEDGUARD_MODEL_SIGNING=$(scripts/model-signing.sh)
-export MEDGUARD_MODEL_SIGNING
+MEDGUARD_MODEL_SIGNING=$(scripts/python-tool.sh model-signing)
+# The server's interop test drives `medguard serve` with Triton's own Python
+# client, from a pinned venv the same way.
+MEDGUARD_TRITON_PYTHON=$(scripts/python-tool.sh triton-client)
+export MEDGUARD_MODEL_SIGNING MEDGUARD_TRITON_PYTHON
 cargo test --workspace --release -- --include-ignored
 # The library example, built by the test run above, on the bundled model as
 # the tests renewed it (re-signed with the demo key to expire over a year

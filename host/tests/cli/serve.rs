@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 
-use crate::{medguard, medguard_command, model_dir, s, text};
+use crate::{json_lines, medguard, medguard_command, model_dir, root, s, text};
 
 /// One HTTP/1.1 request over a fresh connection; the status and body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -23,13 +23,70 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A running `medguard serve`: the process, its address, its stderr so far.
+struct Serving {
+    child: std::process::Child,
+    stderr: BufReader<std::process::ChildStderr>,
+    addr: String,
+    log: String,
+    _env: tempfile::TempDir,
+}
+
+impl Serving {
+    /// Starts `medguard <args>` and waits for it to listen.
+    fn start(args: &[&str]) -> Self {
+        let (mut cmd, env) = medguard_command(args);
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "exited early: {log}"
+            );
+            log.push_str(&line);
+            if let Some(rest) = line.trim().strip_prefix("medguard: listening on http://") {
+                break rest.trim_end_matches("/v2").to_owned();
+            }
+        };
+        Self {
+            child,
+            stderr,
+            addr,
+            log,
+            _env: env,
+        }
+    }
+
+    /// SIGTERM; the exit code and the rest of stderr.
+    fn stop(mut self) -> (Option<i32>, String) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        let mut rest = std::mem::take(&mut self.log);
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (status.code(), rest)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn serve_admits_answers_and_stops_cleanly_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let refused = tmp.path().join("empty-model-dir");
     std::fs::create_dir(&refused).unwrap();
-    let (mut cmd, _env) = medguard_command(&[
+    let server = Serving::start(&[
         "--data-dir",
         s(&data),
         "serve",
@@ -38,20 +95,7 @@ fn serve_admits_answers_and_stops_cleanly_on_sigterm() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "exited early: {log}"
-        );
-        log.push_str(&line);
-        if let Some(rest) = line.trim().strip_prefix("medguard: listening on http://") {
-            break rest.trim_end_matches("/v2").to_owned();
-        }
-    };
+    let (addr, log) = (server.addr.clone(), server.log.clone());
     assert!(log.contains("serving pneumonia-cnn"), "{log}");
     assert!(log.contains("not served"), "{log}");
 
@@ -69,15 +113,8 @@ fn serve_admits_answers_and_stops_cleanly_on_sigterm() {
         "{answer}"
     );
 
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert_eq!(status.code(), Some(0), "{log}{rest}");
+    let (code, rest) = server.stop();
+    assert_eq!(code, Some(0), "{rest}");
     assert!(rest.contains("stopped"), "{rest}");
 
     // Both admissions and the inference are in a ledger that verifies.
@@ -89,4 +126,114 @@ fn serve_admits_answers_and_stops_cleanly_on_sigterm() {
         shown.contains("refused") && shown.contains("inference"),
         "{shown}"
     );
+}
+
+/// Triton's own Python client (`tritonclient[http]`, pinned in
+/// tests/interop/triton-requirements.txt) against `medguard serve`: health,
+/// metadata, and inference over JSON and over the binary tensor data
+/// extension, which must match `medguard predict --json` at the same seed.
+/// scripts/test.sh installs the client in a venv outside the repository and
+/// runs this with `--include-ignored`, MEDGUARD_TRITON_PYTHON naming its
+/// python.
+#[test]
+#[ignore = "needs tritonclient; scripts/test.sh provides it"]
+fn tritons_python_client_gets_the_clis_answers() {
+    let python = std::env::var_os("MEDGUARD_TRITON_PYTHON")
+        .expect("MEDGUARD_TRITON_PYTHON must name a python with tritonclient[http]");
+    let dir = model_dir();
+    let samples = [
+        "samples/normal-1.png",
+        "samples/pneumonia-1.png",
+        "adversarial/pgd8-1.png",
+    ];
+    let seed = 7;
+    let manifest =
+        medguard_attest::Manifest::parse(&std::fs::read(dir.join("manifest.json")).unwrap())
+            .unwrap();
+    let mut images = serde_json::Map::new();
+    for sample in samples {
+        let bytes = std::fs::read(dir.join(sample)).unwrap();
+        let batch = medguard_input::decode(&bytes, &manifest.input, manifest.max_batch).unwrap();
+        images.insert(sample.into(), serde_json::json!(batch.data));
+    }
+    let server = Serving::start(&["serve", s(&dir), "--listen", "127.0.0.1:0"]);
+    let job = serde_json::json!({
+        "url": server.addr, "model": manifest.name, "seed": seed, "images": images,
+    });
+    let mut client = std::process::Command::new(python)
+        .arg(root().join("tests/interop/triton_client.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.to_string().as_bytes())
+        .unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["live"], true);
+    assert_eq!(said["ready"], true);
+    assert_eq!(said["model_ready"], true);
+    assert!(
+        said["server"]["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("binary_tensor_data")),
+        "{said}"
+    );
+    assert_eq!(said["model"]["platform"], "onnx_onnxv1");
+    assert_eq!(said["unknown_model"]["status"], 404);
+
+    // The CLI's answers for the same images and seed.
+    let mut args = vec!["predict", "--json", "--seed", "7", s(&dir)];
+    let paths: Vec<String> = samples
+        .iter()
+        .map(|p| dir.join(p).display().to_string())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    let cli = json_lines(&medguard(&args));
+    assert_eq!(cli.len(), samples.len());
+    for (sample, expected) in samples.iter().zip(&cli) {
+        let got = &said["images"][sample];
+        for transport in ["json", "binary"] {
+            let answer = &got[transport];
+            if expected["verdict"] == "reject" {
+                // The standard client raises with the server's reason.
+                assert_eq!(answer["status"], 422, "{sample} {transport}: {answer}");
+                assert!(
+                    answer["error"].as_str().unwrap().contains("rejected"),
+                    "{answer}"
+                );
+                continue;
+            }
+            assert_eq!(answer["status"], 200, "{sample} {transport}: {answer}");
+            assert_eq!(answer["verdict"], expected["verdict"], "{sample}");
+            assert_eq!(answer["seed"], seed);
+            assert_eq!(answer["id"], "interop");
+            let labels = manifest.output.labels.iter();
+            for (label, p) in labels.zip(answer["probabilities"][0].as_array().unwrap()) {
+                let want = expected["probabilities"][label].as_f64().unwrap();
+                let have = p.as_f64().unwrap();
+                assert!(
+                    (want - have).abs() < 1e-6,
+                    "{sample} {transport} {label}: {have} vs the CLI's {want}"
+                );
+            }
+        }
+        // Each request is its own ledger entry: all but the receipts agree.
+        for field in ["status", "probabilities", "verdict", "error"] {
+            assert_eq!(got["json"][field], got["binary"][field], "{sample} {field}");
+        }
+    }
+    assert!(
+        cli.iter().any(|r| r["verdict"] == "reject"),
+        "the attacked sample must be among those the server refuses"
+    );
+    let (code, rest) = server.stop();
+    assert_eq!(code, Some(0), "{rest}");
 }

@@ -1,0 +1,74 @@
+"""Drives a running `medguard serve` with Triton's own Python client.
+
+Reads a JSON job on stdin: {"url": "127.0.0.1:PORT", "model": NAME,
+"seed": S, "images": {NAME: [C*H*W floats], ...}} and writes one JSON
+object to stdout: what the server said through the client, per image, over
+JSON and over the binary tensor data extension. The Rust test
+(host/tests/cli/serve.rs) compares it with `medguard predict --json`.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+
+def infer(client, model, image, shape, seed, binary):
+    tensor = httpclient.InferInput("image", shape, "FP32")
+    tensor.set_data_from_numpy(image, binary_data=binary)
+    wanted = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    try:
+        result = client.infer(
+            model,
+            [tensor],
+            outputs=[wanted],
+            request_id="interop",
+            parameters={"medguard_seed": seed},
+        )
+    except InferenceServerException as e:
+        return {"status": int(e.status()), "error": e.message()}
+    response = result.get_response()
+    parameters = response["parameters"]
+    return {
+        "status": 200,
+        "id": response.get("id"),
+        "probabilities": result.as_numpy("probabilities").astype(float).tolist(),
+        "verdict": parameters["medguard_verdict"],
+        "seed": parameters["medguard_seed"],
+        "results": json.loads(parameters["medguard_results"]),
+    }
+
+
+def main():
+    job = json.load(sys.stdin)
+    client = httpclient.InferenceServerClient(url=job["url"])
+    model = job["model"]
+    metadata = client.get_model_metadata(model)
+    shape = [1] + metadata["inputs"][0]["shape"][1:]
+    out = {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "server": client.get_server_metadata(),
+        "model": metadata,
+        "model_ready": client.is_model_ready(model),
+        "images": {},
+    }
+    for name, values in job["images"].items():
+        image = np.asarray(values, dtype=np.float32).reshape(shape)
+        out["images"][name] = {
+            "json": infer(client, model, image, shape, job["seed"], binary=False),
+            "binary": infer(client, model, image, shape, job["seed"], binary=True),
+        }
+    try:
+        client.get_model_metadata("no-such-model")
+        out["unknown_model"] = None
+    except InferenceServerException as e:
+        out["unknown_model"] = {"status": int(e.status()), "error": e.message()}
+    client.close()
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

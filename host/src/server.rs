@@ -81,6 +81,10 @@ pub struct Server {
     policy: ScreeningPolicy,
     limits: Limits,
     permits: Arc<Semaphore>,
+    /// Inference requests past authentication, reading a body or holding
+    /// one: at most `concurrency + queue`, so that bodies in memory are
+    /// bounded by the sandboxes and the queue, not by the connections.
+    admitted: Arc<Semaphore>,
     waiting: AtomicUsize,
     ready: AtomicBool,
     metrics: metrics::Metrics,
@@ -111,7 +115,16 @@ impl Server {
             models: by_name,
             tokens,
             policy,
-            permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(
+                limits.concurrency.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            admitted: Arc::new(Semaphore::new(
+                limits
+                    .concurrency
+                    .max(1)
+                    .saturating_add(limits.queue)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             limits,
             waiting: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
@@ -223,7 +236,30 @@ pub fn router(server: Arc<Server>) -> Router {
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(plain_request_id))
         .with_state(server)
+}
+
+/// Keeps a client's `x-request-id` only if it is a plain id (at most 64 of
+/// `[A-Za-z0-9._-]`); otherwise it is removed and a fresh UUID takes its
+/// place, so a client can neither flood the log nor dress its lines as
+/// another request's beyond reusing an id it knows.
+async fn plain_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let plain = |v: &header::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 64
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+    };
+    if request
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| !plain(v))
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// An error answer: `{"error": ...}` with its status.
@@ -448,6 +484,14 @@ async fn infer_model(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Failure> {
+    let _admitted = server.admitted.clone().try_acquire_owned().map_err(|_| {
+        let mut failure = Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every sandbox is busy and the queue is full; retry shortly".into(),
+        );
+        failure.retry_after = true;
+        failure
+    })?;
     let limit = body_limit(&model, server.limits.max_body_bytes);
     let body = tokio::time::timeout(
         server.limits.body_timeout,
@@ -475,21 +519,22 @@ async fn infer_model(
     let header_length = headers.get(oip::HEADER_LENGTH).map(|v| v.as_bytes());
     let (request, binary) = oip::parse_request(&body, header_length).map_err(bad_request)?;
     let batch = oip::batch_of(&request, binary, model.manifest()).map_err(bad_request)?;
-    let binary_output = oip::binary_output(&request).map_err(bad_request)?;
+    let binary_output = oip::binary_output(&request);
     drop(body);
     // Nothing of the request but its tensor waits in the queue.
-    let InferRequest { id, parameters, .. } = request;
-    let seed = match parameters.get("medguard_seed") {
+    let InferRequest {
+        id,
+        parameters,
+        inputs,
+        outputs,
+    } = request;
+    drop((inputs, outputs));
+    let seed = match parameters.medguard_seed {
+        Some(seed) => seed,
         None => crate::guard::fresh_seed().map_err(|e| {
             Failure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("drawing a seed: {e}"),
-            )
-        })?,
-        Some(v) => v.as_u64().ok_or_else(|| {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                "parameter medguard_seed must be a non-negative integer".into(),
             )
         })?,
     };

@@ -335,6 +335,16 @@ async fn bad_requests_get_a_json_error_and_the_right_status() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "outside the model's range",
         ),
+        (
+            serde_json::to_vec(&json!({"parameters": {"medguard_seed": "seven"}, "inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": good}]})).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "medguard_seed",
+        ),
+        (
+            serde_json::to_vec(&json!({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [[true]]}]})).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "numbers, or arrays of them",
+        ),
         (vec![b' '; 65 << 10], StatusCode::PAYLOAD_TOO_LARGE, ""),
     ];
     let (status, answer) = call(&f.server, "GET", uri, None, None).await;
@@ -672,4 +682,26 @@ async fn metrics_count_answers_verdicts_and_time_without_patient_data() {
     );
     // The path a client chose is not a label.
     assert!(!text.contains("jane"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_medguard_does_not_read_are_skipped() {
+    let f = fixture(None, Limits::default());
+    let (values, _) = tensors("samples/normal-2.png");
+    let body = serde_json::to_vec(&json!({
+        "parameters": {"medguard_seed": 3, "priority": 1, "vendor": {"nested": [1, 2, {"deep": true}]}},
+        "inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": values,
+                    "parameters": {"shared_memory_region": "x"}}],
+    }))
+    .unwrap();
+    let (status, answer) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["parameters"]["medguard_seed"], 3);
 }

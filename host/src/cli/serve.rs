@@ -50,9 +50,13 @@ pub struct ServeCmd {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Connections open at once; more wait in the backlog.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
+    /// Connections open at once; more wait in the backlog [default: 1024,
+    /// or fewer when the open-file limit would not allow them].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections open at once from one client address.
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_client: usize,
     /// Seconds a client has for the TLS handshake and each request's headers
     /// (an idle connection is closed after it too), and again for its body.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -152,7 +156,8 @@ impl ServeCmd {
             body_timeout: Duration::from_secs(self.client_timeout_secs),
         };
         let connections = Connections {
-            max_open: self.max_connections,
+            max_open: self.max_connections.unwrap_or_else(default_max_connections),
+            max_per_client: self.max_connections_per_client,
             header_timeout: Duration::from_secs(self.client_timeout_secs),
             drain: Duration::from_secs(self.drain_secs),
             tls,
@@ -221,4 +226,15 @@ fn init_logging() {
         .with_target(false)
         .with_max_level(tracing::Level::INFO)
         .try_init();
+}
+
+/// 1024 connections, or as many as the open-file limit leaves room for
+/// beside the ledger, the guest cache and the runtime (64 descriptors):
+/// past the limit `accept` fails and so would the ledger's next file.
+fn default_max_connections() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let room = limit.map_or(usize::MAX, |n| {
+        usize::try_from(n.saturating_sub(64)).unwrap_or(usize::MAX)
+    });
+    room.clamp(16, 1024)
 }

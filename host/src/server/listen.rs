@@ -1,12 +1,15 @@
-//! The accept loop: TLS (rustls), a limit on open connections, a deadline
-//! for each request's headers, and a graceful drain. axum's own `serve`
+//! The accept loop: TLS (rustls), limits on open connections (in all and per
+//! client address), deadlines for each request's headers and for every
+//! write to the client, and a graceful drain. axum's own `serve`
 //! offers none of the first three, so the router runs here on hyper's HTTP/1
 //! connection directly. The one module that touches hyper and rustls.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,6 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 
 /// How connections are accepted and closed.
@@ -26,9 +30,14 @@ pub struct Connections {
     /// Connections open at once; further clients wait in the kernel's
     /// backlog until one closes.
     pub max_open: usize,
+    /// Connections open at once from one client address; past it a new
+    /// one is closed at once, so one host cannot take every place.
+    pub max_per_client: usize,
     /// Time a client has for its TLS handshake, and for each request's
     /// headers, from the first byte it is waited for (an idle keep-alive
-    /// connection is closed after it too).
+    /// connection is closed after it too); also the longest a write to the
+    /// client may make no progress (a client that stops reading its answers
+    /// is cut off, and with it any requests it pipelined).
     pub header_timeout: Duration,
     /// After shutdown is asked for, how long requests in flight may take
     /// before the connections are dropped.
@@ -41,6 +50,7 @@ impl Default for Connections {
     fn default() -> Self {
         Self {
             max_open: 1024,
+            max_per_client: 64,
             header_timeout: Duration::from_secs(10),
             drain: Duration::from_secs(30),
             tls: None,
@@ -52,6 +62,7 @@ impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections")
             .field("max_open", &self.max_open)
+            .field("max_per_client", &self.max_per_client)
             .field("header_timeout", &self.header_timeout)
             .field("drain", &self.drain)
             .field("tls", &self.tls.is_some())
@@ -124,6 +135,7 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(connections.max_open.max(1)));
     let tls = connections.tls.clone().map(TlsAcceptor::from);
     let timeout = connections.header_timeout;
+    let per_client = PerClient::new(connections.max_per_client);
     tokio::pin!(shutdown);
     loop {
         // A place first, then the connection: past the limit, clients wait
@@ -144,12 +156,23 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(client_place) = per_client.enter(peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this address; closed");
+            continue;
+        };
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _place = place;
+            let _places = (place, client_place);
             let _ = stream.set_nodelay(true);
+            // hyper stops its header timer once a request is parsed, and a
+            // client that pipelines requests and never reads the answers
+            // would stall the writes for ever: every write must progress
+            // within the deadline.
+            let mut stream = TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(timeout));
+            let stream = Box::pin(stream);
             match tls {
                 None => connection(TokioIo::new(stream), service, watcher, timeout).await,
                 Some(acceptor) => {
@@ -185,8 +208,58 @@ async fn connection<S>(
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        // Headers and pipelined requests buffered per connection; bodies
+        // stream past it.
+        .max_buf_size(64 << 10);
     if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
         tracing::debug!("connection ended: {e}");
+    }
+}
+
+/// Open connections per client address.
+#[derive(Clone)]
+struct PerClient {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in its address's count, given back on drop.
+struct ClientPlace {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerClient {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    fn enter(&self, ip: IpAddr) -> Option<ClientPlace> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientPlace {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }

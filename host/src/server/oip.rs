@@ -91,9 +91,10 @@ pub struct InferRequest {
     /// Echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
-    /// Request parameters (`medguard_seed` is read; others are ignored).
+    /// Request parameters: the two medguard reads; others are skipped
+    /// unparsed.
     #[serde(default)]
-    pub parameters: BTreeMap<String, Value>,
+    pub parameters: RequestParameters,
     /// Exactly one input: the image tensor.
     pub inputs: Vec<InferInput>,
     /// Requested outputs; only `probabilities` exists.
@@ -112,10 +113,117 @@ pub struct InferInput {
     pub datatype: String,
     /// Row-major values, flat or nested; absent when the tensor is binary.
     #[serde(default)]
-    pub data: Option<Value>,
+    pub data: Option<Values>,
     /// `binary_data_size` when the tensor follows the JSON as bytes.
     #[serde(default)]
-    pub parameters: BTreeMap<String, Value>,
+    pub parameters: InputParameters,
+}
+
+/// The request parameters medguard reads. Any other is skipped as the JSON
+/// is read, never held (a body of parameters must not cost more memory
+/// than its bytes).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RequestParameters {
+    /// Seed of the guest's noise draws, to reproduce a verdict.
+    #[serde(deserialize_with = "seed")]
+    pub medguard_seed: Option<u64>,
+    /// Return every output as bytes after the JSON.
+    #[serde(deserialize_with = "flag")]
+    pub binary_data_output: Option<bool>,
+}
+
+/// The input parameter of the binary tensor data extension.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct InputParameters {
+    /// Bytes of this tensor after the JSON.
+    #[serde(deserialize_with = "size")]
+    pub binary_data_size: Option<u64>,
+}
+
+/// The output parameter of the binary tensor data extension.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OutputParameters {
+    /// Return this output as bytes after the JSON.
+    #[serde(deserialize_with = "flag")]
+    pub binary_data: Option<bool>,
+}
+
+/// A parameter of type `T`, or an error that names what it must be (serde's
+/// own says only "expected u64").
+fn typed<'de, D, T>(d: D, what: &str) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d)
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(what))
+}
+
+fn seed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    typed(d, "parameter medguard_seed must be a non-negative integer")
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    typed(d, "binary_data_size must be a non-negative integer")
+}
+
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    typed(
+        d,
+        "binary_data and binary_data_output must be true or false",
+    )
+}
+
+/// A tensor's `data`: the numbers of a flat or nested array, read straight
+/// into one vector (8 bytes per value, whatever the nesting), not into a
+/// tree of JSON values that costs 32 bytes for the 2 of `0,`.
+#[derive(Debug, Default)]
+pub struct Values(pub Vec<f64>);
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut values = Vec::new();
+        d.deserialize_any(Leaves(&mut values))?;
+        Ok(Self(values))
+    }
+}
+
+/// Appends the numbers of a value (a number, or arrays of them to any
+/// depth serde_json allows) to one vector.
+struct Leaves<'a>(&'a mut Vec<f64>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Leaves<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Leaves<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("numbers, or arrays of them")
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.push(v as f64);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.push(v as f64);
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push(v);
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Leaves(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
 }
 
 /// One requested output.
@@ -125,7 +233,7 @@ pub struct RequestedOutput {
     pub name: String,
     /// `binary_data: true` asks for the tensor as bytes after the JSON.
     #[serde(default)]
-    pub parameters: BTreeMap<String, Value>,
+    pub parameters: OutputParameters,
 }
 
 /// The binary tensor data extension: the header that says how long the JSON
@@ -164,20 +272,13 @@ pub fn parse_request<'a>(
 /// Whether the response's probabilities go as bytes after the JSON: the
 /// requested output's `binary_data`, else the request's
 /// `binary_data_output`, else not.
-pub fn binary_output(request: &InferRequest) -> Result<bool, TensorError> {
-    let flag = |parameters: &BTreeMap<String, Value>, name: &str| match parameters.get(name) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(TensorError(format!(
-            "parameter {name} must be true or false, not {other}"
-        ))),
-    };
-    for output in &request.outputs {
-        if let Some(b) = flag(&output.parameters, "binary_data")? {
-            return Ok(b);
-        }
-    }
-    Ok(flag(&request.parameters, "binary_data_output")?.unwrap_or(false))
+pub fn binary_output(request: &InferRequest) -> bool {
+    request
+        .outputs
+        .iter()
+        .find_map(|o| o.parameters.binary_data)
+        .or(request.parameters.binary_data_output)
+        .unwrap_or(false)
 }
 
 /// `POST .../infer` answer.
@@ -310,13 +411,10 @@ pub fn batch_of(
 fn binary_size(input: &InferInput) -> Result<Option<usize>, TensorError> {
     input
         .parameters
-        .get("binary_data_size")
-        .map(|v| {
-            v.as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| {
-                    TensorError("binary_data_size must be a non-negative integer".into())
-                })
+        .binary_data_size
+        .map(|n| {
+            usize::try_from(n)
+                .map_err(|_| TensorError(format!("binary_data_size {n} is too large")))
         })
         .transpose()
 }
@@ -349,13 +447,12 @@ fn binary_values(
 
 /// `count` values from JSON `data`, flat or nested.
 fn json_values(
-    data: &Value,
+    data: &Values,
     count: usize,
     source_bits: u8,
     shape: &[i64],
 ) -> Result<Vec<f32>, TensorError> {
-    let mut values = Vec::with_capacity(count.min(1 << 20));
-    flatten(data, count, &mut values)?;
+    let values = &data.0;
     if values.len() != count {
         return Err(TensorError(format!(
             "shape {shape:?} needs {count} values; {} were sent",
@@ -365,35 +462,11 @@ fn json_values(
     if source_bits == 8 {
         values
             .iter()
-            .map(|v| v.as_u64().filter(|&x| x <= 255).map(|x| x as f32 / 255.0))
+            .map(|&x| (x.fract() == 0.0 && (0.0..=255.0).contains(&x)).then_some(x as f32 / 255.0))
             .collect::<Option<Vec<f32>>>()
             .ok_or_else(|| TensorError("UINT8 data must be integers 0 to 255".into()))
     } else {
-        values
-            .iter()
-            .map(|v| v.as_f64().map(|x| x as f32))
-            .collect::<Option<Vec<f32>>>()
-            .ok_or_else(|| TensorError("FP32 data must be numbers".into()))
-    }
-}
-
-/// Appends the leaves of `data` (numbers, or arrays of them to any depth)
-/// to `out`, refusing more than `limit` of them before collecting more.
-fn flatten<'a>(data: &'a Value, limit: usize, out: &mut Vec<&'a Value>) -> Result<(), TensorError> {
-    match data {
-        Value::Array(items) => {
-            for item in items {
-                flatten(item, limit, out)?;
-            }
-            Ok(())
-        }
-        leaf => {
-            if out.len() == limit {
-                return Err(TensorError(format!("more values than the shape's {limit}")));
-            }
-            out.push(leaf);
-            Ok(())
-        }
+        Ok(values.iter().map(|&x| x as f32).collect())
     }
 }
 

@@ -219,3 +219,87 @@ async fn past_the_connection_limit_clients_wait_for_a_place() {
     let answer = read_for(&mut second, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_and_never_reads_loses_its_place() {
+    let (addr, _stop, _f) = start(
+        Connections {
+            max_open: 1,
+            header_timeout: Duration::from_secs(1),
+            ..Connections::default()
+        },
+        Limits::default(),
+    )
+    .await;
+    // A small receive window and thousands of pipelined requests for the
+    // largest answer there is, never read: the server's writes stall.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hog = socket.connect(addr).await.unwrap();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(5000);
+    let _ = tokio::time::timeout(Duration::from_secs(3), hog.write_all(&request)).await;
+    // The one place comes back once a write makes no progress for the
+    // deadline; the next client is served.
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    let answer = exchange(&mut next, READY, Duration::from_secs(30)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:.200}");
+    drop(hog);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_place() {
+    let (addr, _stop, _f) = start(
+        Connections {
+            max_per_client: 2,
+            ..Connections::default()
+        },
+        Limits::default(),
+    )
+    .await;
+    let _first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    // Give the server time to count both.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = exchange(&mut third, READY, Duration::from_secs(20)).await;
+    assert!(
+        answer.is_empty(),
+        "served past the per-client limit: {answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "not closed");
+    drop(_first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    let answer = exchange(&mut again, READY, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_plain_or_replaced() {
+    let (addr, _stop, _f) = start(Connections::default(), Limits::default()).await;
+    let id_of = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| {
+                l.to_lowercase()
+                    .strip_prefix("x-request-id: ")
+                    .map(str::to_owned)
+            })
+            .unwrap()
+    };
+    let ask = |id: String| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /v2/health/live HTTP/1.1\r\nHost: t\r\nx-request-id: {id}\r\nConnection: close\r\n\r\n"
+        );
+        exchange(&mut s, request.as_bytes(), Duration::from_secs(10)).await
+    };
+    assert_eq!(id_of(&ask("pacs-42.a_b".into()).await), "pacs-42.a_b");
+    for bad in ["x".repeat(65), "a b".into(), "{\"patient\":1}".into()] {
+        let answer = ask(bad.clone()).await;
+        let id = id_of(&answer);
+        assert_ne!(id, bad.to_lowercase());
+        assert_eq!(id.len(), 36, "a fresh UUID: {id}");
+    }
+}

@@ -3,6 +3,8 @@
 
 use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 
+mod ops;
+
 /// Operator domains of the ONNX standard; anything else is custom code the
 /// manifest cannot describe.
 const STANDARD_DOMAINS: [&str; 4] = ["", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"];
@@ -11,8 +13,9 @@ const STANDARD_DOMAINS: [&str; 4] = ["", "ai.onnx", "ai.onnx.ml", "ai.onnx.previ
 const EXTERNAL: i32 = 1;
 
 /// Refuses models that reference external data (bytes the attestation did not
-/// hash) or use operator domains outside the ONNX standard. Returns the first
-/// reason found.
+/// hash), use operator domains outside the ONNX standard or operators outside
+/// medguard's list (`ops.rs`), break an operator's arity, or hold tensors of
+/// a type tract cannot load. Returns the first reason found.
 pub(crate) fn lint(model: &ModelProto) -> Result<(), String> {
     for opset in &model.opset_import {
         standard_domain(&opset.domain, "the model imports operator set")?;
@@ -83,6 +86,7 @@ fn lint_graph(graph: &GraphProto) -> Result<(), String> {
             &node.domain,
             &format!("node {:?} ({}) uses operator", node.name, node.op_type),
         )?;
+        ops::lint_node(node)?;
         for attribute in &node.attribute {
             lint_attribute(attribute)?;
         }
@@ -128,7 +132,19 @@ fn lint_attribute(a: &AttributeProto) -> Result<(), String> {
     Ok(())
 }
 
+/// `TensorProto.DataType`s tract 0.23 loads: FLOAT, UINT8, INT8, UINT16,
+/// INT16, INT32, INT64, BOOL, FLOAT16, DOUBLE, UINT32, UINT64. Others
+/// (strings, bfloat16, complex, 8- and 4-bit floats and integers) reach an
+/// `unimplemented!` in its loader (fuzz finding 6).
+const LOADABLE_TYPES: [i32; 12] = [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13];
+
 fn lint_tensor(t: &TensorProto) -> Result<(), String> {
+    if !LOADABLE_TYPES.contains(&t.data_type) {
+        return Err(format!(
+            "tensor {:?} has ONNX data type {}, which the inference engine cannot load",
+            t.name, t.data_type
+        ));
+    }
     if t.data_location == Some(EXTERNAL) || !t.external_data.is_empty() {
         return Err(format!(
             "tensor {:?} references external data, which attestation cannot cover; embed the weights in the model file",

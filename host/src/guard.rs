@@ -250,6 +250,32 @@ impl Guard {
         self.program.as_ref()
     }
 
+    /// Records a drift alarm for `model` (the server's monitor raised it);
+    /// its receipt.
+    pub fn record_drift(
+        &self,
+        model: &AttestedModel,
+        alarm: &crate::drift::DriftAlarm,
+    ) -> Result<Receipt, GuardError> {
+        let m = model.manifest();
+        let entry = Entry::DriftAlarm {
+            time: Timestamp::now(),
+            model: m.name.clone(),
+            version: m.version.clone(),
+            model_sha256: model.model_digest(),
+            window: alarm.window as u64,
+            flagged: alarm.flagged as u64,
+            threshold: alarm.threshold as u64,
+            expected_flag_rate: alarm.expected_rate,
+        };
+        let mut receipts = self.ledger.append_all(vec![entry])?;
+        receipts.pop().ok_or_else(|| {
+            GuardError::Ledger(LedgerError::Corrupt(
+                "no receipt for an appended entry".into(),
+            ))
+        })
+    }
+
     /// The ledger's latest checkpoint: (size, signed note).
     pub fn checkpoint(&self) -> Result<(u64, String), GuardError> {
         Ok(self.ledger.exclusive(|l| {

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod cli;
+pub mod drift;
 pub mod eval;
 pub mod guard;
 pub mod guest;

@@ -40,6 +40,7 @@ use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+use crate::drift::{DriftConfig, DriftEvent, DriftMonitor};
 use crate::guard::{
     ClassifyError, ClassifyOptions, Guard, GuardError, InputRefusal, ScreeningPolicy, Verdict,
 };
@@ -88,6 +89,9 @@ pub struct Server {
     waiting: AtomicUsize,
     ready: AtomicBool,
     metrics: metrics::Metrics,
+    /// A drift monitor per served model and version that has a screening
+    /// profile.
+    drift: std::sync::Mutex<BTreeMap<(String, String), DriftMonitor>>,
 }
 
 impl Server {
@@ -129,6 +133,81 @@ impl Server {
             waiting: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
             metrics: metrics::Metrics::new(),
+            drift: std::sync::Mutex::default(),
+        }
+        .with_drift(DriftConfig::default())
+    }
+
+    /// The drift alarm set to `config` for every screened model (a model
+    /// whose calibration cannot support it is logged and left unwatched).
+    pub fn with_drift(self, config: DriftConfig) -> Self {
+        let mut monitors = BTreeMap::new();
+        for m in self.models.values().flatten() {
+            let manifest = m.manifest();
+            let Some(screening) = &manifest.screening else {
+                continue;
+            };
+            let target = screening.profile.targets.flag_fpr;
+            match DriftMonitor::new(config, target, screening.calibration.images) {
+                Ok(monitor) => {
+                    monitors.insert(
+                        (manifest.name.clone(), manifest.version.to_string()),
+                        monitor,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!("{} {}: {e}; not watched", manifest.name, manifest.version)
+                }
+            }
+        }
+        *self.drift.lock().unwrap_or_else(|e| e.into_inner()) = monitors;
+        self
+    }
+
+    /// Feeds a classification's verdicts to its model's drift monitor; an
+    /// alarm goes to the metrics, the log and the ledger.
+    fn watch_drift(&self, model: &AttestedModel, classified: &crate::guard::Classified) {
+        let m = model.manifest();
+        let labels = metrics::ModelLabels {
+            model: m.name.clone(),
+            version: m.version.to_string(),
+        };
+        let mut raised = Vec::new();
+        {
+            let mut monitors = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(monitor) = monitors.get_mut(&(labels.model.clone(), labels.version.clone()))
+            else {
+                return;
+            };
+            for image in &classified.images {
+                let flagged = match image.verdict {
+                    Verdict::Unscreened => continue,
+                    Verdict::Accept => false,
+                    Verdict::Flag | Verdict::Reject => true,
+                };
+                match monitor.observe(flagged) {
+                    Some(DriftEvent::Raised(alarm)) => raised.push(alarm),
+                    Some(DriftEvent::Cleared) => {
+                        tracing::info!(model = %labels.model, version = %labels.version, "drift alarm cleared");
+                    }
+                    None => {}
+                }
+            }
+            self.metrics
+                .drift(&labels, monitor.alarm(), !raised.is_empty());
+        }
+        for alarm in raised {
+            tracing::warn!(
+                model = %labels.model,
+                version = %labels.version,
+                flagged = alarm.flagged,
+                window = alarm.window,
+                expected = alarm.expected_rate * alarm.window as f64,
+                "drift alarm: far more inputs flagged than calibration promised (an attack campaign, or inputs unlike the calibration images)"
+            );
+            if let Err(e) = self.guard.record_drift(model, &alarm) {
+                tracing::error!("recording the drift alarm: {e}");
+            }
         }
     }
 
@@ -546,11 +625,17 @@ async fn infer_model(
         policy: server.policy,
         allow_unscreened: false,
     };
-    let guard = server.guard.clone();
+    let watcher = server.clone();
     let classify_model = model.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        guard.classify_batch(&classify_model, &batch, options, caller.name())
+        let outcome = watcher
+            .guard
+            .classify_batch(&classify_model, &batch, options, caller.name());
+        if let Ok(classified) = &outcome {
+            watcher.watch_drift(&classify_model, classified);
+        }
+        outcome
     })
     .await
     .map_err(|_| {

@@ -128,6 +128,27 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         caller: Option<String>,
     },
+    /// A model's flag rate over its recent inputs left what calibration
+    /// promised (the server's drift alarm): an attack campaign, or inputs
+    /// unlike the calibration images.
+    DriftAlarm {
+        /// When.
+        time: Timestamp,
+        /// Manifest name.
+        model: String,
+        /// Manifest version.
+        version: semver::Version,
+        /// SHA-256 of the model file.
+        model_sha256: Sha256Digest,
+        /// Inputs in the window.
+        window: u64,
+        /// Of them flagged or rejected.
+        flagged: u64,
+        /// The count at which the alarm goes off.
+        threshold: u64,
+        /// The flag rate calibration promised.
+        expected_flag_rate: f64,
+    },
 }
 
 impl Entry {
@@ -140,6 +161,7 @@ impl Entry {
             Self::ModelRefused { .. } => "model-refused",
             Self::PolicyChanged { .. } => "policy-changed",
             Self::Inference { .. } => "inference",
+            Self::DriftAlarm { .. } => "drift-alarm",
         }
     }
 
@@ -151,7 +173,8 @@ impl Entry {
             | Self::ModelAdmitted { time, .. }
             | Self::ModelRefused { time, .. }
             | Self::PolicyChanged { time, .. }
-            | Self::Inference { time, .. } => *time,
+            | Self::Inference { time, .. }
+            | Self::DriftAlarm { time, .. } => *time,
         }
     }
 }

@@ -221,3 +221,15 @@ fn classifier_component(
         .and_then(|e| e.validate(true).encode())
         .expect("hostile component encodes")
 }
+
+/// The bundled demo trust policy (`models/trust/demo-policy.toml`), named
+/// `demo`, as the guard takes it.
+pub fn demo_policy() -> medguard::guard::NamedPolicy {
+    let path = repo_root().join("models/trust/demo-policy.toml");
+    let (policy, sha256) = medguard::admission::load_policy(&path).expect("demo policy");
+    medguard::guard::NamedPolicy {
+        policy,
+        sha256,
+        name: "demo".into(),
+    }
+}

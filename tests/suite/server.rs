@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use medguard::admission::load_policy;
 use medguard::guard::Receipt;
-use medguard::guard::{Admission, Guard, NamedPolicy, ScreeningPolicy};
+use medguard::guard::{Admission, Guard, ScreeningPolicy};
 use medguard::guest::GuestModule;
 use medguard::sandbox::{GuestProgram, Runtime};
 use medguard::server::auth::Tokens;
 use medguard::server::{Limits, Server, router};
 use medguard_attest::Sha256Digest;
-use medguard_tests::{model_dir, repo_root, shared_program_owned};
+use medguard_tests::{model_dir, shared_program_owned};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -32,17 +31,7 @@ fn fixture(tokens: Option<Tokens>, limits: Limits) -> Fixture {
 
 fn fixture_with(program: GuestProgram, tokens: Option<Tokens>, limits: Limits) -> Fixture {
     let data = tempfile::tempdir().unwrap();
-    let path = repo_root().join("models/trust/demo-policy.toml");
-    let (policy, sha256) = load_policy(&path).unwrap();
-    let guard = Guard::open(
-        data.path(),
-        NamedPolicy {
-            policy,
-            sha256,
-            name: "demo".into(),
-        },
-    )
-    .unwrap();
+    let guard = Guard::open(data.path(), medguard_tests::demo_policy()).unwrap();
     let Admission::Admitted { model, .. } = guard.admit(&model_dir()).unwrap() else {
         panic!("the bundled model is admitted");
     };
@@ -704,4 +693,49 @@ async fn parameters_medguard_does_not_read_are_skipped() {
     .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["parameters"]["medguard_seed"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
+    let mut f = fixture(None, Limits::default());
+    let server = Arc::try_unwrap(f.server).ok().unwrap();
+    f.server = Arc::new(server.with_drift(medguard::drift::DriftConfig {
+        window: 8,
+        false_alarm: 0.01,
+    }));
+    let (attacked, _) = tensors("adversarial/pgd8-1.png");
+    let size = |f: &Fixture| f.guard.checkpoint().unwrap().0;
+    let before = size(&f);
+    let eight: Vec<f32> = attacked.iter().copied().cycle().take(8 * 784).collect();
+    let body = serde_json::to_vec(&json!({
+        "parameters": {"medguard_seed": 2},
+        "inputs": [{"name": "image", "shape": [8, 1, 28, 28], "datatype": "FP32", "data": eight}],
+    }))
+    .unwrap();
+    let (status, _) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Eight verdicts and one drift alarm in the ledger.
+    assert_eq!(size(&f), before + 9);
+    let text = metrics_text(&f.server).await;
+    let version = medguard_tests::bundled_model()
+        .manifest()
+        .version
+        .to_string();
+    let model = format!("model=\"pneumonia-cnn\",version=\"{version}\"");
+    assert_eq!(
+        sample(&text, "medguard_drift_alarm", &model),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "medguard_drift_alarms_total", &model),
+        Some(1.0)
+    );
 }

@@ -421,6 +421,17 @@ fn describe(entry: &Entry) -> String {
                 .map(|c| format!(" for {c}"))
                 .unwrap_or_default()
         ),
+        Entry::DriftAlarm {
+            model,
+            version,
+            window,
+            flagged,
+            expected_flag_rate,
+            ..
+        } => format!(
+            "drift alarm {model} {version}: {flagged} of the last {window} inputs flagged, {:.1} expected",
+            expected_flag_rate * *window as f64
+        ),
     }
 }
 

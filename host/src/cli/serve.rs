@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{Exit, SandboxArgs, StateArgs, TrustArgs, printable};
+use crate::drift::DriftConfig;
 use crate::guard::{Admission, Guard, ScreeningPolicy};
 use crate::server::auth::Tokens;
 use crate::server::listen::{self, Connections};
@@ -61,6 +62,13 @@ pub struct ServeCmd {
     /// (an idle connection is closed after it too), and again for its body.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     client_timeout_secs: u64,
+    /// Inputs in each model's drift window: the alarm compares their flag
+    /// rate with the one calibration promised.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    drift_window: u32,
+    /// Chance that one check of a clean window raises the drift alarm.
+    #[arg(long, default_value_t = 1e-3)]
+    drift_false_alarm: f64,
     /// Seconds that requests in flight may take to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
@@ -68,6 +76,12 @@ pub struct ServeCmd {
 
 impl ServeCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
+        if !(self.drift_false_alarm > 0.0 && self.drift_false_alarm < 1.0) {
+            anyhow::bail!(
+                "--drift-false-alarm {} must be between 0 and 1",
+                self.drift_false_alarm
+            );
+        }
         let Some(policy) = self.trust.policy(None)? else {
             return Ok(Exit::Refused);
         };
@@ -172,7 +186,13 @@ impl ServeCmd {
         } else {
             ScreeningPolicy::Enforce
         };
-        let server = Arc::new(Server::new(Arc::new(guard), models, tokens, policy, limits));
+        let drift = DriftConfig {
+            window: self.drift_window as usize,
+            false_alarm: self.drift_false_alarm,
+        };
+        let server = Arc::new(
+            Server::new(Arc::new(guard), models, tokens, policy, limits).with_drift(drift),
+        );
         init_logging();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -15,10 +15,12 @@ use tract_onnx::pb::{AttributeProto, NodeProto};
 /// No upper bound on a count.
 const MANY: usize = usize::MAX;
 
-/// Operator name, inputs (min, max), outputs (min, max), as the ONNX
-/// operator schemas give them (optional inputs and outputs counted in the
-/// maximum).
-const OPERATORS: &[(&str, (usize, usize), (usize, usize))] = &[
+/// The least and most of a node's inputs or outputs.
+type Arity = (usize, usize);
+
+/// Operator name, inputs, outputs, as the ONNX operator schemas give them
+/// (optional inputs and outputs counted in the maximum).
+const OPERATORS: &[(&str, Arity, Arity)] = &[
     // Element-wise, one input.
     ("Abs", (1, 1), (1, 1)),
     ("Ceil", (1, 1), (1, 1)),

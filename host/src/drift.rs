@@ -1,0 +1,242 @@
+//! The drift alarm: is a model's flag rate still the one calibration
+//! promised?
+//!
+//! Screening flags an input when its combined p-value is at or below the
+//! calibrated threshold, the k-th smallest of the n calibration images'
+//! own, with k = floor(target * (n + 1)). For clean inputs exchangeable with
+//! the calibration images the chance of a flag is then a draw from
+//! Beta(k, n + 1 - k) (mean about the target; the spread is what n
+//! calibration images leave), and the number of flags among the last W
+//! inputs is beta-binomial. The monitor keeps that window per model and
+//! raises the alarm when the count reaches the smallest c with
+//! P(count >= c) <= `false_alarm`: on clean traffic any one check alarms with
+//! probability at most `false_alarm`, so an operator knows the rate of false
+//! alarms to expect. An attack campaign raises it: attacked images are
+//! flagged far more often than clean ones.
+//!
+//! What it cannot see: a shift the screening statistics are blind to. A
+//! contrast change (a "new scanner") leaves the margin and squeeze p-values
+//! where clean images put them (README, "Serving"): seeing it needs a
+//! statistic of the pixels themselves, calibrated with the rest.
+
+use std::collections::VecDeque;
+
+/// How the alarm is set.
+#[derive(Debug, Clone, Copy)]
+pub struct DriftConfig {
+    /// Inputs in the sliding window.
+    pub window: usize,
+    /// Largest chance that one check on clean traffic alarms.
+    pub false_alarm: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            window: 200,
+            false_alarm: 1e-3,
+        }
+    }
+}
+
+/// Why a monitor could not be set up.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DriftError {
+    /// A configuration or calibration value out of range.
+    #[error("drift alarm: {0}")]
+    Invalid(String),
+}
+
+/// A change of the alarm's state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DriftEvent {
+    /// The window's flags reached the threshold.
+    Raised(DriftAlarm),
+    /// The window's flags fell below the threshold again.
+    Cleared,
+}
+
+/// The evidence of an alarm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftAlarm {
+    /// Inputs in the window.
+    pub window: usize,
+    /// Of them flagged or rejected.
+    pub flagged: usize,
+    /// The count at which the alarm goes off.
+    pub threshold: usize,
+    /// The flag rate calibration promised.
+    pub expected_rate: f64,
+}
+
+/// One model's sliding window of screening outcomes.
+#[derive(Debug, Clone)]
+pub struct DriftMonitor {
+    window: usize,
+    outcomes: VecDeque<bool>,
+    flagged: usize,
+    threshold: usize,
+    expected_rate: f64,
+    alarm: bool,
+}
+
+impl DriftMonitor {
+    /// A monitor for a model calibrated on `calibration_images` clean images
+    /// for a flag rate of `target`.
+    pub fn new(
+        config: DriftConfig,
+        target: f64,
+        calibration_images: u32,
+    ) -> Result<Self, DriftError> {
+        let bad = |why: String| Err(DriftError::Invalid(why));
+        if config.window == 0 || config.window > 1_000_000 {
+            return bad(format!("window {} must be 1 to 1000000", config.window));
+        }
+        if !(config.false_alarm > 0.0 && config.false_alarm < 1.0) {
+            return bad(format!(
+                "false-alarm rate {} must be between 0 and 1",
+                config.false_alarm
+            ));
+        }
+        let n = f64::from(calibration_images);
+        let k = (target * (n + 1.0)).floor();
+        if !(target > 0.0 && target < 1.0) || k < 1.0 {
+            return bad(format!(
+                "a flag target of {target} on {calibration_images} calibration images sets no threshold"
+            ));
+        }
+        let threshold = upper_quantile(config.window, k, n + 1.0 - k, config.false_alarm);
+        Ok(Self {
+            window: config.window,
+            outcomes: VecDeque::with_capacity(config.window),
+            flagged: 0,
+            threshold,
+            expected_rate: k / (n + 1.0),
+            alarm: false,
+        })
+    }
+
+    /// The count of flags in a full window at which the alarm goes off
+    /// (`window + 1` when no count is unlikely enough).
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Whether the alarm is up.
+    pub fn alarm(&self) -> bool {
+        self.alarm
+    }
+
+    /// One screened input: `flagged` if its verdict was flag or reject.
+    /// Checks only full windows.
+    pub fn observe(&mut self, flagged: bool) -> Option<DriftEvent> {
+        if self.outcomes.len() == self.window && self.outcomes.pop_front() == Some(true) {
+            self.flagged -= 1;
+        }
+        self.outcomes.push_back(flagged);
+        self.flagged += usize::from(flagged);
+        if self.outcomes.len() < self.window {
+            return None;
+        }
+        let alarm = self.flagged >= self.threshold;
+        if alarm == self.alarm {
+            return None;
+        }
+        self.alarm = alarm;
+        Some(if alarm {
+            DriftEvent::Raised(DriftAlarm {
+                window: self.window,
+                flagged: self.flagged,
+                threshold: self.threshold,
+                expected_rate: self.expected_rate,
+            })
+        } else {
+            DriftEvent::Cleared
+        })
+    }
+}
+
+/// The smallest c with P(X >= c) <= `alpha` for X ~ BetaBinomial(w, a, b).
+fn upper_quantile(w: usize, a: f64, b: f64, alpha: f64) -> usize {
+    // pmf(0) = prod_{i<w} (b + i) / (a + b + i); then the ratio
+    // pmf(j+1)/pmf(j) = (w - j)(j + a) / ((j + 1)(w - j - 1 + b)). In logs:
+    // a window of a million stays finite.
+    let wf = w as f64;
+    let mut log_pmf: f64 = (0..w)
+        .map(|i| ((b + i as f64) / (a + b + i as f64)).ln())
+        .sum();
+    let mut pmf = Vec::with_capacity(w + 1);
+    pmf.push(log_pmf);
+    for j in 0..w {
+        let j = j as f64;
+        log_pmf += ((wf - j) * (j + a) / ((j + 1.0) * (wf - j - 1.0 + b))).ln();
+        pmf.push(log_pmf);
+    }
+    let mut tail = 0.0;
+    for c in (0..=w).rev() {
+        let with_c = tail + pmf[c].exp();
+        if with_c > alpha {
+            return c + 1;
+        }
+        tail = with_c;
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_is_the_beta_binomial_quantile() {
+        // Beta(1, 1) makes the count uniform on 0..=w: P(X >= c) = (w+1-c)/(w+1).
+        assert_eq!(upper_quantile(9, 1.0, 1.0, 0.25), 8); // P(X >= 8) = 0.2
+        assert_eq!(upper_quantile(9, 1.0, 1.0, 0.15), 9); // P(X >= 9) = 0.1
+        assert_eq!(upper_quantile(9, 1.0, 1.0, 0.05), 10); // never
+        // The bundled model: 627 images, target 0.05, k = 31.
+        let m = DriftMonitor::new(DriftConfig::default(), 0.05, 627).unwrap();
+        assert!((20..30).contains(&m.threshold()), "{}", m.threshold());
+    }
+
+    #[test]
+    fn it_raises_and_clears_on_full_windows_only() {
+        let mut m = DriftMonitor::new(
+            DriftConfig {
+                window: 10,
+                false_alarm: 0.01,
+            },
+            0.05,
+            627,
+        )
+        .unwrap();
+        let t = m.threshold();
+        assert!(t <= 10, "{t}");
+        for _ in 0..9 {
+            assert_eq!(m.observe(true), None);
+        }
+        match m.observe(true) {
+            Some(DriftEvent::Raised(a)) => assert_eq!((a.flagged, a.threshold), (10, t)),
+            other => panic!("{other:?}"),
+        }
+        assert!(m.alarm());
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            events.extend(m.observe(false));
+        }
+        assert_eq!(events, vec![DriftEvent::Cleared]);
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused() {
+        let c = DriftConfig::default();
+        assert!(DriftMonitor::new(c, 0.05, 10).is_err()); // k = 0
+        assert!(DriftMonitor::new(c, 0.0, 627).is_err());
+        let zero = DriftConfig { window: 0, ..c };
+        assert!(DriftMonitor::new(zero, 0.05, 627).is_err());
+        let never = DriftConfig {
+            false_alarm: 1.0,
+            ..c
+        };
+        assert!(DriftMonitor::new(never, 0.05, 627).is_err());
+    }
+}

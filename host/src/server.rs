@@ -23,6 +23,7 @@ pub mod auth;
 pub mod listen;
 pub mod metrics;
 pub mod oip;
+mod repository;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,8 +77,14 @@ impl Default for Limits {
 /// Everything the handlers share.
 pub struct Server {
     guard: Arc<Guard>,
-    /// By model name, the versions served, oldest first.
-    models: BTreeMap<String, Vec<AttestedModel>>,
+    /// By model name, the versions served, oldest first. Written only by
+    /// the model repository extension's load and unload.
+    models: std::sync::RwLock<BTreeMap<String, Vec<AttestedModel>>>,
+    /// By model name, the directory `load` admits it from again.
+    repository: BTreeMap<String, std::path::PathBuf>,
+    /// One load or unload at a time.
+    loading: tokio::sync::Mutex<()>,
+    drift_config: DriftConfig,
     tokens: Option<Tokens>,
     policy: ScreeningPolicy,
     limits: Limits,
@@ -116,7 +123,10 @@ impl Server {
         }
         Self {
             guard,
-            models: by_name,
+            models: std::sync::RwLock::new(by_name),
+            repository: BTreeMap::new(),
+            loading: tokio::sync::Mutex::new(()),
+            drift_config: DriftConfig::default(),
             tokens,
             policy,
             permits: Arc::new(Semaphore::new(
@@ -140,28 +150,28 @@ impl Server {
 
     /// The drift alarm set to `config` for every screened model (a model
     /// whose calibration cannot support it is logged and left unwatched).
-    pub fn with_drift(self, config: DriftConfig) -> Self {
+    pub fn with_drift(mut self, config: DriftConfig) -> Self {
+        self.drift_config = config;
+        let served: Vec<AttestedModel> = self.served().values().flatten().cloned().collect();
         let mut monitors = BTreeMap::new();
-        for m in self.models.values().flatten() {
-            let manifest = m.manifest();
-            let Some(screening) = &manifest.screening else {
-                continue;
-            };
-            let target = screening.profile.targets.flag_fpr;
-            match DriftMonitor::new(config, target, screening.calibration.images) {
-                Ok(monitor) => {
-                    monitors.insert(
-                        (manifest.name.clone(), manifest.version.to_string()),
-                        monitor,
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!("{} {}: {e}; not watched", manifest.name, manifest.version)
-                }
+        for m in &served {
+            if let Some((key, monitor)) = drift_monitor(config, m) {
+                monitors.insert(key, monitor);
             }
         }
         *self.drift.lock().unwrap_or_else(|e| e.into_inner()) = monitors;
         self
+    }
+
+    /// The directories the model repository extension loads from, by
+    /// model name (the directories the models were admitted from at start).
+    pub fn with_repository(mut self, directories: BTreeMap<String, std::path::PathBuf>) -> Self {
+        self.repository = directories;
+        self
+    }
+
+    fn served(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<AttestedModel>>> {
+        self.models.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Feeds a classification's verdicts to its model's drift monitor; an
@@ -216,9 +226,9 @@ impl Server {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    fn model(&self, name: &str, version: Option<&str>) -> Result<&AttestedModel, Failure> {
-        let versions = self
-            .models
+    fn model(&self, name: &str, version: Option<&str>) -> Result<AttestedModel, Failure> {
+        let served = self.served();
+        let versions = served
             .get(name)
             .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("no model {name:?}")))?;
         match version {
@@ -227,12 +237,38 @@ impl Server {
                 .iter()
                 .find(|m| m.manifest().version.to_string() == v),
         }
+        .cloned()
         .ok_or_else(|| {
             Failure::new(
                 StatusCode::NOT_FOUND,
                 format!("model {name:?} has no version {:?}", version.unwrap_or("")),
             )
         })
+    }
+
+    /// Who may load and unload `model`: a token marked `repository = true`
+    /// for it. Without a token file nobody may.
+    fn manager(&self, headers: &HeaderMap, model: &str) -> Result<Caller, Failure> {
+        let Some(tokens) = &self.tokens else {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "loading and unloading models needs --tokens and a token with repository = true"
+                    .into(),
+            ));
+        };
+        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        tokens
+            .check_repository(authorization, model)
+            .map_err(|denied| match denied {
+                Denied::Unauthenticated => Failure::new(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token from the server's token file is required".into(),
+                ),
+                Denied::Forbidden => Failure::new(
+                    StatusCode::FORBIDDEN,
+                    format!("this token may not load or unload model {model:?}"),
+                ),
+            })
     }
 
     fn caller(&self, headers: &HeaderMap, model: &str) -> Result<Caller, Failure> {
@@ -273,6 +309,9 @@ pub fn router(server: Arc<Server>) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_version_ready),
         )
+        .route("/v2/repository/index", post(repository::index))
+        .route("/v2/repository/models/{model}/load", post(repository::load))
+        .route("/v2/repository/models/{model}/unload", post(repository::unload))
         .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
@@ -317,6 +356,21 @@ pub fn router(server: Arc<Server>) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(axum::middleware::map_request(plain_request_id))
         .with_state(server)
+}
+
+/// A drift monitor for `model` under `config`, keyed by name and version;
+/// none for an unscreened model or a calibration too small to support it.
+fn drift_monitor(config: DriftConfig, model: &AttestedModel) -> Option<((String, String), DriftMonitor)> {
+    let manifest = model.manifest();
+    let screening = manifest.screening.as_ref()?;
+    let target = screening.profile.targets.flag_fpr;
+    match DriftMonitor::new(config, target, screening.calibration.images) {
+        Ok(monitor) => Some(((manifest.name.clone(), manifest.version.to_string()), monitor)),
+        Err(e) => {
+            tracing::warn!("{} {}: {e}; not watched", manifest.name, manifest.version);
+            None
+        }
+    }
 }
 
 /// Keeps a client's `x-request-id` only if it is a plain id (at most 64 of
@@ -405,7 +459,7 @@ async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "medguard",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: vec![oip::BINARY_EXTENSION],
+        extensions: vec![oip::BINARY_EXTENSION, oip::REPOSITORY_EXTENSION],
     })
 }
 
@@ -417,8 +471,11 @@ fn metadata(
     let model = server.model(name, version)?;
     let versions = match version {
         Some(v) => vec![v.to_owned()],
-        None => server.models[name]
-            .iter()
+        None => server
+            .served()
+            .get(name)
+            .into_iter()
+            .flatten()
             .map(|m| m.manifest().version.to_string())
             .collect(),
     };
@@ -533,7 +590,7 @@ async fn run_inference(
     // which models exist.
     let chosen = server
         .caller(&headers, &name)
-        .and_then(|caller| Ok((caller, server.model(&name, version.as_deref())?.clone())));
+        .and_then(|caller| Ok((caller, server.model(&name, version.as_deref())?)));
     let (caller, model) = chosen.inspect_err(|f| server.metrics.denied(f.status.as_u16()))?;
     let labels = metrics::ModelLabels {
         model: model.manifest().name.clone(),

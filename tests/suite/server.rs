@@ -122,7 +122,10 @@ async fn health_and_metadata_follow_the_protocol() {
         (status, meta["name"].as_str()),
         (StatusCode::OK, Some("medguard"))
     );
-    assert_eq!(meta["extensions"], json!(["binary_tensor_data"]));
+    assert_eq!(
+        meta["extensions"],
+        json!(["binary_tensor_data", "model_repository"])
+    );
     let (status, model) = call(&f.server, "GET", "/v2/models/pneumonia-cnn", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(model["platform"], "onnx_onnxv1");
@@ -738,4 +741,135 @@ async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
         sample(&text, "medguard_drift_alarms_total", &model),
         Some(1.0)
     );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `dir`'s manifest set to `version` and the directory signed again with
+/// the demo key.
+fn resign(dir: &std::path::Path, version: &str) {
+    let manifest = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let current = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("\"version\""))
+        .unwrap()
+        .to_owned();
+    let text = text.replacen(&current, &format!("  \"version\": \"{version}\","), 1);
+    std::fs::write(&manifest, text).unwrap();
+    let pem = std::fs::read_to_string(medguard_tests::repo_root().join("models/trust/demo.key.pem"))
+        .unwrap();
+    let key = medguard_attest::SigningKey::from_pem(&pem).unwrap();
+    medguard::signing::sign_directory(dir, &key, &dir.join("model.sig")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_loads_signed_versions_and_a_refused_load_changes_nothing() {
+    let admin = Sha256Digest::of(b"admin-secret");
+    let reader = Sha256Digest::of(b"reader-secret");
+    let tokens = Tokens::parse(&format!(
+        "[[tokens]]\nname = \"admin\"\nsha256 = \"{admin}\"\nmodels = [\"*\"]\nrepository = true\n\
+         [[tokens]]\nname = \"reader\"\nsha256 = \"{reader}\"\nmodels = [\"pneumonia-cnn\"]\n"
+    ))
+    .unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let dir = repo.path().join("pneumonia");
+    copy_dir(&model_dir(), &dir);
+    let mut f = fixture(Some(tokens), Limits::default());
+    let server = Arc::try_unwrap(f.server).ok().unwrap();
+    f.server = Arc::new(server.with_repository(
+        [("pneumonia-cnn".to_owned(), dir.clone())].into_iter().collect(),
+    ));
+    let (values, _) = tensors("samples/normal-1.png");
+    let infer = || Some(infer_body("FP32", json!(values), 4));
+    let uri = "/v2/models/pneumonia-cnn/infer";
+    let load = "/v2/repository/models/pneumonia-cnn/load";
+    let unload = "/v2/repository/models/pneumonia-cnn/unload";
+    let served_version = |f: &Fixture| {
+        let server = f.server.clone();
+        async move {
+            let (_, meta) = call(&server, "GET", "/v2/models/pneumonia-cnn", Some("reader-secret"), None).await;
+            meta["versions"].clone()
+        }
+    };
+
+    // Who may manage: only a token marked repository = true.
+    for (token, expected) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("reader-secret"), StatusCode::FORBIDDEN),
+    ] {
+        let (status, body) = call(&f.server, "POST", load, token, None).await;
+        assert_eq!(status, expected, "{body}");
+        let (status, _) = call(&f.server, "POST", unload, token, None).await;
+        assert_eq!(status, expected);
+    }
+    let (status, index) = call(&f.server, "POST", "/v2/repository/index", Some("reader-secret"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(index, json!([{"name": "pneumonia-cnn", "version": "1.0.0", "state": "READY"}]));
+    let (status, _) = call(&f.server, "POST", "/v2/repository/index", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Unload, then load again.
+    let (status, _) = call(&f.server, "POST", unload, Some("admin-secret"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&f.server, "POST", uri, Some("reader-secret"), infer()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, index) = call(&f.server, "POST", "/v2/repository/index", Some("admin-secret"), None).await;
+    assert_eq!(index[0]["state"], "UNAVAILABLE");
+    let (status, body) = call(&f.server, "POST", load, Some("admin-secret"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = call(&f.server, "POST", uri, Some("reader-secret"), infer()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A newly signed version is admitted and served.
+    resign(&dir, "1.1.0");
+    let (status, body) = call(&f.server, "POST", load, Some("admin-secret"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(served_version(&f).await, json!(["1.1.0"]));
+
+    // A tampered model file is refused and 1.1.0 stays.
+    let onnx = dir.join("model.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&onnx, &bytes).unwrap();
+    let (status, body) = call(&f.server, "POST", load, Some("admin-secret"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("refused"), "{body}");
+    assert_eq!(served_version(&f).await, json!(["1.1.0"]));
+    bytes[last] ^= 1;
+    std::fs::write(&onnx, &bytes).unwrap();
+
+    // Rolled back to 1.0.0, correctly signed: refused, 1.1.0 stays.
+    resign(&dir, "1.0.0");
+    let (status, body) = call(&f.server, "POST", load, Some("admin-secret"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(served_version(&f).await, json!(["1.1.0"]));
+    let (status, answer) = call(&f.server, "POST", uri, Some("reader-secret"), infer()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["model_version"], "1.1.0");
+}
+
+#[tokio::test]
+async fn without_a_token_file_nobody_loads_or_unloads() {
+    let f = fixture(None, Limits::default());
+    for uri in [
+        "/v2/repository/models/pneumonia-cnn/load",
+        "/v2/repository/models/pneumonia-cnn/unload",
+    ] {
+        let (status, body) = call(&f.server, "POST", uri, None, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("--tokens"), "{body}");
+    }
 }

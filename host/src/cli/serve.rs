@@ -102,6 +102,7 @@ impl ServeCmd {
         let guard = Guard::open(&data_dir, policy)
             .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
         let mut models = Vec::new();
+        let mut repository = std::collections::BTreeMap::new();
         for dir in &self.model_dirs {
             match guard
                 .admit(dir)
@@ -129,6 +130,7 @@ impl ServeCmd {
                         m.version,
                         dir.display()
                     );
+                    repository.insert(m.name.clone(), dir.clone());
                     models.push(*model);
                 }
                 Admission::Refused { error, .. } => {
@@ -191,7 +193,9 @@ impl ServeCmd {
             false_alarm: self.drift_false_alarm,
         };
         let server = Arc::new(
-            Server::new(Arc::new(guard), models, tokens, policy, limits).with_drift(drift),
+            Server::new(Arc::new(guard), models, tokens, policy, limits)
+                .with_drift(drift)
+                .with_repository(repository),
         );
         init_logging();
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@
 //! name = "pacs-reader-1"                 # what the ledger records
 //! sha256 = "9f86d0...0f00a08"            # printf %s "$TOKEN" | sha256sum
 //! models = ["pneumonia-cnn"]             # or ["*"] for every model served
+//! repository = false                     # true: may also load and unload them
 //! ```
 
 use std::collections::BTreeSet;
@@ -27,6 +28,7 @@ struct TokenEntry {
     name: String,
     sha256: Sha256Digest,
     models: BTreeSet<String>,
+    repository: bool,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +43,8 @@ struct Entry {
     name: String,
     sha256: String,
     models: Vec<String>,
+    #[serde(default)]
+    repository: bool,
 }
 
 /// Why a token file was refused.
@@ -128,6 +132,7 @@ impl Tokens {
                 name: e.name,
                 sha256,
                 models: e.models.into_iter().collect(),
+                repository: e.repository,
             });
         }
         Ok(Self { entries })
@@ -137,6 +142,25 @@ impl Tokens {
     /// compared, in constant time, whatever matches: the time taken says
     /// nothing about which digest came close.
     pub fn check(&self, authorization: Option<&[u8]>, model: &str) -> Result<Caller, Denied> {
+        self.find(authorization, model).map(|e| Caller::Named(e.name.clone()))
+    }
+
+    /// As [`Tokens::check`], for loading or unloading `model`: the token
+    /// must also be marked `repository = true`.
+    pub fn check_repository(
+        &self,
+        authorization: Option<&[u8]>,
+        model: &str,
+    ) -> Result<Caller, Denied> {
+        let entry = self.find(authorization, model)?;
+        if entry.repository {
+            Ok(Caller::Named(entry.name.clone()))
+        } else {
+            Err(Denied::Forbidden)
+        }
+    }
+
+    fn find(&self, authorization: Option<&[u8]>, model: &str) -> Result<&TokenEntry, Denied> {
         let token = authorization
             .and_then(|h| h.strip_prefix(b"Bearer "))
             .filter(|t| !t.is_empty())
@@ -150,7 +174,7 @@ impl Tokens {
         }
         let entry = found.ok_or(Denied::Unauthenticated)?;
         if entry.models.contains("*") || entry.models.contains(model) {
-            Ok(Caller::Named(entry.name.clone()))
+            Ok(entry)
         } else {
             Err(Denied::Forbidden)
         }

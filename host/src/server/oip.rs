@@ -243,6 +243,10 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// The name `GET /v2` advertises for that extension.
 pub const BINARY_EXTENSION: &str = "binary_tensor_data";
 
+/// The model repository extension (`/v2/repository/...`), as `GET /v2`
+/// advertises it.
+pub const REPOSITORY_EXTENSION: &str = "model_repository";
+
 /// Splits an inference body into its JSON request and the binary tensor
 /// data after it. `header_length` is the `Inference-Header-Content-Length`
 /// header; without it the whole body is JSON.

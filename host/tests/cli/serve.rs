@@ -237,3 +237,47 @@ fn tritons_python_client_gets_the_clis_answers() {
     let (code, rest) = server.stop();
     assert_eq!(code, Some(0), "{rest}");
 }
+
+/// deploy/ (the Containerfile and the KServe manifests) was never run here:
+/// at least every flag and environment variable it passes must be one that
+/// `medguard serve` knows, so that it cannot rot unnoticed.
+#[test]
+fn deploy_files_use_only_flags_serve_knows() {
+    let help = medguard(&["serve", "--help"]);
+    let help = text(&help.stdout);
+    let mut checked = 0;
+    for file in [
+        "deploy/kserve/servingruntime.yaml",
+        "deploy/kserve/inferenceservice.yaml",
+        "deploy/Containerfile",
+        "deploy/README.md",
+    ] {
+        let content = std::fs::read_to_string(root().join(file)).unwrap();
+        for word in content.split(|c: char| c.is_whitespace() || "\"'[],`\\".contains(c)) {
+            if let Some(flag) = word.strip_prefix("--").and_then(|f| f.split('=').next()) {
+                // Flags of other tools (podman, cargo, useradd, Dockerfile
+                // syntax) and of `medguard ledger verify` in the same files.
+                let others = [
+                    "read-only", "release", "locked", "package", "system", "uid", "gid",
+                    "no-create-home", "shell", "help", "from", "checkpoint",
+                ];
+                if others.contains(&flag) || flag.is_empty() {
+                    continue;
+                }
+                assert!(
+                    help.contains(&format!("--{flag}")),
+                    "{file}: --{flag} is not a flag of medguard serve"
+                );
+                checked += 1;
+            }
+            if let Some(var) = word.strip_prefix("MEDGUARD_").map(|v| v.split('=').next().unwrap()) {
+                assert!(
+                    help.contains(&format!("MEDGUARD_{var}")),
+                    "{file}: MEDGUARD_{var} is not read by medguard serve"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} flags found");
+}

@@ -1,0 +1,180 @@
+//! The model repository extension of the Open Inference Protocol: `index`,
+//! `load` and `unload`. A load admits the model's directory again, under
+//! the same trust policy and rollback marks as at start, and swaps the new
+//! version in only once it runs in the sandbox: a refused load leaves the
+//! version being served untouched. Loading and unloading are management:
+//! they need a token marked `repository = true` for that model.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Failure, Server, drift_monitor};
+use crate::guard::Admission;
+
+/// `POST /v2/repository/index` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct IndexRequest {
+    /// Only the models ready for inference.
+    ready: bool,
+}
+
+/// The models this caller may use: served ones `READY` with their version,
+/// unloaded ones `UNAVAILABLE`.
+pub(super) async fn index(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Vec<Value>>, Failure> {
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                format!("not a repository index request: {e}"),
+            )
+        })?
+    };
+    // An unknown caller learns nothing, not even which models exist.
+    if server.tokens.is_some() {
+        server.caller(&headers, "").or_else(|f| match f.status {
+            StatusCode::FORBIDDEN => Ok(super::auth::Caller::Anyone),
+            _ => Err(f),
+        })?;
+    }
+    let served = server.served();
+    let mut names: Vec<&String> = served.keys().chain(server.repository.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut entries = Vec::new();
+    for name in names {
+        if server.caller(&headers, name).is_err() {
+            continue;
+        }
+        match served.get(name.as_str()) {
+            Some(versions) => entries.extend(versions.iter().map(|m| {
+                json!({"name": name, "version": m.manifest().version.to_string(), "state": "READY"})
+            })),
+            None if !request.ready => {
+                entries.push(json!({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"}));
+            }
+            None => {}
+        }
+    }
+    Ok(Json(entries))
+}
+
+/// Admits the model's directory again and serves what it holds now.
+pub(super) async fn load(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Failure> {
+    server.manager(&headers, &name)?;
+    let directory = server.repository.get(&name).cloned().ok_or_else(|| {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("no model {name:?} in the repository"),
+        )
+    })?;
+    let _one_at_a_time = server.loading.lock().await;
+    let guard = server.guard.clone();
+    let wanted = name.clone();
+    let admitted = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+        let refused = |why: String| Failure::new(StatusCode::BAD_REQUEST, why);
+        let model = match guard.admit(&directory) {
+            Ok(Admission::Admitted { model, .. }) => *model,
+            Ok(Admission::Refused { error, .. }) => {
+                return Err(refused(format!(
+                    "load of {wanted} refused: {}",
+                    crate::cli::printable(&error.to_string())
+                )));
+            }
+            Err(e) => {
+                tracing::error!("load of {wanted}: {e}");
+                return Err(Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the guard failed to record the admission; the operator's log says why".into(),
+                ));
+            }
+        };
+        if model.manifest().name != wanted {
+            return Err(refused(format!(
+                "the directory of {wanted} now holds model {:?}",
+                model.manifest().name
+            )));
+        }
+        match guard.check_model_runs(&model) {
+            Ok(Ok(())) => Ok(model),
+            Ok(Err(why)) => Err(refused(format!(
+                "{wanted} {} does not run in the sandbox: {why}",
+                model.manifest().version
+            ))),
+            Err(e) => {
+                tracing::error!("load of {wanted}: {e}");
+                Err(Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the guard failed; the operator's log says why".into(),
+                ))
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the load worker panicked".into(),
+        )
+    })?;
+    let model = admitted.inspect_err(|f| {
+        tracing::warn!("{}; the version served is unchanged", f.body.error);
+    })?;
+    let version = model.manifest().version.to_string();
+    if let Some((key, monitor)) = drift_monitor(server.drift_config, &model) {
+        let mut monitors = server.drift.lock().unwrap_or_else(|e| e.into_inner());
+        monitors.retain(|(n, _), _| n != &name);
+        monitors.insert(key, monitor);
+    }
+    server
+        .models
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.clone(), vec![model]);
+    tracing::info!(model = %name, %version, "loaded");
+    Ok(Json(json!({})))
+}
+
+/// Stops serving the model (requests in flight finish on the version they
+/// started with).
+pub(super) async fn unload(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Failure> {
+    server.manager(&headers, &name)?;
+    let _one_at_a_time = server.loading.lock().await;
+    let removed = server
+        .models
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&name);
+    if removed.is_none() {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("model {name:?} is not loaded"),
+        ));
+    }
+    server
+        .drift
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(n, _), _| n != &name);
+    tracing::info!(model = %name, "unloaded");
+    Ok(Json(json!({})))
+}

@@ -311,7 +311,10 @@ pub fn router(server: Arc<Server>) -> Router {
         )
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))
-        .route("/v2/repository/models/{model}/unload", post(repository::unload))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository::unload),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
@@ -360,12 +363,18 @@ pub fn router(server: Arc<Server>) -> Router {
 
 /// A drift monitor for `model` under `config`, keyed by name and version;
 /// none for an unscreened model or a calibration too small to support it.
-fn drift_monitor(config: DriftConfig, model: &AttestedModel) -> Option<((String, String), DriftMonitor)> {
+fn drift_monitor(
+    config: DriftConfig,
+    model: &AttestedModel,
+) -> Option<((String, String), DriftMonitor)> {
     let manifest = model.manifest();
     let screening = manifest.screening.as_ref()?;
     let target = screening.profile.targets.flag_fpr;
     match DriftMonitor::new(config, target, screening.calibration.images) {
-        Ok(monitor) => Some(((manifest.name.clone(), manifest.version.to_string()), monitor)),
+        Ok(monitor) => Some((
+            (manifest.name.clone(), manifest.version.to_string()),
+            monitor,
+        )),
         Err(e) => {
             tracing::warn!("{} {}: {e}; not watched", manifest.name, manifest.version);
             None

@@ -768,8 +768,9 @@ fn resign(dir: &std::path::Path, version: &str) {
         .to_owned();
     let text = text.replacen(&current, &format!("  \"version\": \"{version}\","), 1);
     std::fs::write(&manifest, text).unwrap();
-    let pem = std::fs::read_to_string(medguard_tests::repo_root().join("models/trust/demo.key.pem"))
-        .unwrap();
+    let pem =
+        std::fs::read_to_string(medguard_tests::repo_root().join("models/trust/demo.key.pem"))
+            .unwrap();
     let key = medguard_attest::SigningKey::from_pem(&pem).unwrap();
     medguard::signing::sign_directory(dir, &key, &dir.join("model.sig")).unwrap();
 }
@@ -788,9 +789,13 @@ async fn the_repository_loads_signed_versions_and_a_refused_load_changes_nothing
     copy_dir(&model_dir(), &dir);
     let mut f = fixture(Some(tokens), Limits::default());
     let server = Arc::try_unwrap(f.server).ok().unwrap();
-    f.server = Arc::new(server.with_repository(
-        [("pneumonia-cnn".to_owned(), dir.clone())].into_iter().collect(),
-    ));
+    f.server = Arc::new(
+        server.with_repository(
+            [("pneumonia-cnn".to_owned(), dir.clone())]
+                .into_iter()
+                .collect(),
+        ),
+    );
     let (values, _) = tensors("samples/normal-1.png");
     let infer = || Some(infer_body("FP32", json!(values), 4));
     let uri = "/v2/models/pneumonia-cnn/infer";
@@ -799,7 +804,14 @@ async fn the_repository_loads_signed_versions_and_a_refused_load_changes_nothing
     let served_version = |f: &Fixture| {
         let server = f.server.clone();
         async move {
-            let (_, meta) = call(&server, "GET", "/v2/models/pneumonia-cnn", Some("reader-secret"), None).await;
+            let (_, meta) = call(
+                &server,
+                "GET",
+                "/v2/models/pneumonia-cnn",
+                Some("reader-secret"),
+                None,
+            )
+            .await;
             meta["versions"].clone()
         }
     };
@@ -814,9 +826,19 @@ async fn the_repository_loads_signed_versions_and_a_refused_load_changes_nothing
         let (status, _) = call(&f.server, "POST", unload, token, None).await;
         assert_eq!(status, expected);
     }
-    let (status, index) = call(&f.server, "POST", "/v2/repository/index", Some("reader-secret"), None).await;
+    let (status, index) = call(
+        &f.server,
+        "POST",
+        "/v2/repository/index",
+        Some("reader-secret"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(index, json!([{"name": "pneumonia-cnn", "version": "1.0.0", "state": "READY"}]));
+    assert_eq!(
+        index,
+        json!([{"name": "pneumonia-cnn", "version": "1.0.0", "state": "READY"}])
+    );
     let (status, _) = call(&f.server, "POST", "/v2/repository/index", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
@@ -825,7 +847,14 @@ async fn the_repository_loads_signed_versions_and_a_refused_load_changes_nothing
     assert_eq!(status, StatusCode::OK);
     let (status, _) = call(&f.server, "POST", uri, Some("reader-secret"), infer()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, index) = call(&f.server, "POST", "/v2/repository/index", Some("admin-secret"), None).await;
+    let (_, index) = call(
+        &f.server,
+        "POST",
+        "/v2/repository/index",
+        Some("admin-secret"),
+        None,
+    )
+    .await;
     assert_eq!(index[0]["state"], "UNAVAILABLE");
     let (status, body) = call(&f.server, "POST", load, Some("admin-secret"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -846,7 +875,10 @@ async fn the_repository_loads_signed_versions_and_a_refused_load_changes_nothing
     std::fs::write(&onnx, &bytes).unwrap();
     let (status, body) = call(&f.server, "POST", load, Some("admin-secret"), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("refused"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("refused"),
+        "{body}"
+    );
     assert_eq!(served_version(&f).await, json!(["1.1.0"]));
     bytes[last] ^= 1;
     std::fs::write(&onnx, &bytes).unwrap();
@@ -870,6 +902,9 @@ async fn without_a_token_file_nobody_loads_or_unloads() {
     ] {
         let (status, body) = call(&f.server, "POST", uri, None, None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("--tokens"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("--tokens"),
+            "{body}"
+        );
     }
 }

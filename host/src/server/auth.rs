@@ -142,7 +142,8 @@ impl Tokens {
     /// compared, in constant time, whatever matches: the time taken says
     /// nothing about which digest came close.
     pub fn check(&self, authorization: Option<&[u8]>, model: &str) -> Result<Caller, Denied> {
-        self.find(authorization, model).map(|e| Caller::Named(e.name.clone()))
+        self.find(authorization, model)
+            .map(|e| Caller::Named(e.name.clone()))
     }
 
     /// As [`Tokens::check`], for loading or unloading `model`: the token

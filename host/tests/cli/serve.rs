@@ -258,8 +258,18 @@ fn deploy_files_use_only_flags_serve_knows() {
                 // Flags of other tools (podman, cargo, useradd, Dockerfile
                 // syntax) and of `medguard ledger verify` in the same files.
                 let others = [
-                    "read-only", "release", "locked", "package", "system", "uid", "gid",
-                    "no-create-home", "shell", "help", "from", "checkpoint",
+                    "read-only",
+                    "release",
+                    "locked",
+                    "package",
+                    "system",
+                    "uid",
+                    "gid",
+                    "no-create-home",
+                    "shell",
+                    "help",
+                    "from",
+                    "checkpoint",
                 ];
                 if others.contains(&flag) || flag.is_empty() {
                     continue;
@@ -270,7 +280,10 @@ fn deploy_files_use_only_flags_serve_knows() {
                 );
                 checked += 1;
             }
-            if let Some(var) = word.strip_prefix("MEDGUARD_").map(|v| v.split('=').next().unwrap()) {
+            if let Some(var) = word
+                .strip_prefix("MEDGUARD_")
+                .map(|v| v.split('=').next().unwrap())
+            {
                 assert!(
                     help.contains(&format!("MEDGUARD_{var}")),
                     "{file}: MEDGUARD_{var} is not read by medguard serve"

@@ -9,6 +9,9 @@ mod ops;
 /// manifest cannot describe.
 const STANDARD_DOMAINS: [&str; 4] = ["", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"];
 
+/// Default-domain operator set versions accepted.
+const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
 /// `TensorProto.DataLocation.EXTERNAL`.
 const EXTERNAL: i32 = 1;
 
@@ -19,6 +22,26 @@ const EXTERNAL: i32 = 1;
 pub(crate) fn lint(model: &ModelProto) -> Result<(), String> {
     for opset in &model.opset_import {
         standard_domain(&opset.domain, "the model imports operator set")?;
+    }
+    // tract picks each operator's builder by the default domain's version,
+    // and the operator table (`ops.rs`) describes the forms from opset 13
+    // on: older forms take attributes tract indexes unchecked (Slice-1's
+    // starts, ends and axes).
+    let default = model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .collect::<Vec<_>>();
+    match default.as_slice() {
+        [v] if OPSETS.contains(v) => {}
+        _ => {
+            return Err(format!(
+                "the model imports the default ONNX operator set as {default:?}; exactly one version from {} to {} is accepted",
+                OPSETS.start(),
+                OPSETS.end()
+            ));
+        }
     }
     if let Some(function) = model.functions.first() {
         let domain = function.domain.as_deref().unwrap_or_default();

@@ -229,7 +229,7 @@ fn operators_must_be_on_the_list_and_within_their_arity() {
 #[test]
 fn window_attributes_must_agree_and_be_positive() {
     let cases: [(&str, &str, &[i64], &str); 6] = [
-        ("MaxPool", "kernel_shape", &[], "non-empty kernel_shape"),
+        ("MaxPool", "kernel_shape", &[], "kernel_shape is required"),
         ("MaxPool", "kernel_shape", &[0, 2], "must be positive"),
         ("MaxPool", "strides", &[0, 2], "must be positive"),
         (
@@ -244,11 +244,77 @@ fn window_attributes_must_agree_and_be_positive() {
             &[1, 1],
             "a begin and an end per spatial axis",
         ),
-        ("Conv", "pads", &[1, 1, -1, 1], "must not be negative"),
+        ("Conv", "pads", &[1, 1, -1, 1], "must be 0 to 32768"),
     ];
     for (op, name, values, needle) in cases {
         let why = refused_as_fuzzed(&edited_node(op, |n| set_ints(n, name, values)));
         assert!(why.contains(needle), "{op} {name} {values:?}: {why}");
+    }
+}
+
+/// From the attacker review of the lint (fuzz/README.md, finding 8): values
+/// past 32 bits arrive in the guest truncated (2^32 as 0), groups of 0,
+/// kernels of billions of positions, Conv without a kernel_shape to tie the
+/// ranks, string tensors through Cast and Constant, old operator sets.
+#[test]
+fn attributes_are_capped_and_old_operator_sets_refused() {
+    let big = 1i64 << 32;
+    let cases: [(&str, &str, &[i64], &str); 5] = [
+        ("MaxPool", "strides", &[big, big], "up to 32768"),
+        ("Conv", "pads", &[0, 0, big, 0], "must be 0 to 32768"),
+        (
+            "MaxPool",
+            "kernel_shape",
+            &[30_000, 30_000],
+            "more than 1048576 positions",
+        ),
+        ("Conv", "kernel_shape", &[], "kernel_shape is required"),
+        ("Conv", "group", &[], "group 0 must be 1 to 32768"),
+    ];
+    for (op, name, values, needle) in cases {
+        let model = edited_node(op, |n| {
+            if name == "group" {
+                n.attribute.push(tract_onnx::pb::AttributeProto {
+                    name: "group".into(),
+                    r#type: 2, // INT
+                    i: 0,
+                    ..Default::default()
+                });
+            } else if values.is_empty() {
+                n.attribute.retain(|a| a.name != name);
+            } else {
+                set_ints(n, name, values);
+            }
+        });
+        let why = refused_as_fuzzed(&model);
+        assert!(why.contains(needle), "{op} {name}: {why}");
+    }
+    let why = refused_as_fuzzed(&edited_node("Relu", |n| {
+        n.op_type = "Cast".into();
+        n.attribute.push(tract_onnx::pb::AttributeProto {
+            name: "to".into(),
+            r#type: 2,
+            i: 8,
+            ..Default::default()
+        });
+    }));
+    assert!(why.contains("string tensors"), "{why}");
+    let why = refused_as_fuzzed(&edited_node("Relu", |n| n.op_type = "ConvTranspose".into()));
+    assert!(why.contains("outside the ONNX operators"), "{why}");
+    for versions in [vec![9], vec![], vec![13, 17]] {
+        let mut model = conv_seed();
+        model.opset_import.retain(|o| !o.domain.is_empty());
+        for v in &versions {
+            model.opset_import.push(OperatorSetIdProto {
+                domain: String::new(),
+                version: *v,
+            });
+        }
+        let why = refused_as_fuzzed(&model.encode_to_vec());
+        assert!(
+            why.contains("exactly one version from 13 to 21"),
+            "{versions:?}: {why}"
+        );
     }
 }
 

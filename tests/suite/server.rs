@@ -760,14 +760,9 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// the demo key.
 fn resign(dir: &std::path::Path, version: &str) {
     let manifest = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    let current = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("\"version\""))
-        .unwrap()
-        .to_owned();
-    let text = text.replacen(&current, &format!("  \"version\": \"{version}\","), 1);
-    std::fs::write(&manifest, text).unwrap();
+    let mut value: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    value["version"] = json!(version);
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
     let pem =
         std::fs::read_to_string(medguard_tests::repo_root().join("models/trust/demo.key.pem"))
             .unwrap();

@@ -271,7 +271,11 @@ fn deploy_files_use_only_flags_serve_knows() {
                     "from",
                     "checkpoint",
                 ];
-                if others.contains(&flag) || flag.is_empty() {
+                let flag_shaped = flag.starts_with(|c: char| c.is_ascii_lowercase())
+                    && flag
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if others.contains(&flag) || !flag_shaped {
                     continue;
                 }
                 assert!(

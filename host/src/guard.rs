@@ -22,7 +22,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use medguard_attest::{AttestedModel, Provenance, Sha256Digest, TrustPolicy};
-use medguard_ledger::entry::{InputKey, TEXT_MAX_BYTES, bounded};
+use medguard_ledger::entry::{InferenceFailure, InputKey, TEXT_MAX_BYTES, bounded};
 pub use medguard_ledger::entry::{ScreeningPolicy, Verdict};
 use medguard_ledger::{Entry, GroupCommit, Ledger, LedgerError};
 pub use medguard_ledger::{NoteVerifier, Receipt};
@@ -450,10 +450,48 @@ impl Guard {
         };
         drop(session);
         let compute = started.elapsed().saturating_sub(sandbox_start);
-        let screened = screened.map_err(|e| match e {
-            SandboxError::Guest(GuestFailure::InvalidInput(why)) => InputRefusal::Guest(why),
-            other => InputRefusal::Sandbox(other),
-        })?;
+        let screened = match screened {
+            Ok(screened) => screened,
+            Err(e) => {
+                let (failure, refusal) = match e {
+                    SandboxError::Guest(GuestFailure::InvalidInput(why)) => {
+                        (InferenceFailure::InputRefused, InputRefusal::Guest(why))
+                    }
+                    SandboxError::Deadline(d) => (
+                        InferenceFailure::Deadline,
+                        InputRefusal::Sandbox(SandboxError::Deadline(d)),
+                    ),
+                    other => {
+                        let kind = match other {
+                            SandboxError::MemoryCap { .. } => InferenceFailure::MemoryCap,
+                            SandboxError::Trap { .. } | SandboxError::StackOverflow => {
+                                InferenceFailure::Trap
+                            }
+                            _ => InferenceFailure::Sandbox,
+                        };
+                        (kind, InputRefusal::Sandbox(other))
+                    }
+                };
+                // A request that produced nothing is on the record too: the
+                // access log an auditor reads has no gaps.
+                let tensor: Vec<u8> = batch.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                self.ledger
+                    .append_all(vec![Entry::InferenceFailed {
+                        time: Timestamp::now(),
+                        model: manifest.name.clone(),
+                        version: manifest.version.clone(),
+                        model_sha256: model.model_digest(),
+                        guest_sha256: program.digest(),
+                        input_hmac: self.input_key.hmac(&tensor),
+                        images: batch.shape[0],
+                        failure,
+                        seed: options.seed,
+                        caller: caller.map(|c| bounded(c, TEXT_MAX_BYTES)),
+                    }])
+                    .map_err(|e| ClassifyError::Guard(GuardError::Ledger(e)))?;
+                return Err(refusal.into());
+            }
+        };
         // 4.
         let per_image = batch.data.len() / batch.len().max(1);
         let time = Timestamp::now();

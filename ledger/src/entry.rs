@@ -128,6 +128,32 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         caller: Option<String>,
     },
+    /// An inference that produced no result: the guest refused the values,
+    /// or the sandbox trapped or ran out of time or memory. Only the kind of
+    /// failure is recorded (the guest's message can quote input values).
+    InferenceFailed {
+        /// When.
+        time: Timestamp,
+        /// Manifest name.
+        model: String,
+        /// Manifest version.
+        version: semver::Version,
+        /// SHA-256 of the model file.
+        model_sha256: Sha256Digest,
+        /// SHA-256 of the sandbox guest.
+        guest_sha256: Sha256Digest,
+        /// HMAC-SHA256 of the whole input tensor under the deployment's secret.
+        input_hmac: String,
+        /// Images in the input.
+        images: u32,
+        /// What went wrong.
+        failure: InferenceFailure,
+        /// The seed the guest was given.
+        seed: u64,
+        /// Who asked (the token's name), as for [`Entry::Inference`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller: Option<String>,
+    },
     /// A model's flag rate over its recent inputs left what calibration
     /// promised (the server's drift alarm): an attack campaign, or inputs
     /// unlike the calibration images.
@@ -161,6 +187,7 @@ impl Entry {
             Self::ModelRefused { .. } => "model-refused",
             Self::PolicyChanged { .. } => "policy-changed",
             Self::Inference { .. } => "inference",
+            Self::InferenceFailed { .. } => "inference-failed",
             Self::DriftAlarm { .. } => "drift-alarm",
         }
     }
@@ -174,7 +201,37 @@ impl Entry {
             | Self::ModelRefused { time, .. }
             | Self::PolicyChanged { time, .. }
             | Self::Inference { time, .. }
+            | Self::InferenceFailed { time, .. }
             | Self::DriftAlarm { time, .. } => *time,
+        }
+    }
+}
+
+/// Why an inference produced no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InferenceFailure {
+    /// The guest refused the values (shape, range, non-finite).
+    InputRefused,
+    /// The guest ran past its deadline and was stopped.
+    Deadline,
+    /// The guest reached its memory cap.
+    MemoryCap,
+    /// The guest trapped.
+    Trap,
+    /// Any other sandbox failure.
+    Sandbox,
+}
+
+impl InferenceFailure {
+    /// As serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InputRefused => "input-refused",
+            Self::Deadline => "deadline",
+            Self::MemoryCap => "memory-cap",
+            Self::Trap => "trap",
+            Self::Sandbox => "sandbox",
         }
     }
 }

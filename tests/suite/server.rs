@@ -903,3 +903,28 @@ async fn without_a_token_file_nobody_loads_or_unloads() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_guest_refuses_is_on_the_record_without_its_values() {
+    let f = fixture(None, Limits::default());
+    let size = |f: &Fixture| f.guard.checkpoint().unwrap().0;
+    let before = size(&f);
+    let (status, body) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(infer_body("FP32", json!(vec![2.5f32; 784]), 9)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(size(&f), before + 1, "one inference-failed entry");
+    let log = std::fs::read(f._data.path().join("ledger/entries.log")).unwrap();
+    let log = String::from_utf8_lossy(&log);
+    let entry = log
+        .split('\n')
+        .find(|l| l.contains("inference-failed"))
+        .unwrap_or_else(|| panic!("no inference-failed entry in {log}"));
+    assert!(entry.contains(r#""failure":"input-refused""#), "{entry}");
+    assert!(!entry.contains("2.5"), "the values stay out: {entry}");
+}

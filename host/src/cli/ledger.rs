@@ -421,6 +421,23 @@ fn describe(entry: &Entry) -> String {
                 .map(|c| format!(" for {c}"))
                 .unwrap_or_default()
         ),
+        Entry::InferenceFailed {
+            model,
+            version,
+            failure,
+            images,
+            input_hmac,
+            caller,
+            ..
+        } => format!(
+            "inference {model} {version} failed: {} ({images} images, input {}){}",
+            failure.as_str(),
+            input_hmac.chars().take(16).collect::<String>(),
+            caller
+                .as_deref()
+                .map(|c| format!(" for {c}"))
+                .unwrap_or_default()
+        ),
         Entry::DriftAlarm {
             model,
             version,

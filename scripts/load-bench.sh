@@ -19,8 +19,8 @@ REQUESTS=${REQUESTS:-1000}
 tools=${MEDGUARD_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/medguard/tools}
 oha="$tools/bin/oha"
 if [[ ! -x $oha || $("$oha" --version) != "oha $OHA_VERSION" ]]; then
-  # Plain HTTP to 127.0.0.1 only: no TLS stack to compile.
-  cargo install --locked --no-default-features --version "$OHA_VERSION" --root "$tools" oha
+  # (oha 1.16 does not build without a TLS feature: its default, rustls.)
+  cargo install --locked --version "$OHA_VERSION" --root "$tools" oha
 fi
 
 cargo build --release --package medguard --bin medguard --example serve_baseline

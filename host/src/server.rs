@@ -256,38 +256,30 @@ impl Server {
                     .into(),
             ));
         };
-        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
         tokens
-            .check_repository(authorization, model)
-            .map_err(|denied| match denied {
-                Denied::Unauthenticated => Failure::new(
-                    StatusCode::UNAUTHORIZED,
-                    "a bearer token from the server's token file is required".into(),
-                ),
-                Denied::Forbidden => Failure::new(
-                    StatusCode::FORBIDDEN,
-                    format!("this token may not load or unload model {model:?}"),
-                ),
-            })
+            .check_repository(authorization(headers), model)
+            .map_err(|d| denied(d, &format!("load or unload model {model:?}")))
     }
 
+    /// Who may use `model`: anyone without a token file, else a token that
+    /// lists it.
     fn caller(&self, headers: &HeaderMap, model: &str) -> Result<Caller, Failure> {
         let Some(tokens) = &self.tokens else {
             return Ok(Caller::Anyone);
         };
-        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
         tokens
-            .check(authorization, model)
-            .map_err(|denied| match denied {
-                Denied::Unauthenticated => Failure::new(
-                    StatusCode::UNAUTHORIZED,
-                    "a bearer token from the server's token file is required".into(),
-                ),
-                Denied::Forbidden => Failure::new(
-                    StatusCode::FORBIDDEN,
-                    format!("this token may not use model {model:?}"),
-                ),
-            })
+            .check(authorization(headers), model)
+            .map_err(|d| denied(d, &format!("use model {model:?}")))
+    }
+
+    /// Anyone without a token file, else any known token.
+    fn known_caller(&self, headers: &HeaderMap) -> Result<Caller, Failure> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Caller::Anyone);
+        };
+        tokens
+            .identify(authorization(headers))
+            .map_err(|d| denied(d, "do that"))
     }
 }
 
@@ -404,6 +396,23 @@ async fn plain_request_id<B>(mut request: axum::http::Request<B>) -> axum::http:
     request
 }
 
+fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
+}
+
+/// 401 for an unknown caller, 403 for one that may not `act`.
+fn denied(denied: Denied, act: &str) -> Failure {
+    match denied {
+        Denied::Unauthenticated => Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token from the server's token file is required".into(),
+        ),
+        Denied::Forbidden => {
+            Failure::new(StatusCode::FORBIDDEN, format!("this token may not {act}"))
+        }
+    }
+}
+
 /// An error answer: `{"error": ...}` with its status.
 #[derive(Debug)]
 struct Failure {
@@ -413,6 +422,16 @@ struct Failure {
 }
 
 impl Failure {
+    /// 503 with `Retry-After`: no sandbox free and no place in the queue.
+    fn busy() -> Self {
+        let mut failure = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every sandbox is busy and the queue is full; retry shortly".into(),
+        );
+        failure.retry_after = true;
+        failure
+    }
+
     fn new(status: StatusCode, error: String) -> Self {
         Self {
             status,
@@ -629,14 +648,11 @@ async fn infer_model(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Failure> {
-    let _admitted = server.admitted.clone().try_acquire_owned().map_err(|_| {
-        let mut failure = Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "every sandbox is busy and the queue is full; retry shortly".into(),
-        );
-        failure.retry_after = true;
-        failure
-    })?;
+    let _admitted = server
+        .admitted
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Failure::busy())?;
     let limit = body_limit(&model, server.limits.max_body_bytes);
     let body = tokio::time::timeout(
         server.limits.body_timeout,
@@ -847,12 +863,7 @@ async fn acquire(server: &Server) -> Result<tokio::sync::OwnedSemaphorePermit, F
     let waiting = server.waiting.fetch_add(1, Ordering::SeqCst);
     let _place = Waiting(&server.waiting);
     if waiting >= server.limits.queue {
-        let mut failure = Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "every sandbox is busy and the queue is full; retry shortly".into(),
-        );
-        failure.retry_after = true;
-        return Err(failure);
+        return Err(Failure::busy());
     }
     server.permits.clone().acquire_owned().await.map_err(|_| {
         Failure::new(

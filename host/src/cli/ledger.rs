@@ -416,10 +416,7 @@ fn describe(entry: &Entry) -> String {
             p_value.map(|p| format!(" p {p:.4}")).unwrap_or_default(),
             label.as_deref().unwrap_or("withheld"),
             input_hmac.chars().take(16).collect::<String>(),
-            caller
-                .as_deref()
-                .map(|c| format!(" for {c}"))
-                .unwrap_or_default()
+            for_caller(caller.as_deref())
         ),
         Entry::InferenceFailed {
             model,
@@ -433,10 +430,7 @@ fn describe(entry: &Entry) -> String {
             "inference {model} {version} failed: {} ({images} images, input {}){}",
             failure.as_str(),
             input_hmac.chars().take(16).collect::<String>(),
-            caller
-                .as_deref()
-                .map(|c| format!(" for {c}"))
-                .unwrap_or_default()
+            for_caller(caller.as_deref())
         ),
         Entry::DriftAlarm {
             model,
@@ -450,6 +444,11 @@ fn describe(entry: &Entry) -> String {
             expected_flag_rate * *window as f64
         ),
     }
+}
+
+/// ` for NAME` when an entry names who asked.
+fn for_caller(caller: Option<&str>) -> String {
+    caller.map(|c| format!(" for {c}")).unwrap_or_default()
 }
 
 #[cfg(test)]

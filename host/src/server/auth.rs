@@ -161,7 +161,23 @@ impl Tokens {
         }
     }
 
+    /// A known token, whatever it may use (`Unauthenticated` otherwise):
+    /// who asks for the repository index.
+    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<Caller, Denied> {
+        self.entry(authorization)
+            .map(|e| Caller::Named(e.name.clone()))
+    }
+
     fn find(&self, authorization: Option<&[u8]>, model: &str) -> Result<&TokenEntry, Denied> {
+        let entry = self.entry(authorization)?;
+        if entry.models.contains("*") || entry.models.contains(model) {
+            Ok(entry)
+        } else {
+            Err(Denied::Forbidden)
+        }
+    }
+
+    fn entry(&self, authorization: Option<&[u8]>) -> Result<&TokenEntry, Denied> {
         let token = authorization
             .and_then(|h| h.strip_prefix(b"Bearer "))
             .filter(|t| !t.is_empty())
@@ -173,12 +189,7 @@ impl Tokens {
                 found = Some(entry);
             }
         }
-        let entry = found.ok_or(Denied::Unauthenticated)?;
-        if entry.models.contains("*") || entry.models.contains(model) {
-            Ok(entry)
-        } else {
-            Err(Denied::Forbidden)
-        }
+        found.ok_or(Denied::Unauthenticated)
     }
 }
 

@@ -42,12 +42,7 @@ pub(super) async fn index(
         })?
     };
     // An unknown caller learns nothing, not even which models exist.
-    if server.tokens.is_some() {
-        server.caller(&headers, "").or_else(|f| match f.status {
-            StatusCode::FORBIDDEN => Ok(super::auth::Caller::Anyone),
-            _ => Err(f),
-        })?;
-    }
+    server.known_caller(&headers)?;
     let served = server.served();
     let mut names: Vec<&String> = served.keys().chain(server.repository.keys()).collect();
     names.sort();
@@ -96,13 +91,7 @@ pub(super) async fn load(
                     crate::cli::printable(&error.to_string())
                 )));
             }
-            Err(e) => {
-                tracing::error!("load of {wanted}: {e}");
-                return Err(Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the guard failed to record the admission; the operator's log says why".into(),
-                ));
-            }
+            Err(e) => return Err(guard_failed(&wanted, &e)),
         };
         if model.manifest().name != wanted {
             return Err(refused(format!(
@@ -116,13 +105,7 @@ pub(super) async fn load(
                 "{wanted} {} does not run in the sandbox: {why}",
                 model.manifest().version
             ))),
-            Err(e) => {
-                tracing::error!("load of {wanted}: {e}");
-                Err(Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the guard failed; the operator's log says why".into(),
-                ))
-            }
+            Err(e) => Err(guard_failed(&wanted, &e)),
         }
     })
     .await
@@ -148,6 +131,16 @@ pub(super) async fn load(
         .insert(name.clone(), vec![model]);
     tracing::info!(model = %name, %version, "loaded");
     Ok(Json(json!({})))
+}
+
+/// The guard itself failed (its ledger) while loading `model`: the detail,
+/// with host paths, goes to the operator's log, not to the client.
+fn guard_failed(model: &str, e: &crate::guard::GuardError) -> Failure {
+    tracing::error!("load of {model}: {e}");
+    Failure::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the guard failed while loading; the operator's log says why".into(),
+    )
 }
 
 /// Stops serving the model (requests in flight finish on the version they

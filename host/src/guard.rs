@@ -31,7 +31,9 @@ use thiserror::Error;
 
 use crate::admission::{AdmissionError, admit_directory};
 use crate::input::{self, InputError};
-use crate::sandbox::{GuestFailure, GuestProgram, SandboxError, ScreenOptions, ScreenedImage};
+use crate::sandbox::{
+    GuestFailure, GuestProgram, Preparation, SandboxError, ScreenOptions, ScreenedImage,
+};
 
 /// A trust policy as loaded, with its digest (text and keys) and a name for
 /// messages (its path, or "the built-in demo policy").
@@ -190,6 +192,15 @@ pub struct Timings {
     pub compute: std::time::Duration,
     /// Appending the entries to the ledger (durably) and getting receipts.
     pub ledger_commit: std::time::Duration,
+}
+
+/// How a model's sessions start, once [`Guard::prepare`] readied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// From its prepared snapshot, with the model already loaded.
+    Prepared(Preparation),
+    /// By loading the model; the snapshot could not be taken, for this reason.
+    LoadedPerSession(String),
 }
 
 /// The pipeline. See the module documentation.
@@ -377,6 +388,24 @@ impl Guard {
             Err(SandboxError::Guest(GuestFailure::InvalidModel(why))) => Ok(Err(format!(
                 "the guest cannot run the attested model: {why}"
             ))),
+            Err(e) => Err(GuardError::Sandbox(e)),
+        }
+    }
+
+    /// Readies `model` for requests: [`Guard::check_model_runs`], and the
+    /// loaded state kept as the snapshot every later session of the model
+    /// starts from ([`GuestProgram::prepare`]). A snapshot that cannot be
+    /// taken is not a refusal: the model is then loaded in each session.
+    pub fn prepare(&self, model: &AttestedModel) -> Result<Result<Readiness, String>, GuardError> {
+        let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
+        match program.prepare(model) {
+            Ok(preparation) => Ok(Ok(Readiness::Prepared(preparation))),
+            Err(SandboxError::Guest(GuestFailure::InvalidModel(why))) => Ok(Err(format!(
+                "the guest cannot run the attested model: {why}"
+            ))),
+            Err(SandboxError::Snapshot(why)) => Ok(self
+                .check_model_runs(model)?
+                .map(|()| Readiness::LoadedPerSession(format!("{why}")))),
             Err(e) => Err(GuardError::Sandbox(e)),
         }
     }

@@ -7,22 +7,24 @@
 //! capability (file, clock, random, environment, network, stdio) to grant.
 
 mod cache;
+mod snapshot;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use medguard_attest::{AttestedModel, Sha256Digest};
+use medguard_attest::{AttestedModel, InputSpec, OutputSpec, Sha256Digest};
+use serde::Serialize;
 
 use crate::guest::GuestModule;
 use medguard_screen::{Profile, Screening, Statistic, StatisticReport, Verdict};
 pub use medguard_screen::{ScreenOptions, ScreenedImage};
 use thiserror::Error;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Instance, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
-pub use cache::{CacheError, CompiledCache};
+pub use cache::{Artifact, CacheError, CompiledCache};
 
 #[allow(missing_docs)] // Generated from the WIT file, which carries the docs.
 mod bindings {
@@ -118,6 +120,9 @@ pub enum SandboxError {
     /// The guest's screening answer contradicts the detector it was given.
     #[error("guest returned malformed screening evidence: {0}")]
     MalformedScreening(String),
+    /// A snapshot of the loaded guest could not be taken.
+    #[error("the sandbox snapshot could not be prepared")]
+    Snapshot(#[source] Cause),
 }
 
 /// A wasmtime error with its chain of causes (`source()`), kept whole so
@@ -223,47 +228,40 @@ impl Runtime {
     }
 
     /// Compiles (or loads from `cache`) the pinned guest and pre-links it.
+    ///
+    /// What is compiled is the guest instrumented for snapshots
+    /// ([`GuestProgram::prepare`]): instrumenting only adds exports that read
+    /// its memory, for the host. A guest that cannot be instrumented is
+    /// compiled as it is and runs without prepared snapshots.
     pub fn load_guest(
         &self,
         guest: &GuestModule,
         cache: Option<&CompiledCache>,
     ) -> Result<(GuestProgram, GuestLoad), SandboxError> {
-        let engine = &self.inner.engine;
         let started = Instant::now();
-        let mut cache_use = CacheUse::Disabled;
-        let mut component = None;
-        if let Some(cache) = cache {
-            match cache.load(engine, guest.digest()) {
-                Ok(Some(c)) => {
-                    component = Some(c);
-                    cache_use = CacheUse::Hit;
+        let instrumented = Artifact::Instrumented(guest.digest());
+        let (component, cache_use, snapshots) =
+            match self
+                .cached_or_compiled(cache, &instrumented, || snapshot::instrument(guest.bytes()))
+            {
+                Ok((component, cache_use)) => (component, cache_use, true),
+                Err(SandboxError::Snapshot(_)) => {
+                    let (component, cache_use) =
+                        self.cached_or_compiled(cache, &Artifact::Guest(guest.digest()), || {
+                            Ok(guest.bytes().to_vec())
+                        })?;
+                    (component, cache_use, false)
                 }
-                Ok(None) => cache_use = CacheUse::Miss,
-                Err(e) => cache_use = CacheUse::Rejected(e.to_string()),
-            }
-        }
-        let component = match component {
-            Some(c) => c,
-            None => {
-                let c = Component::new(engine, guest.bytes())
-                    .map_err(|e| SandboxError::Compile(e.into()))?;
-                if let Some(cache) = cache
-                    && let Err(e) = cache.store(engine, guest.digest(), &c)
-                {
-                    cache_use = CacheUse::StoreFailed(e.to_string());
-                }
-                c
-            }
-        };
-        let linker: Linker<RequestState> = Linker::new(engine);
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(SandboxedClassifierPre::new)
-            .map_err(|e| SandboxError::Link(e.into()))?;
+                Err(e) => return Err(e),
+            };
+        let pre = self.pre_link(&component)?;
         let program = GuestProgram {
             runtime: self.clone(),
             pre,
-            digest: guest.digest(),
+            guest: guest.clone(),
+            snapshots,
+            cache: cache.cloned(),
+            prepared: RwLock::new(Vec::new()),
             sessions: AtomicU64::new(0),
         };
         Ok((
@@ -273,6 +271,46 @@ impl Runtime {
                 elapsed: started.elapsed(),
             },
         ))
+    }
+
+    /// `artifact` from `cache` when a verified copy is there, else compiled
+    /// from the bytes `source` gives and stored. A `source` failure is
+    /// [`SandboxError::Snapshot`].
+    fn cached_or_compiled(
+        &self,
+        cache: Option<&CompiledCache>,
+        artifact: &Artifact,
+        source: impl FnOnce() -> Result<Vec<u8>, Cause>,
+    ) -> Result<(Component, CacheUse), SandboxError> {
+        let engine = &self.inner.engine;
+        let mut cache_use = CacheUse::Disabled;
+        if let Some(cache) = cache {
+            match cache.load(engine, artifact) {
+                Ok(Some(c)) => return Ok((c, CacheUse::Hit)),
+                Ok(None) => cache_use = CacheUse::Miss,
+                Err(e) => cache_use = CacheUse::Rejected(e.to_string()),
+            }
+        }
+        let bytes = source().map_err(SandboxError::Snapshot)?;
+        let component =
+            Component::new(engine, &bytes).map_err(|e| SandboxError::Compile(e.into()))?;
+        if let Some(cache) = cache
+            && let Err(e) = cache.store(engine, artifact, &component)
+        {
+            cache_use = CacheUse::StoreFailed(e.to_string());
+        }
+        Ok((component, cache_use))
+    }
+
+    fn pre_link(
+        &self,
+        component: &Component,
+    ) -> Result<SandboxedClassifierPre<RequestState>, SandboxError> {
+        let linker: Linker<RequestState> = Linker::new(&self.inner.engine);
+        linker
+            .instantiate_pre(component)
+            .and_then(SandboxedClassifierPre::new)
+            .map_err(|e| SandboxError::Link(e.into()))
     }
 }
 
@@ -304,14 +342,67 @@ pub enum CacheUse {
 pub struct GuestProgram {
     runtime: Runtime,
     pre: SandboxedClassifierPre<RequestState>,
-    digest: Sha256Digest,
+    guest: GuestModule,
+    /// Whether `pre` is the instrumented guest snapshots are taken of.
+    snapshots: bool,
+    cache: Option<CompiledCache>,
+    prepared: RwLock<Vec<Arc<Prepared>>>,
     sessions: AtomicU64,
+}
+
+/// A snapshot of the guest with one model loaded, compiled and pre-linked.
+struct Prepared {
+    model: Sha256Digest,
+    inputs: LoadInputs,
+    pre: SandboxedClassifierPre<RequestState>,
+}
+
+/// What `load` is given besides the model bytes, as the manifest states it;
+/// a snapshot serves only a model whose manifest states the same.
+#[derive(Clone, PartialEq, Serialize)]
+struct LoadInputs {
+    input: InputSpec,
+    output: OutputSpec,
+    max_batch: u32,
+    profile: Option<Profile>,
+}
+
+impl LoadInputs {
+    fn of(model: &AttestedModel) -> Self {
+        let m = model.manifest();
+        Self {
+            input: m.input.clone(),
+            output: m.output.clone(),
+            max_batch: m.max_batch,
+            profile: m.screening.as_ref().map(|s| s.profile.clone()),
+        }
+    }
+
+    /// SHA-256 over the model's digest and these inputs: what names a
+    /// snapshot in the cache.
+    fn digest(&self, model: Sha256Digest) -> Result<Sha256Digest, SandboxError> {
+        let json = serde_json::to_vec(self)
+            .map_err(|e| SandboxError::Snapshot(format!("encode the load inputs: {e}").into()))?;
+        let mut bytes = Vec::with_capacity(32 + json.len());
+        bytes.extend_from_slice(model.as_bytes());
+        bytes.extend_from_slice(&json);
+        Ok(Sha256Digest::of(&bytes))
+    }
+}
+
+/// How a model's snapshot came to be ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preparation {
+    /// What the cache did with the compiled snapshot.
+    pub cache: CacheUse,
+    /// Time to take (or find) the snapshot, compile or load it, and pre-link it.
+    pub elapsed: Duration,
 }
 
 impl GuestProgram {
     /// SHA-256 of the guest component that runs.
     pub fn digest(&self) -> Sha256Digest {
-        self.digest
+        self.guest.digest()
     }
 
     /// How many sessions (fresh stores and instances) were started from
@@ -320,14 +411,94 @@ impl GuestProgram {
         self.sessions.load(Ordering::Relaxed)
     }
 
-    /// A fresh sandbox with `model` loaded: new store, new instance, new memory.
-    /// Screening uses the manifest's calibrated profile when it has one.
-    pub fn session(&self, model: &AttestedModel) -> Result<Session, SandboxError> {
-        let detector = match &model.manifest().screening {
-            Some(section) => Detector::Calibrated(&section.profile),
-            None => Detector::None,
+    /// Prepares `model` so that its sessions start with the model already
+    /// loaded: a fresh sandbox loads it once, the loaded state is turned
+    /// into a snapshot component, and that is compiled (or loaded from the
+    /// HMAC-verified cache, keyed by guest, model and load inputs) and
+    /// pre-linked. Every later [`GuestProgram::session`] for the same model
+    /// and manifest instantiates the snapshot: a fresh instance with
+    /// copy-on-write memory, nothing shared with any other session.
+    ///
+    /// Errors are the guest's refusal of the model, a trap while loading it,
+    /// or [`SandboxError::Snapshot`].
+    pub fn prepare(&self, model: &AttestedModel) -> Result<Preparation, SandboxError> {
+        let started = Instant::now();
+        if !self.snapshots {
+            return Err(SandboxError::Snapshot(
+                "this guest could not be instrumented for snapshots".into(),
+            ));
+        }
+        let inputs = LoadInputs::of(model);
+        let artifact = Artifact::Snapshot {
+            guest: self.guest.digest(),
+            model: model.model_digest(),
+            inputs: inputs.digest(model.model_digest())?,
         };
-        self.session_with(model, detector)
+        let (component, cache_use) =
+            self.runtime
+                .cached_or_compiled(self.cache.as_ref(), &artifact, || {
+                    let detector = detector(model);
+                    let (mut session, instance) =
+                        self.start(&self.pre, model, detector.statistics())?;
+                    session.load(model, &detector)?;
+                    snapshot::take(self.guest.bytes(), &mut session.store, instance)
+                })?;
+        let pre = self.runtime.pre_link(&component)?;
+        let prepared = Arc::new(Prepared {
+            model: model.model_digest(),
+            inputs,
+            pre,
+        });
+        let mut all = self.prepared.write().unwrap_or_else(|p| p.into_inner());
+        all.retain(|p| !(p.model == prepared.model && p.inputs == prepared.inputs));
+        all.push(prepared);
+        Ok(Preparation {
+            cache: cache_use,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Keeps the prepared snapshots of `models` and drops every other (their
+    /// sessions load the model afresh): what the server does when the set of
+    /// models it serves changes, so that snapshots do not pile up.
+    pub fn retain_prepared<'a>(&self, models: impl IntoIterator<Item = &'a AttestedModel>) {
+        let kept: Vec<(Sha256Digest, LoadInputs)> = models
+            .into_iter()
+            .map(|m| (m.model_digest(), LoadInputs::of(m)))
+            .collect();
+        self.prepared
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| kept.iter().any(|(m, i)| *m == p.model && *i == p.inputs));
+    }
+
+    /// Whether `model`'s sessions start from a prepared snapshot.
+    pub fn is_prepared(&self, model: &AttestedModel) -> bool {
+        self.prepared_for(model).is_some()
+    }
+
+    fn prepared_for(&self, model: &AttestedModel) -> Option<Arc<Prepared>> {
+        let digest = model.model_digest();
+        let all = self.prepared.read().unwrap_or_else(|p| p.into_inner());
+        // Few models per server; the comparison of the manifest's parts is
+        // microseconds, and only runs for a matching model digest.
+        all.iter()
+            .find(|p| p.model == digest && p.inputs == LoadInputs::of(model))
+            .cloned()
+    }
+
+    /// A fresh sandbox with `model` loaded: new store, new instance, new memory.
+    /// Screening uses the manifest's calibrated profile when it has one. A
+    /// prepared model ([`GuestProgram::prepare`]) starts from its snapshot;
+    /// any other is loaded into the fresh instance.
+    pub fn session(&self, model: &AttestedModel) -> Result<Session, SandboxError> {
+        if let Some(prepared) = self.prepared_for(model) {
+            let (mut session, _) =
+                self.start(&prepared.pre, model, detector(model).statistics())?;
+            session.loaded = true;
+            return Ok(session);
+        }
+        self.session_with(model, detector(model))
     }
 
     /// A session whose `screen` computes `statistics` without judging them:
@@ -345,6 +516,18 @@ impl GuestProgram {
         model: &AttestedModel,
         detector: Detector<'_>,
     ) -> Result<Session, SandboxError> {
+        let (mut session, _) = self.start(&self.pre, model, detector.statistics())?;
+        session.load(model, &detector)?;
+        Ok(session)
+    }
+
+    /// A fresh store and instance of `pre`, nothing loaded by the host yet.
+    fn start(
+        &self,
+        pre: &SandboxedClassifierPre<RequestState>,
+        model: &AttestedModel,
+        statistics: &[Statistic],
+    ) -> Result<(Session, Instance), SandboxError> {
         let limits = self.runtime.limits();
         self.sessions.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
@@ -362,29 +545,28 @@ impl GuestProgram {
             deadline: limits.deadline,
             classes: model.manifest().output.labels.len(),
             max_values: model_values(model),
-            statistics: detector.statistics().to_vec(),
+            statistics: statistics.to_vec(),
+            loaded: false,
             poisoned: false,
         };
         session.arm();
-        let bindings = self
-            .pre
+        let instance = pre
+            .instance_pre()
             .instantiate(&mut session.store)
             .map_err(|e| session.trapped(e))?;
-        let spec = model_spec(model);
-        let detector = detector.to_wit();
-        session.arm();
-        bindings
-            .medguard_guest_classifier()
-            .call_load(
-                &mut session.store,
-                model.model_bytes(),
-                &spec,
-                detector.as_ref(),
-            )
-            .map_err(|e| session.trapped(e))?
-            .map_err(GuestFailure::from)?;
+        let bindings = SandboxedClassifier::new(&mut session.store, &instance)
+            .map_err(|e| session.trapped(e))?;
         session.bindings = Some(bindings);
-        Ok(session)
+        Ok((session, instance))
+    }
+}
+
+/// The detector a model's sessions screen with: the manifest's calibrated
+/// profile when it has one.
+fn detector(model: &AttestedModel) -> Detector<'_> {
+    match &model.manifest().screening {
+        Some(section) => Detector::Calibrated(&section.profile),
+        None => Detector::None,
     }
 }
 
@@ -475,19 +657,41 @@ pub struct Session {
     classes: usize,
     max_values: usize,
     statistics: Vec<Statistic>,
+    /// The model is in the guest (loaded here, or in the snapshot).
+    loaded: bool,
     poisoned: bool,
 }
 
 impl Session {
+    /// Has the guest load `model`, screening with `detector`.
+    fn load(&mut self, model: &AttestedModel, detector: &Detector<'_>) -> Result<(), SandboxError> {
+        let bindings = match (&self.bindings, self.poisoned) {
+            (Some(b), false) => b,
+            _ => return Err(SandboxError::Poisoned),
+        };
+        let spec = model_spec(model);
+        let detector = detector.to_wit();
+        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
+        bindings
+            .medguard_guest_classifier()
+            .call_load(
+                &mut self.store,
+                model.model_bytes(),
+                &spec,
+                detector.as_ref(),
+            )
+            .map_err(|e| self.trapped(e))?
+            .map_err(GuestFailure::from)?;
+        self.loaded = true;
+        Ok(())
+    }
+
     /// Classifies `[batch, channels, height, width]` values; returns one
     /// probability vector per image.
     pub fn classify(&mut self, shape: &[u32], data: &[f32]) -> Result<Vec<Vec<f32>>, SandboxError> {
         self.fits(data)?;
         self.arm();
-        let bindings = match (&self.bindings, self.poisoned) {
-            (Some(b), false) => b,
-            _ => return Err(SandboxError::Poisoned),
-        };
+        let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
         let flat = bindings
             .medguard_guest_classifier()
             .call_classify(&mut self.store, shape, data)
@@ -518,10 +722,7 @@ impl Session {
     ) -> Result<Vec<ScreenedImage>, SandboxError> {
         self.fits(data)?;
         self.arm();
-        let bindings = match (&self.bindings, self.poisoned) {
-            (Some(b), false) => b,
-            _ => return Err(SandboxError::Poisoned),
-        };
+        let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
         let wit_options = wit::ScreenOptions {
             seed: options.seed,
             source_bits: options.source_bits,
@@ -605,6 +806,50 @@ impl Session {
         })
     }
 
+    /// Runs `classify` `calls` times while sampling the guest's call stack at
+    /// every epoch tick; returns each sample's function names, innermost
+    /// first. Where the guest's time goes, for the latency benchmark's
+    /// profile. The deadline does not apply to these calls.
+    #[doc(hidden)]
+    pub fn profile_classify(
+        &mut self,
+        shape: &[u32],
+        data: &[f32],
+        calls: usize,
+    ) -> Result<Vec<Vec<String>>, SandboxError> {
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = samples.clone();
+        self.store.epoch_deadline_callback(move |ctx| {
+            let trace = wasmtime::WasmBacktrace::capture(&ctx);
+            let names = trace
+                .frames()
+                .iter()
+                .map(|f| f.func_name().unwrap_or("?").to_owned())
+                .collect();
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(names);
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
+        let mut result = Ok(());
+        for _ in 0..calls {
+            self.fits(data)?;
+            let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
+            self.store.set_epoch_deadline(1);
+            if let Err(e) = bindings
+                .medguard_guest_classifier()
+                .call_classify(&mut self.store, shape, data)
+                .map_err(|e| self.trapped(e))
+                .and_then(|r| r.map_err(|e| GuestFailure::from(e).into()))
+            {
+                result = Err(e);
+                break;
+            }
+        }
+        self.store.epoch_deadline_trap();
+        result?;
+        let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(samples)
+    }
+
     /// Refuses, without entering the guest, more values than the model
     /// takes in one call: copying them into the guest's memory could only
     /// hit the memory cap or overflow the canonical ABI's 32-bit lengths and
@@ -623,13 +868,7 @@ impl Session {
 
     /// Gives the next call a full deadline.
     fn arm(&mut self) {
-        let ticks = self
-            .deadline
-            .as_nanos()
-            .div_ceil(EPOCH_TICK.as_nanos())
-            .max(1);
-        self.store
-            .set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
     }
 
     /// Maps a wasmtime error to a typed one and ends the session: after a trap
@@ -651,6 +890,25 @@ impl Session {
             },
         }
     }
+}
+
+/// A session's bindings, if its model is loaded and no trap ended it.
+fn ready(
+    bindings: &Option<SandboxedClassifier>,
+    loaded: bool,
+    poisoned: bool,
+) -> Result<&SandboxedClassifier, SandboxError> {
+    match (bindings, loaded, poisoned) {
+        (Some(b), true, false) => Ok(b),
+        (_, false, false) => Err(GuestFailure::NotLoaded.into()),
+        _ => Err(SandboxError::Poisoned),
+    }
+}
+
+/// Epoch ticks that cover `deadline`.
+fn deadline_ticks(deadline: Duration) -> u64 {
+    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 struct RequestState {

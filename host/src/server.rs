@@ -102,6 +102,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Keeps the sandbox snapshots of the models in `served` and no others.
+    fn retain_prepared(&self, served: &BTreeMap<String, Vec<AttestedModel>>) {
+        if let Some(program) = self.guard.program() {
+            program.retain_prepared(served.values().flatten());
+        }
+    }
+
     /// A server for the admitted `models` through `guard` (which must have
     /// a sandbox). `tokens: None` serves anyone who can reach the address.
     pub fn new(

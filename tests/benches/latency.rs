@@ -9,6 +9,10 @@
 //! the same thread was measured ~75x slower (an AVX-SSE transition penalty);
 //! the production host never links tract, so it never pays this.
 //!
+//! Every figure is also written as JSON (`[{"name", "value", "unit"}]`) to
+//! `$MEDGUARD_BENCH_JSON`, default `target/bench/latency.json`, so that runs
+//! can be compared between commits.
+//!
 //! Run: `cargo bench -p medguard-tests --bench latency`
 
 use std::sync::mpsc;
@@ -21,6 +25,46 @@ use medguard_guest_core::{Classifier, InputBatch, ModelSpec};
 use medguard_tests::{bundled_model, golden, load_input, model_dir, native_spec};
 
 const ROUNDS: usize = 200;
+/// Fresh sandboxes instantiated from the prepared snapshot.
+const INSTANTIATIONS: usize = 10_000;
+
+/// The figures of one run, printed as they come and written as JSON at the end.
+#[derive(Default)]
+struct Figures(Vec<serde_json::Value>);
+
+impl Figures {
+    fn add(&mut self, name: &str, value: f64, unit: &str) {
+        self.0
+            .push(serde_json::json!({"name": name, "value": value, "unit": unit}));
+    }
+
+    fn write(&self) {
+        let path = std::env::var_os("MEDGUARD_BENCH_JSON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| medguard_tests::repo_root().join("target/bench/latency.json"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("create the figures directory");
+        }
+        let json = serde_json::to_vec_pretty(&self.0).expect("figures are JSON");
+        std::fs::write(&path, json).expect("write the figures");
+        println!("figures written to {}", path.display());
+    }
+}
+
+/// Resident set size of this process, from /proc (Linux).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm's second field is the resident page count");
+    pages * 4096
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -76,7 +120,113 @@ impl NativeWorker {
     }
 }
 
+/// Where the time goes at batch 1: native tract's time per operator type
+/// (timed node by node on a thread of its own), and the guest's, from its call
+/// stack sampled at every epoch tick and attributed to the innermost tract
+/// operator `eval` on it.
+fn profile(
+    figures: &mut Figures,
+    model: &medguard_attest::AttestedModel,
+    session: &mut medguard::sandbox::Session,
+    sample: &Batch,
+) {
+    const CALLS: usize = 1000;
+    let input = InputBatch {
+        shape: sample.shape.to_vec(),
+        data: sample.data.clone(),
+    };
+    let (bytes, spec) = (model.model_bytes().to_vec(), native_spec(model));
+    let native_input = input.clone();
+    let native = thread::spawn(move || {
+        let classifier = Classifier::load(&bytes, spec).expect("native tract loads the model");
+        classifier
+            .profile(&native_input, CALLS)
+            .expect("native profile")
+    })
+    .join()
+    .expect("native profile thread");
+    let mut native_by_op: std::collections::BTreeMap<String, Duration> = Default::default();
+    for (op, _, time) in &native {
+        *native_by_op.entry(op.clone()).or_default() += *time;
+    }
+    let native_total: Duration = native_by_op.values().sum();
+
+    let t = Instant::now();
+    let samples = session
+        .profile_classify(&input.shape, &input.data, CALLS)
+        .expect("guest profile");
+    let guest_total = t.elapsed();
+    let mut guest_by_op: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut leaves: std::collections::BTreeMap<String, usize> = Default::default();
+    for stack in &samples {
+        let op = stack
+            .iter()
+            .find_map(|f| {
+                let (ty, rest) = f.strip_prefix('<')?.split_once(" as ")?;
+                let is_eval = rest.starts_with("tract_core::ops::EvalOp>::eval")
+                    || rest.starts_with("tract_core::ops::OpState>::eval");
+                is_eval.then(|| ty.rsplit("::").next().unwrap_or(ty).to_owned())
+            })
+            .unwrap_or_else(|| "(outside operators)".to_owned());
+        *guest_by_op.entry(op).or_default() += 1;
+        if let Some(leaf) = stack.first() {
+            *leaves.entry(leaf.clone()).or_default() += 1;
+        }
+    }
+    let n = samples.len().max(1) as f64;
+    println!(
+        "profile, batch 1, {CALLS} calls: native {:.3} ms per call in operators; guest {:.3} ms per call, {} stack samples",
+        ms(native_total) / CALLS as f64,
+        ms(guest_total) / CALLS as f64,
+        samples.len()
+    );
+    let mut ops: Vec<&String> = native_by_op.keys().chain(guest_by_op.keys()).collect();
+    ops.sort();
+    ops.dedup();
+    ops.sort_by(|a, b| {
+        guest_by_op
+            .get(*b)
+            .unwrap_or(&0)
+            .cmp(guest_by_op.get(*a).unwrap_or(&0))
+    });
+    println!("  operator | native ms/call | guest ms/call (sampled) | guest/native");
+    for op in ops {
+        let native_ms = native_by_op
+            .get(op)
+            .map(|d| ms(*d) / CALLS as f64)
+            .unwrap_or(0.0);
+        let share = *guest_by_op.get(op).unwrap_or(&0) as f64 / n;
+        let guest_ms = share * ms(guest_total) / CALLS as f64;
+        let ratio = if native_ms > 0.0 {
+            guest_ms / native_ms
+        } else {
+            f64::NAN
+        };
+        println!(
+            "  {op} | {native_ms:.3} | {guest_ms:.3} ({:.1}%) | {ratio:.2}x",
+            share * 100.0
+        );
+        figures.add(
+            &format!("profile batch 1, native ms/call, {op}"),
+            native_ms,
+            "ms",
+        );
+        figures.add(
+            &format!("profile batch 1, guest ms/call, {op}"),
+            guest_ms,
+            "ms",
+        );
+    }
+    let mut leaves: Vec<_> = leaves.into_iter().collect();
+    leaves.sort_by(|a, b| b.1.cmp(&a.1));
+    println!("  guest functions with the most samples (innermost frame):");
+    for (name, count) in leaves.iter().take(12) {
+        println!("    {:5.1}%  {name}", *count as f64 / n * 100.0);
+    }
+}
+
 fn main() {
+    let mut figures = Figures::default();
     let model = bundled_model();
     let guest = medguard::guest::bundled().expect("pinned guest");
     let size = guest.bytes().len();
@@ -84,6 +234,7 @@ fn main() {
         "guest component size: {:.1} MiB ({size} bytes)",
         size as f64 / (1 << 20) as f64
     );
+    figures.add("guest component size", size as f64, "bytes");
 
     let runtime = Runtime::new(Limits::default()).expect("runtime");
     let (_, cold) = runtime.load_guest(&guest, None).expect("compile");
@@ -92,12 +243,24 @@ fn main() {
     runtime
         .load_guest(&guest, Some(&cache))
         .expect("fill cache");
-    let (program, warm) = runtime.load_guest(&guest, Some(&cache)).expect("cache hit");
+    let warm: Vec<Duration> = (0..9)
+        .map(|_| {
+            runtime
+                .load_guest(&guest, Some(&cache))
+                .expect("cache hit")
+                .1
+                .elapsed
+        })
+        .collect();
+    let (program, _) = runtime.load_guest(&guest, Some(&cache)).expect("cache hit");
+    let warm = median(warm);
     println!(
-        "guest start-up: compile {:.2} s, from the verified cache {:.3} s",
+        "guest start-up: compile {:.2} s, from the verified cache {:.1} ms (median of 9)",
         cold.elapsed.as_secs_f64(),
-        warm.elapsed.as_secs_f64()
+        ms(warm)
     );
+    figures.add("guest start-up, compile", ms(cold.elapsed), "ms");
+    figures.add("guest start-up, from the verified cache", ms(warm), "ms");
 
     let loads: Vec<Duration> = (0..9)
         .map(|_| {
@@ -112,8 +275,82 @@ fn main() {
         NativeWorker::spawn(model.model_bytes().to_vec(), native_spec(&model));
     println!(
         "model load (parse + type-check + optimise): guest {:.1} ms (fresh sandbox incl. instantiation, median of 9), native tract {:.1} ms",
-        ms(median(loads)),
+        ms(median(loads.clone())),
         ms(native_load)
+    );
+    figures.add(
+        "fresh sandbox with model load, guest",
+        ms(median(loads)),
+        "ms",
+    );
+    figures.add("model load, native tract", ms(native_load), "ms");
+
+    // The prepared snapshot: taken, compiled and cached once, then every
+    // session is a fresh instance of it.
+    let t = Instant::now();
+    let first = program.prepare(&model).expect("prepare the snapshot");
+    let prepare_cold = t.elapsed();
+    let t = Instant::now();
+    let again = program.prepare(&model).expect("prepare from the cache");
+    let prepare_warm = t.elapsed();
+    println!(
+        "prepared snapshot: first {:.2} s ({:?}), again {:.1} ms ({:?})",
+        prepare_cold.as_secs_f64(),
+        first.cache,
+        ms(prepare_warm),
+        again.cache
+    );
+    figures.add("snapshot prepare, first", ms(prepare_cold), "ms");
+    figures.add(
+        "snapshot prepare, from the verified cache",
+        ms(prepare_warm),
+        "ms",
+    );
+    for _ in 0..100 {
+        program.session(&model).expect("warm-up session");
+    }
+    let rss_before = rss_bytes();
+    let mut starts = Vec::with_capacity(INSTANTIATIONS);
+    let mut rss_at_1000 = 0;
+    for i in 0..INSTANTIATIONS {
+        let t = Instant::now();
+        let session = program.session(&model).expect("session from the snapshot");
+        starts.push(t.elapsed());
+        drop(session);
+        if i + 1 == 1000 {
+            rss_at_1000 = rss_bytes();
+        }
+    }
+    let rss_after = rss_bytes();
+    starts.sort();
+    let (p50, p99) = (percentile(&starts, 0.5), percentile(&starts, 0.99));
+    println!(
+        "fresh sandbox from the snapshot, ready to infer, {INSTANTIATIONS} instantiations: p50 {:.1} us, p99 {:.1} us; RSS {:.1} MiB before, {:.1} MiB after 1,000, {:.1} MiB after {INSTANTIATIONS}",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        rss_before as f64 / (1 << 20) as f64,
+        rss_at_1000 as f64 / (1 << 20) as f64,
+        rss_after as f64 / (1 << 20) as f64,
+    );
+    figures.add(
+        "fresh sandbox from the snapshot, p50",
+        p50.as_secs_f64() * 1e6,
+        "us",
+    );
+    figures.add(
+        "fresh sandbox from the snapshot, p99",
+        p99.as_secs_f64() * 1e6,
+        "us",
+    );
+    figures.add(
+        "RSS after 1,000 snapshot sandboxes",
+        rss_at_1000 as f64,
+        "bytes",
+    );
+    figures.add(
+        "RSS after 10,000 snapshot sandboxes",
+        rss_after as f64,
+        "bytes",
     );
 
     // Parity, measured: the tests assert <= 1e-5 (native) and <= 1e-4 (PyTorch).
@@ -132,6 +369,12 @@ fn main() {
     println!(
         "parity on the golden samples: max |guest - native tract| = {vs_native:.2e}, max |guest - PyTorch| = {vs_torch:.2e}"
     );
+    figures.add(
+        "parity, max |guest - native tract|",
+        vs_native,
+        "probability",
+    );
+    figures.add("parity, max |guest - PyTorch|", vs_torch, "probability");
 
     let sample = load_input(&model, &model_dir().join(&golden().samples[0].file));
     for batch_size in [1usize, 16] {
@@ -152,13 +395,26 @@ fn main() {
             g.push(t.elapsed());
         }
         let (n, g) = (median(n), median(g));
+        let ratio = g.as_secs_f64() / n.as_secs_f64();
         println!(
-            "inference, batch {batch_size}, median of {ROUNDS} interleaved: native tract {:.3} ms, guest {:.3} ms, guest/native {:.2}x",
+            "inference, batch {batch_size}, median of {ROUNDS} interleaved: native tract {:.3} ms, guest {:.3} ms, guest/native {ratio:.2}x",
             ms(n),
             ms(g),
-            g.as_secs_f64() / n.as_secs_f64()
+        );
+        figures.add(
+            &format!("inference batch {batch_size}, native tract"),
+            ms(n),
+            "ms",
+        );
+        figures.add(&format!("inference batch {batch_size}, guest"), ms(g), "ms");
+        figures.add(
+            &format!("inference batch {batch_size}, guest/native"),
+            ratio,
+            "ratio",
         );
     }
+
+    profile(&mut figures, &model, &mut session, &sample);
 
     // Screening cost: the guest's `screen` (image + every variant the profile's
     // statistics need, one batch) against its bare `classify`, same session,
@@ -190,11 +446,17 @@ fn main() {
             }
         }
         let (b, sc) = (median(bare), median(screened));
+        let ratio = sc.as_secs_f64() / b.as_secs_f64();
         println!(
-            "screening, batch {batch_size}, median of {ROUNDS} interleaved: classify {:.3} ms, screen {:.3} ms, screen/classify {:.2}x",
+            "screening, batch {batch_size}, median of {ROUNDS} interleaved: classify {:.3} ms, screen {:.3} ms, screen/classify {ratio:.2}x",
             ms(b),
             ms(sc),
-            sc.as_secs_f64() / b.as_secs_f64()
+        );
+        figures.add(
+            &format!("screening batch {batch_size}, screen/classify"),
+            ratio,
+            "ratio",
         );
     }
+    figures.write();
 }

@@ -51,6 +51,22 @@ impl Classifier {
             .collect()
     }
 
+    /// Runs `batch` (checked) `runs` times and returns the time each
+    /// operator of the optimised plan took, summed over the runs, in plan
+    /// order as `(operator type, node name, time)`: where native inference
+    /// spends its time, for the latency benchmark's profile. Native only:
+    /// the guest has no clock.
+    #[cfg(not(target_family = "wasm"))]
+    #[doc(hidden)]
+    pub fn profile(
+        &self,
+        batch: &InputBatch,
+        runs: usize,
+    ) -> Result<Vec<(String, String, std::time::Duration)>, GuestError> {
+        batch.check(&self.spec)?;
+        self.model.profile(batch, runs)
+    }
+
     /// Checks that a detector fits this model (statistics valid, one reference
     /// per class) before it is used for screening.
     pub fn check_detector(&self, detector: &Detector) -> Result<(), GuestError> {

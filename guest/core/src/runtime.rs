@@ -124,4 +124,39 @@ impl Runnable {
         let logits = outputs[0].to_plain_array_view::<f32>().map_err(failed)?;
         Ok(logits.iter().copied().collect())
     }
+
+    /// Per-node time over `runs` runs of `batch`; see `Classifier::profile`.
+    #[cfg(not(target_family = "wasm"))]
+    pub(crate) fn profile(
+        &self,
+        batch: &InputBatch,
+        runs: usize,
+    ) -> Result<Vec<(String, String, std::time::Duration)>, GuestError> {
+        let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
+        let shape: Vec<usize> = batch.shape.iter().map(|&d| d as usize).collect();
+        let input = Tensor::from_shape(&shape, &batch.data).map_err(failed)?;
+        let nodes = self.plan.model().nodes();
+        let mut times = vec![std::time::Duration::ZERO; nodes.len()];
+        let mut state =
+            tract_onnx::tract_core::plan::SimpleState::new(&self.plan).map_err(failed)?;
+        for _ in 0..runs {
+            state
+                .run_plan_with_eval(
+                    tvec!(input.clone().into()),
+                    |ctx, op_state, node, inputs| {
+                        let started = std::time::Instant::now();
+                        let outputs =
+                            tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                        times[node.id] += started.elapsed();
+                        outputs
+                    },
+                )
+                .map_err(failed)?;
+        }
+        Ok(nodes
+            .iter()
+            .zip(times)
+            .map(|(node, time)| (node.op().name().into_owned(), node.name.clone(), time))
+            .collect())
+    }
 }

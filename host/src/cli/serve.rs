@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::{Exit, SandboxArgs, StateArgs, TrustArgs, printable};
 use crate::drift::DriftConfig;
-use crate::guard::{Admission, Guard, ScreeningPolicy};
+use crate::guard::{Admission, Guard, Readiness, ScreeningPolicy};
 use crate::server::auth::Tokens;
 use crate::server::listen::{self, Connections};
 use crate::server::{self, Limits, Server};
@@ -148,13 +148,23 @@ impl ServeCmd {
         }
         let (program, load) = sandbox.start()?;
         let guard = guard.with_sandbox(program);
-        // Ready only once every served model loads in the sandbox.
+        // Ready only once every served model loads in the sandbox, and its
+        // snapshot (what each request's fresh sandbox starts from) is ready.
         for model in &models {
-            if let Err(why) = guard.check_model_runs(model)? {
-                anyhow::bail!(
-                    "{} does not run in the sandbox: {why}",
-                    model.manifest().name
-                );
+            let m = model.manifest();
+            match guard.prepare(model)? {
+                Err(why) => anyhow::bail!("{} does not run in the sandbox: {why}", m.name),
+                Ok(Readiness::Prepared(p)) => eprintln!(
+                    "medguard: {} {} prepared in {:.2} s ({:?})",
+                    m.name,
+                    m.version,
+                    p.elapsed.as_secs_f64(),
+                    p.cache
+                ),
+                Ok(Readiness::LoadedPerSession(why)) => eprintln!(
+                    "medguard: {} {}: no snapshot ({why}); each request loads the model",
+                    m.name, m.version
+                ),
             }
         }
         eprintln!(

@@ -1,9 +1,11 @@
-//! A cache of compiled guests whose integrity is protected by an HMAC.
+//! A cache of compiled guests and prepared snapshots whose integrity is
+//! protected by an HMAC.
 //!
 //! `Component::deserialize` maps the bytes as executable code, so loading an
 //! artifact anyone could have written would be code execution. Each artifact
 //! is therefore stored with HMAC-SHA256 under a per-installation key (created
-//! once, mode 0600, in a 0700 directory) over the guest's digest, the engine's
+//! once, mode 0600, in a 0700 directory) over what the entry is (the guest's
+//! digest; for a snapshot also the model's and its load inputs'), the engine's
 //! compatibility hash and the artifact. A file that fails the MAC is never
 //! deserialised; the guest is compiled afresh and the entry rewritten.
 //!
@@ -81,7 +83,29 @@ pub enum CacheError {
     },
 }
 
+/// What a cache entry is the compiled form of; the MAC covers it, so an
+/// entry cannot be passed off as another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    /// The guest component with this SHA-256, as it is.
+    Guest(Sha256Digest),
+    /// The guest component with this SHA-256, instrumented so that
+    /// snapshots can be taken of it.
+    Instrumented(Sha256Digest),
+    /// A snapshot of `guest` with a model already loaded in it.
+    Snapshot {
+        /// SHA-256 of the guest the snapshot was taken of.
+        guest: Sha256Digest,
+        /// SHA-256 of the model bytes loaded.
+        model: Sha256Digest,
+        /// SHA-256 of everything `load` was given: model digest, tensor
+        /// spec and screening detector.
+        inputs: Sha256Digest,
+    },
+}
+
 /// An HMAC-protected directory of compiled guests.
+#[derive(Clone)]
 pub struct CompiledCache {
     dir: PathBuf,
     key: [u8; KEY_LEN],
@@ -150,19 +174,27 @@ impl CompiledCache {
         })
     }
 
-    /// Where the artifact for `guest` under `engine` lives.
-    pub fn entry_path(&self, engine_hash: u64, guest: Sha256Digest) -> PathBuf {
-        self.dir
-            .join(format!("guest-{guest}-{engine_hash:016x}.cwasm"))
+    /// Where `artifact`, compiled by `engine`, lives.
+    pub fn entry_path(&self, engine: &Engine, artifact: &Artifact) -> PathBuf {
+        let engine_hash = engine_hash(engine);
+        self.dir.join(match artifact {
+            Artifact::Guest(guest) => format!("guest-{guest}-{engine_hash:016x}.cwasm"),
+            Artifact::Instrumented(guest) => {
+                format!("instrumented-{guest}-{engine_hash:016x}.cwasm")
+            }
+            Artifact::Snapshot { inputs, .. } => {
+                format!("snapshot-{inputs}-{engine_hash:016x}.cwasm")
+            }
+        })
     }
 
     pub(super) fn load(
         &self,
         engine: &Engine,
-        guest: Sha256Digest,
+        artifact: &Artifact,
     ) -> Result<Option<Component>, CacheError> {
         let engine_hash = engine_hash(engine);
-        let path = self.entry_path(engine_hash, guest);
+        let path = self.entry_path(engine, artifact);
         let file = match crate::model_dir::open_regular(&path, crate::model_dir::Links::Refuse) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -182,20 +214,20 @@ impl CompiledCache {
                 path: path.clone(),
                 source,
             })?;
-        let Some((tag, artifact)) = bytes
+        let Some((tag, compiled)) = bytes
             .strip_prefix(MAGIC.as_slice())
             .and_then(|rest| rest.split_at_checked(TAG_LEN))
         else {
             return Err(CacheError::Tampered(path));
         };
         if self
-            .mac(engine_hash, guest, artifact)
+            .mac(engine_hash, artifact, compiled)
             .verify_slice(tag)
             .is_err()
         {
             return Err(CacheError::Tampered(path));
         }
-        deserialize(engine, artifact)
+        deserialize(engine, compiled)
             .map(Some)
             .map_err(|why| CacheError::Incompatible { path, why })
     }
@@ -203,18 +235,18 @@ impl CompiledCache {
     pub(super) fn store(
         &self,
         engine: &Engine,
-        guest: Sha256Digest,
+        artifact: &Artifact,
         component: &Component,
     ) -> Result<(), CacheError> {
         let engine_hash = engine_hash(engine);
-        let path = self.entry_path(engine_hash, guest);
-        let artifact = component.serialize().map_err(|e| CacheError::Io {
+        let path = self.entry_path(engine, artifact);
+        let compiled = component.serialize().map_err(|e| CacheError::Io {
             what: "serialise compiled guest for",
             path: path.clone(),
             source: io::Error::other(format!("{e:#}")),
         })?;
         let tag = self
-            .mac(engine_hash, guest, &artifact)
+            .mac(engine_hash, artifact, &compiled)
             .finalize()
             .into_bytes();
         // Write beside, then rename: a reader never sees half an artifact.
@@ -228,7 +260,7 @@ impl CompiledCache {
                 .open(&tmp)?;
             f.write_all(MAGIC)?;
             f.write_all(&tag)?;
-            f.write_all(&artifact)?;
+            f.write_all(&compiled)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)
         };
@@ -242,13 +274,31 @@ impl CompiledCache {
         })
     }
 
-    fn mac(&self, engine_hash: u64, guest: Sha256Digest, artifact: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, engine_hash: u64, artifact: &Artifact, compiled: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(b"medguard compiled guest v1\0");
-        mac.update(guest.as_bytes());
+        match artifact {
+            Artifact::Guest(guest) => {
+                mac.update(b"medguard compiled guest v1\0");
+                mac.update(guest.as_bytes());
+            }
+            Artifact::Instrumented(guest) => {
+                mac.update(b"medguard instrumented guest v1\0");
+                mac.update(guest.as_bytes());
+            }
+            Artifact::Snapshot {
+                guest,
+                model,
+                inputs,
+            } => {
+                mac.update(b"medguard prepared snapshot v1\0");
+                mac.update(guest.as_bytes());
+                mac.update(model.as_bytes());
+                mac.update(inputs.as_bytes());
+            }
+        }
         mac.update(&engine_hash.to_le_bytes());
-        mac.update(artifact);
+        mac.update(compiled);
         mac
     }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Failure, Server, drift_monitor};
-use crate::guard::Admission;
+use crate::guard::{Admission, Readiness};
 
 /// `POST /v2/repository/index` body (optional).
 #[derive(Debug, Default, Deserialize)]
@@ -99,8 +99,13 @@ pub(super) async fn load(
                 model.manifest().name
             )));
         }
-        match guard.check_model_runs(&model) {
-            Ok(Ok(())) => Ok(model),
+        match guard.prepare(&model) {
+            Ok(Ok(readiness)) => {
+                if let Readiness::LoadedPerSession(why) = readiness {
+                    tracing::warn!(model = %wanted, "no snapshot ({why}); each request loads the model");
+                }
+                Ok(model)
+            }
             Ok(Err(why)) => Err(refused(format!(
                 "{wanted} {} does not run in the sandbox: {why}",
                 model.manifest().version
@@ -124,11 +129,11 @@ pub(super) async fn load(
         monitors.retain(|(n, _), _| n != &name);
         monitors.insert(key, monitor);
     }
-    server
-        .models
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(name.clone(), vec![model]);
+    {
+        let mut models = server.models.write().unwrap_or_else(|e| e.into_inner());
+        models.insert(name.clone(), vec![model]);
+        server.retain_prepared(&models);
+    }
     tracing::info!(model = %name, %version, "loaded");
     Ok(Json(json!({})))
 }
@@ -152,11 +157,12 @@ pub(super) async fn unload(
 ) -> Result<Json<Value>, Failure> {
     server.manager(&headers, &name)?;
     let _one_at_a_time = server.loading.lock().await;
-    let removed = server
-        .models
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&name);
+    let removed = {
+        let mut models = server.models.write().unwrap_or_else(|e| e.into_inner());
+        let removed = models.remove(&name);
+        server.retain_prepared(&models);
+        removed
+    };
     if removed.is_none() {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,

@@ -194,7 +194,7 @@ impl Runtime {
             // Determinism: the same input gives bit-identical output on every
             // host (wasmtime docs, "deterministic execution").
             .cranelift_nan_canonicalization(true)
-            .wasm_relaxed_simd(false)
+            .wasm_relaxed_simd(true)
             .relaxed_simd_deterministic(true);
         // Threads and shared memory are not compiled into this wasmtime
         // (the `threads` feature is off), so a guest cannot ask for them.

@@ -120,6 +120,67 @@ impl NativeWorker {
     }
 }
 
+/// Floating-point operations of the bundled model's matrix products for one
+/// image (two per multiply-add), from its architecture
+/// (models/pneumonia/train.py): three blocks of two 3x3 convolutions,
+/// padding 1, at 28, 14 and 7 pixels square, and a 128 -> 2 linear layer.
+fn bundled_model_matmul_flops() -> f64 {
+    let convs = [
+        (28, 1, 32),
+        (28, 32, 32),
+        (14, 32, 64),
+        (14, 64, 64),
+        (7, 64, 128),
+        (7, 128, 128),
+    ];
+    let macs: usize = convs
+        .iter()
+        .map(|&(side, cin, cout)| side * side * cout * cin * 9)
+        .sum::<usize>()
+        + 128 * 2;
+    2.0 * macs as f64
+}
+
+/// This CPU's f32 peak with 256-bit fused multiply-adds, measured: twelve
+/// independent FMA chains (enough to cover both FMA ports' latency).
+/// `None` without AVX2 and FMA.
+fn native_fma_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        #[allow(unsafe_code)]
+        // SAFETY: both target features were detected on this CPU just above.
+        return Some(unsafe { fma_peak() });
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_peak() -> f64 {
+    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_set1_ps};
+    const CHAINS: usize = 12;
+    const ITERATIONS: usize = 20_000_000;
+    let mut acc: [__m256; CHAINS] = [_mm256_set1_ps(0.0); CHAINS];
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let started = Instant::now();
+    for _ in 0..ITERATIONS {
+        for c in acc.iter_mut() {
+            *c = _mm256_fmadd_ps(*c, a, b);
+        }
+    }
+    let elapsed = started.elapsed();
+    std::hint::black_box(acc);
+    (ITERATIONS * CHAINS * 16) as f64 / elapsed.as_secs_f64() / 1e9
+}
+
+/// One key for an operator however it is named: tract's `name()` natively
+/// (`Im2col`, `MaxPool`) and the type in a guest frame (`Im2Col`,
+/// `OptMaxPool`, `Reduce<Sum>`).
+fn operator_key(name: &str) -> String {
+    let name = name.split('<').next().unwrap_or(name).to_lowercase();
+    name.strip_prefix("opt").map(str::to_owned).unwrap_or(name)
+}
+
 /// Where the time goes at batch 1: native tract's time per operator type
 /// (timed node by node on a thread of its own), and the guest's, from its call
 /// stack sampled at every epoch tick and attributed to the innermost tract
@@ -147,7 +208,7 @@ fn profile(
     .expect("native profile thread");
     let mut native_by_op: std::collections::BTreeMap<String, Duration> = Default::default();
     for (op, _, time) in &native {
-        *native_by_op.entry(op.clone()).or_default() += *time;
+        *native_by_op.entry(operator_key(op)).or_default() += *time;
     }
     let native_total: Duration = native_by_op.values().sum();
 
@@ -159,13 +220,17 @@ fn profile(
     let mut guest_by_op: std::collections::BTreeMap<String, usize> = Default::default();
     let mut leaves: std::collections::BTreeMap<String, usize> = Default::default();
     for stack in &samples {
+        let stack: Vec<String> = stack
+            .iter()
+            .map(|f| format!("{:#}", rustc_demangle::demangle(f)))
+            .collect();
         let op = stack
             .iter()
             .find_map(|f| {
                 let (ty, rest) = f.strip_prefix('<')?.split_once(" as ")?;
                 let is_eval = rest.starts_with("tract_core::ops::EvalOp>::eval")
                     || rest.starts_with("tract_core::ops::OpState>::eval");
-                is_eval.then(|| ty.rsplit("::").next().unwrap_or(ty).to_owned())
+                is_eval.then(|| operator_key(ty.rsplit("::").next().unwrap_or(ty)))
             })
             .unwrap_or_else(|| "(outside operators)".to_owned());
         *guest_by_op.entry(op).or_default() += 1;
@@ -215,6 +280,39 @@ fn profile(
             &format!("profile batch 1, guest ms/call, {op}"),
             guest_ms,
             "ms",
+        );
+    }
+    // How close each side runs to its own peak on the model's matrix
+    // products (the 3x3 convolutions as im2col + GEMM, and the last linear
+    // layer).
+    let matmul_flops = bundled_model_matmul_flops();
+    if let Some(peak) = native_fma_peak_gflops() {
+        let native_ms = native_by_op
+            .get("matmul")
+            .map_or(0.0, |d| ms(*d) / CALLS as f64);
+        let guest_ms =
+            *guest_by_op.get("matmul").unwrap_or(&0) as f64 / n * ms(guest_total) / CALLS as f64;
+        let native_gflops = matmul_flops / native_ms / 1e6;
+        let guest_gflops = matmul_flops / guest_ms / 1e6;
+        println!(
+            "  matrix products ({:.1} MFLOP per image): native {native_gflops:.1} GFLOP/s = {:.0}% of its peak ({peak:.1} GFLOP/s, 256-bit FMA, measured); guest {guest_gflops:.1} GFLOP/s = {:.0}% of its peak ({:.1} GFLOP/s: 128-bit FMA on the same ports, half the native figure)",
+            matmul_flops / 1e6,
+            native_gflops / peak * 100.0,
+            guest_gflops / (peak / 2.0) * 100.0,
+            peak / 2.0
+        );
+        figures.add("peak, native 256-bit FMA", peak, "GFLOP/s");
+        figures.add("matrix products, native", native_gflops, "GFLOP/s");
+        figures.add("matrix products, guest", guest_gflops, "GFLOP/s");
+        figures.add(
+            "matrix products, native share of its peak",
+            native_gflops / peak,
+            "ratio",
+        );
+        figures.add(
+            "matrix products, guest share of its peak",
+            guest_gflops / (peak / 2.0),
+            "ratio",
         );
     }
     let mut leaves: Vec<_> = leaves.into_iter().collect();

@@ -9,4 +9,5 @@ mod guard;
 mod parity;
 mod sandbox;
 mod server;
+mod snapshot;
 mod tamper;

@@ -174,6 +174,11 @@ impl CompiledCache {
         })
     }
 
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where `artifact`, compiled by `engine`, lives.
     pub fn entry_path(&self, engine: &Engine, artifact: &Artifact) -> PathBuf {
         let engine_hash = engine_hash(engine);

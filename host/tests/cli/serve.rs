@@ -98,6 +98,8 @@ fn serve_admits_answers_and_stops_cleanly_on_sigterm() {
     let (addr, log) = (server.addr.clone(), server.log.clone());
     assert!(log.contains("serving pneumonia-cnn"), "{log}");
     assert!(log.contains("not served"), "{log}");
+    // Each request's fresh sandbox starts from the model's snapshot.
+    assert!(log.contains("prepared in"), "{log}");
 
     let (status, body) = http(&addr, "GET", "/v2/health/ready", "");
     assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));

@@ -32,7 +32,15 @@ fn main() {
         .unwrap_or_else(|| root.join("target"))
         .join("guest");
 
-    let core = build_guest_core_module(root, &target_dir);
+    let mut core = build_guest_core_module(root, &target_dir);
+    // Experiments only (scripts/wasm-opt-report.sh): a binaryen `wasm-opt`
+    // command run over the core module before it becomes a component. The
+    // pin follows whatever was built, so a host built this way runs only
+    // the optimised guest.
+    println!("cargo:rerun-if-env-changed=MEDGUARD_GUEST_WASM_OPT");
+    if let Some(command) = env::var_os("MEDGUARD_GUEST_WASM_OPT").filter(|c| !c.is_empty()) {
+        core = wasm_opt(&command, &core, &target_dir);
+    }
     let component = wit_component::ComponentEncoder::default()
         .module(&core)
         .and_then(|e| e.validate(true).encode())
@@ -84,4 +92,24 @@ fn build_guest_core_module(root: &Path, target_dir: &Path) -> Vec<u8> {
         .join("guest")
         .join("medguard_guest.wasm");
     fs::read(&wasm).unwrap_or_else(|e| panic!("read {}: {e}", wasm.display()))
+}
+
+/// Runs `command` (a wasm-opt invocation, its flags included, split on
+/// whitespace) as `command in.wasm -o out.wasm` and returns out.wasm.
+fn wasm_opt(command: &std::ffi::OsStr, core: &[u8], target_dir: &Path) -> Vec<u8> {
+    let command = command.to_string_lossy();
+    let mut words = command.split_whitespace();
+    let program = words.next().expect("MEDGUARD_GUEST_WASM_OPT is not empty");
+    let input = target_dir.join("medguard_guest.pre-opt.wasm");
+    let output = target_dir.join("medguard_guest.opt.wasm");
+    fs::write(&input, core).expect("write the core module for wasm-opt");
+    let status = Command::new(program)
+        .args(words)
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .status()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(status.success(), "{command} failed");
+    fs::read(&output).unwrap_or_else(|e| panic!("read {}: {e}", output.display()))
 }

@@ -200,6 +200,7 @@ pub struct AttestedModel {
     manifest: Manifest,
     model: Pinned,
     provenance: Provenance,
+    manifest_digest: Option<Sha256Digest>,
 }
 
 /// Why the manifest itself was trusted.
@@ -247,6 +248,26 @@ impl AttestedModel {
     pub fn provenance(&self) -> &Provenance {
         &self.provenance
     }
+
+    /// SHA-256 of the manifest's canonical JSON encoding (serde_json, fields
+    /// in declaration order): equal for two models exactly when their
+    /// manifests are equal bit for bit, floats included (`-0.0` is not
+    /// `0.0`). `None` for a manifest JSON cannot carry exactly (a
+    /// non-finite number, possible only in one built in code), which
+    /// therefore has no identity to key anything by.
+    pub fn manifest_digest(&self) -> Option<Sha256Digest> {
+        self.manifest_digest
+    }
+}
+
+/// See [`AttestedModel::manifest_digest`].
+fn canonical_digest(manifest: &Manifest) -> Option<Sha256Digest> {
+    let json = serde_json::to_vec(manifest).ok()?;
+    let back: Manifest = serde_json::from_slice(&json).ok()?;
+    // Equal values and identical bytes both ways: nothing was lost or
+    // conflated (`PartialEq` alone takes -0.0 for 0.0).
+    let exact = back == *manifest && serde_json::to_vec(&back).ok()? == json;
+    exact.then(|| Sha256Digest::of(&json))
 }
 
 /// Why a model was refused.
@@ -320,6 +341,7 @@ pub(crate) fn attest_hashed(
     }
     let model = Pinned { bytes, digest };
     Ok(AttestedModel {
+        manifest_digest: canonical_digest(&manifest),
         manifest,
         model,
         provenance,

@@ -14,8 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use medguard_attest::{AttestedModel, InputSpec, OutputSpec, Sha256Digest};
-use serde::Serialize;
+use medguard_attest::{AttestedModel, Sha256Digest};
 
 use crate::guest::GuestModule;
 use medguard_screen::{Profile, Screening, Statistic, StatisticReport, Verdict};
@@ -228,41 +227,26 @@ impl Runtime {
     }
 
     /// Compiles (or loads from `cache`) the pinned guest and pre-links it.
-    ///
-    /// What is compiled is the guest instrumented for snapshots
-    /// ([`GuestProgram::prepare`]): instrumenting only adds exports that read
-    /// its memory, for the host. A guest that cannot be instrumented is
-    /// compiled as it is and runs without prepared snapshots.
     pub fn load_guest(
         &self,
         guest: &GuestModule,
         cache: Option<&CompiledCache>,
     ) -> Result<(GuestProgram, GuestLoad), SandboxError> {
         let started = Instant::now();
-        let instrumented = Artifact::Instrumented(guest.digest());
-        let (component, cache_use, snapshots) =
-            match self
-                .cached_or_compiled(cache, &instrumented, || snapshot::instrument(guest.bytes()))
-            {
-                Ok((component, cache_use)) => (component, cache_use, true),
-                Err(SandboxError::Snapshot(_)) => {
-                    let (component, cache_use) =
-                        self.cached_or_compiled(cache, &Artifact::Guest(guest.digest()), || {
-                            Ok(guest.bytes().to_vec())
-                        })?;
-                    (component, cache_use, false)
-                }
-                Err(e) => return Err(e),
-            };
+        let (component, cache_use) =
+            self.cached_or_compiled(cache, &Artifact::Guest(guest.digest()), || {
+                Ok(guest.bytes().to_vec())
+            })?;
         let pre = self.pre_link(&component)?;
         let program = GuestProgram {
             runtime: self.clone(),
             pre,
             guest: guest.clone(),
-            snapshots,
+            instrumented: std::sync::Mutex::new(None),
             cache: cache.cloned(),
             prepared: RwLock::new(Vec::new()),
             sessions: AtomicU64::new(0),
+            from_snapshot: AtomicU64::new(0),
         };
         Ok((
             program,
@@ -341,53 +325,25 @@ pub enum CacheUse {
 /// A compiled, pre-linked guest. Sessions are instantiated from it.
 pub struct GuestProgram {
     runtime: Runtime,
+    /// The pinned guest as it is: what every session without a snapshot runs.
     pre: SandboxedClassifierPre<RequestState>,
     guest: GuestModule,
-    /// Whether `pre` is the instrumented guest snapshots are taken of.
-    snapshots: bool,
+    /// The guest instrumented for snapshots, compiled on the first
+    /// [`GuestProgram::prepare`]; it only ever runs there, never for a request.
+    instrumented: std::sync::Mutex<Option<SandboxedClassifierPre<RequestState>>>,
     cache: Option<CompiledCache>,
     prepared: RwLock<Vec<Arc<Prepared>>>,
     sessions: AtomicU64,
+    from_snapshot: AtomicU64,
 }
 
 /// A snapshot of the guest with one model loaded, compiled and pre-linked.
 struct Prepared {
     model: Sha256Digest,
-    inputs: LoadInputs,
+    /// The canonical digest of the manifest it was taken under: the tensor
+    /// spec and screening profile come from it.
+    manifest: Sha256Digest,
     pre: SandboxedClassifierPre<RequestState>,
-}
-
-/// What `load` is given besides the model bytes, as the manifest states it;
-/// a snapshot serves only a model whose manifest states the same.
-#[derive(Clone, PartialEq, Serialize)]
-struct LoadInputs {
-    input: InputSpec,
-    output: OutputSpec,
-    max_batch: u32,
-    profile: Option<Profile>,
-}
-
-impl LoadInputs {
-    fn of(model: &AttestedModel) -> Self {
-        let m = model.manifest();
-        Self {
-            input: m.input.clone(),
-            output: m.output.clone(),
-            max_batch: m.max_batch,
-            profile: m.screening.as_ref().map(|s| s.profile.clone()),
-        }
-    }
-
-    /// SHA-256 over the model's digest and these inputs: what names a
-    /// snapshot in the cache.
-    fn digest(&self, model: Sha256Digest) -> Result<Sha256Digest, SandboxError> {
-        let json = serde_json::to_vec(self)
-            .map_err(|e| SandboxError::Snapshot(format!("encode the load inputs: {e}").into()))?;
-        let mut bytes = Vec::with_capacity(32 + json.len());
-        bytes.extend_from_slice(model.as_bytes());
-        bytes.extend_from_slice(&json);
-        Ok(Sha256Digest::of(&bytes))
-    }
 }
 
 /// How a model's snapshot came to be ready.
@@ -398,6 +354,10 @@ pub struct Preparation {
     /// Time to take (or find) the snapshot, compile or load it, and pre-link it.
     pub elapsed: Duration,
 }
+
+/// Room above the memory cap while a snapshot is read: wizer's accessors
+/// grow the memory by a page to hand it over.
+const SNAPSHOT_HEADROOM: usize = 1 << 20;
 
 impl GuestProgram {
     /// SHA-256 of the guest component that runs.
@@ -411,46 +371,50 @@ impl GuestProgram {
         self.sessions.load(Ordering::Relaxed)
     }
 
+    /// How many of those started from a prepared snapshot.
+    pub fn sessions_from_snapshot(&self) -> u64 {
+        self.from_snapshot.load(Ordering::Relaxed)
+    }
+
     /// Prepares `model` so that its sessions start with the model already
-    /// loaded: a fresh sandbox loads it once, the loaded state is turned
-    /// into a snapshot component, and that is compiled (or loaded from the
-    /// HMAC-verified cache, keyed by guest, model and load inputs) and
-    /// pre-linked. Every later [`GuestProgram::session`] for the same model
-    /// and manifest instantiates the snapshot: a fresh instance with
+    /// loaded: a fresh sandbox of the guest, instrumented for the purpose,
+    /// loads it, the loaded state is written into a new component (the
+    /// snapshot), and that is compiled (or loaded from the HMAC-verified
+    /// cache, keyed by guest, model and manifest) and pre-linked. Every
+    /// later [`GuestProgram::session`] for the same model bytes and
+    /// manifest instantiates the snapshot: a fresh instance with
     /// copy-on-write memory, nothing shared with any other session.
     ///
-    /// Errors are the guest's refusal of the model, a trap while loading it,
-    /// or [`SandboxError::Snapshot`].
+    /// Errors: the guest's refusal of the model or a trap while loading it,
+    /// as for a session; anything else that keeps the snapshot from being
+    /// taken, compiled or linked is [`SandboxError::Snapshot`], and the
+    /// model's sessions then load it as before.
     pub fn prepare(&self, model: &AttestedModel) -> Result<Preparation, SandboxError> {
         let started = Instant::now();
-        if !self.snapshots {
-            return Err(SandboxError::Snapshot(
-                "this guest could not be instrumented for snapshots".into(),
-            ));
-        }
-        let inputs = LoadInputs::of(model);
+        let snapshot_failed = |why: &str| SandboxError::Snapshot(why.to_owned().into());
+        let manifest = model
+            .manifest_digest()
+            .ok_or_else(|| snapshot_failed("the manifest has no canonical encoding"))?;
         let artifact = Artifact::Snapshot {
             guest: self.guest.digest(),
             model: model.model_digest(),
-            inputs: inputs.digest(model.model_digest())?,
+            manifest,
         };
-        let (component, cache_use) =
-            self.runtime
-                .cached_or_compiled(self.cache.as_ref(), &artifact, || {
-                    let detector = detector(model);
-                    let (mut session, instance) =
-                        self.start(&self.pre, model, detector.statistics())?;
-                    session.load(model, &detector)?;
-                    snapshot::take(self.guest.bytes(), &mut session.store, instance)
-                })?;
-        let pre = self.runtime.pre_link(&component)?;
+        let (component, cache_use) = self
+            .runtime
+            .cached_or_compiled(self.cache.as_ref(), &artifact, || self.take_snapshot(model))
+            .map_err(as_snapshot_failure)?;
+        let pre = self
+            .runtime
+            .pre_link(&component)
+            .map_err(as_snapshot_failure)?;
         let prepared = Arc::new(Prepared {
             model: model.model_digest(),
-            inputs,
+            manifest,
             pre,
         });
         let mut all = self.prepared.write().unwrap_or_else(|p| p.into_inner());
-        all.retain(|p| !(p.model == prepared.model && p.inputs == prepared.inputs));
+        all.retain(|p| !(p.model == prepared.model && p.manifest == prepared.manifest));
         all.push(prepared);
         Ok(Preparation {
             cache: cache_use,
@@ -458,18 +422,56 @@ impl GuestProgram {
         })
     }
 
+    /// Loads `model` into a fresh instance of the instrumented guest and
+    /// returns the guest rewritten to start in that state.
+    fn take_snapshot(&self, model: &AttestedModel) -> Result<Vec<u8>, Cause> {
+        let pre = {
+            let mut slot = self.instrumented.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(pre) => pre.clone(),
+                None => {
+                    let artifact = Artifact::Instrumented(self.guest.digest());
+                    let (component, _) = self
+                        .runtime
+                        .cached_or_compiled(self.cache.as_ref(), &artifact, || {
+                            snapshot::instrument(self.guest.bytes())
+                        })
+                        .map_err(Cause::from)?;
+                    let pre = self.runtime.pre_link(&component).map_err(Cause::from)?;
+                    *slot = Some(pre.clone());
+                    pre
+                }
+            }
+        };
+        let detector = detector(model);
+        let (mut session, instance) = self
+            .start(&pre, model, detector.statistics())
+            .map_err(Cause::from)?;
+        session.load(model, &detector).map_err(Cause::from)?;
+        // Reading the state is calls into the guest: a full deadline of their
+        // own, and room for the page each accessor call grows the memory by.
+        session.arm();
+        session.store.data_mut().memory.cap = session
+            .store
+            .data()
+            .memory
+            .cap
+            .saturating_add(SNAPSHOT_HEADROOM);
+        snapshot::take(self.guest.bytes(), &mut session.store, instance)
+    }
+
     /// Keeps the prepared snapshots of `models` and drops every other (their
     /// sessions load the model afresh): what the server does when the set of
-    /// models it serves changes, so that snapshots do not pile up.
+    /// models it serves changes, so that snapshots do not pile up in memory.
     pub fn retain_prepared<'a>(&self, models: impl IntoIterator<Item = &'a AttestedModel>) {
-        let kept: Vec<(Sha256Digest, LoadInputs)> = models
+        let kept: Vec<(Sha256Digest, Sha256Digest)> = models
             .into_iter()
-            .map(|m| (m.model_digest(), LoadInputs::of(m)))
+            .filter_map(|m| Some((m.model_digest(), m.manifest_digest()?)))
             .collect();
         self.prepared
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|p| kept.iter().any(|(m, i)| *m == p.model && *i == p.inputs));
+            .retain(|p| kept.contains(&(p.model, p.manifest)));
     }
 
     /// Whether `model`'s sessions start from a prepared snapshot.
@@ -477,13 +479,27 @@ impl GuestProgram {
         self.prepared_for(model).is_some()
     }
 
+    /// Where `model`'s compiled snapshot is cached (whether or not it is there
+    /// yet); `None` without a cache or a canonical manifest digest.
+    pub fn snapshot_entry(&self, model: &AttestedModel) -> Option<std::path::PathBuf> {
+        let artifact = Artifact::Snapshot {
+            guest: self.guest.digest(),
+            model: model.model_digest(),
+            manifest: model.manifest_digest()?,
+        };
+        Some(
+            self.cache
+                .as_ref()?
+                .entry_path(&self.runtime.inner.engine, &artifact),
+        )
+    }
+
     fn prepared_for(&self, model: &AttestedModel) -> Option<Arc<Prepared>> {
+        let manifest = model.manifest_digest()?;
         let digest = model.model_digest();
         let all = self.prepared.read().unwrap_or_else(|p| p.into_inner());
-        // Few models per server; the comparison of the manifest's parts is
-        // microseconds, and only runs for a matching model digest.
         all.iter()
-            .find(|p| p.model == digest && p.inputs == LoadInputs::of(model))
+            .find(|p| p.model == digest && p.manifest == manifest)
             .cloned()
     }
 
@@ -558,6 +574,15 @@ impl GuestProgram {
             .map_err(|e| session.trapped(e))?;
         session.bindings = Some(bindings);
         Ok((session, instance))
+    }
+}
+
+/// Compiling or linking the snapshot failed: the model still runs, loaded
+/// per session.
+fn as_snapshot_failure(e: SandboxError) -> SandboxError {
+    match e {
+        SandboxError::Compile(cause) | SandboxError::Link(cause) => SandboxError::Snapshot(cause),
+        other => other,
     }
 }
 
@@ -809,7 +834,7 @@ impl Session {
     /// Runs `classify` `calls` times while sampling the guest's call stack at
     /// every epoch tick; returns each sample's function names, innermost
     /// first. Where the guest's time goes, for the latency benchmark's
-    /// profile. The deadline does not apply to these calls.
+    /// profile. Each call keeps its deadline: the sampler counts the ticks.
     #[doc(hidden)]
     pub fn profile_classify(
         &mut self,
@@ -817,9 +842,16 @@ impl Session {
         data: &[f32],
         calls: usize,
     ) -> Result<Vec<Vec<String>>, SandboxError> {
+        self.fits(data)?;
+        ready(&self.bindings, self.loaded, self.poisoned)?;
         let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = samples.clone();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let budget = deadline_ticks(self.deadline);
+        let (sink, elapsed) = (samples.clone(), ticks.clone());
         self.store.epoch_deadline_callback(move |ctx| {
+            if elapsed.fetch_add(1, Ordering::Relaxed) >= budget {
+                return Err(Trap::Interrupt.into());
+            }
             let trace = wasmtime::WasmBacktrace::capture(&ctx);
             let names = trace
                 .frames()
@@ -831,8 +863,14 @@ impl Session {
         });
         let mut result = Ok(());
         for _ in 0..calls {
-            self.fits(data)?;
-            let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
+            let bindings = match ready(&self.bindings, self.loaded, self.poisoned) {
+                Ok(b) => b,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            ticks.store(0, Ordering::Relaxed);
             self.store.set_epoch_deadline(1);
             if let Err(e) = bindings
                 .medguard_guest_classifier()

@@ -83,7 +83,7 @@ pub struct Server {
     /// By model name, the directory `load` admits it from again.
     repository: BTreeMap<String, std::path::PathBuf>,
     /// One load or unload at a time.
-    loading: tokio::sync::Mutex<()>,
+    loading: Arc<tokio::sync::Mutex<()>>,
     drift_config: DriftConfig,
     tokens: Option<Tokens>,
     policy: ScreeningPolicy,
@@ -132,7 +132,7 @@ impl Server {
             guard,
             models: std::sync::RwLock::new(by_name),
             repository: BTreeMap::new(),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
             drift_config: DriftConfig::default(),
             tokens,
             policy,

@@ -248,12 +248,7 @@ fn profile(
     let mut ops: Vec<&String> = native_by_op.keys().chain(guest_by_op.keys()).collect();
     ops.sort();
     ops.dedup();
-    ops.sort_by(|a, b| {
-        guest_by_op
-            .get(*b)
-            .unwrap_or(&0)
-            .cmp(guest_by_op.get(*a).unwrap_or(&0))
-    });
+    ops.sort_by_key(|op| std::cmp::Reverse(guest_by_op.get(*op).copied().unwrap_or(0)));
     println!("  operator | native ms/call | guest ms/call (sampled) | guest/native");
     for op in ops {
         let native_ms = native_by_op
@@ -316,7 +311,7 @@ fn profile(
         );
     }
     let mut leaves: Vec<_> = leaves.into_iter().collect();
-    leaves.sort_by(|a, b| b.1.cmp(&a.1));
+    leaves.sort_by_key(|leaf| std::cmp::Reverse(leaf.1));
     println!("  guest functions with the most samples (innermost frame):");
     for (name, count) in leaves.iter().take(12) {
         println!("    {:5.1}%  {name}", *count as f64 / n * 100.0);

@@ -63,8 +63,11 @@ fn a_prepared_session_answers_bit_for_bit_as_a_loaded_one() {
     assert!(program.is_prepared(&model));
     let prepared = answers(&program);
     assert_eq!(loaded, prepared);
-    // Every answer above came from a session of its own (a snapshot taken
-    // afresh, not from the cache, adds one more).
+    // The second round came from the snapshot, one session per sample.
+    assert_eq!(
+        program.sessions_from_snapshot(),
+        golden().samples.len() as u64
+    );
     assert!(program.sessions_started() - before >= golden().samples.len() as u64);
 }
 
@@ -130,8 +133,13 @@ fn a_snapshot_serves_only_the_manifest_it_was_taken_for() {
     let profile = &mut manifest.screening.as_mut().unwrap().profile;
     profile.targets.flag_fpr /= 2.0;
     let other = vouch_unsigned(manifest, model.model_bytes().to_vec()).unwrap();
+    assert_ne!(other.manifest_digest(), model.manifest_digest());
     assert!(!program.is_prepared(&other));
+    let from_snapshot = program.sessions_from_snapshot();
     assert!(program.session(&other).is_ok());
+    assert_eq!(program.sessions_from_snapshot(), from_snapshot);
+    assert!(program.session(&model).is_ok());
+    assert_eq!(program.sessions_from_snapshot(), from_snapshot + 1);
     // Unserved models lose their snapshot.
     program.retain_prepared([&other]);
     assert!(!program.is_prepared(&model));
@@ -147,14 +155,8 @@ fn a_tampered_snapshot_is_never_deserialised() {
     assert_eq!(load.cache, CacheUse::Hit);
     assert_eq!(program.prepare(&model).unwrap().cache, CacheUse::Hit);
 
-    let entry = fs::read_dir(cache.dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("snapshot-"))
-        })
-        .expect("the snapshot was stored");
+    let entry = program.snapshot_entry(&model).unwrap();
+    assert!(entry.starts_with(cache.dir()) && entry.exists());
     let mut bytes = fs::read(&entry).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
@@ -169,12 +171,19 @@ fn a_tampered_snapshot_is_never_deserialised() {
 
     // An entry renamed to pass for another model's snapshot fails its MAC too:
     // the MAC covers what the entry is, not only its bytes.
+    // (The guest entry of this engine: the same suffix as the snapshot's.)
+    let engine_suffix = {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        name.rsplit_once('-').unwrap().1.to_owned()
+    };
     let guest_entry = fs::read_dir(cache.dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("instrumented-"))
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("guest-") && n.ends_with(&engine_suffix)
+            })
         })
         .expect("the guest was stored");
     fs::copy(&guest_entry, &entry).unwrap();

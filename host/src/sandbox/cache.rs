@@ -98,9 +98,10 @@ pub enum Artifact {
         guest: Sha256Digest,
         /// SHA-256 of the model bytes loaded.
         model: Sha256Digest,
-        /// SHA-256 of everything `load` was given: model digest, tensor
-        /// spec and screening detector.
-        inputs: Sha256Digest,
+        /// The manifest's canonical digest
+        /// ([`medguard_attest::AttestedModel::manifest_digest`]): the tensor
+        /// spec and screening profile `load` was given come from it.
+        manifest: Sha256Digest,
     },
 }
 
@@ -187,8 +188,19 @@ impl CompiledCache {
             Artifact::Instrumented(guest) => {
                 format!("instrumented-{guest}-{engine_hash:016x}.cwasm")
             }
-            Artifact::Snapshot { inputs, .. } => {
-                format!("snapshot-{inputs}-{engine_hash:016x}.cwasm")
+            Artifact::Snapshot {
+                guest,
+                model,
+                manifest,
+            } => {
+                // One name per (guest, model, manifest): hosts with other
+                // guests sharing the directory keep their own entries.
+                let mut key = Vec::with_capacity(96);
+                for digest in [guest, model, manifest] {
+                    key.extend_from_slice(digest.as_bytes());
+                }
+                let key = Sha256Digest::of(&key);
+                format!("snapshot-{key}-{engine_hash:016x}.cwasm")
             }
         })
     }
@@ -255,7 +267,14 @@ impl CompiledCache {
             .finalize()
             .into_bytes();
         // Write beside, then rename: a reader never sees half an artifact.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per process and call: two threads storing the same entry
+        // never write one file.
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp{}-{}",
+            std::process::id(),
+            STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -294,12 +313,12 @@ impl CompiledCache {
             Artifact::Snapshot {
                 guest,
                 model,
-                inputs,
+                manifest,
             } => {
                 mac.update(b"medguard prepared snapshot v1\0");
                 mac.update(guest.as_bytes());
                 mac.update(model.as_bytes());
-                mac.update(inputs.as_bytes());
+                mac.update(manifest.as_bytes());
             }
         }
         mac.update(&engine_hash.to_le_bytes());

@@ -10,8 +10,8 @@
 //! globals; the host calls the guest's own `load` (not an init function
 //! baked into the guest: the model arrives as data), then has wizer read the
 //! state through those exports and rewrite the *original* component with it.
-//! The instrumentation exports never reach a request: requests run the
-//! rewritten component, which has none.
+//! The instrumented guest only ever runs here: requests run the pinned guest
+//! or the rewritten component, which has no instrumentation.
 
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -24,10 +24,19 @@ use super::Cause;
 
 /// The guest with wizer's state-reading exports added.
 pub(super) fn instrument(guest: &[u8]) -> Result<Vec<u8>, Cause> {
-    let (_, instrumented) = Wizer::new()
-        .instrument_component(guest)
-        .map_err(|e| Cause::from(format!("{e:#}")))?;
+    let (_, instrumented) = contained(|| {
+        Wizer::new()
+            .instrument_component(guest)
+            .map_err(|e| Cause::from(format!("{e:#}")))
+    })?;
     Ok(instrumented)
+}
+
+/// Runs `f`, turning a panic into an error: wizer asserts and indexes where
+/// it assumes a well-behaved guest, and a guest is never trusted to be one.
+fn contained<T>(f: impl FnOnce() -> Result<T, Cause>) -> Result<T, Cause> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err("the snapshot tool failed on this guest (it panicked)".into()))
 }
 
 /// Reads the state of `instance` (an instantiation of [`instrument`]`(guest)`
@@ -38,18 +47,18 @@ pub(super) fn take<T: Send>(
     instance: Instance,
 ) -> Result<Vec<u8>, Cause> {
     let wizer = Wizer::new();
-    // Parsing again gives the context (which module is which) for the
-    // rewrite; the instrumentation is deterministic, so it is the one the
-    // instance runs.
-    let (cx, _) = wizer
-        .instrument_component(guest)
-        .map_err(|e| Cause::from(format!("{e:#}")))?;
     let mut state = State {
         store,
         instance,
         error: None,
     };
-    let snapshot = {
+    let snapshot = contained(|| {
+        // Parsing again gives the context (which module is which) for the
+        // rewrite; the instrumentation is deterministic, so it is the one the
+        // instance runs.
+        let (cx, _) = wizer
+            .instrument_component(guest)
+            .map_err(|e| Cause::from(format!("{e:#}")))?;
         let mut future = pin!(wizer.snapshot_component(&cx, &mut state));
         // Every call below completes synchronously, so the future is ready on
         // its first poll; pending would mean a wizer change this code missed.
@@ -57,13 +66,14 @@ pub(super) fn take<T: Send>(
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
         {
-            Poll::Ready(result) => result.map_err(|e| Cause::from(format!("{e:#}")))?,
-            Poll::Pending => return Err("the snapshot did not complete synchronously".into()),
+            Poll::Ready(result) => result.map_err(|e| Cause::from(format!("{e:#}"))),
+            Poll::Pending => Err("the snapshot did not complete synchronously".into()),
         }
-    };
-    match state.error {
-        Some(e) => Err(e),
-        None => Ok(snapshot),
+    });
+    // A failed accessor call comes first: it is why wizer saw no state.
+    match (state.error, snapshot) {
+        (Some(e), _) | (None, Err(e)) => Err(e),
+        (None, Ok(snapshot)) => Ok(snapshot),
     }
 }
 

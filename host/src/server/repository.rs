@@ -78,10 +78,15 @@ pub(super) async fn load(
             format!("no model {name:?} in the repository"),
         )
     })?;
-    let _one_at_a_time = server.loading.lock().await;
-    let guard = server.guard.clone();
+    // Owned and moved into the worker, which also puts the model in
+    // service: a client that hangs up drops this handler, but the load it
+    // started runs to its end under the lock, so loads never run side by side.
+    let one_at_a_time = server.loading.clone().lock_owned().await;
+    let worker = server.clone();
     let wanted = name.clone();
-    let admitted = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+    let version = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
+        let _one_at_a_time = one_at_a_time;
+        let (server, guard) = (&worker, &worker.guard);
         let refused = |why: String| Failure::new(StatusCode::BAD_REQUEST, why);
         let model = match guard.admit(&directory) {
             Ok(Admission::Admitted { model, .. }) => *model,
@@ -100,18 +105,28 @@ pub(super) async fn load(
             )));
         }
         match guard.prepare(&model) {
-            Ok(Ok(readiness)) => {
-                if let Readiness::LoadedPerSession(why) = readiness {
-                    tracing::warn!(model = %wanted, "no snapshot ({why}); each request loads the model");
-                }
-                Ok(model)
+            Ok(Ok(Readiness::Prepared(_))) => {}
+            Ok(Ok(Readiness::LoadedPerSession(why))) => {
+                tracing::warn!(model = %wanted, "no snapshot ({why}); each request loads the model");
             }
-            Ok(Err(why)) => Err(refused(format!(
-                "{wanted} {} does not run in the sandbox: {why}",
-                model.manifest().version
-            ))),
-            Err(e) => Err(guard_failed(&wanted, &e)),
+            Ok(Err(why)) => {
+                return Err(refused(format!(
+                    "{wanted} {} does not run in the sandbox: {why}",
+                    model.manifest().version
+                )));
+            }
+            Err(e) => return Err(guard_failed(&wanted, &e)),
         }
+        let version = model.manifest().version.to_string();
+        if let Some((key, monitor)) = drift_monitor(server.drift_config, &model) {
+            let mut monitors = server.drift.lock().unwrap_or_else(|e| e.into_inner());
+            monitors.retain(|(n, _), _| n != &wanted);
+            monitors.insert(key, monitor);
+        }
+        let mut models = server.models.write().unwrap_or_else(|e| e.into_inner());
+        models.insert(wanted, vec![model]);
+        server.retain_prepared(&models);
+        Ok(version)
     })
     .await
     .map_err(|_| {
@@ -119,21 +134,10 @@ pub(super) async fn load(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the load worker panicked".into(),
         )
-    })?;
-    let model = admitted.inspect_err(|f| {
+    })?
+    .inspect_err(|f| {
         tracing::warn!("{}; the version served is unchanged", f.body.error);
     })?;
-    let version = model.manifest().version.to_string();
-    if let Some((key, monitor)) = drift_monitor(server.drift_config, &model) {
-        let mut monitors = server.drift.lock().unwrap_or_else(|e| e.into_inner());
-        monitors.retain(|(n, _), _| n != &name);
-        monitors.insert(key, monitor);
-    }
-    {
-        let mut models = server.models.write().unwrap_or_else(|e| e.into_inner());
-        models.insert(name.clone(), vec![model]);
-        server.retain_prepared(&models);
-    }
     tracing::info!(model = %name, %version, "loaded");
     Ok(Json(json!({})))
 }

@@ -193,3 +193,30 @@ fn a_tampered_snapshot_is_never_deserialised() {
         "{swapped:?}"
     );
 }
+
+#[test]
+fn the_manifest_digest_tells_every_float_apart_and_refuses_what_json_cannot_carry() {
+    let model = bundled_model();
+    let with = |change: fn(&mut medguard_attest::Manifest)| {
+        let mut manifest = model.manifest().clone();
+        change(&mut manifest);
+        vouch_unsigned(manifest, model.model_bytes().to_vec())
+            .unwrap()
+            .manifest_digest()
+    };
+    let same = with(|_| {});
+    assert!(same.is_some());
+    assert_eq!(same, model.manifest_digest());
+    let zero = with(|m| m.screening.as_mut().unwrap().profile.targets.flag_fpr = 0.0);
+    let negative_zero = with(|m| m.screening.as_mut().unwrap().profile.targets.flag_fpr = -0.0);
+    assert!(zero.is_some() && negative_zero.is_some());
+    assert_ne!(zero, negative_zero);
+    assert_eq!(
+        with(|m| m.screening.as_mut().unwrap().profile.targets.flag_fpr = f64::INFINITY),
+        None
+    );
+    assert_eq!(
+        with(|m| m.screening.as_mut().unwrap().profile.targets.flag_fpr = f64::NAN),
+        None
+    );
+}

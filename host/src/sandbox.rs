@@ -511,6 +511,7 @@ impl GuestProgram {
         if let Some(prepared) = self.prepared_for(model) {
             let (mut session, _) =
                 self.start(&prepared.pre, model, detector(model).statistics())?;
+            self.from_snapshot.fetch_add(1, Ordering::Relaxed);
             session.loaded = true;
             return Ok(session);
         }

@@ -281,7 +281,10 @@ fn profile(
     // products (the 3x3 convolutions as im2col + GEMM, and the last linear
     // layer).
     let matmul_flops = bundled_model_matmul_flops();
-    if let Some(peak) = native_fma_peak_gflops() {
+    // (A guest without a name section, wasm-opt's output, has no operator
+    // frames to attribute.)
+    let guest_named = guest_by_op.contains_key("matmul");
+    if let Some(peak) = native_fma_peak_gflops().filter(|_| guest_named) {
         let native_ms = native_by_op
             .get("matmul")
             .map_or(0.0, |d| ms(*d) / CALLS as f64);

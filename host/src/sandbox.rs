@@ -298,12 +298,13 @@ impl Runtime {
     }
 }
 
-/// How a guest came to be ready, for logs and measurements.
+/// How a guest (or a model's snapshot) came to be ready, for logs and
+/// measurements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestLoad {
     /// What the compiled-guest cache did.
     pub cache: CacheUse,
-    /// Time to compile or load, and pre-link.
+    /// Time to compile or load, and pre-link (for a snapshot, also to take it).
     pub elapsed: Duration,
 }
 
@@ -346,14 +347,8 @@ struct Prepared {
     pre: SandboxedClassifierPre<RequestState>,
 }
 
-/// How a model's snapshot came to be ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Preparation {
-    /// What the cache did with the compiled snapshot.
-    pub cache: CacheUse,
-    /// Time to take (or find) the snapshot, compile or load it, and pre-link it.
-    pub elapsed: Duration,
-}
+/// How a model's snapshot came to be ready: the same account as a guest's.
+pub type Preparation = GuestLoad;
 
 /// Room above the memory cap while a snapshot is read: wizer's accessors
 /// grow the memory by a page to hand it over.
@@ -416,7 +411,7 @@ impl GuestProgram {
         let mut all = self.prepared.write().unwrap_or_else(|p| p.into_inner());
         all.retain(|p| !(p.model == prepared.model && p.manifest == prepared.manifest));
         all.push(prepared);
-        Ok(Preparation {
+        Ok(GuestLoad {
             cache: cache_use,
             elapsed: started.elapsed(),
         })

@@ -233,3 +233,25 @@ pub fn demo_policy() -> medguard::guard::NamedPolicy {
         name: "demo".into(),
     }
 }
+
+/// The golden probability of "pneumonia" for `sample` is what `probabilities`
+/// (one image's, in the manifest's label order) says, within 1e-4.
+pub fn assert_golden_pneumonia(
+    model: &AttestedModel,
+    probabilities: &[f32],
+    sample: &GoldenSample,
+) {
+    let index = model
+        .manifest()
+        .output
+        .labels
+        .iter()
+        .position(|l| l == "pneumonia")
+        .expect("the bundled model has a pneumonia label");
+    let want = sample.probabilities["pneumonia"];
+    assert!(
+        (f64::from(probabilities[index]) - want).abs() < 1e-4,
+        "{} against the golden {want}",
+        probabilities[index]
+    );
+}

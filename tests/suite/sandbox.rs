@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use medguard::guest::GuestModule;
 use medguard::sandbox::{GuestProgram, Limits, Runtime, SandboxError};
 use medguard_tests::{
-    bundled_model, golden, hostile_component, load_input, model_dir, shared_cache,
+    assert_golden_pneumonia, bundled_model, golden, hostile_component, load_input, model_dir,
+    shared_cache,
 };
 
 const DEADLINE: Duration = Duration::from_millis(300);
@@ -41,15 +42,7 @@ fn assert_runtime_still_serves(runtime: &Runtime) {
         .unwrap()
         .classify(&batch.shape, &batch.data)
         .unwrap();
-    let label_index = model
-        .manifest()
-        .output
-        .labels
-        .iter()
-        .position(|l| l == "pneumonia")
-        .unwrap();
-    let want = sample.probabilities["pneumonia"];
-    assert!((probs[0][label_index] as f64 - want).abs() < 1e-4);
+    assert_golden_pneumonia(&model, &probs[0], sample);
 }
 
 #[test]

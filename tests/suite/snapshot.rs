@@ -9,7 +9,8 @@ use std::time::Duration;
 use medguard::sandbox::{CacheUse, CompiledCache, Limits, Runtime, SandboxError, ScreenOptions};
 use medguard_attest::vouch_unsigned;
 use medguard_tests::{
-    bundled_model, golden, load_input, model_dir, repo_root, shared_cache, shared_program_owned,
+    assert_golden_pneumonia, bundled_model, golden, load_input, model_dir, repo_root, shared_cache,
+    shared_program_owned,
 };
 
 /// A cache of this test's own, seeded with the shared test cache's key and
@@ -107,19 +108,12 @@ fn a_trap_ends_one_prepared_session_and_never_the_snapshot() {
         doomed.classify(&one.shape, &one.data),
         Err(SandboxError::Poisoned)
     ));
-    let label = model
-        .manifest()
-        .output
-        .labels
-        .iter()
-        .position(|l| l == "pneumonia")
-        .unwrap();
     let probabilities = program
         .session(&model)
         .unwrap()
         .classify(&one.shape, &one.data)
         .unwrap();
-    assert!((f64::from(probabilities[0][label]) - sample.probabilities["pneumonia"]).abs() < 1e-4);
+    assert_golden_pneumonia(&model, &probabilities[0], sample);
 }
 
 #[test]

@@ -47,6 +47,12 @@ pub struct Manifest {
     /// thresholds too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screening: Option<ScreeningSection>,
+    /// What the model accepts as DICOM and how a radiograph becomes its
+    /// input (target size: `input.shape`). A model without it takes no
+    /// DICOM. Signed like every field, so the preprocessing the model was
+    /// validated with cannot be swapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<medguard_dicom::DicomProfile>,
 }
 
 /// The manifest's screening section: the profile and where it came from.

@@ -105,6 +105,11 @@ pub enum InputRefusal {
     /// The sandbox trapped, ran out of time or memory; its session ended.
     #[error(transparent)]
     Sandbox(SandboxError),
+    /// The DICOM file gave no image the model takes (decoded in the
+    /// sandbox): not DICOM, an unsupported transfer syntax, an image the
+    /// manifest does not accept, or malformed.
+    #[error(transparent)]
+    Dicom(#[from] medguard_dicom::DicomError),
 }
 
 /// Why `classify` produced no result.
@@ -181,6 +186,18 @@ pub struct Classified {
     pub seed: u64,
     /// Where the time went.
     pub timings: Timings,
+    /// For a DICOM input: what the sandbox decoded, with the identity the
+    /// structured report needs (patient data: never recorded or logged).
+    pub dicom: Option<DicomSource>,
+}
+
+/// What a DICOM input was, as the sandbox decoded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DicomSource {
+    /// Image facts (no patient data).
+    pub image: medguard_dicom::SourceImage,
+    /// Identity attributes for the report (patient data).
+    pub identity: medguard_dicom::SourceIdentity,
 }
 
 /// Where one classification's time went (for `/metrics`).
@@ -432,9 +449,62 @@ impl Guard {
         self.check_classifiable(model, options)?;
         // 2.
         let manifest = model.manifest();
+        if medguard_dicom::is_part10(bytes) {
+            let (batch, source) = self.decode_dicom(model, bytes)?;
+            let mut classified = self.classify_batch(model, &batch, options, None)?;
+            classified.dicom = Some(source);
+            return Ok(classified);
+        }
         let batch = input::decode(bytes, &manifest.input, manifest.max_batch)
             .map_err(InputRefusal::Decode)?;
         self.classify_batch(model, &batch, options, None)
+    }
+
+    /// Decodes a DICOM file in a sandbox of its own, as the manifest's DICOM
+    /// profile says, into a one-image batch.
+    pub fn decode_dicom(
+        &self,
+        model: &AttestedModel,
+        bytes: &[u8],
+    ) -> Result<(input::Batch, DicomSource), ClassifyError> {
+        use medguard_dicom::DicomError;
+        let manifest = model.manifest();
+        if bytes.len() as u64 > input::INPUT_MAX_BYTES {
+            return Err(InputRefusal::Decode(input::InputError::TooLarge).into());
+        }
+        let profile = manifest.dicom.as_ref().ok_or_else(|| {
+            InputRefusal::Dicom(DicomError::Unsupported(format!(
+                "{} {} takes no DICOM: its signed manifest has no dicom section",
+                manifest.name, manifest.version
+            )))
+        })?;
+        let shape = manifest.input.shape;
+        if shape.channels != 1 {
+            return Err(InputRefusal::Dicom(DicomError::Unsupported(format!(
+                "a radiograph has one channel, the model wants {}",
+                shape.channels
+            )))
+            .into());
+        }
+        let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
+        let radiograph = program
+            .decode_dicom(bytes, profile, shape.height, shape.width)
+            .map_err(|e| match e {
+                SandboxError::Guest(GuestFailure::Dicom(e)) => InputRefusal::Dicom(e),
+                other => InputRefusal::Sandbox(other),
+            })?;
+        Ok((
+            input::Batch {
+                shape: [1, 1, shape.height, shape.width],
+                data: radiograph.pixels,
+                // Resampled and windowed: no integer grid to check against.
+                source_bits: 0,
+            },
+            DicomSource {
+                image: radiograph.source,
+                identity: radiograph.identity,
+            },
+        ))
     }
 
     /// [`Guard::classify`] for a tensor that arrived decoded (the server's
@@ -573,6 +643,7 @@ impl Guard {
                 .collect(),
             source_bits: batch.source_bits,
             seed: options.seed,
+            dicom: None,
             timings: Timings {
                 sandbox_start,
                 compute,

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use medguard_attest::{AttestedModel, Sha256Digest};
+use medguard_dicom::{DicomError, DicomProfile, Radiograph};
 
 use crate::guest::GuestModule;
 use medguard_screen::{Profile, Screening, Statistic, StatisticReport, Verdict};
@@ -34,6 +35,7 @@ mod bindings {
 }
 
 use bindings::exports::medguard::guest::classifier as wit;
+use bindings::exports::medguard::guest::dicom as wit_dicom;
 use bindings::{SandboxedClassifier, SandboxedClassifierPre};
 
 /// Resource limits applied to every session.
@@ -143,6 +145,9 @@ pub enum GuestFailure {
     /// `classify` before `load`: a host bug.
     #[error("guest has no model loaded")]
     NotLoaded,
+    /// The DICOM file gave no image.
+    #[error(transparent)]
+    Dicom(#[from] DicomError),
 }
 
 impl From<wit::GuestError> for GuestFailure {
@@ -533,11 +538,63 @@ impl GuestProgram {
         Ok(session)
     }
 
+    /// Decodes an untrusted DICOM file in a fresh sandbox of its own (no
+    /// model in it) and preprocesses its image to `height x width` as
+    /// `profile` says. The instance ends with the call.
+    pub fn decode_dicom(
+        &self,
+        file: &[u8],
+        profile: &DicomProfile,
+        height: u32,
+        width: u32,
+    ) -> Result<Radiograph, SandboxError> {
+        let (mut session, _) = self.start_bare(&self.pre, 0, 0, &[])?;
+        session.arm();
+        let bindings = match (&session.bindings, session.poisoned) {
+            (Some(b), false) => b,
+            _ => return Err(SandboxError::Poisoned),
+        };
+        let wit_profile = dicom_profile_to_wit(profile, height, width);
+        let radiograph = bindings
+            .medguard_guest_dicom()
+            .call_decode(&mut session.store, file, &wit_profile)
+            .map_err(|e| session.trapped(e))?
+            .map_err(|e| GuestFailure::Dicom(dicom_error_from_wit(e)))?;
+        let expected = u64::from(height) * u64::from(width);
+        if (radiograph.height, radiograph.width) != (height, width)
+            || radiograph.pixels.len() as u64 != expected
+        {
+            return Err(SandboxError::MalformedOutput {
+                got: radiograph.pixels.len(),
+                images: 1,
+                classes: expected as usize,
+            });
+        }
+        Ok(radiograph_from_wit(radiograph))
+    }
+
     /// A fresh store and instance of `pre`, nothing loaded by the host yet.
     fn start(
         &self,
         pre: &SandboxedClassifierPre<RequestState>,
         model: &AttestedModel,
+        statistics: &[Statistic],
+    ) -> Result<(Session, Instance), SandboxError> {
+        self.start_bare(
+            pre,
+            model.manifest().output.labels.len(),
+            model_values(model),
+            statistics,
+        )
+    }
+
+    /// A fresh store and instance of `pre` for a model of `classes` outputs
+    /// taking at most `max_values` per call.
+    fn start_bare(
+        &self,
+        pre: &SandboxedClassifierPre<RequestState>,
+        classes: usize,
+        max_values: usize,
         statistics: &[Statistic],
     ) -> Result<(Session, Instance), SandboxError> {
         let limits = self.runtime.limits();
@@ -555,8 +612,8 @@ impl GuestProgram {
             bindings: None,
             store,
             deadline: limits.deadline,
-            classes: model.manifest().output.labels.len(),
-            max_values: model_values(model),
+            classes,
+            max_values,
             statistics: statistics.to_vec(),
             loaded: false,
             poisoned: false,
@@ -642,6 +699,82 @@ fn statistic_to_wit(s: &Statistic) -> wit::Statistic {
         Statistic::NoiseResponse { sigma, draws } => {
             wit::Statistic::NoiseResponse(wit::Noise { sigma, draws })
         }
+    }
+}
+
+fn dicom_profile_to_wit(profile: &DicomProfile, height: u32, width: u32) -> wit_dicom::Profile {
+    use medguard_dicom::{Crop, Intensity, Resize};
+    let a = &profile.accepts;
+    let p = profile.preprocessing;
+    wit_dicom::Profile {
+        accepts: wit_dicom::Acceptance {
+            modality: a.modality.clone(),
+            photometric_interpretation: a.photometric_interpretation.clone(),
+            body_part_examined: a.body_part_examined.clone(),
+            view_position: a.view_position.clone(),
+        },
+        intensity: match p.intensity {
+            Intensity::VoiElseStoredRange => wit_dicom::Intensity::VoiElseStoredRange,
+        },
+        crop: match p.crop {
+            Crop::None => wit_dicom::Crop::None,
+            Crop::CenterSquare => wit_dicom::Crop::CenterSquare,
+        },
+        resize: match p.resize {
+            Resize::Area => wit_dicom::Resize::Area,
+        },
+        height,
+        width,
+    }
+}
+
+fn dicom_error_from_wit(e: wit_dicom::DicomError) -> DicomError {
+    match e {
+        wit_dicom::DicomError::NotDicom(m) => DicomError::NotDicom(m),
+        wit_dicom::DicomError::UnsupportedTransferSyntax(ts) => {
+            DicomError::UnsupportedTransferSyntax {
+                uid: ts.uid,
+                name: ts.name,
+            }
+        }
+        wit_dicom::DicomError::NotAccepted(m) => DicomError::NotAccepted(m),
+        wit_dicom::DicomError::Malformed(m) => DicomError::Malformed(m),
+        wit_dicom::DicomError::Unsupported(m) => DicomError::Unsupported(m),
+    }
+}
+
+fn radiograph_from_wit(r: wit_dicom::Radiograph) -> Radiograph {
+    let (s, i) = (r.source, r.identity);
+    Radiograph {
+        pixels: r.pixels,
+        height: r.height,
+        width: r.width,
+        source: medguard_dicom::SourceImage {
+            rows: s.rows,
+            columns: s.columns,
+            bits_stored: s.bits_stored,
+            transfer_syntax: s.transfer_syntax,
+            modality: s.modality,
+            photometric_interpretation: s.photometric_interpretation,
+            body_part_examined: s.body_part_examined,
+            view_position: s.view_position,
+            intensity: s.intensity,
+        },
+        identity: medguard_dicom::SourceIdentity {
+            sop_class_uid: i.sop_class_uid,
+            sop_instance_uid: i.sop_instance_uid,
+            study_instance_uid: i.study_instance_uid,
+            series_instance_uid: i.series_instance_uid,
+            patient_name: i.patient_name,
+            patient_id: i.patient_id,
+            patient_birth_date: i.patient_birth_date,
+            patient_sex: i.patient_sex,
+            study_date: i.study_date,
+            study_time: i.study_time,
+            study_id: i.study_id,
+            accession_number: i.accession_number,
+            referring_physician_name: i.referring_physician_name,
+        },
     }
 }
 

@@ -33,6 +33,22 @@ def main(version: str = "1.0.0", expires: str = "2028-11-28T00:00:00Z"):
         },
         "output": {"tensor": "logits", "kind": "logits", "labels": ["normal", "pneumonia"]},
         "max_batch": 64,
+        # What the model takes as DICOM, and how a radiograph becomes its
+        # 28x28 input: MedMNIST made the training images by centre-cropping
+        # the short side and downscaling, so the guest does the same.
+        "dicom": {
+            "accepts": {
+                "modality": ["CR", "DX"],
+                "photometric_interpretation": ["MONOCHROME1", "MONOCHROME2"],
+                "body_part_examined": ["CHEST"],
+                "view_position": ["PA", "AP"],
+            },
+            "preprocessing": {
+                "intensity": "voi-else-stored-range",
+                "crop": "center-square",
+                "resize": "area",
+            },
+        },
     }
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -21,6 +21,7 @@ mod bindings {
 }
 
 use bindings::exports::medguard::guest::classifier as wit;
+use bindings::exports::medguard::guest::dicom as wit_dicom;
 
 thread_local! {
     // wasm32 without threads: one instance, one thread, one model.
@@ -181,6 +182,82 @@ fn to_wit(e: GuestError) -> wit::GuestError {
         GuestError::InvalidInput(m) => wit::GuestError::InvalidInput(m),
         GuestError::InferenceFailed(m) => wit::GuestError::InferenceFailed(m),
         GuestError::NotLoaded => wit::GuestError::NotLoaded,
+    }
+}
+
+impl wit_dicom::Guest for Guest {
+    fn decode(
+        file: Vec<u8>,
+        profile: wit_dicom::Profile,
+    ) -> Result<wit_dicom::Radiograph, wit_dicom::DicomError> {
+        use medguard_dicom as d;
+        let (height, width) = (profile.height, profile.width);
+        let profile = d::DicomProfile {
+            accepts: d::Acceptance {
+                modality: profile.accepts.modality,
+                photometric_interpretation: profile.accepts.photometric_interpretation,
+                body_part_examined: profile.accepts.body_part_examined,
+                view_position: profile.accepts.view_position,
+            },
+            preprocessing: d::Preprocessing {
+                intensity: match profile.intensity {
+                    wit_dicom::Intensity::VoiElseStoredRange => d::Intensity::VoiElseStoredRange,
+                },
+                crop: match profile.crop {
+                    wit_dicom::Crop::None => d::Crop::None,
+                    wit_dicom::Crop::CenterSquare => d::Crop::CenterSquare,
+                },
+                resize: match profile.resize {
+                    wit_dicom::Resize::Area => d::Resize::Area,
+                },
+            },
+        };
+        // The file is dropped as soon as it is decoded: the instance holds
+        // the pixels and the copy of the header only until it returns.
+        let radiograph = d::decode(&file, &profile, height, width).map_err(|e| match e {
+            d::DicomError::NotDicom(m) => wit_dicom::DicomError::NotDicom(m),
+            d::DicomError::UnsupportedTransferSyntax { uid, name } => {
+                wit_dicom::DicomError::UnsupportedTransferSyntax(wit_dicom::TransferSyntax {
+                    uid,
+                    name,
+                })
+            }
+            d::DicomError::NotAccepted(m) => wit_dicom::DicomError::NotAccepted(m),
+            d::DicomError::Malformed(m) => wit_dicom::DicomError::Malformed(m),
+            d::DicomError::Unsupported(m) => wit_dicom::DicomError::Unsupported(m),
+        })?;
+        let (s, i) = (radiograph.source, radiograph.identity);
+        Ok(wit_dicom::Radiograph {
+            pixels: radiograph.pixels,
+            height: radiograph.height,
+            width: radiograph.width,
+            source: wit_dicom::SourceImage {
+                rows: s.rows,
+                columns: s.columns,
+                bits_stored: s.bits_stored,
+                transfer_syntax: s.transfer_syntax,
+                modality: s.modality,
+                photometric_interpretation: s.photometric_interpretation,
+                body_part_examined: s.body_part_examined,
+                view_position: s.view_position,
+                intensity: s.intensity,
+            },
+            identity: wit_dicom::SourceIdentity {
+                sop_class_uid: i.sop_class_uid,
+                sop_instance_uid: i.sop_instance_uid,
+                study_instance_uid: i.study_instance_uid,
+                series_instance_uid: i.series_instance_uid,
+                patient_name: i.patient_name,
+                patient_id: i.patient_id,
+                patient_birth_date: i.patient_birth_date,
+                patient_sex: i.patient_sex,
+                study_date: i.study_date,
+                study_time: i.study_time,
+                study_id: i.study_id,
+                accession_number: i.accession_number,
+                referring_physician_name: i.referring_physician_name,
+            },
+        })
     }
 }
 

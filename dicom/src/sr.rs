@@ -1,0 +1,1 @@
+//! IHE AI Results structured reports (written in the next step).

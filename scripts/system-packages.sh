@@ -4,10 +4,12 @@
 # is missing, so a prepared machine is not touched.
 #   python3-venv: the venv for the real OpenSSF model_signing (interop test)
 #   g++: libFuzzer, which cargo-fuzz's libfuzzer-sys compiles (scripts/fuzz.sh)
+#   dicom3tools: dciodvfy, which validates medguard's DICOM structured reports
 set -euo pipefail
 need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3 python3-venv)
 command -v c++ >/dev/null || need+=(g++)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
 if ((${#need[@]})); then
   echo "scripts/system-packages.sh: installing ${need[*]}" >&2
   apt-get update -qq >&2

@@ -19,7 +19,10 @@ MEDGUARD_MODEL_SIGNING=$(scripts/python-tool.sh model-signing)
 # The server's interop test drives `medguard serve` with Triton's own Python
 # client, from a pinned venv the same way.
 MEDGUARD_TRITON_PYTHON=$(scripts/python-tool.sh triton-client)
-export MEDGUARD_MODEL_SIGNING MEDGUARD_TRITON_PYTHON
+# The DICOM tests read medguard's structured reports back with highdicom and
+# run pydicom's own test files through `predict` (pinned venv, likewise).
+MEDGUARD_DICOM_PYTHON=$(scripts/python-tool.sh dicom)
+export MEDGUARD_MODEL_SIGNING MEDGUARD_TRITON_PYTHON MEDGUARD_DICOM_PYTHON
 cargo test --workspace --release -- --include-ignored
 # The library example, built by the test run above, on the bundled model as
 # the tests renewed it (re-signed with the demo key to expire over a year

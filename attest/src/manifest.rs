@@ -311,6 +311,34 @@ impl Manifest {
                 .validate(labels.len())
                 .map_err(|e| ManifestError::Invalid(e.to_string()))?;
         }
+        if let Some(dicom) = &self.dicom {
+            let report = &dicom.report;
+            if !labels.contains(&report.present_label) {
+                return invalid(format!(
+                    "dicom.report.present_label \"{}\" is not one of the output labels",
+                    report.present_label
+                ));
+            }
+            for code in [&report.finding, &report.procedure] {
+                code.check()
+                    .map_err(|e| ManifestError::Invalid(format!("dicom.report: {e}")))?;
+            }
+            let a = &dicom.accepts;
+            if [
+                &a.modality,
+                &a.photometric_interpretation,
+                &a.body_part_examined,
+                &a.view_position,
+            ]
+            .iter()
+            .any(|list| list.is_empty())
+            {
+                return invalid(
+                    "dicom.accepts: every list needs at least one value (an empty list would refuse every image)"
+                        .into(),
+                );
+            }
+        }
         if self.max_batch == 0 || self.max_batch > MAX_BATCH_LIMIT {
             return invalid(format!(
                 "max_batch must be 1 to {MAX_BATCH_LIMIT}, got {}",

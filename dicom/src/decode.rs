@@ -10,19 +10,21 @@ use dicom_pixeldata::{
 
 use crate::profile::{Crop, Intensity, Resize};
 use crate::{
-    DicomError, DicomProfile, MAX_PIXELS, Radiograph, SUPPORTED_TRANSFER_SYNTAXES, SourceIdentity,
-    SourceImage, is_part10, transfer_syntax_name,
+    Acceptance, DicomError, MAX_PIXELS, Preprocessing, Radiograph, SUPPORTED_TRANSFER_SYNTAXES,
+    SourceIdentity, SourceImage, is_part10, transfer_syntax_name,
 };
 
-/// Decodes a DICOM Part 10 file and preprocesses its image as `profile` says
-/// into `height x width` values in `[0, 1]`.
+/// Decodes a DICOM Part 10 file, refuses it unless `accepts` allows it, and
+/// preprocesses its image as `preprocessing` says into `height x width`
+/// values in `[0, 1]` (a manifest's [`crate::DicomProfile`] holds both).
 ///
 /// Checks run before pixels are decoded: the transfer syntax, then the
 /// acceptance lists, then the image layout (one frame, one sample per pixel,
 /// at most [`MAX_PIXELS`]).
 pub fn decode(
     bytes: &[u8],
-    profile: &DicomProfile,
+    accepts: &Acceptance,
+    preprocessing: &Preprocessing,
     height: u32,
     width: u32,
 ) -> Result<Radiograph, DicomError> {
@@ -64,7 +66,6 @@ pub fn decode(
         view_position: text(&object, tags::VIEW_POSITION),
         ..SourceImage::default()
     };
-    let accepts = &profile.accepts;
     for (name, value, allowed) in [
         ("Modality", &source.modality, &accepts.modality),
         (
@@ -122,15 +123,15 @@ pub fn decode(
     source.rows = rows;
     source.columns = columns;
     source.bits_stored = decoded.bits_stored();
-    let (unit, intensity) = match profile.preprocessing.intensity {
+    let (unit, intensity) = match preprocessing.intensity {
         Intensity::VoiElseStoredRange => voi_else_stored_range(&decoded)?,
     };
     source.intensity = intensity.to_string();
-    let (kept, kept_rows, kept_columns) = match profile.preprocessing.crop {
+    let (kept, kept_rows, kept_columns) = match preprocessing.crop {
         Crop::None => (unit, rows, columns),
         Crop::CenterSquare => center_square(&unit, rows, columns),
     };
-    let pixels = match profile.preprocessing.resize {
+    let pixels = match preprocessing.resize {
         Resize::Area => resize_area(&kept, kept_rows, kept_columns, height, width),
     };
     Ok(Radiograph {

@@ -20,7 +20,9 @@ pub mod sr;
 
 #[cfg(feature = "codec")]
 pub use decode::decode;
-pub use profile::{Acceptance, Crop, DicomProfile, Intensity, Preprocessing, Resize};
+pub use profile::{
+    Acceptance, Code, Crop, DicomProfile, Intensity, Preprocessing, ReportProfile, Resize,
+};
 
 use thiserror::Error;
 

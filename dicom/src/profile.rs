@@ -12,6 +12,55 @@ pub struct DicomProfile {
     pub accepts: Acceptance,
     /// How the accepted image becomes the model's `height x width` input.
     pub preprocessing: Preprocessing,
+    /// What the structured report says the model looks for.
+    pub report: ReportProfile,
+}
+
+/// The coded meaning of the model's answer, for the structured report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportProfile {
+    /// The finding the model evaluates, e.g. SNOMED CT 233604007 "Pneumonia".
+    pub finding: Code,
+    /// The output label that means the finding is present; every other
+    /// label means it is absent.
+    pub present_label: String,
+    /// The imaging procedure reported on, e.g. SNOMED CT 399208008 "Plain
+    /// chest X-ray".
+    pub procedure: Code,
+}
+
+/// A DICOM coded concept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Code {
+    /// Code Value (at most 16 characters).
+    pub value: String,
+    /// Coding Scheme Designator, e.g. `SCT`, `DCM`.
+    pub scheme: String,
+    /// Code Meaning.
+    pub meaning: String,
+}
+
+impl Code {
+    /// Checks the lengths and characters DICOM allows (SH for value and
+    /// scheme, LO for meaning), so a signed manifest cannot make medguard
+    /// write an invalid report.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = |s: &str, max: usize| {
+            !s.trim().is_empty()
+                && s.chars().count() <= max
+                && !s.chars().any(|c| c.is_control() || c == '\\')
+        };
+        if ok(&self.value, 16) && ok(&self.scheme, 16) && ok(&self.meaning, 64) {
+            Ok(())
+        } else {
+            Err(format!(
+                "code ({}, {}, \"{}\") must have a value and scheme of 1 to 16 characters and a meaning of 1 to 64, without backslashes or control characters",
+                self.value, self.scheme, self.meaning
+            ))
+        }
+    }
 }
 
 /// Attribute values the model was trained and validated on. An image passes

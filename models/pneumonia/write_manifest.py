@@ -48,6 +48,12 @@ def main(version: str = "1.0.0", expires: str = "2028-11-28T00:00:00Z"):
                 "crop": "center-square",
                 "resize": "area",
             },
+            # The coded finding for the structured report (SNOMED CT).
+            "report": {
+                "finding": {"value": "233604007", "scheme": "SCT", "meaning": "Pneumonia"},
+                "present_label": "pneumonia",
+                "procedure": {"value": "399208008", "scheme": "SCT", "meaning": "Plain chest X-ray"},
+            },
         },
     }
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -113,9 +113,9 @@ def save(ds: Dataset, name: str, syntax: UID, encoded_frame: bytes | None = None
     meta.ImplementationClassUID = uid(9)
     ds.file_meta = meta
     if syntax == RLELossless:
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
     elif syntax == JPEGLSLossless:
-        ds.compress(JPEGLSLossless)
+        ds.compress(JPEGLSLossless, generate_instance_uid=False)
     elif encoded_frame is not None:
         ds.PixelData = encapsulate([encoded_frame])
         ds["PixelData"].VR = "OB"

@@ -192,40 +192,39 @@ impl wit_dicom::Guest for Guest {
     ) -> Result<wit_dicom::Radiograph, wit_dicom::DicomError> {
         use medguard_dicom as d;
         let (height, width) = (profile.height, profile.width);
-        let profile = d::DicomProfile {
-            accepts: d::Acceptance {
-                modality: profile.accepts.modality,
-                photometric_interpretation: profile.accepts.photometric_interpretation,
-                body_part_examined: profile.accepts.body_part_examined,
-                view_position: profile.accepts.view_position,
+        let accepts = d::Acceptance {
+            modality: profile.accepts.modality,
+            photometric_interpretation: profile.accepts.photometric_interpretation,
+            body_part_examined: profile.accepts.body_part_examined,
+            view_position: profile.accepts.view_position,
+        };
+        let preprocessing = d::Preprocessing {
+            intensity: match profile.intensity {
+                wit_dicom::Intensity::VoiElseStoredRange => d::Intensity::VoiElseStoredRange,
             },
-            preprocessing: d::Preprocessing {
-                intensity: match profile.intensity {
-                    wit_dicom::Intensity::VoiElseStoredRange => d::Intensity::VoiElseStoredRange,
-                },
-                crop: match profile.crop {
-                    wit_dicom::Crop::None => d::Crop::None,
-                    wit_dicom::Crop::CenterSquare => d::Crop::CenterSquare,
-                },
-                resize: match profile.resize {
-                    wit_dicom::Resize::Area => d::Resize::Area,
-                },
+            crop: match profile.crop {
+                wit_dicom::Crop::None => d::Crop::None,
+                wit_dicom::Crop::CenterSquare => d::Crop::CenterSquare,
+            },
+            resize: match profile.resize {
+                wit_dicom::Resize::Area => d::Resize::Area,
             },
         };
         // The file is dropped as soon as it is decoded: the instance holds
         // the pixels and the copy of the header only until it returns.
-        let radiograph = d::decode(&file, &profile, height, width).map_err(|e| match e {
-            d::DicomError::NotDicom(m) => wit_dicom::DicomError::NotDicom(m),
-            d::DicomError::UnsupportedTransferSyntax { uid, name } => {
-                wit_dicom::DicomError::UnsupportedTransferSyntax(wit_dicom::TransferSyntax {
-                    uid,
-                    name,
-                })
-            }
-            d::DicomError::NotAccepted(m) => wit_dicom::DicomError::NotAccepted(m),
-            d::DicomError::Malformed(m) => wit_dicom::DicomError::Malformed(m),
-            d::DicomError::Unsupported(m) => wit_dicom::DicomError::Unsupported(m),
-        })?;
+        let radiograph =
+            d::decode(&file, &accepts, &preprocessing, height, width).map_err(|e| match e {
+                d::DicomError::NotDicom(m) => wit_dicom::DicomError::NotDicom(m),
+                d::DicomError::UnsupportedTransferSyntax { uid, name } => {
+                    wit_dicom::DicomError::UnsupportedTransferSyntax(wit_dicom::TransferSyntax {
+                        uid,
+                        name,
+                    })
+                }
+                d::DicomError::NotAccepted(m) => wit_dicom::DicomError::NotAccepted(m),
+                d::DicomError::Malformed(m) => wit_dicom::DicomError::Malformed(m),
+                d::DicomError::Unsupported(m) => wit_dicom::DicomError::Unsupported(m),
+            })?;
         let (s, i) = (radiograph.source, radiograph.identity);
         Ok(wit_dicom::Radiograph {
             pixels: radiograph.pixels,

@@ -1,7 +1,9 @@
 //! `medguard predict`: flags to [`Guard::classify`] calls, results to lines.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use clap::{Args, ValueEnum};
 use medguard_attest::AttestedModel;
@@ -13,18 +15,23 @@ use super::{Exit, SandboxArgs, StateArgs, TrustArgs};
 use crate::guard::{ClassifyError, ClassifyOptions, Guard, ImageResult, fresh_seed};
 use crate::input::INPUT_MAX_BYTES;
 use crate::model_dir::read_capped;
+use crate::report::structured_report;
 
 /// Admit a signed model under the trust policy, then screen and classify images with it in the sandbox.
 #[derive(Debug, Args)]
 pub struct PredictCmd {
     /// Signed model directory: model.sig, manifest.json and the model file.
     model_dir: PathBuf,
-    /// PNG images (8- or 16-bit, gray or RGB) or .npy arrays ([H,W], [N,H,W] or [N,C,H,W], N up to the model's max_batch).
+    /// PNG images (8- or 16-bit, gray or RGB), .npy arrays ([H,W], [N,H,W] or [N,C,H,W], N up to the model's max_batch), or DICOM Part 10 files (decoded in the sandbox as the model's manifest says).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Print one JSON object per image per line.
     #[arg(long)]
     json: bool,
+    /// Write a DICOM structured report (IHE AI Results) for every DICOM
+    /// input into this directory, named by the report's SOP Instance UID.
+    #[arg(long, value_name = "DIR")]
+    sr_dir: Option<PathBuf>,
     #[command(flatten)]
     screening: ScreeningArgs,
     #[command(flatten)]
@@ -101,7 +108,29 @@ impl PredictCmd {
         } else {
             Format::Human
         };
-        predict_files(&guard, &model, &self.inputs, format, options)
+        let output = Output {
+            format,
+            sr_dir: self.sr_dir.as_deref(),
+        };
+        predict_files(&guard, &model, &self.inputs, output, options)
+    }
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Output<'a> {
+    /// How they are printed.
+    pub format: Format,
+    /// Where DICOM inputs' structured reports are written, if anywhere.
+    pub sr_dir: Option<&'a Path>,
+}
+
+impl From<Format> for Output<'_> {
+    fn from(format: Format) -> Self {
+        Self {
+            format,
+            sr_dir: None,
+        }
     }
 }
 
@@ -129,9 +158,26 @@ struct Prediction<'a> {
     seed: u64,
     model: ModelRef<'a>,
     guest_sha256: String,
+    /// For a DICOM input: what the sandbox decoded (no patient data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dicom: Option<DicomJson<'a>>,
+    /// The structured report written for it, if one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    structured_report: Option<String>,
     /// The ledger entry of this result with its inclusion proof and signed
     /// checkpoint: `medguard ledger verify-receipt` checks it offline.
     receipt: &'a Receipt,
+}
+
+/// The decoded DICOM image's facts.
+#[derive(Debug, Serialize)]
+struct DicomJson<'a> {
+    transfer_syntax: &'a str,
+    rows: u32,
+    columns: u32,
+    bits_stored: u16,
+    photometric_interpretation: &'a str,
+    intensity: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,13 +235,14 @@ pub(super) fn model_runs(
 /// session of its own, each result durable in the ledger before it is
 /// printed. A refused input, or one whose sandbox trapped, is reported and
 /// the next input goes on; a ledger failure stops the run.
-pub(super) fn predict_files(
+pub(super) fn predict_files<'o>(
     guard: &Guard,
     model: &AttestedModel,
     files: &[PathBuf],
-    format: Format,
+    output: impl Into<Output<'o>>,
     options: ClassifyOptions,
 ) -> anyhow::Result<Exit> {
+    let Output { format, sr_dir } = output.into();
     let m = model.manifest();
     let (version, sha256) = (m.version.to_string(), model.model_digest().to_string());
     let model_ref = ModelRef {
@@ -252,7 +299,22 @@ pub(super) fn predict_files(
             } else {
                 name.clone()
             };
-            let p = prediction(input, image, &classified, model_ref, &guest_sha256);
+            let mut p = prediction(input, image, &classified, model_ref, &guest_sha256);
+            if let (Some(dir), Some(program)) = (sr_dir, guard.program()) {
+                match structured_report(model, &program.digest(), &classified, image) {
+                    None => {}
+                    Some(Ok((uid, bytes))) => {
+                        let path = dir.join(format!("{uid}.dcm"));
+                        write_atomically(&path, &bytes)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        p.structured_report = Some(path.display().to_string());
+                    }
+                    Some(Err(e)) => {
+                        exit = Exit::Refused;
+                        refuse(&name, e.to_string())?;
+                    }
+                }
+            }
             if image.verdict == Verdict::Reject {
                 exit = Exit::Refused;
             }
@@ -268,7 +330,7 @@ pub(super) fn predict_files(
 fn prediction<'a>(
     input: String,
     image: &'a ImageResult,
-    classified: &crate::guard::Classified,
+    classified: &'a crate::guard::Classified,
     model: ModelRef<'a>,
     guest_sha256: &str,
 ) -> Prediction<'a> {
@@ -298,8 +360,30 @@ fn prediction<'a>(
         seed: classified.seed,
         model,
         guest_sha256: guest_sha256.to_owned(),
+        dicom: classified.dicom.as_ref().map(|d| DicomJson {
+            transfer_syntax: &d.image.transfer_syntax,
+            rows: d.image.rows,
+            columns: d.image.columns,
+            bits_stored: d.image.bits_stored,
+            photometric_interpretation: &d.image.photometric_interpretation,
+            intensity: &d.image.intensity,
+        }),
+        structured_report: None,
         receipt: &image.receipt,
     }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames
+/// it into place: a report is either whole or absent.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    Ok(())
 }
 
 fn human_line(p: &Prediction<'_>, width: usize) -> String {

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 mod commands;
+mod dicom;
 mod ledger;
 mod regression;
 mod screening;

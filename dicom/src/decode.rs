@@ -38,11 +38,10 @@ pub fn decode(
             "the model's input size {width}x{height} is empty"
         )));
     }
-    let object = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Never)
-        .from_reader(&bytes[128..])
-        .map_err(|e| DicomError::Malformed(e.to_string()))?;
-    let transfer_syntax = object
+    // The header first, up to the pixel data: what the model does not take
+    // is refused before a byte of pixel data is parsed.
+    let header = read(bytes, Some(tags::PIXEL_DATA))?;
+    let transfer_syntax = header
         .meta()
         .transfer_syntax()
         .trim_end_matches('\0')
@@ -60,10 +59,10 @@ pub fn decode(
 
     let mut source = SourceImage {
         transfer_syntax,
-        modality: text(&object, tags::MODALITY),
-        photometric_interpretation: text(&object, tags::PHOTOMETRIC_INTERPRETATION),
-        body_part_examined: text(&object, tags::BODY_PART_EXAMINED),
-        view_position: text(&object, tags::VIEW_POSITION),
+        modality: text(&header, tags::MODALITY),
+        photometric_interpretation: text(&header, tags::PHOTOMETRIC_INTERPRETATION),
+        body_part_examined: text(&header, tags::BODY_PART_EXAMINED),
+        view_position: text(&header, tags::VIEW_POSITION),
         ..SourceImage::default()
     };
     for (name, value, allowed) in [
@@ -87,10 +86,10 @@ pub fn decode(
         accept(name, value, allowed)?;
     }
 
-    let rows = number(&object, tags::ROWS)?;
-    let columns = number(&object, tags::COLUMNS)?;
-    let samples = number(&object, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    let frames = text(&object, tags::NUMBER_OF_FRAMES);
+    let rows = number(&header, tags::ROWS)?;
+    let columns = number(&header, tags::COLUMNS)?;
+    let samples = number(&header, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let frames = text(&header, tags::NUMBER_OF_FRAMES);
     if samples != 1 {
         return Err(DicomError::Unsupported(format!(
             "{samples} samples per pixel; a radiograph has one"
@@ -106,12 +105,15 @@ pub fn decode(
             "image is {columns}x{rows} pixels; medguard decodes up to {MAX_PIXELS} pixels"
         )));
     }
-    if object.get(tags::MODALITY_LUT_SEQUENCE).is_some() {
+    if header.get(tags::MODALITY_LUT_SEQUENCE).is_some() {
         return Err(DicomError::Unsupported(
             "a Modality LUT Sequence is not supported (rescale slope and intercept are)".into(),
         ));
     }
 
+    let identity = identity(&header);
+    drop(header);
+    let object = read(bytes, None)?;
     let decoded = object
         .decode_pixel_data()
         .map_err(|e| DicomError::Malformed(format!("pixel data: {e}")))?;
@@ -139,8 +141,20 @@ pub fn decode(
         height,
         width,
         source,
-        identity: identity(&object),
+        identity,
     })
+}
+
+/// Parses the file (after its preamble), up to `until` if given.
+fn read(bytes: &[u8], until: Option<dicom_core::Tag>) -> Result<DefaultDicomObject, DicomError> {
+    let options = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
+    let options = match until {
+        Some(tag) => options.read_until(tag),
+        None => options,
+    };
+    options
+        .from_reader(&bytes[128..])
+        .map_err(|e| DicomError::Malformed(e.to_string()))
 }
 
 /// Refuses `value` unless it is in `allowed`.

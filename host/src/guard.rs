@@ -491,6 +491,22 @@ impl Guard {
             .decode_dicom(bytes, profile, shape.height, shape.width)
             .map_err(|e| match e {
                 SandboxError::Guest(GuestFailure::Dicom(e)) => InputRefusal::Dicom(e),
+                // The sandbox did its job; the sender needs to know why.
+                SandboxError::MemoryCap { cap, .. } => {
+                    InputRefusal::Dicom(DicomError::Malformed(format!(
+                        "decoding it needed more than the sandbox's {} MiB memory cap: a declared \
+                         length is larger than the file, or the image is larger than medguard decodes",
+                        cap >> 20
+                    )))
+                }
+                // A panic in the decoder (dicom-rs indexes out of bounds on
+                // some damaged RLE data) ends that sandbox only.
+                SandboxError::Trap { .. } | SandboxError::StackOverflow => {
+                    InputRefusal::Dicom(DicomError::Malformed(
+                        "the decoder stopped on damaged data in this file; the sandbox contained it"
+                            .into(),
+                    ))
+                }
                 other => InputRefusal::Sandbox(other),
             })?;
         Ok((

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cache;
+mod dicom;
 mod drift;
 mod guard;
 mod parity;

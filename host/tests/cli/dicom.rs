@@ -299,7 +299,9 @@ fn structured_reports_validate_and_read_back_in_highdicom() {
 
 /// Every file of pydicom's own test data (many transfer syntaxes, many
 /// deliberately broken) goes through `predict` in one run: each gets a
-/// result or a one-line error, none traps the sandbox, the run exits 0 or 1.
+/// result or a one-line error, none makes the decoder panic, the run exits
+/// 0 or 1. (One, SC_rgb_jpeg.dcm, makes dicom-rs ask for 1.2 GB; the
+/// sandbox's memory cap stops it and the error says so.)
 #[test]
 #[ignore = "needs pydicom's test files; scripts/test.sh provides them"]
 fn pydicoms_test_files_each_get_a_result_or_a_one_line_error() {
@@ -337,7 +339,7 @@ fn pydicoms_test_files_each_get_a_result_or_a_one_line_error() {
             Some(error) => {
                 assert!(!error.contains('\n'), "{error}");
                 assert!(
-                    !error.contains("trapped") && !error.contains("deadline"),
+                    !error.contains("contained") && !error.contains("deadline"),
                     "{}: {error}",
                     file.display()
                 );

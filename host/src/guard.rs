@@ -450,14 +450,29 @@ impl Guard {
         // 2.
         let manifest = model.manifest();
         if medguard_dicom::is_part10(bytes) {
-            let (batch, source) = self.decode_dicom(model, bytes)?;
-            let mut classified = self.classify_batch(model, &batch, options, None)?;
-            classified.dicom = Some(source);
-            return Ok(classified);
+            return self.classify_dicom(model, bytes, options, None);
         }
         let batch = input::decode(bytes, &manifest.input, manifest.max_batch)
             .map_err(InputRefusal::Decode)?;
         self.classify_batch(model, &batch, options, None)
+    }
+
+    /// [`Guard::classify`] for a DICOM Part 10 file, on behalf of `caller`:
+    /// decoded in a sandbox of its own ([`Guard::decode_dicom`]), then
+    /// screened and classified like any image. The result carries what was
+    /// decoded, for the structured report.
+    pub fn classify_dicom(
+        &self,
+        model: &AttestedModel,
+        bytes: &[u8],
+        options: ClassifyOptions,
+        caller: Option<&str>,
+    ) -> Result<Classified, ClassifyError> {
+        self.check_classifiable(model, options)?;
+        let (batch, source) = self.decode_dicom(model, bytes)?;
+        let mut classified = self.classify_batch(model, &batch, options, caller)?;
+        classified.dicom = Some(source);
+        Ok(classified)
     }
 
     /// Decodes a DICOM file in a sandbox of its own, as the manifest's DICOM

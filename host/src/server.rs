@@ -660,7 +660,14 @@ async fn infer_model(
         .clone()
         .try_acquire_owned()
         .map_err(|_| Failure::busy())?;
-    let limit = body_limit(&model, server.limits.max_body_bytes);
+    // A DICOM Part 10 body is decoded in the sandbox; anything else is an
+    // Open Inference Protocol request.
+    let dicom = content_type_is(&headers, header::CONTENT_TYPE, DICOM);
+    let limit = if dicom {
+        server.limits.max_body_bytes
+    } else {
+        body_limit(&model, server.limits.max_body_bytes)
+    };
     let body = tokio::time::timeout(
         server.limits.body_timeout,
         axum::body::to_bytes(body, limit),
@@ -683,21 +690,31 @@ async fn infer_model(
             ),
         )
     })?;
-    let bad_request = |e: oip::TensorError| Failure::new(StatusCode::BAD_REQUEST, e.0);
-    let header_length = headers.get(oip::HEADER_LENGTH).map(|v| v.as_bytes());
-    let (request, binary) = oip::parse_request(&body, header_length).map_err(bad_request)?;
-    let batch = oip::batch_of(&request, binary, model.manifest()).map_err(bad_request)?;
-    let binary_output = oip::binary_output(&request);
-    drop(body);
-    // Nothing of the request but its tensor waits in the queue.
-    let InferRequest {
-        id,
-        parameters,
-        inputs,
-        outputs,
-    } = request;
-    drop((inputs, outputs));
-    let seed = match parameters.medguard_seed {
+    let (input, binary_output, id, seed) = if dicom {
+        (Input::Dicom(body), false, None, None)
+    } else {
+        let bad_request = |e: oip::TensorError| Failure::new(StatusCode::BAD_REQUEST, e.0);
+        let header_length = headers.get(oip::HEADER_LENGTH).map(|v| v.as_bytes());
+        let (request, binary) = oip::parse_request(&body, header_length).map_err(bad_request)?;
+        let batch = oip::batch_of(&request, binary, model.manifest()).map_err(bad_request)?;
+        let binary_output = oip::binary_output(&request);
+        drop(body);
+        // Nothing of the request but its tensor waits in the queue.
+        let InferRequest {
+            id,
+            parameters,
+            inputs,
+            outputs,
+        } = request;
+        drop((inputs, outputs));
+        (
+            Input::Tensor(batch),
+            binary_output,
+            id,
+            parameters.medguard_seed,
+        )
+    };
+    let seed = match seed {
         Some(seed) => seed,
         None => crate::guard::fresh_seed().map_err(|e| {
             Failure::new(
@@ -718,9 +735,18 @@ async fn infer_model(
     let classify_model = model.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let outcome = watcher
-            .guard
-            .classify_batch(&classify_model, &batch, options, caller.name());
+        let outcome = match input {
+            Input::Tensor(batch) => {
+                watcher
+                    .guard
+                    .classify_batch(&classify_model, &batch, options, caller.name())
+            }
+            Input::Dicom(bytes) => {
+                watcher
+                    .guard
+                    .classify_dicom(&classify_model, &bytes, options, caller.name())
+            }
+        };
         if let Ok(classified) = &outcome {
             watcher.watch_drift(&classify_model, classified);
         }
@@ -741,6 +767,33 @@ async fn infer_model(
         &classified.timings,
     );
 
+    // A PACS asks for the structured report: it carries the verdict, and
+    // for a rejected input says that no finding is reported.
+    if content_type_is(&headers, header::ACCEPT, DICOM) && classified.dicom.is_some() {
+        let program = server
+            .guard
+            .program()
+            .ok_or_else(|| Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no sandbox".into()))?;
+        let report = crate::report::structured_report(
+            &model,
+            &program.digest(),
+            &classified,
+            &classified.images[0],
+        );
+        return match report {
+            Some(Ok((_, bytes))) => {
+                Ok(([(header::CONTENT_TYPE, DICOM.to_owned())], bytes).into_response())
+            }
+            Some(Err(e)) => Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.to_string(),
+            )),
+            None => Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this model's manifest has no DICOM profile to report with".into(),
+            )),
+        };
+    }
     let labels = &model.manifest().output.labels;
     let mut parameters = BTreeMap::new();
     let results: Vec<Value> = classified
@@ -880,8 +933,39 @@ async fn acquire(server: &Server) -> Result<tokio::sync::OwnedSemaphorePermit, F
     })
 }
 
+/// The media type of DICOM Part 10 files (PS3.18).
+const DICOM: &str = "application/dicom";
+
+/// What an inference request carries.
+enum Input {
+    /// An Open Inference Protocol tensor.
+    Tensor(crate::input::Batch),
+    /// A DICOM Part 10 file, still undecoded.
+    Dicom(axum::body::Bytes),
+}
+
+/// True when `name` (Content-Type or Accept) names `media` (parameters and
+/// case ignored; Accept may list several).
+fn content_type_is(headers: &HeaderMap, name: header::HeaderName, media: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(media))
+        })
+}
+
 fn classify_failure(e: ClassifyError) -> Failure {
     match e {
+        // A file that is not DICOM, or broken: the request is bad.
+        ClassifyError::Refused(InputRefusal::Dicom(
+            why @ (medguard_dicom::DicomError::NotDicom(_)
+            | medguard_dicom::DicomError::Malformed(_)),
+        )) => Failure::new(StatusCode::BAD_REQUEST, format!("input refused: {why}")),
         ClassifyError::Refused(InputRefusal::Sandbox(SandboxError::Deadline(d)))
         | ClassifyError::Guard(GuardError::Sandbox(SandboxError::Deadline(d))) => Failure::new(
             StatusCode::GATEWAY_TIMEOUT,

@@ -928,3 +928,127 @@ async fn a_request_the_guest_refuses_is_on_the_record_without_its_values() {
     assert!(entry.contains(r#""failure":"input-refused""#), "{entry}");
     assert!(!entry.contains("2.5"), "the values stay out: {entry}");
 }
+
+/// One request with `content_type` and `accept`, raw bytes back.
+async fn call_raw(
+    server: &Arc<Server>,
+    content_type: &str,
+    accept: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Option<String>, Vec<u8>) {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri("/v2/models/pneumonia-cnn/infer")
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(accept) = accept {
+        request = request.header(header::ACCEPT, accept);
+    }
+    let response = router(server.clone())
+        .oneshot(request.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let media = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (status, media, bytes.to_vec())
+}
+
+fn dicom_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        medguard_tests::repo_root()
+            .join("tests/dicom/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// A DICOM body (`Content-Type: application/dicom`) is decoded in the
+/// sandbox and answered like the same pixels sent as a tensor; with `Accept:
+/// application/dicom` the answer is the structured report, for a rejected
+/// input too (it then reports no finding). What the model does not take is
+/// 422, what is not DICOM is 400, both as JSON errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dicom_bodies_get_the_tensors_answer_or_a_structured_report() {
+    let f = fixture(None, Limits::default());
+    let (status, _, body) = call_raw(
+        &f.server,
+        "application/dicom",
+        None,
+        dicom_fixture("same-pixels/pneumonia-1.dcm"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let dicom: Value = serde_json::from_slice(&body).unwrap();
+    let (fp32, _) = tensors("samples/pneumonia-1.png");
+    let (status, tensor) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(infer_body("FP32", json!(fp32), 1)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dicom["outputs"][0]["data"], tensor["outputs"][0]["data"]);
+
+    for (name, rejected) in [
+        ("same-pixels/normal-1.dcm", false),
+        ("same-pixels/pgd8-1.dcm", true),
+    ] {
+        let (status, media, report) = call_raw(
+            &f.server,
+            "application/dicom",
+            Some("application/dicom"),
+            dicom_fixture(name),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert_eq!(media.as_deref(), Some("application/dicom"));
+        assert!(medguard_dicom::is_part10(&report));
+        let has = |needle: &[u8]| report.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            has(b"1.2.840.10008.5.1.4.1.1.88.34"),
+            "{name}: a Comprehensive 3D SR"
+        );
+        assert_eq!(has(b"MG-REJECT"), rejected, "{name}");
+        // The withheld answer is nowhere in it: no Present/Absent code.
+        assert_eq!(!has(b"52101004") && !has(b"2667000"), rejected, "{name}");
+    }
+
+    let (status, _, body) = call_raw(
+        &f.server,
+        "application/dicom",
+        None,
+        dicom_fixture("refused-mr.dcm"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("Modality is \"MR\""),
+        "{error}"
+    );
+    let (status, _, body) = call_raw(
+        &f.server,
+        "application/dicom",
+        None,
+        b"no DICOM here".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a DICOM Part 10 file")
+    );
+}

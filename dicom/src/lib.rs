@@ -17,6 +17,8 @@ pub mod profile;
 mod decode;
 #[cfg(feature = "codec")]
 pub mod sr;
+#[cfg(feature = "codec")]
+pub mod synthetic;
 
 #[cfg(feature = "codec")]
 pub use decode::decode;

@@ -324,18 +324,35 @@ impl Manifest {
                     .map_err(|e| ManifestError::Invalid(format!("dicom.report: {e}")))?;
             }
             let a = &dicom.accepts;
-            if [
-                &a.modality,
-                &a.photometric_interpretation,
-                &a.body_part_examined,
-                &a.view_position,
-            ]
-            .iter()
-            .any(|list| list.is_empty())
+            for (name, list) in [
+                ("modality", &a.modality),
+                ("photometric_interpretation", &a.photometric_interpretation),
+                ("body_part_examined", &a.body_part_examined),
+                ("view_position", &a.view_position),
+            ] {
+                // Code strings as DICOM writes them (PS3.5 6.2, CS): an entry
+                // that can never match, or an empty one that would accept a
+                // missing attribute, is a mistake in the signed manifest.
+                let code_string = |v: &String| {
+                    (1..=16).contains(&v.len())
+                        && v.trim() == v
+                        && v.bytes().all(|b| {
+                            b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_'
+                        })
+                };
+                if list.is_empty() || !list.iter().all(code_string) {
+                    return invalid(format!(
+                        "dicom.accepts.{name} must list 1 or more DICOM code strings (1 to 16 of A-Z, 0-9, space, underscore), got {list:?}"
+                    ));
+                }
+            }
+            // The decoder yields one channel of values in [0, 1].
+            if self.input.shape.channels != 1
+                || self.input.range.min > 0.0
+                || self.input.range.max < 1.0
             {
                 return invalid(
-                    "dicom.accepts: every list needs at least one value (an empty list would refuse every image)"
-                        .into(),
+                    "a dicom section needs a one-channel input whose range includes [0, 1]".into(),
                 );
             }
         }
@@ -463,6 +480,56 @@ mod tests {
             .unwrap()
             .pop();
         assert!(parse(&v).unwrap_err().to_string().contains("classes"));
+    }
+
+    fn dicom() -> serde_json::Value {
+        serde_json::json!({
+            "accepts": {
+                "modality": ["CR", "DX"],
+                "photometric_interpretation": ["MONOCHROME2"],
+                "body_part_examined": ["CHEST"],
+                "view_position": ["PA"]
+            },
+            "preprocessing": {"intensity": "voi-else-stored-range", "crop": "center-square", "resize": "area"},
+            "report": {
+                "finding": {"value": "233604007", "scheme": "SCT", "meaning": "Pneumonia"},
+                "present_label": "b",
+                "procedure": {"value": "399208008", "scheme": "SCT", "meaning": "Plain chest X-ray"}
+            }
+        })
+    }
+
+    #[test]
+    fn a_dicom_section_round_trips_and_is_validated() {
+        let mut v = example();
+        v["output"]["labels"] = serde_json::json!(["a", "b"]);
+        v["dicom"] = dicom();
+        let m = parse(&v).unwrap();
+        assert_eq!(
+            Manifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap(),
+            m
+        );
+        let cases: [(&str, serde_json::Value); 9] = [
+            ("/dicom/accepts/modality", serde_json::json!([])),
+            ("/dicom/accepts/modality", serde_json::json!([""])),
+            (
+                "/dicom/accepts/body_part_examined",
+                serde_json::json!(["chest"]),
+            ),
+            ("/dicom/accepts/view_position", serde_json::json!([" PA"])),
+            ("/dicom/accepts/modality", serde_json::json!(["DX\\MR"])),
+            ("/dicom/report/present_label", "pneumonia".into()),
+            ("/dicom/report/finding/value", "x".repeat(17).into()),
+            ("/dicom/preprocessing/resize", "bicubic".into()),
+            ("/input/range", serde_json::json!([0.0, 0.5])),
+        ];
+        for (pointer, value) in cases {
+            let mut v = example();
+            v["output"]["labels"] = serde_json::json!(["a", "b"]);
+            v["dicom"] = dicom();
+            *v.pointer_mut(pointer).unwrap() = value;
+            assert!(parse(&v).is_err(), "{pointer} should be refused");
+        }
     }
 
     #[test]

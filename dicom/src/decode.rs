@@ -41,85 +41,33 @@ pub fn decode(
     // The header first, up to the pixel data: what the model does not take
     // is refused before a byte of pixel data is parsed.
     let header = read(bytes, Some(tags::PIXEL_DATA))?;
-    let transfer_syntax = header
-        .meta()
-        .transfer_syntax()
-        .trim_end_matches('\0')
-        .trim()
-        .to_string();
-    if !SUPPORTED_TRANSFER_SYNTAXES
-        .iter()
-        .any(|(uid, _)| *uid == transfer_syntax)
-    {
-        return Err(DicomError::UnsupportedTransferSyntax {
-            name: transfer_syntax_name(&transfer_syntax).to_string(),
-            uid: transfer_syntax,
-        });
-    }
-
-    let mut source = SourceImage {
-        transfer_syntax,
-        modality: text(&header, tags::MODALITY),
-        photometric_interpretation: text(&header, tags::PHOTOMETRIC_INTERPRETATION),
-        body_part_examined: text(&header, tags::BODY_PART_EXAMINED),
-        view_position: text(&header, tags::VIEW_POSITION),
-        ..SourceImage::default()
-    };
-    for (name, value, allowed) in [
-        ("Modality", &source.modality, &accepts.modality),
-        (
-            "Photometric Interpretation",
-            &source.photometric_interpretation,
-            &accepts.photometric_interpretation,
-        ),
-        (
-            "Body Part Examined",
-            &source.body_part_examined,
-            &accepts.body_part_examined,
-        ),
-        (
-            "View Position",
-            &source.view_position,
-            &accepts.view_position,
-        ),
-    ] {
-        accept(name, value, allowed)?;
-    }
-
-    let rows = number(&header, tags::ROWS)?;
-    let columns = number(&header, tags::COLUMNS)?;
-    let samples = number(&header, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    let frames = text(&header, tags::NUMBER_OF_FRAMES);
-    if samples != 1 {
-        return Err(DicomError::Unsupported(format!(
-            "{samples} samples per pixel; a radiograph has one"
-        )));
-    }
-    if !frames.is_empty() && frames != "1" {
-        return Err(DicomError::Unsupported(format!(
-            "{frames} frames; medguard classifies single-frame radiographs"
-        )));
-    }
-    if rows == 0 || columns == 0 || u64::from(rows) * u64::from(columns) > MAX_PIXELS {
-        return Err(DicomError::Unsupported(format!(
-            "image is {columns}x{rows} pixels; medguard decodes up to {MAX_PIXELS} pixels"
-        )));
-    }
-    if header.get(tags::MODALITY_LUT_SEQUENCE).is_some() {
-        return Err(DicomError::Unsupported(
-            "a Modality LUT Sequence is not supported (rescale slope and intercept are)".into(),
+    let checked = inspect(&header, accepts)?;
+    drop(header);
+    // Then the whole file, checked again: dicom-rs keeps the last of two
+    // elements with one tag and does not insist on tag order, so an element
+    // after the pixel data could change what the header said. What was
+    // checked must be what is decoded and reported.
+    let object = read(bytes, None)?;
+    let Inspected {
+        mut source,
+        rows,
+        columns,
+    } = inspect(&object, accepts)?;
+    if source != checked.source || (rows, columns) != (checked.rows, checked.columns) {
+        return Err(DicomError::Malformed(
+            "attributes after the pixel data contradict the header".into(),
         ));
     }
-
-    let identity = identity(&header);
-    drop(header);
-    let object = read(bytes, None)?;
+    let identity = identity(&object);
     let decoded = object
         .decode_pixel_data()
         .map_err(|e| DicomError::Malformed(format!("pixel data: {e}")))?;
-    if (decoded.rows(), decoded.columns()) != (rows, columns) {
+    if (decoded.rows(), decoded.columns()) != (rows, columns)
+        || decoded.samples_per_pixel() != 1
+        || decoded.number_of_frames() != 1
+    {
         return Err(DicomError::Malformed(
-            "decoded pixel data does not match Rows and Columns".into(),
+            "decoded pixel data does not match Rows, Columns, Samples per Pixel and Number of Frames".into(),
         ));
     }
     source.rows = rows;
@@ -157,6 +105,111 @@ fn read(bytes: &[u8], until: Option<dicom_core::Tag>) -> Result<DefaultDicomObje
         .map_err(|e| DicomError::Malformed(e.to_string()))
 }
 
+/// What [`inspect`] found acceptable.
+struct Inspected {
+    source: SourceImage,
+    rows: u32,
+    columns: u32,
+}
+
+/// The checks that run before any pixel is decoded: transfer syntax,
+/// acceptance, layout and size.
+fn inspect(object: &DefaultDicomObject, accepts: &Acceptance) -> Result<Inspected, DicomError> {
+    let transfer_syntax = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .trim()
+        .to_string();
+    if !SUPPORTED_TRANSFER_SYNTAXES
+        .iter()
+        .any(|(uid, _)| *uid == transfer_syntax)
+    {
+        return Err(DicomError::UnsupportedTransferSyntax {
+            name: transfer_syntax_name(&transfer_syntax).to_string(),
+            uid: shown(&transfer_syntax),
+        });
+    }
+    let source = SourceImage {
+        transfer_syntax,
+        modality: text(object, tags::MODALITY),
+        photometric_interpretation: text(object, tags::PHOTOMETRIC_INTERPRETATION),
+        body_part_examined: text(object, tags::BODY_PART_EXAMINED),
+        view_position: text(object, tags::VIEW_POSITION),
+        ..SourceImage::default()
+    };
+    for (name, value, allowed) in [
+        ("Modality", &source.modality, &accepts.modality),
+        (
+            "Photometric Interpretation",
+            &source.photometric_interpretation,
+            &accepts.photometric_interpretation,
+        ),
+        (
+            "Body Part Examined",
+            &source.body_part_examined,
+            &accepts.body_part_examined,
+        ),
+        (
+            "View Position",
+            &source.view_position,
+            &accepts.view_position,
+        ),
+    ] {
+        accept(name, value, allowed)?;
+    }
+    let rows = number(object, tags::ROWS)?;
+    let columns = number(object, tags::COLUMNS)?;
+    let samples = match object.get(tags::SAMPLES_PER_PIXEL) {
+        None => 1,
+        Some(_) => number(object, tags::SAMPLES_PER_PIXEL)?,
+    };
+    let frames = match object.get(tags::NUMBER_OF_FRAMES) {
+        None => 1,
+        Some(_) => number(object, tags::NUMBER_OF_FRAMES)?,
+    };
+    if samples != 1 {
+        return Err(DicomError::Unsupported(format!(
+            "{samples} samples per pixel; a radiograph has one"
+        )));
+    }
+    if frames != 1 {
+        return Err(DicomError::Unsupported(format!(
+            "{frames} frames; medguard classifies single-frame radiographs"
+        )));
+    }
+    if rows == 0 || columns == 0 || u64::from(rows) * u64::from(columns) > MAX_PIXELS {
+        return Err(DicomError::Unsupported(format!(
+            "image is {columns}x{rows} pixels; medguard decodes up to {MAX_PIXELS} pixels"
+        )));
+    }
+    if object.get(tags::MODALITY_LUT_SEQUENCE).is_some() {
+        return Err(DicomError::Unsupported(
+            "a Modality LUT Sequence is not supported (rescale slope and intercept are)".into(),
+        ));
+    }
+    Ok(Inspected {
+        source,
+        rows,
+        columns,
+    })
+}
+
+/// A value from the file as it may appear in a message: at most 64
+/// characters, control characters escaped (messages reach terminals and
+/// logs).
+fn shown(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(64)
+        .flat_map(char::escape_debug)
+        .collect();
+    if value.chars().count() > 64 {
+        out.push_str("...");
+    }
+    out
+}
+
 /// Refuses `value` unless it is in `allowed`.
 fn accept(name: &str, value: &str, allowed: &[String]) -> Result<(), DicomError> {
     if allowed.iter().any(|a| a == value) {
@@ -165,7 +218,7 @@ fn accept(name: &str, value: &str, allowed: &[String]) -> Result<(), DicomError>
     let found = if value.is_empty() {
         "missing".to_string()
     } else {
-        format!("\"{value}\"")
+        format!("\"{}\"", shown(value))
     };
     Err(DicomError::NotAccepted(format!(
         "{name} is {found}; the model accepts {}",
@@ -179,7 +232,7 @@ fn voi_else_stored_range(
     decoded: &DecodedPixelData<'_>,
 ) -> Result<(Vec<f64>, &'static str), DicomError> {
     let pixel = |e: dicom_pixeldata::Error| DicomError::Malformed(format!("pixel data: {e}"));
-    let rescaled: Vec<f64> = decoded
+    let mut values: Vec<f64> = decoded
         .to_vec_frame_with_options(
             0,
             &ConvertOptions::new()
@@ -202,7 +255,8 @@ fn voi_else_stored_range(
         .voi_lut_sequence()
         .map_err(pixel)?
         .and_then(|l| l.first());
-    let (mut unit, step): (Vec<f64>, _) = if let Some(window) = window {
+    // Each step maps the rescaled values in place: one f64 plane in memory.
+    let step = if let Some(window) = window {
         if !(window.center.is_finite() && window.width.is_finite() && window.width > 0.0) {
             return Err(DicomError::Malformed(format!(
                 "window center {} and width {} do not define a window",
@@ -214,11 +268,18 @@ fn voi_else_stored_range(
             .map_err(pixel)?
             .and_then(|f| f.first().copied())
             .unwrap_or(dicom_pixeldata::VoiLutFunction::Linear);
+        if function == dicom_pixeldata::VoiLutFunction::Sigmoid && window.width < 1.0 {
+            // dicom-pixeldata asserts a sigmoid window is at least 1 wide.
+            return Err(DicomError::Malformed(format!(
+                "a SIGMOID window of width {} (at least 1 is needed)",
+                window.width
+            )));
+        }
         let transform = WindowLevelTransform::new(function, *window);
-        (
-            rescaled.iter().map(|&v| transform.apply(v, 1.0)).collect(),
-            "window",
-        )
+        for v in &mut values {
+            *v = transform.apply(*v, 1.0);
+        }
+        "window"
     } else if let Some(lut) = voi_lut {
         let (Some(&first), Some(&last)) = (lut.data.first(), lut.data.last()) else {
             return Err(DicomError::Malformed("VOI LUT has no entries".into()));
@@ -241,7 +302,10 @@ fn voi_else_stored_range(
             };
             (f64::from(entry) / top).min(1.0)
         };
-        (rescaled.iter().map(|&v| lookup(v)).collect(), "voi-lut")
+        for v in &mut values {
+            *v = lookup(*v);
+        }
+        "voi-lut"
     } else {
         let bits = u32::from(decoded.bits_stored());
         if bits == 0 || bits > 32 {
@@ -256,20 +320,17 @@ fn voi_else_stored_range(
         };
         let (a, b) = (rescale.apply(lo), rescale.apply(hi));
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        (
-            rescaled
-                .iter()
-                .map(|&v| ((v - lo) / (hi - lo)).clamp(0.0, 1.0))
-                .collect(),
-            "stored-range",
-        )
+        for v in &mut values {
+            *v = ((*v - lo) / (hi - lo)).clamp(0.0, 1.0);
+        }
+        "stored-range"
     };
     if decoded.photometric_interpretation().as_str() == "MONOCHROME1" {
-        for v in &mut unit {
+        for v in &mut values {
             *v = 1.0 - *v;
         }
     }
-    Ok((unit, step))
+    Ok((values, step))
 }
 
 /// The centred square with the short side's length.

@@ -29,9 +29,15 @@ pub use profile::{
 use thiserror::Error;
 
 /// The largest image (rows x columns) medguard decodes. Chest radiographs are
-/// 2,000 to 3,000 pixels a side; this leaves room and keeps the decode well
-/// inside the sandbox's memory cap.
-pub const MAX_PIXELS: u64 = 6000 * 6000;
+/// 2,000 to 3,000 pixels a side; the decode holds about 20 bytes per pixel
+/// (file, parsed and decoded samples, one f64 plane), so this keeps it
+/// inside the sandbox's 512 MiB memory cap.
+pub const MAX_PIXELS: u64 = 4096 * 4096;
+
+/// The longest text the decoder returns for any attribute it reads (longer
+/// values are cut; no attribute medguard reads may lawfully be longer). The
+/// host refuses a guest answer with a longer string.
+pub const TEXT_MAX_BYTES: usize = 324;
 
 /// Transfer syntaxes medguard decodes: UID and name.
 pub const SUPPORTED_TRANSFER_SYNTAXES: [(&str, &str); 6] = [

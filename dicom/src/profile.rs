@@ -66,7 +66,8 @@ impl Code {
 /// Attribute values the model was trained and validated on. An image passes
 /// when each attribute is present and its value (trimmed, compared exactly)
 /// is in the list. A missing attribute is a refusal: an MR slice without a
-/// Body Part Examined must not get a chest verdict.
+/// Body Part Examined must not get a chest verdict (a manifest cannot list
+/// an empty value; the library matches exactly what it is given).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Acceptance {

@@ -163,6 +163,38 @@ pub fn write(report: &Report<'_>) -> Result<Vec<u8>, SrError> {
             });
         }
     }
+    let mut s = s.clone();
+    for (attribute, value, vr) in [
+        ("Patient's Name", &mut s.patient_name, Vr::PersonName),
+        ("Patient ID", &mut s.patient_id, Vr::Long),
+        ("Patient's Birth Date", &mut s.patient_birth_date, Vr::Date),
+        ("Patient's Sex", &mut s.patient_sex, Vr::Code),
+        ("Study Date", &mut s.study_date, Vr::Date),
+        ("Study Time", &mut s.study_time, Vr::Time),
+        ("Study ID", &mut s.study_id, Vr::Short),
+        ("Accession Number", &mut s.accession_number, Vr::Short),
+        (
+            "Referring Physician's Name",
+            &mut s.referring_physician_name,
+            Vr::PersonName,
+        ),
+    ] {
+        if !vr.allows(value) {
+            // Identity the archive files by must be right or absent from
+            // the report altogether; the rest may go empty (type 2).
+            if matches!(
+                attribute,
+                "Patient's Name" | "Patient ID" | "Accession Number"
+            ) {
+                return Err(SrError::Source {
+                    attribute,
+                    problem: "is not a valid value of its kind (length, characters)".into(),
+                });
+            }
+            value.clear();
+        }
+    }
+    let s = &s;
     let mut object = InMemDicomObject::new_empty();
     // UTF-8 always: names can be in any script, and the receipt's signed
     // checkpoint has an em dash.
@@ -354,6 +386,48 @@ fn chain(e: &dyn std::error::Error) -> String {
     message
 }
 
+/// The value representations of the identity copied from the source.
+#[derive(Clone, Copy)]
+enum Vr {
+    PersonName,
+    Long,
+    Short,
+    Code,
+    Date,
+    Time,
+}
+
+impl Vr {
+    /// True when `value` is a valid single value of this VR (PS3.5 6.2).
+    fn allows(self, value: &str) -> bool {
+        let plain = !value.chars().any(|c| c.is_control() || c == '\\');
+        plain
+            && match self {
+                Vr::PersonName => {
+                    let groups: Vec<&str> = value.split('=').collect();
+                    groups.len() <= 3 && groups.iter().all(|g| g.chars().count() <= 64)
+                }
+                Vr::Long => value.chars().count() <= 64,
+                Vr::Short => value.chars().count() <= 16,
+                Vr::Code => {
+                    value.len() <= 16
+                        && value.bytes().all(|b| {
+                            b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_'
+                        })
+                }
+                Vr::Date => {
+                    value.is_empty()
+                        || (value.len() == 8 && value.bytes().all(|b| b.is_ascii_digit()))
+                }
+                Vr::Time => {
+                    value.len() <= 16
+                        && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                        && value.bytes().filter(|&b| b == b'.').count() <= 1
+                }
+            }
+    }
+}
+
 /// medguard's implementation class UID: a 2.25 UID fixed for this writer.
 const IMPLEMENTATION_CLASS_UID: &str = "2.25.183427109231984377021839155376264130717";
 
@@ -396,6 +470,17 @@ fn root_items(report: &Report<'_>) -> Vec<InMemDicomObject> {
                 code("MG-PROBABILITY", SCHEME, "Probability of finding"),
                 f64::from(probability),
             ));
+            if report.verdict == Verdict::Flag {
+                // In standard codes, so that every viewer shows it beside
+                // the finding.
+                group.push(item_text(
+                    "CONTAINS",
+                    code("121106", "DCM", "Comment"),
+                    "Caution: medguard's integrity screening flagged this input as unusual \
+                     (possible manipulation or an image unlike the model's training data); \
+                     review the image before relying on this finding.",
+                ));
+            }
         }
         Outcome::Withheld => group.push(item_text(
             "CONTAINS",
@@ -750,11 +835,28 @@ mod tests {
     }
 
     #[test]
+    fn identity_is_checked_by_its_value_representation() {
+        let profile = example_profile();
+        let mut source = example_source();
+        source.patient_id = "P\\2".into();
+        let e = write(&example(&source, &profile)).expect_err("refused");
+        assert!(e.to_string().contains("Patient ID"), "{e}");
+        source.patient_id = "P1".into();
+        source.patient_name = "x".repeat(65);
+        assert!(write(&example(&source, &profile)).is_err());
+        // A broken date is left out (type 2), not copied.
+        source.patient_name = "Doe^Jane".into();
+        source.study_date = "2026-12-01".into();
+        let bytes = write(&example(&source, &profile)).expect("written");
+        assert!(!bytes.windows(10).any(|w| w == b"2026-12-01"));
+    }
+
+    #[test]
     fn decimal_strings_fit() {
         for v in [
             0.0,
             1.0,
-            0.123456789012345678,
+            0.123_456_789_012_345_68,
             1.0e-12,
             0.999999999999,
             123456.789,

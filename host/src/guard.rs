@@ -449,7 +449,11 @@ impl Guard {
         self.check_classifiable(model, options)?;
         // 2.
         let manifest = model.manifest();
-        if medguard_dicom::is_part10(bytes) {
+        // PNG and .npy by their magic first: a .npy whose pixels spell
+        // "DICM" at offset 128 is still a .npy.
+        let image_magic =
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") || bytes.starts_with(b"\x93NUMPY");
+        if !image_magic && medguard_dicom::is_part10(bytes) {
             return self.classify_dicom(model, bytes, options, None);
         }
         let batch = input::decode(bytes, &manifest.input, manifest.max_batch)
@@ -469,18 +473,23 @@ impl Guard {
         caller: Option<&str>,
     ) -> Result<Classified, ClassifyError> {
         self.check_classifiable(model, options)?;
-        let (batch, source) = self.decode_dicom(model, bytes)?;
+        let (batch, source) = self.decode_dicom(model, bytes, options, caller)?;
         let mut classified = self.classify_batch(model, &batch, options, caller)?;
         classified.dicom = Some(source);
         Ok(classified)
     }
 
     /// Decodes a DICOM file in a sandbox of its own, as the manifest's DICOM
-    /// profile says, into a one-image batch.
+    /// profile says, into a one-image batch. A file that stops the sandbox
+    /// (a decoder panic, the memory cap, the deadline) is refused and, like
+    /// any inference that produced nothing, recorded with its keyed hash,
+    /// `options.seed` and `caller`.
     pub fn decode_dicom(
         &self,
         model: &AttestedModel,
         bytes: &[u8],
+        options: ClassifyOptions,
+        caller: Option<&str>,
     ) -> Result<(input::Batch, DicomSource), ClassifyError> {
         use medguard_dicom::DicomError;
         let manifest = model.manifest();
@@ -502,28 +511,62 @@ impl Guard {
             .into());
         }
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
-        let radiograph = program
-            .decode_dicom(bytes, profile, shape.height, shape.width)
-            .map_err(|e| match e {
-                SandboxError::Guest(GuestFailure::Dicom(e)) => InputRefusal::Dicom(e),
-                // The sandbox did its job; the sender needs to know why.
-                SandboxError::MemoryCap { cap, .. } => {
-                    InputRefusal::Dicom(DicomError::Malformed(format!(
-                        "decoding it needed more than the sandbox's {} MiB memory cap: a declared \
-                         length is larger than the file, or the image is larger than medguard decodes",
-                        cap >> 20
-                    )))
-                }
-                // A panic in the decoder (dicom-rs indexes out of bounds on
-                // some damaged RLE data) ends that sandbox only.
-                SandboxError::Trap { .. } | SandboxError::StackOverflow => {
-                    InputRefusal::Dicom(DicomError::Malformed(
-                        "the decoder stopped on damaged data in this file; the sandbox contained it"
-                            .into(),
-                    ))
-                }
-                other => InputRefusal::Sandbox(other),
-            })?;
+        let radiograph = match program.decode_dicom(bytes, profile, shape.height, shape.width) {
+            Ok(radiograph) => radiograph,
+            Err(SandboxError::Guest(GuestFailure::Dicom(e))) => {
+                return Err(InputRefusal::Dicom(e).into());
+            }
+            // The sandbox did its job; the file was the cause. On the
+            // record, and the sender learns why.
+            Err(
+                e @ (SandboxError::MemoryCap { .. }
+                | SandboxError::Trap { .. }
+                | SandboxError::StackOverflow
+                | SandboxError::Deadline(_)),
+            ) => {
+                let (failure, refusal) = match e {
+                    SandboxError::MemoryCap { cap, .. } => (
+                        InferenceFailure::MemoryCap,
+                        InputRefusal::Dicom(DicomError::Unsupported(format!(
+                            "decoding it needed more than the sandbox's {} MiB memory cap: a declared \
+                             length is larger than the file, or the image is larger than medguard decodes",
+                            cap >> 20
+                        ))),
+                    ),
+                    SandboxError::Deadline(d) => (
+                        InferenceFailure::Deadline,
+                        InputRefusal::Sandbox(SandboxError::Deadline(d)),
+                    ),
+                    // A panic in the decoder (dicom-rs indexes out of bounds
+                    // on some damaged RLE data) ends that sandbox only.
+                    _ => (
+                        InferenceFailure::Trap,
+                        InputRefusal::Dicom(DicomError::Malformed(
+                            "the decoder stopped on damaged data in this file; the sandbox contained it"
+                                .into(),
+                        )),
+                    ),
+                };
+                self.ledger
+                    .append_all(vec![Entry::InferenceFailed {
+                        time: Timestamp::now(),
+                        model: manifest.name.clone(),
+                        version: manifest.version.clone(),
+                        model_sha256: model.model_digest(),
+                        guest_sha256: program.digest(),
+                        input_hmac: self.input_key.hmac(bytes),
+                        images: 1,
+                        failure,
+                        seed: options.seed,
+                        caller: caller.map(|c| bounded(c, TEXT_MAX_BYTES)),
+                    }])
+                    .map_err(|e| ClassifyError::Guard(GuardError::Ledger(e)))?;
+                return Err(refusal.into());
+            }
+            // Anything else is the host's or a compromised guest's failure,
+            // not the sender's: 500 and the operator's log.
+            Err(other) => return Err(GuardError::Sandbox(other).into()),
+        };
         Ok((
             input::Batch {
                 shape: [1, 1, shape.height, shape.width],

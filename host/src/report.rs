@@ -19,7 +19,11 @@ pub fn structured_report(
     let source = classified.dicom.as_ref()?;
     let profile = &model.manifest().dicom.as_ref()?.report;
     let manifest = model.manifest();
+    // A report is filed with the study and outlives the request: a rejected
+    // input's label never goes into one, whatever the screening policy
+    // returned to the caller.
     let outcome = match (&image.label, &image.probabilities) {
+        _ if image.verdict == Verdict::Reject => Outcome::Withheld,
         (Some(label), Some(probabilities)) => Outcome::Reported {
             present: *label == profile.present_label,
             probability: probabilities

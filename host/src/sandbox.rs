@@ -121,6 +121,10 @@ pub enum SandboxError {
     /// The guest's screening answer contradicts the detector it was given.
     #[error("guest returned malformed screening evidence: {0}")]
     MalformedScreening(String),
+    /// The guest's DICOM answer breaks the contract (a string longer than
+    /// any attribute may be): a guest that misbehaves, never the file.
+    #[error("guest returned a malformed DICOM answer: {0}")]
+    MalformedDicom(String),
     /// A snapshot of the loaded guest could not be taken.
     #[error("the sandbox snapshot could not be prepared")]
     Snapshot(#[source] Cause),
@@ -560,6 +564,7 @@ impl GuestProgram {
             .call_decode(&mut session.store, file, &wit_profile)
             .map_err(|e| session.trapped(e))?
             .map_err(|e| GuestFailure::Dicom(dicom_error_from_wit(e)))?;
+        // Pixels first: nothing else is looked at if their count is wrong.
         let expected = u64::from(height) * u64::from(width);
         if (radiograph.height, radiograph.width) != (height, width)
             || radiograph.pixels.len() as u64 != expected
@@ -570,7 +575,7 @@ impl GuestProgram {
                 classes: expected as usize,
             });
         }
-        Ok(radiograph_from_wit(radiograph))
+        radiograph_from_wit(radiograph).map_err(SandboxError::MalformedDicom)
     }
 
     /// A fresh store and instance of `pre`, nothing loaded by the host yet.
@@ -728,7 +733,38 @@ fn dicom_profile_to_wit(profile: &DicomProfile, height: u32, width: u32) -> wit_
     }
 }
 
+/// The longest refusal message taken from the guest; longer ones are cut.
+const GUEST_MESSAGE_MAX_BYTES: usize = 512;
+
+fn bounded_message(mut m: String) -> String {
+    if m.len() > GUEST_MESSAGE_MAX_BYTES {
+        let mut end = GUEST_MESSAGE_MAX_BYTES;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        m.truncate(end);
+        m.push_str("...");
+    }
+    m
+}
+
 fn dicom_error_from_wit(e: wit_dicom::DicomError) -> DicomError {
+    let e = match e {
+        wit_dicom::DicomError::NotDicom(m) => wit_dicom::DicomError::NotDicom(bounded_message(m)),
+        wit_dicom::DicomError::NotAccepted(m) => {
+            wit_dicom::DicomError::NotAccepted(bounded_message(m))
+        }
+        wit_dicom::DicomError::Malformed(m) => wit_dicom::DicomError::Malformed(bounded_message(m)),
+        wit_dicom::DicomError::Unsupported(m) => {
+            wit_dicom::DicomError::Unsupported(bounded_message(m))
+        }
+        wit_dicom::DicomError::UnsupportedTransferSyntax(ts) => {
+            wit_dicom::DicomError::UnsupportedTransferSyntax(wit_dicom::TransferSyntax {
+                uid: bounded_message(ts.uid),
+                name: bounded_message(ts.name),
+            })
+        }
+    };
     match e {
         wit_dicom::DicomError::NotDicom(m) => DicomError::NotDicom(m),
         wit_dicom::DicomError::UnsupportedTransferSyntax(ts) => {
@@ -743,9 +779,40 @@ fn dicom_error_from_wit(e: wit_dicom::DicomError) -> DicomError {
     }
 }
 
-fn radiograph_from_wit(r: wit_dicom::Radiograph) -> Radiograph {
+fn radiograph_from_wit(r: wit_dicom::Radiograph) -> Result<Radiograph, String> {
     let (s, i) = (r.source, r.identity);
-    Radiograph {
+    let strings = [
+        &s.transfer_syntax,
+        &s.modality,
+        &s.photometric_interpretation,
+        &s.body_part_examined,
+        &s.view_position,
+        &s.intensity,
+        &i.sop_class_uid,
+        &i.sop_instance_uid,
+        &i.study_instance_uid,
+        &i.series_instance_uid,
+        &i.patient_name,
+        &i.patient_id,
+        &i.patient_birth_date,
+        &i.patient_sex,
+        &i.study_date,
+        &i.study_time,
+        &i.study_id,
+        &i.accession_number,
+        &i.referring_physician_name,
+    ];
+    if let Some(long) = strings
+        .iter()
+        .find(|v| v.len() > medguard_dicom::TEXT_MAX_BYTES)
+    {
+        return Err(format!(
+            "a {}-byte attribute value (the decoder returns at most {})",
+            long.len(),
+            medguard_dicom::TEXT_MAX_BYTES
+        ));
+    }
+    Ok(Radiograph {
         pixels: r.pixels,
         height: r.height,
         width: r.width,
@@ -775,7 +842,7 @@ fn radiograph_from_wit(r: wit_dicom::Radiograph) -> Radiograph {
             accession_number: i.accession_number,
             referring_physician_name: i.referring_physician_name,
         },
-    }
+    })
 }
 
 /// The most values one call may carry: `max_batch` whole images.

@@ -663,8 +663,21 @@ async fn infer_model(
     // A DICOM Part 10 body is decoded in the sandbox; anything else is an
     // Open Inference Protocol request.
     let dicom = content_type_is(&headers, header::CONTENT_TYPE, DICOM);
+    if dicom && model.manifest().dicom.is_none() {
+        // Refused before a byte of the body is read.
+        return Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{} {} takes no DICOM: its signed manifest has no dicom section",
+                model.manifest().name,
+                model.manifest().version
+            ),
+        ));
+    }
     let limit = if dicom {
-        server.limits.max_body_bytes
+        // The decoder's own input cap is the most a DICOM body may be.
+        let cap = usize::try_from(crate::input::INPUT_MAX_BYTES).unwrap_or(usize::MAX);
+        server.limits.max_body_bytes.min(cap)
     } else {
         body_limit(&model, server.limits.max_body_bytes)
     };

@@ -1052,3 +1052,46 @@ async fn dicom_bodies_get_the_tensors_answer_or_a_structured_report() {
             .contains("not a DICOM Part 10 file")
     );
 }
+
+/// A DICOM file that stops the decode sandbox (damaged RLE data makes
+/// dicom-rs 0.10 panic) is refused with a one-line reason and, like any
+/// request that produced nothing, recorded; the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dicom_file_that_stops_the_decoder_is_refused_and_on_the_record() {
+    let f = fixture(None, Limits::default());
+    let size = |f: &Fixture| f.guard.checkpoint().unwrap().0;
+    let original = dicom_fixture("chest-rle.dcm");
+    // The first prefix (cut inside the RLE pixel data) that stops the
+    // decoder; most do.
+    let mut found = None;
+    for len in (original.len() / 2..original.len()).step_by(997) {
+        let before = size(&f);
+        let (status, _, body) = call_raw(
+            &f.server,
+            "application/dicom",
+            None,
+            original[..len].to_vec(),
+        )
+        .await;
+        let error: Value = serde_json::from_slice(&body).unwrap();
+        let message = error["error"].as_str().unwrap_or_default().to_owned();
+        if message.contains("the sandbox contained it") {
+            found = Some((status, before, message));
+            break;
+        }
+    }
+    let (status, before, message) = found.expect("a truncation that stops the decoder");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+    assert_eq!(size(&f), before + 1, "one inference-failed entry");
+    let log = std::fs::read(f._data.path().join("ledger/entries.log")).unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains(r#""failure":"trap""#), "{log}");
+    let (status, _, _) = call_raw(
+        &f.server,
+        "application/dicom",
+        None,
+        dicom_fixture("chest-rle.dcm"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the next file is served");
+}

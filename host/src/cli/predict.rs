@@ -164,6 +164,9 @@ struct Prediction<'a> {
     /// The structured report written for it, if one was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     structured_report: Option<String>,
+    /// Why no structured report could be written for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    structured_report_error: Option<String>,
     /// The ledger entry of this result with its inclusion proof and signed
     /// checkpoint: `medguard ledger verify-receipt` checks it offline.
     receipt: &'a Receipt,
@@ -310,8 +313,10 @@ pub(super) fn predict_files<'o>(
                         p.structured_report = Some(path.display().to_string());
                     }
                     Some(Err(e)) => {
+                        // The result stands (it is in the ledger); the
+                        // report could not be made, and the run says so.
                         exit = Exit::Refused;
-                        refuse(&name, e.to_string())?;
+                        p.structured_report_error = Some(e.to_string());
                     }
                 }
             }
@@ -369,6 +374,7 @@ fn prediction<'a>(
             intensity: &d.image.intensity,
         }),
         structured_report: None,
+        structured_report_error: None,
         receipt: &image.receipt,
     }
 }
@@ -414,8 +420,13 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
     } else {
         String::new()
     };
+    let report = match (&p.structured_report, &p.structured_report_error) {
+        (Some(path), _) => format!("  report: {path}"),
+        (None, Some(why)) => format!("  no report: {why}"),
+        (None, None) => String::new(),
+    };
     format!(
-        "{:<width$}  {what:<46} {screening}{off_grid}  [ledger #{}]",
+        "{:<width$}  {what:<46} {screening}{off_grid}  [ledger #{}]{report}",
         p.input, p.receipt.index
     )
 }

@@ -294,7 +294,33 @@ fn structured_reports_validate_and_read_back_in_highdicom() {
                 assert!(comment.contains("failed medguard's integrity screening"));
             }
         }
+        // A flagged finding carries a caution in standard codes.
+        let caution = r["texts"]["121106"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|t| t.as_str().unwrap().starts_with("Caution")));
+        assert_eq!(caution, p["verdict"] == "flag", "{r}");
     }
+
+    // Under flag-only the caller gets a rejected input's label, but the
+    // report filed with the study never does.
+    let flag_only = tempfile::tempdir().unwrap();
+    let (out, _data) = predict_json(
+        &[fixture("same-pixels/pgd8-1.dcm")],
+        &["--policy", "flag-only", "--sr-dir", s(flag_only.path())],
+    );
+    let p = &json_lines(&out)[0];
+    assert_eq!(p["verdict"], "reject");
+    assert!(p["label"].is_string(), "flag-only returns the label: {p}");
+    let path = p["structured_report"].as_str().unwrap();
+    let read = Command::new(std::env::var_os("MEDGUARD_DICOM_PYTHON").unwrap())
+        .arg(root().join("tests/dicom/read_sr.py"))
+        .arg(path)
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert!(r["finding"].is_null(), "{r}");
+    assert!(r["evaluations"].get("233604007").is_none(), "{r}");
+    assert!(r["measurements"].get("MG-PROBABILITY").is_none(), "{r}");
 }
 
 /// Every file of pydicom's own test data (many transfer syntaxes, many

@@ -128,8 +128,9 @@ pub struct SourceImage {
 }
 
 /// Identity attributes of the source instance, as text (empty when absent).
-/// Patient data.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Patient data: its `Debug` shows only which fields are set, so a `{:?}`
+/// in a log line never prints a name or an ID.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SourceIdentity {
     /// SOP Class UID (0008,0016).
     pub sop_class_uid: String,
@@ -157,6 +158,30 @@ pub struct SourceIdentity {
     pub accession_number: String,
     /// Referring Physician's Name (0008,0090).
     pub referring_physician_name: String,
+}
+
+impl std::fmt::Debug for SourceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &String| if v.is_empty() { "empty" } else { "<redacted>" };
+        f.debug_struct("SourceIdentity")
+            .field("sop_class_uid", &set(&self.sop_class_uid))
+            .field("sop_instance_uid", &set(&self.sop_instance_uid))
+            .field("study_instance_uid", &set(&self.study_instance_uid))
+            .field("series_instance_uid", &set(&self.series_instance_uid))
+            .field("patient_name", &set(&self.patient_name))
+            .field("patient_id", &set(&self.patient_id))
+            .field("patient_birth_date", &set(&self.patient_birth_date))
+            .field("patient_sex", &set(&self.patient_sex))
+            .field("study_date", &set(&self.study_date))
+            .field("study_time", &set(&self.study_time))
+            .field("study_id", &set(&self.study_id))
+            .field("accession_number", &set(&self.accession_number))
+            .field(
+                "referring_physician_name",
+                &set(&self.referring_physician_name),
+            )
+            .finish()
+    }
 }
 
 /// True when `bytes` look like a DICOM Part 10 file (128-byte preamble, then

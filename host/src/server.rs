@@ -957,8 +957,8 @@ enum Input {
     Dicom(axum::body::Bytes),
 }
 
-/// True when `name` (Content-Type or Accept) names `media` (parameters and
-/// case ignored; Accept may list several).
+/// True when `name` (Content-Type or Accept) names `media` (case ignored;
+/// Accept may list several, and one with `q=0` is declined).
 fn content_type_is(headers: &HeaderMap, name: header::HeaderName, media: &str) -> bool {
     headers
         .get_all(name)
@@ -966,9 +966,17 @@ fn content_type_is(headers: &HeaderMap, name: header::HeaderName, media: &str) -
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|v| {
-            v.split(';')
+            let mut parts = v.split(';');
+            let named = parts
                 .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case(media))
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(media));
+            let declined = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            named && !declined
         })
 }
 

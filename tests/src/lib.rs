@@ -186,8 +186,9 @@ fn classifier_component(
     (param i32 i32 i32 i32 i64 i32 i32) (result i32)
     unreachable)
   (func (export "medguard:guest/dicom@0.1.0#decode")
-    ;; file and profile flatten to more than 16 values: one pointer.
-    (param i32) (result i32)
+    ;; file (2) and profile (4 lists, 3 enums, 2 u32: 13) flatten to 15
+    ;; values, under the canonical ABI's 16: passed flat.
+    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
     unreachable)
   {extra}
 )"#

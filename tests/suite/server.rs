@@ -1051,6 +1051,37 @@ async fn dicom_bodies_get_the_tensors_answer_or_a_structured_report() {
             .unwrap()
             .contains("not a DICOM Part 10 file")
     );
+
+    // No patient or study identity from the headers in the server's data
+    // directory (ledger, keys, checkpoints).
+    for file in walk(f._data.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for phi in [
+            "Testpatient",
+            "MGPHI",
+            "MGACC5521",
+            "31415926535897932384626433832795",
+        ] {
+            assert!(
+                !bytes.windows(phi.len()).any(|w| w == phi.as_bytes()),
+                "{phi} in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// A DICOM file that stops the decode sandbox (damaged RLE data makes

@@ -201,3 +201,31 @@ fn pydicoms_test_files_decode_or_are_refused_in_the_sandbox() {
         "{stopped:?}"
     );
 }
+
+/// The `guest_dicom` fuzz run's reproducers (tests/dicom/fuzz-reproducers/):
+/// small files whose declared lengths make dicom-rs 0.10 allocate 1 to
+/// 4 GB. In the sandbox each is stopped by the memory cap or refused by
+/// the decoder, and the next file decodes.
+#[test]
+fn the_fuzzers_over_allocating_files_are_stopped_by_the_memory_cap() {
+    let dir = repo_root().join("tests/dicom/fuzz-reproducers");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{} reproducers", files.len());
+    let (mut stopped, mut refused) = (0, 0);
+    for file in &files {
+        match decode_in_sandbox(&std::fs::read(file).unwrap(), &chest()) {
+            Outcome::Image(_) => panic!("{} decoded", file.display()),
+            Outcome::Refused(_) => refused += 1,
+            Outcome::Stopped(why) => {
+                assert!(why.contains("memory"), "{}: {why}", file.display());
+                stopped += 1;
+            }
+        }
+    }
+    eprintln!("{stopped} stopped by the memory cap, {refused} refused");
+    image(decode_in_sandbox(&fixture("chest-rle.dcm"), &chest()));
+}

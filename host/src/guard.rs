@@ -454,11 +454,14 @@ impl Guard {
         let image_magic =
             bytes.starts_with(b"\x89PNG\r\n\x1a\n") || bytes.starts_with(b"\x93NUMPY");
         if !image_magic && medguard_dicom::is_part10(bytes) {
-            return self.classify_dicom(model, bytes, options, None);
+            let (batch, source) = self.decode_dicom(model, bytes, options, None)?;
+            let mut classified = self.screen_and_record(model, &batch, options, None)?;
+            classified.dicom = Some(source);
+            return Ok(classified);
         }
         let batch = input::decode(bytes, &manifest.input, manifest.max_batch)
             .map_err(InputRefusal::Decode)?;
-        self.classify_batch(model, &batch, options, None)
+        self.screen_and_record(model, &batch, options, None)
     }
 
     /// [`Guard::classify`] for a DICOM Part 10 file, on behalf of `caller`:
@@ -474,7 +477,7 @@ impl Guard {
     ) -> Result<Classified, ClassifyError> {
         self.check_classifiable(model, options)?;
         let (batch, source) = self.decode_dicom(model, bytes, options, caller)?;
-        let mut classified = self.classify_batch(model, &batch, options, caller)?;
+        let mut classified = self.screen_and_record(model, &batch, options, caller)?;
         classified.dicom = Some(source);
         Ok(classified)
     }
@@ -547,20 +550,7 @@ impl Guard {
                         )),
                     ),
                 };
-                self.ledger
-                    .append_all(vec![Entry::InferenceFailed {
-                        time: Timestamp::now(),
-                        model: manifest.name.clone(),
-                        version: manifest.version.clone(),
-                        model_sha256: model.model_digest(),
-                        guest_sha256: program.digest(),
-                        input_hmac: self.input_key.hmac(bytes),
-                        images: 1,
-                        failure,
-                        seed: options.seed,
-                        caller: caller.map(|c| bounded(c, TEXT_MAX_BYTES)),
-                    }])
-                    .map_err(|e| ClassifyError::Guard(GuardError::Ledger(e)))?;
+                self.record_failure(model, program, bytes, 1, failure, options, caller)?;
                 return Err(refusal.into());
             }
             // Anything else is the host's or a compromised guest's failure,
@@ -593,6 +583,19 @@ impl Guard {
         caller: Option<&str>,
     ) -> Result<Classified, ClassifyError> {
         self.check_classifiable(model, options)?;
+        self.screen_and_record(model, batch, options, caller)
+    }
+}
+
+impl Guard {
+    /// Steps 3 to 5 of [`Guard::classify`], for a caller that did step 1.
+    fn screen_and_record(
+        &self,
+        model: &AttestedModel,
+        batch: &input::Batch,
+        options: ClassifyOptions,
+        caller: Option<&str>,
+    ) -> Result<Classified, ClassifyError> {
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         let manifest = model.manifest();
         // 3.
@@ -648,20 +651,8 @@ impl Guard {
                 // A request that produced nothing is on the record too: the
                 // access log an auditor reads has no gaps.
                 let tensor: Vec<u8> = batch.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                self.ledger
-                    .append_all(vec![Entry::InferenceFailed {
-                        time: Timestamp::now(),
-                        model: manifest.name.clone(),
-                        version: manifest.version.clone(),
-                        model_sha256: model.model_digest(),
-                        guest_sha256: program.digest(),
-                        input_hmac: self.input_key.hmac(&tensor),
-                        images: batch.shape[0],
-                        failure,
-                        seed: options.seed,
-                        caller: caller.map(|c| bounded(c, TEXT_MAX_BYTES)),
-                    }])
-                    .map_err(|e| ClassifyError::Guard(GuardError::Ledger(e)))?;
+                let images = batch.shape[0];
+                self.record_failure(model, program, &tensor, images, failure, options, caller)?;
                 return Err(refusal.into());
             }
         };
@@ -725,9 +716,39 @@ impl Guard {
             },
         })
     }
-}
 
-impl Guard {
+    /// Records an inference that produced nothing (the guest refused the
+    /// values, or its sandbox stopped): the access log an auditor reads has
+    /// no gaps. The input is named only by the keyed hash of `input`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_failure(
+        &self,
+        model: &AttestedModel,
+        program: &GuestProgram,
+        input: &[u8],
+        images: u32,
+        failure: InferenceFailure,
+        options: ClassifyOptions,
+        caller: Option<&str>,
+    ) -> Result<(), ClassifyError> {
+        let manifest = model.manifest();
+        self.ledger
+            .append_all(vec![Entry::InferenceFailed {
+                time: Timestamp::now(),
+                model: manifest.name.clone(),
+                version: manifest.version.clone(),
+                model_sha256: model.model_digest(),
+                guest_sha256: program.digest(),
+                input_hmac: self.input_key.hmac(input),
+                images,
+                failure,
+                seed: options.seed,
+                caller: caller.map(|c| bounded(c, TEXT_MAX_BYTES)),
+            }])
+            .map_err(|e| ClassifyError::Guard(GuardError::Ledger(e)))?;
+        Ok(())
+    }
+
     /// Step 1: only signed models, and screened ones unless allowed.
     fn check_classifiable(
         &self,

@@ -736,16 +736,10 @@ fn dicom_profile_to_wit(profile: &DicomProfile, height: u32, width: u32) -> wit_
 /// The longest refusal message taken from the guest; longer ones are cut.
 const GUEST_MESSAGE_MAX_BYTES: usize = 512;
 
-fn bounded_message(mut m: String) -> String {
-    if m.len() > GUEST_MESSAGE_MAX_BYTES {
-        let mut end = GUEST_MESSAGE_MAX_BYTES;
-        while !m.is_char_boundary(end) {
-            end -= 1;
-        }
-        m.truncate(end);
-        m.push_str("...");
-    }
-    m
+/// A guest's message, cut to [`GUEST_MESSAGE_MAX_BYTES`]: it is the guest's
+/// text, echoed into logs and answers.
+fn bounded_message(m: String) -> String {
+    medguard_ledger::entry::bounded(&m, GUEST_MESSAGE_MAX_BYTES)
 }
 
 fn dicom_error_from_wit(e: wit_dicom::DicomError) -> DicomError {

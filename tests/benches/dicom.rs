@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use medguard::sandbox::ScreenOptions;
 use medguard_dicom::sr::{self, Outcome, Report, Verdict};
-use medguard_dicom::{Acceptance, DicomProfile, SourceIdentity};
+use medguard_dicom::{DicomProfile, SourceIdentity};
 use medguard_tests::{bundled_model, repo_root, shared_program};
 
 const ROUNDS: usize = 15;
@@ -146,9 +146,6 @@ fn main() {
     // 3. Attacks made at full resolution.
     let block = 73usize;
     let full = 28 * block;
-    let accept_all = Acceptance {
-        ..profile.accepts.clone()
-    };
     let clean = std::fs::read(repo_root().join("tests/adversarial/ci/clean.npz")).expect("clean");
     let clean = medguard::input::read_npz_images(&clean, "test_images").expect("clean images");
     for attack in ["pgd-8", "pgd-4", "deepfool"] {
@@ -173,15 +170,7 @@ fn main() {
                 &identity(),
             );
             let decoded = program
-                .decode_dicom(
-                    &dicom,
-                    &DicomProfile {
-                        accepts: accept_all.clone(),
-                        ..profile.clone()
-                    },
-                    h,
-                    w,
-                )
+                .decode_dicom(&dicom, &profile, h, w)
                 .expect("decodes");
             for (a, b) in decoded.pixels.iter().zip(adv) {
                 max_diff_lifted = max_diff_lifted.max((a - b).abs());

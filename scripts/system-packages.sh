@@ -5,11 +5,14 @@
 #   python3-venv: the venv for the real OpenSSF model_signing (interop test)
 #   g++: libFuzzer, which cargo-fuzz's libfuzzer-sys compiles (scripts/fuzz.sh)
 #   dicom3tools: dciodvfy, which validates medguard's DICOM structured reports
+#   orthanc, orthanc-dicomweb: the real PACS `medguard pacs` is tested against
 set -euo pipefail
 need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3 python3-venv)
 command -v c++ >/dev/null || need+=(g++)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
+[[ -x /usr/sbin/Orthanc ]] || need+=(orthanc)
+[[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || need+=(orthanc-dicomweb)
 if ((${#need[@]})); then
   echo "scripts/system-packages.sh: installing ${need[*]}" >&2
   apt-get update -qq >&2

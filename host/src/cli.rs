@@ -8,6 +8,7 @@ mod demo;
 mod digest;
 mod eval;
 mod ledger;
+mod pacs;
 mod predict;
 mod serve;
 mod sign;
@@ -57,6 +58,7 @@ enum Command {
     Demo(demo::DemoCmd),
     Ledger(ledger::LedgerCmd),
     Serve(serve::ServeCmd),
+    Pacs(pacs::PacsCmd),
 }
 
 /// How a command ended, as the process exit code.
@@ -306,6 +308,7 @@ pub fn main() -> ExitCode {
         Command::Demo(cmd) => cmd.execute(&cli.sandbox),
         Command::Ledger(cmd) => cmd.execute(&cli.state),
         Command::Serve(cmd) => cmd.execute(&cli.sandbox, &cli.state),
+        Command::Pacs(cmd) => cmd.execute(&cli.sandbox, &cli.state),
     };
     match result {
         Ok(exit) => exit.into(),

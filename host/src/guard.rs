@@ -317,6 +317,13 @@ impl Guard {
         &self.origin
     }
 
+    /// The keyed HMAC-SHA256 (hex) of `data` under the ledger's input key,
+    /// the way the ledger names inputs: a stable name for patient data that
+    /// reveals nothing without the deployment's secret.
+    pub fn keyed_hash(&self, data: &[u8]) -> String {
+        self.input_key.hmac(data)
+    }
+
     /// The key that verifies the ledger's checkpoints and so every receipt.
     pub fn verifier(&self) -> &NoteVerifier {
         &self.verifier

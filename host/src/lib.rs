@@ -16,6 +16,7 @@ pub mod guest;
 /// Input decoding lives in its own crate, small enough to fuzz.
 pub use medguard_input as input;
 pub mod model_dir;
+pub mod pacs;
 pub mod report;
 pub mod sandbox;
 pub mod server;

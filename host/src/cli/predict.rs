@@ -62,6 +62,11 @@ enum Policy {
 }
 
 impl ScreeningArgs {
+    /// Whether `--seed` fixed the seed (else each input may draw its own).
+    pub(super) fn seed_is_fixed(&self) -> bool {
+        self.seed.is_some()
+    }
+
     /// The options every input of this run is screened with.
     pub(super) fn options(&self) -> anyhow::Result<ClassifyOptions> {
         let seed = match self.seed {

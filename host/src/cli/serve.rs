@@ -234,7 +234,7 @@ impl ServeCmd {
 }
 
 /// SIGTERM (what container runtimes send) or SIGINT.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use super::{json_lines, medguard, medguard_command, model_dir, root, s, text};
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     root().join("tests/dicom/fixtures").join(name)
 }
 
@@ -24,7 +24,7 @@ const LOSSLESS: [&str; 5] = [
 
 /// Bytes of the fixtures' patient and study identity: none may reach the
 /// data directory.
-const PHI: [&str; 7] = [
+pub(crate) const PHI: [&str; 7] = [
     "Testpatient",
     "MGPHI",
     "MGACC5521",
@@ -380,11 +380,11 @@ fn pydicoms_test_files_each_get_a_result_or_a_one_line_error() {
     );
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -10,6 +10,7 @@
 mod commands;
 mod dicom;
 mod ledger;
+mod pacs;
 mod regression;
 mod screening;
 mod serve;

@@ -252,6 +252,9 @@ impl<'a> Bridge<'a> {
         stop: &dyn Fn() -> bool,
     ) -> Result<PollSummary, PacsError> {
         let mut summary = PollSummary::default();
+        // Once per poll: an archive that lists an instance twice (under
+        // two modalities, on two pages) does not get it retried at once.
+        let mut attempted = HashSet::new();
         self.retry_pending(on_event)?;
         for modality in self.modalities.clone() {
             let mut offset = 0;
@@ -272,7 +275,10 @@ impl<'a> Bridge<'a> {
                         return Ok(summary);
                     }
                     let key = self.key(instance);
-                    if self.seen.contains(&key) || self.pending.contains_key(&key) {
+                    if self.seen.contains(&key)
+                        || self.pending.contains_key(&key)
+                        || !attempted.insert(key.clone())
+                    {
                         continue;
                     }
                     let event = self.handle(instance, key)?;

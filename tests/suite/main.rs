@@ -7,6 +7,7 @@ mod cache;
 mod dicom;
 mod drift;
 mod guard;
+mod pacs;
 mod parity;
 mod sandbox;
 mod server;

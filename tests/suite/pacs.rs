@@ -1,0 +1,481 @@
+//! The PACS bridge against a hostile archive: a DICOMweb server (axum, in
+//! this process) that answers what an attacker who controls the archive
+//! would. The real Orthanc round trip is host/tests/cli/pacs.rs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use medguard::guard::{Admission, ClassifyOptions, Guard, ScreeningPolicy};
+use medguard::pacs::dicomweb::{ClientOptions, DicomWebClient};
+use medguard::pacs::{Bridge, BridgeSettings, InstanceEvent, Outcome, SEEN_FILE};
+use medguard_tests::{demo_policy, model_dir, repo_root, shared_program_owned};
+use serde_json::{Value, json};
+
+/// One answer of the fake archive.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    delay: Duration,
+}
+
+impl Reply {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            content_type,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&Method, &str, &[u8]) -> Reply + Send + Sync>;
+
+/// One request the fake archive received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    target: String,
+    body: Vec<u8>,
+    authorization: Option<String>,
+}
+
+/// A DICOMweb server answering with `handler`, recording every request
+/// (method, path and query, body). Stops when dropped.
+struct FakeArchive {
+    base: String,
+    requests: Arc<Mutex<Vec<Received>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeArchive {
+    fn start(handler: impl Fn(&Method, &str, &[u8]) -> Reply + Send + Sync + 'static) -> Self {
+        let handler: Handler = Arc::new(handler);
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log = requests.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = axum::Router::new().fallback(
+                    move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                        let (handler, log) = (handler.clone(), log.clone());
+                        async move {
+                            let target = uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            log.lock().unwrap().push(Received {
+                                method: method.to_string(),
+                                target: target.clone(),
+                                body: body.to_vec(),
+                                authorization: headers
+                                    .get(header::AUTHORIZATION)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned),
+                            });
+                            let reply = handler(&method, &target, &body);
+                            tokio::time::sleep(reply.delay).await;
+                            let status = StatusCode::from_u16(reply.status).unwrap();
+                            let response: Response = (
+                                status,
+                                [(header::CONTENT_TYPE, reply.content_type)],
+                                reply.body,
+                            )
+                                .into_response();
+                            response
+                        }
+                    },
+                );
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        Self {
+            base: format!("http://{addr}/dicom-web"),
+            requests,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The requests so far.
+    fn requests(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The WADO-RS requests' targets.
+    fn retrievals(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.target.contains("/studies/"))
+            .map(|r| r.target)
+            .collect()
+    }
+}
+
+impl Drop for FakeArchive {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A QIDO-RS answer listing `(study, series, instance)` UIDs.
+fn qido(entries: &[(&str, &str, &str)]) -> Vec<u8> {
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|(st, se, i)| {
+            json!({
+                "0020000D": {"vr": "UI", "Value": [st]},
+                "0020000E": {"vr": "UI", "Value": [se]},
+                "00080018": {"vr": "UI", "Value": [i]},
+            })
+        })
+        .collect();
+    serde_json::to_vec(&list).unwrap()
+}
+
+/// A WADO-RS answer holding `part` with `content_type`.
+fn multipart(part: &[u8], content_type: &str) -> Vec<u8> {
+    let mut body = format!("--b0undary\r\nContent-Type: {content_type}\r\n\r\n").into_bytes();
+    body.extend_from_slice(part);
+    body.extend_from_slice(b"\r\n--b0undary--\r\n");
+    body
+}
+
+const MULTIPART: &str = "multipart/related; type=\"application/dicom\"; boundary=b0undary";
+
+fn radiograph() -> Vec<u8> {
+    std::fs::read(repo_root().join("tests/dicom/fixtures/same-pixels/normal-1.dcm")).unwrap()
+}
+
+fn settings() -> BridgeSettings {
+    BridgeSettings {
+        filters: Vec::new(),
+        page_size: 100,
+        max_scanned: 1000,
+        options: ClassifyOptions {
+            seed: 7,
+            policy: ScreeningPolicy::Enforce,
+            allow_unscreened: false,
+        },
+        fixed_seed: true,
+        store_attempts: 3,
+    }
+}
+
+fn client(base: &str, timeout: Duration) -> DicomWebClient {
+    DicomWebClient::new(
+        base,
+        ClientOptions {
+            ca_cert: None,
+            bearer_token: Some("s3cret-token".into()),
+            timeout,
+            max_instance_bytes: 256 << 10,
+        },
+    )
+    .unwrap()
+}
+
+/// Runs `polls` polls of a bridge on `archive`; every event.
+fn run(
+    archive: &FakeArchive,
+    data: &std::path::Path,
+    settings: BridgeSettings,
+    timeout: Duration,
+    polls: usize,
+) -> Vec<Vec<InstanceEvent>> {
+    let guard = Guard::open(data, demo_policy())
+        .unwrap()
+        .with_sandbox(shared_program_owned());
+    let Admission::Admitted { model, .. } = guard.admit(&model_dir()).unwrap() else {
+        panic!("the bundled model is admitted")
+    };
+    let client = client(&archive.base, timeout);
+    let mut bridge = Bridge::new(&guard, &model, &client, data, settings).unwrap();
+    (0..polls)
+        .map(|_| {
+            let mut events = Vec::new();
+            bridge
+                .poll(&mut |e: &InstanceEvent| events.push(e.clone()), &|| false)
+                .unwrap();
+            events
+        })
+        .collect()
+}
+
+/// UIDs from the archive go into request paths only when they are UIDs: a
+/// path segment like `..` or a slash cannot steer the bridge elsewhere on
+/// the server, and entries without the three UIDs are skipped.
+#[test]
+fn hostile_uids_never_reach_a_request_path() {
+    let archive = FakeArchive::start(|_, path, _| {
+        if path.contains("/instances?") {
+            let mut entries = qido(&[
+                ("1.2", "1.3", "../../../tools/reset"),
+                ("1.2", "1.3/../../x", "1.5"),
+                ("1.2", "1.3", "1.4?x=1"),
+                ("1.2", "1.3", "1.2.840.99999.77"),
+            ]);
+            // An entry with no UIDs at all, and one whose UID is a number.
+            entries.pop();
+            entries.extend_from_slice(
+                br#",{},{"0020000D":{"Value":[1]},"0020000E":{"Value":["1"]},"00080018":{"Value":["1"]}}]"#,
+            );
+            return Reply::new(200, "application/dicom+json", entries);
+        }
+        Reply::new(404, "text/plain", "no such instance")
+    });
+    let data = tempfile::tempdir().unwrap();
+    let events = run(
+        &archive,
+        data.path(),
+        settings(),
+        Duration::from_secs(10),
+        1,
+    );
+    // Two modalities (DX, CR) searched, one valid instance each time: the
+    // second search finds it already handled.
+    let retrievals = archive.retrievals();
+    assert_eq!(
+        retrievals,
+        ["/dicom-web/studies/1.2/series/1.3/instances/1.2.840.99999.77"]
+    );
+    for r in archive.requests() {
+        assert!(!r.target.contains(".."), "{}", r.target);
+    }
+    assert_eq!(events[0].len(), 1);
+    let InstanceEvent { outcome, .. } = &events[0][0];
+    let Outcome::NotRetrieved { error, will_retry } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(!will_retry, "a 404 is final");
+    assert!(error.contains("404") && !error.contains("99999"), "{error}");
+}
+
+/// An archive that answers every page full never ends a poll on its own:
+/// the bridge stops at its cap.
+#[test]
+fn an_archive_that_pages_forever_is_cut_off() {
+    let archive = FakeArchive::start(|_, path, _| {
+        if path.contains("/instances?") {
+            return Reply::new(
+                200,
+                "application/dicom+json",
+                qido(&[("1.2", "1.3", "1.4"), ("1.2", "1.3", "1.4")]),
+            );
+        }
+        Reply::new(404, "text/plain", "")
+    });
+    let data = tempfile::tempdir().unwrap();
+    let settings = BridgeSettings {
+        page_size: 2,
+        max_scanned: 10,
+        ..settings()
+    };
+    run(&archive, data.path(), settings, Duration::from_secs(10), 1);
+    let searches = archive
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/instances?"))
+        .count();
+    assert_eq!(
+        searches,
+        2 * 5,
+        "five pages of two per modality, then the cap"
+    );
+}
+
+/// What a hostile archive sends instead of an instance is refused, each
+/// case on its own, without a retry when the instance is the cause; a
+/// server error or a slow answer is retried on the next poll.
+#[test]
+fn bad_retrievals_are_refused_one_by_one_and_only_transport_failures_retried() {
+    let dicom = radiograph();
+    let archive = FakeArchive::start(move |method, path, _| {
+        if path.contains("/instances?") {
+            return Reply::new(
+                200,
+                "application/dicom+json",
+                qido(&[
+                    ("1.2", "1.3", "9.1"),
+                    ("1.2", "1.3", "9.2"),
+                    ("1.2", "1.3", "9.3"),
+                    ("1.2", "1.3", "9.4"),
+                    ("1.2", "1.3", "9.5"),
+                    ("1.2", "1.3", "9.6"),
+                    ("1.2", "1.3", "9.7"),
+                ]),
+            );
+        }
+        if *method == Method::POST {
+            // The archive refuses every report (out of resources).
+            let answer = json!({"00081198": {"vr": "SQ", "Value": [
+                {"00081197": {"vr": "US", "Value": [0xA700]}}
+            ]}});
+            return Reply::new(409, "application/dicom+json", answer.to_string());
+        }
+        match path.rsplit('/').next().unwrap_or("") {
+            "9.1" => Reply::new(200, "text/html", "<html>login</html>"),
+            "9.2" => Reply::new(503, "text/plain", "busy"),
+            "9.3" => Reply::new(200, MULTIPART, multipart(b"hello", "text/plain")),
+            // Over the 256 KiB cap.
+            "9.4" => Reply::new(200, "application/dicom", vec![0u8; 300 << 10]),
+            "9.5" => Reply::new(200, MULTIPART, b"--other\r\n\r\nnothing".to_vec()),
+            "9.6" => Reply {
+                delay: Duration::from_secs(3),
+                ..Reply::new(200, "application/dicom", Vec::new())
+            },
+            "9.7" => Reply::new(200, MULTIPART, multipart(&dicom, "application/dicom")),
+            _ => Reply::new(404, "text/plain", ""),
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let polls = run(&archive, data.path(), settings(), Duration::from_secs(1), 4);
+    let first = &polls[0];
+    assert_eq!(first.len(), 7, "{first:?}");
+    let retried: Vec<bool> = first
+        .iter()
+        .map(|e| match &e.outcome {
+            Outcome::NotRetrieved { will_retry, .. } => *will_retry,
+            Outcome::NotStored { will_retry, .. } => *will_retry,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(retried, [false, true, false, false, false, true, true]);
+    let Outcome::NotRetrieved { error, .. } = &first[5].outcome else {
+        unreachable!()
+    };
+    assert!(error.contains("no answer within 1 s"), "{error}");
+    let Outcome::NotStored { error, report, .. } = &first[6].outcome else {
+        unreachable!()
+    };
+    assert!(error.contains("0xa700"), "{error}");
+
+    // Polls 2 and 3: the two transport failures are retrieved again, the
+    // same report is sent again (not classified again); after the third
+    // attempt the report is given up and marked handled.
+    let stores: Vec<Vec<u8>> = archive
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(stores.len(), 3, "one store per poll, three attempts");
+    let part = |body: &[u8]| {
+        // Boundaries differ per request; the report between them must not.
+        let start = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        body[start..body.len() - "\r\n--medguard-0123456789abcdef0123456789abcdef--\r\n".len()]
+            .to_vec()
+    };
+    assert!(stores.iter().all(|b| part(b) == part(&stores[0])));
+    for (i, poll) in polls.iter().enumerate().skip(1) {
+        let stored: Vec<&InstanceEvent> = poll
+            .iter()
+            .filter(|e| matches!(e.outcome, Outcome::NotStored { .. }))
+            .collect();
+        let expect = usize::from(i < 3);
+        assert_eq!(stored.len(), expect, "poll {i}: {poll:?}");
+        if let Some(Outcome::NotStored {
+            report: again,
+            will_retry,
+            ..
+        }) = stored.first().map(|e| &e.outcome)
+        {
+            assert_eq!(again, report);
+            assert_eq!(*will_retry, i < 2);
+        }
+    }
+    let retrievals = archive.retrievals();
+    let count = |uid: &str| retrievals.iter().filter(|p| p.ends_with(uid)).count();
+    assert_eq!(count("/9.2"), 4, "a 503 is retried every poll");
+    assert_eq!(count("/9.1"), 1, "an HTML page is not");
+    assert_eq!(
+        count("/9.7"),
+        1,
+        "a classified instance is never classified again"
+    );
+    // Every request carried the token; no event shows it.
+    assert!(
+        archive
+            .requests()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some("Bearer s3cret-token"))
+    );
+    assert!(
+        polls
+            .iter()
+            .flatten()
+            .all(|e| !format!("{e:?}").contains("s3cret"))
+    );
+    // The record of handled instances: keyed hashes only.
+    let seen = std::fs::read_to_string(data.path().join(SEEN_FILE)).unwrap();
+    assert_eq!(seen.lines().count(), 5, "{seen}");
+    assert!(!seen.contains("9."));
+}
+
+/// A STOW-RS answer that says 200 but does not list the report is not
+/// taken as stored.
+#[test]
+fn a_store_answer_that_does_not_list_the_report_is_not_success() {
+    let dicom = radiograph();
+    let archive = FakeArchive::start(move |method, path, _| {
+        if path.contains("/instances?") {
+            return Reply::new(
+                200,
+                "application/dicom+json",
+                qido(&[("1.2", "1.3", "9.7")]),
+            );
+        }
+        if *method == Method::POST {
+            // 200, but listing some other instance.
+            let answer = json!({"00081199": {"vr": "SQ", "Value": [
+                {"00081155": {"vr": "UI", "Value": ["1.2.3.4"]}}
+            ]}});
+            return Reply::new(200, "application/dicom+json", answer.to_string());
+        }
+        Reply::new(200, MULTIPART, multipart(&dicom, "application/dicom"))
+    });
+    let data = tempfile::tempdir().unwrap();
+    let settings = BridgeSettings {
+        store_attempts: 1,
+        ..settings()
+    };
+    let polls = run(&archive, data.path(), settings, Duration::from_secs(10), 2);
+    assert!(
+        matches!(
+            polls[0][..],
+            [InstanceEvent {
+                outcome: Outcome::NotStored {
+                    will_retry: false,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{polls:?}"
+    );
+    assert!(polls[1].is_empty(), "given up after one attempt: {polls:?}");
+}

@@ -8,7 +8,10 @@
 //!    flipped PGD and DeepFool images lifted to 2044x2044 (73x73 blocks, the
 //!    attack an adversary who knows the area resize makes), and clean images
 //!    with +-8/255 noise on every full-resolution pixel (a perturbation not
-//!    planned for the resize), each decoded, screened and classified.
+//!    planned for the resize), each decoded, screened and classified;
+//! 4. with `MEDGUARD_ORTHANC` naming an Orthanc binary (scripts/test.sh
+//!    installs it): the round trip per instance through a real Orthanc,
+//!    the same radiograph stored a dozen times, one poll of the PACS bridge.
 //!
 //! Figures are also written as JSON to `$MEDGUARD_BENCH_JSON`, default
 //! `target/bench/dicom.json`.
@@ -170,7 +173,7 @@ fn main() {
                 &identity(),
             );
             let decoded = program
-                .decode_dicom(&dicom, &profile, h, w)
+                .decode_dicom(&dicom, profile, h, w)
                 .expect("decodes");
             for (a, b) in decoded.pixels.iter().zip(adv) {
                 max_diff_lifted = max_diff_lifted.max((a - b).abs());
@@ -278,6 +281,17 @@ fn main() {
         rejected as f64,
         "images",
     );
+    // 4. The PACS round trip through a real Orthanc, when MEDGUARD_ORTHANC
+    //    names one (scripts/test.sh installs it): the 2048x2048 radiograph
+    //    stored N times by STOW-RS, then one poll of the bridge.
+    if std::env::var_os("MEDGUARD_ORTHANC").is_some() {
+        let figures = pacs_round_trip(&pixels);
+        for (name, value, unit) in figures {
+            add(&name, value, unit);
+        }
+    } else {
+        println!("PACS round trip: skipped (MEDGUARD_ORTHANC names no Orthanc binary)");
+    }
     let path = std::env::var_os("MEDGUARD_BENCH_JSON")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/bench/dicom.json"));
@@ -286,4 +300,105 @@ fn main() {
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&figures).expect("JSON")).expect("write");
     println!("figures written to {}", path.display());
+}
+
+/// Section 4: (name, value, unit) figures of one bridge poll over `n`
+/// stored radiographs.
+fn pacs_round_trip(pixels: &[u16]) -> Vec<(String, f64, &'static str)> {
+    use medguard::guard::{Admission, ClassifyOptions, Guard, ScreeningPolicy};
+    use medguard::pacs::dicomweb::{ClientOptions, DicomWebClient};
+    use medguard::pacs::{Bridge, BridgeSettings, InstanceEvent, Outcome};
+    let n = 12;
+    let orthanc = medguard_tests::orthanc::Orthanc::start();
+    for i in 0..n {
+        let identity = SourceIdentity {
+            sop_instance_uid: format!("2.25.71{i:03}"),
+            ..identity()
+        };
+        orthanc.store(&medguard_dicom::synthetic::radiograph(
+            2048, 2048, 12, pixels, &identity,
+        ));
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let guard = Guard::open(data.path(), medguard_tests::demo_policy())
+        .expect("guard")
+        .with_sandbox(medguard_tests::shared_program_owned());
+    let Admission::Admitted { model, .. } = guard
+        .admit(&medguard_tests::model_dir())
+        .expect("admission")
+    else {
+        panic!("the bundled model is admitted")
+    };
+    let client = DicomWebClient::new(
+        &orthanc.base(),
+        ClientOptions {
+            ca_cert: None,
+            bearer_token: None,
+            timeout: Duration::from_secs(60),
+            max_instance_bytes: 64 << 20,
+        },
+    )
+    .expect("client");
+    let settings = BridgeSettings {
+        filters: Vec::new(),
+        page_size: 100,
+        max_scanned: 1000,
+        options: ClassifyOptions {
+            seed: 7,
+            policy: ScreeningPolicy::Enforce,
+            allow_unscreened: false,
+        },
+        fixed_seed: true,
+        store_attempts: 1,
+    };
+    let mut bridge = Bridge::new(&guard, &model, &client, data.path(), settings).expect("bridge");
+    let mut events: Vec<InstanceEvent> = Vec::new();
+    let started = Instant::now();
+    bridge
+        .poll(&mut |e: &InstanceEvent| events.push(e.clone()), &|| false)
+        .expect("poll");
+    let wall = started.elapsed();
+    assert_eq!(events.len(), n, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e.outcome, Outcome::Reported { .. })),
+        "{events:?}"
+    );
+    let ms = |f: fn(&InstanceEvent) -> Duration| {
+        median(events.iter().map(f).collect()).as_secs_f64() * 1e3
+    };
+    vec![
+        ("PACS round trip: instances".into(), n as f64, ""),
+        (
+            "PACS round trip per instance (retrieve to stored), median".into(),
+            ms(|e| e.timings.total()),
+            "ms",
+        ),
+        (
+            "PACS round trip: WADO-RS retrieve, median".into(),
+            ms(|e| e.timings.retrieve),
+            "ms",
+        ),
+        (
+            "PACS round trip: decode, screen, classify, ledger, median".into(),
+            ms(|e| e.timings.classify),
+            "ms",
+        ),
+        (
+            "PACS round trip: structured report, median".into(),
+            ms(|e| e.timings.report),
+            "ms",
+        ),
+        (
+            "PACS round trip: STOW-RS store, median".into(),
+            ms(|e| e.timings.store),
+            "ms",
+        ),
+        (
+            "PACS round trip: whole poll per instance (QIDO-RS included)".into(),
+            wall.as_secs_f64() * 1e3 / n as f64,
+            "ms",
+        ),
+    ]
 }

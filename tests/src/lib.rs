@@ -2,6 +2,8 @@
 //! its golden outputs, a shared compiled guest, and hostile guest components
 //! built from WAT against the real WIT world.
 
+pub mod orthanc;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

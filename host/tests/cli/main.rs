@@ -10,6 +10,9 @@
 mod commands;
 mod dicom;
 mod ledger;
+// Shared with the benchmarks (medguard-tests), which cannot be a dependency here.
+#[path = "../../../tests/src/orthanc.rs"]
+mod orthanc;
 mod pacs;
 mod regression;
 mod screening;

@@ -395,8 +395,15 @@ fn text(object: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
         .get(tag)
         .and_then(|e| e.to_str().ok())
         .map(|s| {
-            s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
-                .to_string()
+            let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+            // Cut, not refused: an over-long name must cost the report
+            // (the SR writer refuses what no valid report can carry), not
+            // the classification. The host refuses longer answers outright.
+            let mut end = s.len().min(crate::TEXT_MAX_BYTES);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
         })
         .unwrap_or_default()
 }

@@ -494,7 +494,7 @@ impl Guard {
     /// (a decoder panic, the memory cap, the deadline) is refused and, like
     /// any inference that produced nothing, recorded with its keyed hash,
     /// `options.seed` and `caller`.
-    pub fn decode_dicom(
+    fn decode_dicom(
         &self,
         model: &AttestedModel,
         bytes: &[u8],

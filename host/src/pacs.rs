@@ -11,19 +11,23 @@
 //!
 //! What the bridge remembers, in `pacs-seen` in the data directory, is one
 //! keyed HMAC per instance handled (the ledger's input key over the base
-//! URL and the SOP Instance UID): no UID or other attribute of the
+//! URL and the instance's three UIDs): no UID or other attribute of the
 //! patient's data reaches the data directory. An instance is marked seen
 //! once its outcome is final: the report stored, or the instance refused
-//! for a reason that would not change on a retry. A report the archive did
-//! not take is retried, the same report, on the next polls, up to
-//! [`BridgeSettings::store_attempts`]; an instance that could not be
-//! retrieved is tried again on the next poll.
+//! for a reason that would not change on a retry. Before a report is sent,
+//! an intent line names it (the report's own derived UID, no patient data):
+//! after a crash between the store and the mark, the next start asks the
+//! archive for that report instead of filing a second one. A failure that
+//! may pass (the transport, the server, the sandbox) is retried on the next
+//! polls, up to [`BridgeSettings::attempts`]; a report the archive did not
+//! take is sent again, the same bytes. The archive refusing the bridge's
+//! credentials stops the poll without marking anything.
 
 pub mod dicomweb;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -44,6 +48,10 @@ pub enum PacsError {
     /// The archive could not be searched: nothing can be found this poll.
     #[error(transparent)]
     Search(DicomWebError),
+    /// The archive refused the bridge's credentials: the poll stopped, and
+    /// nothing was marked handled.
+    #[error("the archive refused medguard's credentials (check --token-file): {0}")]
+    Unauthorized(DicomWebError),
     /// The guard failed (the ledger): nothing more can be recorded.
     #[error(transparent)]
     Guard(#[from] GuardError),
@@ -79,8 +87,9 @@ pub struct BridgeSettings {
     pub options: ClassifyOptions,
     /// Use `options.seed` for every instance (to reproduce a run).
     pub fixed_seed: bool,
-    /// How many times a report is sent before the bridge gives up on it.
-    pub store_attempts: u32,
+    /// In how many polls an instance (or its report) is tried before the
+    /// bridge gives up on it, when the failure may pass.
+    pub attempts: u32,
 }
 
 /// One instance's outcome. The instance is named by [`InstanceEvent::instance`], a
@@ -120,9 +129,17 @@ pub enum Outcome {
         reason: String,
     },
     /// The instance could not be retrieved; `will_retry` says whether the
-    /// next poll tries again (a transport failure) or not (the instance
-    /// itself was the cause: too large, not DICOM, gone).
+    /// next poll tries again (a failure that may pass) or not (gone, too
+    /// large, or tried in [`BridgeSettings::attempts`] polls).
     NotRetrieved {
+        /// One line.
+        error: String,
+        /// Whether the next poll tries again.
+        will_retry: bool,
+    },
+    /// The sandbox failed on the instance in a way that is not a refusal
+    /// of the input (it could not start, or answered out of bounds).
+    NotClassified {
         /// One line.
         error: String,
         /// Whether the next poll tries again.
@@ -179,7 +196,20 @@ struct PendingReport {
     bytes: Vec<u8>,
     attempts: u32,
     verdict: Verdict,
+    label: Option<String>,
+    p_value: Option<f64>,
     ledger_index: u64,
+}
+
+/// What to do after a failed DICOMweb call about one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// It may pass: try again next poll (up to the attempts).
+    Retry,
+    /// The instance is the cause (gone, too large): final.
+    Final,
+    /// The credentials were refused: stop the poll, mark nothing.
+    Unauthorized,
 }
 
 /// The bridge between one archive and one admitted model. See the module
@@ -192,6 +222,8 @@ pub struct Bridge<'a> {
     modalities: Vec<String>,
     seen: SeenLog,
     pending: BTreeMap<String, PendingReport>,
+    /// Polls each instance has failed in so far (failures that may pass).
+    failures: HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for Bridge<'_> {
@@ -216,36 +248,57 @@ impl<'a> Bridge<'a> {
         data_dir: &Path,
         settings: BridgeSettings,
     ) -> Result<Self, PacsError> {
-        let manifest = model.manifest();
-        let profile = manifest.dicom.as_ref().ok_or_else(|| {
-            PacsError::Model(format!(
-                "{} {} takes no DICOM: its signed manifest has no dicom section",
-                manifest.name, manifest.version
-            ))
-        })?;
-        if guard.program().is_none() {
-            return Err(GuardError::NoSandbox.into());
+        if let Some(why) = Self::unusable(guard, model, &settings) {
+            return Err(PacsError::Model(why));
         }
-        if manifest.screening.is_none() && !settings.options.allow_unscreened {
-            return Err(PacsError::Model(format!(
-                "{} has no screening profile; run `medguard calibrate` on it",
-                manifest.name
-            )));
-        }
+        let modalities = match &model.manifest().dicom {
+            Some(profile) => profile.accepts.modality.clone(),
+            None => Vec::new(),
+        };
         Ok(Self {
             guard,
             model,
             client,
-            modalities: profile.accepts.modality.clone(),
+            modalities,
             settings,
             seen: SeenLog::open(&data_dir.join(SEEN_FILE))?,
             pending: BTreeMap::new(),
+            failures: HashMap::new(),
         })
     }
 
-    /// One poll: reports not yet stored are sent again, then every
-    /// accepted modality is searched and each instance not seen before is
-    /// handled, one event each, until `stop` says so.
+    /// Why `model` cannot feed a bridge, if it cannot: no DICOM profile, no
+    /// sandbox, or no screening profile where screening is required.
+    pub fn unusable(
+        guard: &Guard,
+        model: &AttestedModel,
+        settings: &BridgeSettings,
+    ) -> Option<String> {
+        let manifest = model.manifest();
+        if manifest.dicom.is_none() {
+            return Some(format!(
+                "{} {} takes no DICOM: its signed manifest has no dicom section",
+                manifest.name, manifest.version
+            ));
+        }
+        if guard.program().is_none() {
+            return Some(GuardError::NoSandbox.to_string());
+        }
+        if manifest.screening.is_none() && !settings.options.allow_unscreened {
+            return Some(format!(
+                "{} has no screening profile; run `medguard calibrate` on it",
+                manifest.name
+            ));
+        }
+        None
+    }
+
+    /// One poll: reports sent before a crash are looked up, reports not yet
+    /// stored are sent again, then every accepted modality is searched,
+    /// page by page, and each instance not handled before is handled, one
+    /// event each, until `stop` says so. A search that fails skips its
+    /// modality for this poll (the first such error is returned at the end);
+    /// refused credentials stop the poll at once.
     pub fn poll(
         &mut self,
         on_event: &mut dyn FnMut(&InstanceEvent),
@@ -255,19 +308,29 @@ impl<'a> Bridge<'a> {
         // Once per poll: an archive that lists an instance twice (under
         // two modalities, on two pages) does not get it retried at once.
         let mut attempted = HashSet::new();
-        self.retry_pending(on_event)?;
+        self.resolve_intents(&mut attempted)?;
+        self.retry_pending(on_event, stop)?;
+        let mut failed = None;
         for modality in self.modalities.clone() {
             let mut offset = 0;
+            // Until an empty page: an archive may cap a page below the
+            // limit asked for.
             while offset < self.settings.max_scanned && !stop() {
-                let page = self
-                    .client
-                    .search_instances(
-                        &modality,
-                        &self.settings.filters,
-                        offset,
-                        self.settings.page_size,
-                    )
-                    .map_err(PacsError::Search)?;
+                let page = match self.client.search_instances(
+                    &modality,
+                    &self.settings.filters,
+                    offset,
+                    self.settings.page_size,
+                ) {
+                    Ok(page) => page,
+                    Err(e) if disposition(&e) == Disposition::Unauthorized => {
+                        return Err(PacsError::Unauthorized(e));
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(PacsError::Search(e));
+                        break;
+                    }
+                };
                 summary.scanned += page.entries;
                 summary.invalid += page.invalid;
                 for instance in &page.instances {
@@ -285,22 +348,67 @@ impl<'a> Bridge<'a> {
                     summary.handled += 1;
                     on_event(&event);
                 }
-                if page.entries < self.settings.page_size {
+                if page.entries == 0 {
                     break;
                 }
                 offset += page.entries;
             }
         }
-        Ok(summary)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 
     /// The instance's keyed HMAC: its name in `pacs-seen`.
     fn key(&self, instance: &InstanceRef) -> String {
         let mut named = b"medguard-pacs-instance\0".to_vec();
-        named.extend_from_slice(self.client.base_url().as_bytes());
-        named.push(0);
-        named.extend_from_slice(instance.instance.as_bytes());
+        for part in [
+            self.client.base_url(),
+            &instance.study,
+            &instance.series,
+            &instance.instance,
+        ] {
+            named.extend_from_slice(part.as_bytes());
+            named.push(0);
+        }
         self.guard.keyed_hash(&named)
+    }
+
+    /// Reports whose store was intended but not confirmed (a crash, or a
+    /// stop, between the store and the mark): held by the archive, the
+    /// instance is marked handled; not held, it is handled again; not
+    /// known yet, it waits for the next poll.
+    fn resolve_intents(&mut self, attempted: &mut HashSet<String>) -> Result<(), PacsError> {
+        for (key, uid) in self.seen.open_intents() {
+            if self.pending.contains_key(&key) {
+                continue;
+            }
+            match self.client.holds_instance("SR", &uid) {
+                Ok(true) => self.seen.mark(&key)?,
+                Ok(false) => self.seen.drop_intent(&key),
+                Err(e) if disposition(&e) == Disposition::Unauthorized => {
+                    return Err(PacsError::Unauthorized(e));
+                }
+                Err(_) => {
+                    attempted.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a failure that may pass; whether the instance gets another
+    /// poll (if not, it is marked handled).
+    fn failed_once(&mut self, key: &str) -> Result<bool, PacsError> {
+        let count = self.failures.entry(key.to_owned()).or_insert(0);
+        *count += 1;
+        if *count < self.settings.attempts {
+            return Ok(true);
+        }
+        self.failures.remove(key);
+        self.seen.mark(key)?;
+        Ok(false)
     }
 
     fn handle(&mut self, instance: &InstanceRef, key: String) -> Result<InstanceEvent, PacsError> {
@@ -317,10 +425,14 @@ impl<'a> Bridge<'a> {
         let bytes = match retrieved {
             Ok(bytes) => bytes,
             Err(e) => {
-                let will_retry = retryable(&e);
-                if !will_retry {
-                    self.seen.mark(&key)?;
-                }
+                let will_retry = match disposition(&e) {
+                    Disposition::Unauthorized => return Err(PacsError::Unauthorized(e)),
+                    Disposition::Retry => self.failed_once(&key)?,
+                    Disposition::Final => {
+                        self.seen.mark(&key)?;
+                        false
+                    }
+                };
                 let outcome = Outcome::NotRetrieved {
                     error: e.to_string(),
                     will_retry,
@@ -345,10 +457,36 @@ impl<'a> Bridge<'a> {
                     let reason = why.to_string();
                     return Ok(event(Outcome::Refused { reason }, timings));
                 }
+                // The sandbox failing is this instance's problem until it
+                // is every instance's: retried, then given up, never a stop.
+                Err(ClassifyError::Guard(GuardError::Sandbox(e))) => {
+                    timings.classify = started.elapsed();
+                    let will_retry = self.failed_once(&key)?;
+                    let error = format!("the sandbox failed on this instance: {e}");
+                    return Ok(event(Outcome::NotClassified { error, will_retry }, timings));
+                }
                 Err(ClassifyError::Guard(e)) => return Err(e.into()),
                 Err(e) => return Err(PacsError::Model(e.to_string())),
             };
         timings.classify = started.elapsed();
+        // The archive sent what was asked for, or the report would describe
+        // another image under this one's name.
+        let sent = classified.dicom.as_ref().map(|d| &d.identity);
+        if sent.is_none_or(|id| {
+            (
+                id.study_instance_uid.as_str(),
+                id.series_instance_uid.as_str(),
+                id.sop_instance_uid.as_str(),
+            ) != (
+                instance.study.as_str(),
+                instance.series.as_str(),
+                instance.instance.as_str(),
+            )
+        }) {
+            self.seen.mark(&key)?;
+            let reason = "the archive sent another instance than the one asked for (its UIDs differ); no report filed".to_owned();
+            return Ok(event(Outcome::Refused { reason }, timings));
+        }
         let Some(image) = classified.images.first() else {
             return Err(PacsError::Model(
                 "the guard returned no result for a one-image input".into(),
@@ -376,180 +514,231 @@ impl<'a> Bridge<'a> {
                 ));
             }
         };
-        let started = Instant::now();
-        let stored = self.client.store_instance(&sr, &uid);
-        timings.store = started.elapsed();
-        let (verdict, ledger_index) = (image.verdict, image.receipt.index);
-        let outcome = match stored {
-            Ok(()) => {
-                self.seen.mark(&key)?;
-                Outcome::Reported {
-                    verdict,
-                    label: image.label.clone(),
-                    p_value: image.p_value,
-                    ledger_index,
-                    report: uid,
-                }
-            }
-            Err(e) => {
-                let will_retry = self.settings.store_attempts > 1;
-                if will_retry {
-                    self.pending.insert(
-                        key.clone(),
-                        PendingReport {
-                            uid: uid.clone(),
-                            bytes: sr,
-                            attempts: 1,
-                            verdict,
-                            ledger_index,
-                        },
-                    );
-                } else {
-                    self.seen.mark(&key)?;
-                }
-                Outcome::NotStored {
-                    verdict,
-                    ledger_index,
-                    report: uid,
-                    error: e.to_string(),
-                    will_retry,
-                }
-            }
+        self.seen.intend(&key, &uid)?;
+        let pending = PendingReport {
+            uid,
+            bytes: sr,
+            attempts: 0,
+            verdict: image.verdict,
+            label: image.label.clone(),
+            p_value: image.p_value,
+            ledger_index: image.receipt.index,
         };
+        let (outcome, store) = self.store(&key, pending)?;
+        timings.store = store;
         Ok(event(outcome, timings))
     }
 
+    /// Sends a report (again); marks the instance handled when the archive
+    /// took it or the attempts are spent, else keeps it pending.
+    fn store(
+        &mut self,
+        key: &str,
+        mut pending: PendingReport,
+    ) -> Result<(Outcome, Duration), PacsError> {
+        let started = Instant::now();
+        let stored = self.client.store_instance(&pending.bytes, &pending.uid);
+        let took = started.elapsed();
+        let outcome = match stored {
+            Ok(()) => {
+                self.seen.mark(key)?;
+                Outcome::Reported {
+                    verdict: pending.verdict,
+                    label: pending.label,
+                    p_value: pending.p_value,
+                    ledger_index: pending.ledger_index,
+                    report: pending.uid,
+                }
+            }
+            Err(e) if disposition(&e) == Disposition::Unauthorized => {
+                // Not an attempt: the report waits for working credentials.
+                self.pending.insert(key.to_owned(), pending);
+                return Err(PacsError::Unauthorized(e));
+            }
+            Err(e) => {
+                pending.attempts += 1;
+                let will_retry = pending.attempts < self.settings.attempts;
+                let outcome = Outcome::NotStored {
+                    verdict: pending.verdict,
+                    ledger_index: pending.ledger_index,
+                    report: pending.uid.clone(),
+                    error: e.to_string(),
+                    will_retry,
+                };
+                if will_retry {
+                    self.pending.insert(key.to_owned(), pending);
+                } else {
+                    self.seen.mark(key)?;
+                }
+                outcome
+            }
+        };
+        Ok((outcome, took))
+    }
+
     /// Sends again the reports the archive did not take.
-    fn retry_pending(&mut self, on_event: &mut dyn FnMut(&InstanceEvent)) -> Result<(), PacsError> {
+    fn retry_pending(
+        &mut self,
+        on_event: &mut dyn FnMut(&InstanceEvent),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), PacsError> {
         let keys: Vec<String> = self.pending.keys().cloned().collect();
         for key in keys {
-            let Some(mut pending) = self.pending.remove(&key) else {
+            if stop() {
+                break;
+            }
+            let Some(pending) = self.pending.remove(&key) else {
                 continue;
             };
-            let started = Instant::now();
-            let stored = self.client.store_instance(&pending.bytes, &pending.uid);
-            let timings = InstanceTimings {
-                store: started.elapsed(),
-                ..InstanceTimings::default()
-            };
-            pending.attempts += 1;
-            let outcome = match stored {
-                Ok(()) => {
-                    self.seen.mark(&key)?;
-                    Outcome::Reported {
-                        verdict: pending.verdict,
-                        label: None,
-                        p_value: None,
-                        ledger_index: pending.ledger_index,
-                        report: pending.uid.clone(),
-                    }
-                }
-                Err(e) => {
-                    let will_retry = pending.attempts < self.settings.store_attempts;
-                    let outcome = Outcome::NotStored {
-                        verdict: pending.verdict,
-                        ledger_index: pending.ledger_index,
-                        report: pending.uid.clone(),
-                        error: e.to_string(),
-                        will_retry,
-                    };
-                    if will_retry {
-                        self.pending.insert(key.clone(), pending);
-                    } else {
-                        self.seen.mark(&key)?;
-                    }
-                    outcome
-                }
-            };
+            let (outcome, store) = self.store(&key, pending)?;
             on_event(&InstanceEvent {
                 instance: key[..16.min(key.len())].to_owned(),
                 outcome,
-                timings,
+                timings: InstanceTimings {
+                    store,
+                    ..InstanceTimings::default()
+                },
             });
         }
         Ok(())
     }
 }
 
-/// Whether a failed retrieval may succeed later: the transport or the
-/// server failed, not the instance.
-fn retryable(e: &DicomWebError) -> bool {
+/// What a failed call means for the instance: refused credentials stop
+/// the poll; an instance that is gone (404, 410) or too large is final;
+/// anything else (the transport, a timeout, a redirect, a server error, an
+/// answer that is not DICOM, which may be a proxy's page) may pass.
+fn disposition(e: &DicomWebError) -> Disposition {
     match e {
-        DicomWebError::Unreachable { .. } | DicomWebError::Timeout { .. } => true,
-        DicomWebError::Status { status, .. } => *status >= 500 || *status == 429,
-        _ => false,
+        DicomWebError::Status {
+            status: 401 | 403 | 407,
+            ..
+        } => Disposition::Unauthorized,
+        DicomWebError::Status {
+            status: 404 | 410, ..
+        }
+        | DicomWebError::TooLarge { .. } => Disposition::Final,
+        _ => Disposition::Retry,
     }
 }
 
-/// The append-only record of instances handled: one keyed HMAC per line,
-/// each line synced before the instance counts as handled. A torn last
-/// line (a crash mid-write) is ignored: that instance is handled again.
+/// The largest `pacs-seen` read (about four million instances).
+const SEEN_MAX_BYTES: u64 = 256 << 20;
+
+/// The append-only record of instances handled: one keyed HMAC per line
+/// (`KEY`), and before a report is sent an intent (`? KEY REPORT-UID`),
+/// each line synced before it counts. A torn last line (a crash mid-write)
+/// is ignored. Created mode 0600, never through a symbolic link.
 struct SeenLog {
     path: PathBuf,
     file: File,
     keys: HashSet<String>,
+    /// Intended reports not yet confirmed: key to report UID.
+    intents: BTreeMap<String, String>,
 }
 
 impl SeenLog {
     fn open(path: &Path) -> Result<Self, PacsError> {
+        use rustix::fs::{Mode, OFlags};
         let failed = |source| PacsError::Seen {
             path: path.to_owned(),
             source,
         };
-        let mut keys = HashSet::new();
-        match File::open(path) {
-            Ok(file) => {
-                for line in BufReader::new(file).lines() {
-                    let line = line.map_err(failed)?;
-                    if line.len() == 64 && line.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        keys.insert(line);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed(e)),
+        let flags = OFlags::RDWR
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NONBLOCK;
+        let mut file = File::from(
+            rustix::fs::open(path, flags, Mode::from_raw_mode(0o600))
+                .map_err(|e| failed(std::io::Error::from(e)))?,
+        );
+        let metadata = file.metadata().map_err(failed)?;
+        if !metadata.is_file() {
+            return Err(failed(std::io::Error::other("not a regular file")));
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        if metadata.len() > SEEN_MAX_BYTES {
+            return Err(failed(std::io::Error::other(format!(
+                "larger than {} MiB; move it aside to start a new record (instances would be reported again)",
+                SEEN_MAX_BYTES >> 20
+            ))));
+        }
+        let mut text = Vec::new();
+        (&file)
+            .take(SEEN_MAX_BYTES)
+            .read_to_end(&mut text)
             .map_err(failed)?;
+        let (mut keys, mut intents) = (HashSet::new(), BTreeMap::new());
+        let hex = |k: &str| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
+        for line in text.split(|&b| b == b'\n') {
+            let Ok(line) = std::str::from_utf8(line) else {
+                continue;
+            };
+            match line.split(' ').collect::<Vec<_>>()[..] {
+                [key] if hex(key) => {
+                    intents.remove(key);
+                    keys.insert(key.to_owned());
+                }
+                ["?", key, uid]
+                    if hex(key) && medguard_dicom::sr::is_valid_uid(uid) && !keys.contains(key) =>
+                {
+                    intents.insert(key.to_owned(), uid.to_owned());
+                }
+                _ => {}
+            }
+        }
         // Start on a fresh line after a torn one.
-        if std::fs::metadata(path).map_err(failed)?.len() > 0 && !ends_with_newline(path) {
+        if text.last().is_some_and(|&b| b != b'\n') {
             file.write_all(b"\n").map_err(failed)?;
         }
         Ok(Self {
             path: path.to_owned(),
             file,
             keys,
+            intents,
         })
     }
 
     fn contains(&self, key: &str) -> bool {
-        self.keys.contains(key)
+        self.keys.contains(key) || self.intents.contains_key(key)
     }
 
-    fn mark(&mut self, key: &str) -> Result<(), PacsError> {
+    /// The intents not yet confirmed: (key, report UID).
+    fn open_intents(&self) -> Vec<(String, String)> {
+        self.intents
+            .iter()
+            .map(|(k, u)| (k.clone(), u.clone()))
+            .collect()
+    }
+
+    /// Forgets an intent whose report the archive does not hold: the
+    /// instance is handled again.
+    fn drop_intent(&mut self, key: &str) {
+        self.intents.remove(key);
+    }
+
+    fn append(&mut self, line: &str) -> Result<(), PacsError> {
         let failed = |source| PacsError::Seen {
             path: self.path.clone(),
             source,
         };
-        self.file
-            .write_all(format!("{key}\n").as_bytes())
-            .map_err(failed)?;
-        self.file.sync_data().map_err(failed)?;
+        self.file.write_all(line.as_bytes()).map_err(failed)?;
+        self.file.sync_data().map_err(failed)
+    }
+
+    /// Records that the report `uid` is about to be sent for `key`.
+    fn intend(&mut self, key: &str, uid: &str) -> Result<(), PacsError> {
+        self.append(&format!("? {key} {uid}\n"))
+    }
+
+    /// Records `key` as handled.
+    fn mark(&mut self, key: &str) -> Result<(), PacsError> {
+        self.append(&format!("{key}\n"))?;
+        self.intents.remove(key);
         self.keys.insert(key.to_owned());
         Ok(())
     }
-}
-
-fn ends_with_newline(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = File::open(path) else {
-        return false;
-    };
-    let mut last = [0u8; 1];
-    file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_ok() && last[0] == b'\n'
 }
 
 #[cfg(test)]
@@ -561,32 +750,61 @@ mod tests {
     fn the_seen_log_survives_a_torn_line_and_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SEEN_FILE);
-        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
         {
             let mut log = SeenLog::open(&path).unwrap();
             log.mark(&a).unwrap();
+            log.intend(&b, "2.25.1").unwrap();
+            log.intend(&c, "2.25.2").unwrap();
+            log.mark(&c).unwrap();
         }
         // A crash mid-write leaves part of a line.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
-        file.write_all(b"cccc").unwrap();
+        file.write_all(b"dddd").unwrap();
         drop(file);
         let mut log = SeenLog::open(&path).unwrap();
-        assert!(log.contains(&a));
-        assert!(!log.contains("cccc"));
+        assert!(log.contains(&a) && log.contains(&c));
+        assert!(!log.contains("dddd"));
+        // b's report may or may not be in the archive: it is an open intent.
+        assert_eq!(log.open_intents(), [(b.clone(), "2.25.1".to_owned())]);
         log.mark(&b).unwrap();
         let log = SeenLog::open(&path).unwrap();
         assert!(log.contains(&a) && log.contains(&b));
+        assert!(log.open_intents().is_empty());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
-    fn only_transport_and_server_failures_are_retried() {
+    fn the_seen_log_is_never_opened_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"").unwrap();
+        let path = dir.path().join(SEEN_FILE);
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(SeenLog::open(&path).is_err());
+    }
+
+    #[test]
+    fn credentials_stop_the_poll_gone_instances_are_final_the_rest_may_pass() {
         let what = "WADO-RS retrieve";
-        assert!(retryable(&DicomWebError::Timeout { what, seconds: 1 }));
-        assert!(retryable(&DicomWebError::Status { what, status: 503 }));
-        assert!(!retryable(&DicomWebError::Status { what, status: 404 }));
-        assert!(!retryable(&DicomWebError::TooLarge { what, limit: 1 }));
+        let status = |status| disposition(&DicomWebError::Status { what, status });
+        assert_eq!(status(401), Disposition::Unauthorized);
+        assert_eq!(status(403), Disposition::Unauthorized);
+        assert_eq!(status(404), Disposition::Final);
+        assert_eq!(status(503), Disposition::Retry);
+        assert_eq!(status(302), Disposition::Retry);
+        assert_eq!(
+            disposition(&DicomWebError::Timeout { what, seconds: 1 }),
+            Disposition::Retry
+        );
+        assert_eq!(
+            disposition(&DicomWebError::TooLarge { what, limit: 1 }),
+            Disposition::Final
+        );
     }
 }

@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use medguard::guard::{Admission, ClassifyOptions, Guard, ScreeningPolicy};
 use medguard::pacs::dicomweb::{ClientOptions, DicomWebClient};
-use medguard::pacs::{Bridge, BridgeSettings, InstanceEvent, Outcome, SEEN_FILE};
-use medguard_tests::{demo_policy, model_dir, repo_root, shared_program_owned};
+use medguard::pacs::{Bridge, BridgeSettings, InstanceEvent, Outcome, PacsError, SEEN_FILE};
+use medguard_dicom::SourceIdentity;
+use medguard_tests::{demo_policy, model_dir, shared_program_owned};
 use serde_json::{Value, json};
 
 /// One answer of the fake archive.
@@ -167,9 +168,6 @@ fn multipart(part: &[u8], content_type: &str) -> Vec<u8> {
 
 const MULTIPART: &str = "multipart/related; type=\"application/dicom\"; boundary=b0undary";
 
-fn radiograph() -> Vec<u8> {
-    std::fs::read(repo_root().join("tests/dicom/fixtures/same-pixels/normal-1.dcm")).unwrap()
-}
 
 fn settings() -> BridgeSettings {
     BridgeSettings {
@@ -182,7 +180,7 @@ fn settings() -> BridgeSettings {
             allow_unscreened: false,
         },
         fixed_seed: true,
-        store_attempts: 3,
+        attempts: 3,
     }
 }
 
@@ -309,11 +307,12 @@ fn an_archive_that_pages_forever_is_cut_off() {
 }
 
 /// What a hostile archive sends instead of an instance is refused, each
-/// case on its own, without a retry when the instance is the cause; a
-/// server error or a slow answer is retried on the next poll.
+/// case on its own: an instance that is too large at once, anything that
+/// may pass (a server error, a slow answer, a page that is not DICOM, which
+/// may be a proxy's) in three polls, then given up.
 #[test]
 fn bad_retrievals_are_refused_one_by_one_and_only_transport_failures_retried() {
-    let dicom = radiograph();
+    let dicom = flat_radiograph("9.7", "Doe^Jane");
     let archive = FakeArchive::start(move |method, path, _| {
         if path.contains("/instances?") {
             return Reply::new(
@@ -364,7 +363,7 @@ fn bad_retrievals_are_refused_one_by_one_and_only_transport_failures_retried() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(retried, [false, true, false, false, false, true, true]);
+    assert_eq!(retried, [true, true, true, false, true, true, true]);
     let Outcome::NotRetrieved { error, .. } = &first[5].outcome else {
         unreachable!()
     };
@@ -410,13 +409,19 @@ fn bad_retrievals_are_refused_one_by_one_and_only_transport_failures_retried() {
     }
     let retrievals = archive.retrievals();
     let count = |uid: &str| retrievals.iter().filter(|p| p.ends_with(uid)).count();
-    assert_eq!(count("/9.2"), 4, "a 503 is retried every poll");
-    assert_eq!(count("/9.1"), 1, "an HTML page is not");
+    assert_eq!(count("/9.2"), 3, "a 503 is tried in three polls");
+    assert_eq!(count("/9.1"), 3, "so is a page that is not DICOM");
+    assert_eq!(count("/9.4"), 1, "an instance over the cap once");
     assert_eq!(
         count("/9.7"),
         1,
         "a classified instance is never classified again"
     );
+    for e in polls.iter().flatten() {
+        if let Outcome::NotRetrieved { error, .. } = &e.outcome {
+            assert!(!error.contains("login"), "the archive's text: {error}");
+        }
+    }
     // Every request carried the token; no event shows it.
     assert!(
         archive
@@ -432,15 +437,23 @@ fn bad_retrievals_are_refused_one_by_one_and_only_transport_failures_retried() {
     );
     // The record of handled instances: keyed hashes only.
     let seen = std::fs::read_to_string(data.path().join(SEEN_FILE)).unwrap();
-    assert_eq!(seen.lines().count(), 5, "{seen}");
-    assert!(!seen.contains("9."));
+    let hex = |k: &str| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
+    let (mut done, mut intents) = (0, 0);
+    for line in seen.lines() {
+        match line.split(' ').collect::<Vec<_>>()[..] {
+            [key] if hex(key) => done += 1,
+            ["?", key, uid] if hex(key) && uid.starts_with("2.25.") => intents += 1,
+            _ => panic!("not a key or an intent: {line:?}"),
+        }
+    }
+    assert_eq!((done, intents), (7, 1), "{seen}");
 }
 
 /// A STOW-RS answer that says 200 but does not list the report is not
 /// taken as stored.
 #[test]
 fn a_store_answer_that_does_not_list_the_report_is_not_success() {
-    let dicom = radiograph();
+    let dicom = flat_radiograph("9.7", "Doe^Jane");
     let archive = FakeArchive::start(move |method, path, _| {
         if path.contains("/instances?") {
             return Reply::new(
@@ -460,7 +473,7 @@ fn a_store_answer_that_does_not_list_the_report_is_not_success() {
     });
     let data = tempfile::tempdir().unwrap();
     let settings = BridgeSettings {
-        store_attempts: 1,
+        attempts: 1,
         ..settings()
     };
     let polls = run(&archive, data.path(), settings, Duration::from_secs(10), 2);
@@ -478,4 +491,186 @@ fn a_store_answer_that_does_not_list_the_report_is_not_success() {
         "{polls:?}"
     );
     assert!(polls[1].is_empty(), "given up after one attempt: {polls:?}");
+}
+
+/// A STOW-RS answer listing every `2.25.` UID in the stored body (the
+/// report's own among them): success, as an archive says it.
+fn stored(body: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(body);
+    let uids: Vec<Value> = text
+        .match_indices("2.25.")
+        .map(|(i, _)| {
+            let uid: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            json!({"00081155": {"vr": "UI", "Value": [uid]}})
+        })
+        .collect();
+    let answer = json!({"00081199": {"vr": "SQ", "Value": uids}});
+    Reply::new(200, "application/dicom+json", answer.to_string())
+}
+
+/// Refused credentials stop the poll at the first refusal and mark
+/// nothing: the instances wait for a working token.
+#[test]
+fn refused_credentials_stop_the_poll_and_mark_nothing() {
+    let archive = FakeArchive::start(|_, path, _| {
+        if path.contains("/instances?") {
+            return Reply::new(
+                200,
+                "application/dicom+json",
+                qido(&[("1.2", "1.3", "9.1"), ("1.2", "1.3", "9.2")]),
+            );
+        }
+        Reply::new(401, "text/plain", "token expired")
+    });
+    let data = tempfile::tempdir().unwrap();
+    let guard = Guard::open(data.path(), demo_policy())
+        .unwrap()
+        .with_sandbox(shared_program_owned());
+    let Admission::Admitted { model, .. } = guard.admit(&model_dir()).unwrap() else {
+        panic!("the bundled model is admitted")
+    };
+    let client = client(&archive.base, Duration::from_secs(10));
+    let mut bridge = Bridge::new(&guard, &model, &client, data.path(), settings()).unwrap();
+    let err = bridge.poll(&mut |_| {}, &|| false).unwrap_err();
+    assert!(matches!(err, PacsError::Unauthorized(_)), "{err}");
+    assert!(err.to_string().contains("credentials"), "{err}");
+    assert_eq!(
+        archive.retrievals().len(),
+        1,
+        "the poll stopped at the first 401"
+    );
+    let seen = std::fs::read(data.path().join(SEEN_FILE)).unwrap();
+    assert!(seen.is_empty());
+}
+
+/// A synthetic 28x28 DX (a flat gray image) with `patient_name`, in study
+/// 1.2, series 1.3.
+fn flat_radiograph(sop_instance_uid: &str, patient_name: &str) -> Vec<u8> {
+    let identity = SourceIdentity {
+        patient_name: patient_name.into(),
+        sop_instance_uid: sop_instance_uid.into(),
+        study_instance_uid: "1.2".into(),
+        series_instance_uid: "1.3".into(),
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+        ..SourceIdentity::default()
+    };
+    medguard_dicom::synthetic::radiograph(28, 28, 8, &[128; 784], &identity)
+}
+
+/// An over-long patient name (a hostile or broken header) costs the report,
+/// not the bridge: the image is classified and recorded, no report is
+/// filed, and the next instance is handled as usual.
+#[test]
+fn an_over_long_patient_name_costs_its_report_and_nothing_else() {
+    let long = flat_radiograph("1.2.4.1", &"A".repeat(400));
+    let normal = flat_radiograph("1.2.4.2", "Doe^Jane");
+    let archive = FakeArchive::start(move |method, path, body| {
+        if path.contains("/instances?") {
+            return Reply::new(
+                200,
+                "application/dicom+json",
+                qido(&[("1.2", "1.3", "1.2.4.1"), ("1.2", "1.3", "1.2.4.2")]),
+            );
+        }
+        if *method == Method::POST {
+            return stored(body);
+        }
+        let part = if path.ends_with("/1.2.4.1") {
+            &long
+        } else {
+            &normal
+        };
+        Reply::new(200, MULTIPART, multipart(part, "application/dicom"))
+    });
+    let data = tempfile::tempdir().unwrap();
+    let polls = run(
+        &archive,
+        data.path(),
+        settings(),
+        Duration::from_secs(10),
+        1,
+    );
+    let outcomes: Vec<&Outcome> = polls[0].iter().map(|e| &e.outcome).collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    let Outcome::Refused { reason } = outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    assert!(reason.contains("structured report"), "{reason}");
+    assert!(!reason.contains("AAAA"), "{reason}");
+    assert!(
+        matches!(outcomes[1], Outcome::Reported { .. }),
+        "{outcomes:?}"
+    );
+}
+
+/// The archive keeps a report but answers the store with an error, and the
+/// bridge stops before it learns otherwise: the next start finds the report
+/// in the archive and files no second one.
+#[test]
+fn a_report_stored_before_a_restart_is_found_not_filed_twice() {
+    let dicom = flat_radiograph("9.7", "Doe^Jane");
+    let reports: Arc<Mutex<Vec<String>>> = Arc::default();
+    let held = reports.clone();
+    let archive = FakeArchive::start(move |method, path, body| {
+        if *method == Method::POST {
+            // Keeps the report, then fails the answer (a timeout, a proxy).
+            held.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(body).into_owned());
+            return Reply::new(500, "text/plain", "gateway timeout");
+        }
+        if let Some(query) = path.split("SOPInstanceUID=").nth(1) {
+            let uid = query.split('&').next().unwrap_or("").to_owned();
+            let kept = held.lock().unwrap().iter().any(|r| r.contains(&uid));
+            let list = if kept {
+                qido(&[("1.2", "1.9", &uid)])
+            } else {
+                qido(&[])
+            };
+            return Reply::new(200, "application/dicom+json", list);
+        }
+        if path.contains("/instances?") {
+            return Reply::new(
+                200,
+                "application/dicom+json",
+                qido(&[("1.2", "1.3", "9.7")]),
+            );
+        }
+        Reply::new(200, MULTIPART, multipart(&dicom, "application/dicom"))
+    });
+    let data = tempfile::tempdir().unwrap();
+    let first = run(
+        &archive,
+        data.path(),
+        settings(),
+        Duration::from_secs(10),
+        1,
+    );
+    assert!(
+        matches!(
+            first[0][..],
+            [InstanceEvent {
+                outcome: Outcome::NotStored {
+                    will_retry: true,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{first:?}"
+    );
+    // A new process on the same data directory.
+    let second = run(
+        &archive,
+        data.path(),
+        settings(),
+        Duration::from_secs(10),
+        2,
+    );
+    assert!(second.iter().all(Vec::is_empty), "{second:?}");
+    assert_eq!(archive.retrievals().len(), 1, "classified once");
+    assert_eq!(reports.lock().unwrap().len(), 1, "stored once");
 }

@@ -101,19 +101,7 @@ impl PacsCmd {
                     .with_context(|| format!("--match {f:?} is not KEY=VALUE"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let bearer_token = match &self.token_file {
-            Some(path) => {
-                let bytes = read_capped(path, 64 << 10)
-                    .with_context(|| format!("reading the token file {}", path.display()))?;
-                let token = String::from_utf8(bytes)
-                    .ok()
-                    .map(|t| t.trim().to_owned())
-                    .filter(|t| !t.is_empty())
-                    .with_context(|| format!("{} holds no token", path.display()))?;
-                Some(token)
-            }
-            None => None,
-        };
+        let bearer_token = self.token()?;
         let client = DicomWebClient::new(
             &self.dicomweb,
             ClientOptions {
@@ -143,16 +131,12 @@ impl PacsCmd {
             max_scanned: 1_000_000,
             options,
             fixed_seed: self.screening.seed_is_fixed(),
-            store_attempts: 3,
+            attempts: 3,
         };
-        let mut bridge = match Bridge::new(&guard, &model, &client, &data_dir, settings) {
-            Ok(bridge) => bridge,
-            Err(PacsError::Model(why)) => {
-                eprintln!("medguard: refused: {}", printable(&why));
-                return Ok(Exit::Refused);
-            }
-            Err(e) => return Err(e.into()),
-        };
+        if let Some(why) = Bridge::unusable(&guard, &model, &settings) {
+            eprintln!("medguard: refused: {}", printable(&why));
+            return Ok(Exit::Refused);
+        }
         let json = self.json;
         let mut exit = Exit::Ok;
         let mut on_event = |event: &InstanceEvent| {
@@ -162,6 +146,7 @@ impl PacsCmd {
             print_event(event, json);
         };
         if self.once {
+            let mut bridge = Bridge::new(&guard, &model, &client, &data_dir, settings)?;
             let summary = bridge
                 .poll(&mut on_event, &|| false)
                 .with_context(|| format!("polling {}", client.base_url()))?;
@@ -180,13 +165,28 @@ impl PacsCmd {
             model.manifest().version
         );
         let interval = Duration::from_secs(self.interval.max(1));
+        let mut bridge = None;
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
+            // Tokens expire: the file is read again before every poll.
+            if self.token_file.is_some() {
+                client.set_bearer_token(self.token()?.as_deref())?;
+            }
+            let bridge = match &mut bridge {
+                Some(bridge) => bridge,
+                None => bridge.insert(Bridge::new(
+                    &guard,
+                    &model,
+                    &client,
+                    &data_dir,
+                    settings.clone(),
+                )?),
+            };
             match bridge.poll(&mut on_event, &|| stop.load(Ordering::Relaxed)) {
                 Ok(_) => {}
-                // The archive may be back by the next poll.
-                Err(PacsError::Search(e)) => {
-                    eprintln!("medguard: pacs: {}", printable(&e.to_string()))
+                // The archive (or its credentials) may be back by the next poll.
+                Err(e @ (PacsError::Search(_) | PacsError::Unauthorized(_))) => {
+                    eprintln!("medguard: pacs: {}", printable(&e.to_string()));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -196,6 +196,23 @@ impl PacsCmd {
         }
         eprintln!("medguard: pacs: stopped; every verdict is in the ledger");
         Ok(Exit::Ok)
+    }
+}
+
+impl PacsCmd {
+    /// The bearer token from `--token-file`, if one was given.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let bytes = read_capped(path, 64 << 10)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        let token = String::from_utf8(bytes)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("{} holds no token", path.display()))?;
+        Ok(Some(token))
     }
 }
 
@@ -212,7 +229,8 @@ fn accepted(outcome: &Outcome) -> bool {
 
 /// A flag raised by SIGINT or SIGTERM, checked between instances: the
 /// instance in hand is finished (its verdict recorded, its report stored)
-/// before the bridge stops.
+/// before the bridge stops. A second signal exits at once (a report being
+/// sent then is looked up in the archive at the next start).
 fn stop_on_signal() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -223,6 +241,11 @@ fn stop_on_signal() -> Arc<AtomicBool> {
         {
             runtime.block_on(super::serve::shutdown_signal());
             flag.store(true, Ordering::Relaxed);
+            eprintln!(
+                "medguard: pacs: stopping after the instance in hand (signal again to stop now)"
+            );
+            runtime.block_on(super::serve::shutdown_signal());
+            std::process::exit(130);
         }
     });
     stop
@@ -287,6 +310,11 @@ fn print_event(event: &InstanceEvent, json: bool) {
         }
         Outcome::NotRetrieved { error, will_retry } => {
             line.outcome = "not-retrieved";
+            line.error = Some(printable(error));
+            line.will_retry = Some(*will_retry);
+        }
+        Outcome::NotClassified { error, will_retry } => {
+            line.outcome = "not-classified";
             line.error = Some(printable(error));
             line.will_retry = Some(*will_retry);
         }

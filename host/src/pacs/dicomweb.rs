@@ -26,9 +26,9 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use thiserror::Error;
 
-/// The largest QIDO-RS answer read: a page of a few hundred instances'
-/// attributes is well under it.
-const SEARCH_MAX_BYTES: usize = 16 << 20;
+/// The largest QIDO-RS answer read: a page of a hundred instances with
+/// every attribute an archive returns by default is well under it.
+const SEARCH_MAX_BYTES: usize = 4 << 20;
 /// The largest STOW-RS answer read.
 const STORE_ANSWER_MAX_BYTES: usize = 1 << 20;
 /// What a multipart answer may add around the instance's own bytes.
@@ -57,6 +57,11 @@ pub enum DicomWebError {
     /// The bearer token is not a valid header value.
     #[error("the DICOMweb bearer token holds characters an HTTP header cannot carry")]
     Token,
+    /// A bearer token would cross the network in clear text.
+    #[error(
+        "a bearer token is sent only over https (or to this machine): use an https:// base URL"
+    )]
+    TokenOverHttp,
     /// No answer: the connection or TLS failed.
     #[error("{what}: the DICOMweb server could not be reached: {why}")]
     Unreachable {
@@ -153,9 +158,12 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// A DICOMweb service at one base URL (`http(s)://host[:port]/prefix`).
 pub struct DicomWebClient {
     base: String,
+    /// https, or a loopback address: a token may be sent.
+    private: bool,
     client: HttpsClient,
     runtime: tokio::runtime::Runtime,
-    authorization: Option<HeaderValue>,
+    /// Replaced when the token file is read again (between polls).
+    authorization: std::sync::Mutex<Option<HeaderValue>>,
     options: ClientOptions,
 }
 
@@ -173,31 +181,39 @@ impl DicomWebClient {
             url: base_url.to_owned(),
             why: why.to_owned(),
         };
-        let uri: Uri = base_url.parse().map_err(|_| bad("it does not parse"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err(bad("the scheme must be http or https")),
+        // A fragment would swallow every path appended to the base.
+        if base_url.contains('#') {
+            return Err(bad("a base URL has no fragment"));
         }
-        if uri.host().is_none() {
+        let uri: Uri = base_url.parse().map_err(|_| bad("it does not parse"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
             return Err(bad("it names no host"));
+        };
+        // Credentials in a URL end up in logs; the token file is for them.
+        if authority.as_str().contains('@') {
+            return Err(bad("it holds credentials; pass a token with --token-file"));
         }
         if uri.query().is_some() {
             return Err(bad("a base URL has no query"));
         }
-        let authorization = options
-            .bearer_token
-            .as_deref()
-            .map(|t| {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
-                    .map_err(|_| DicomWebError::Token)?;
-                v.set_sensitive(true);
-                Ok(v)
-            })
-            .transpose()?;
-        let tls = tls_config(
-            uri.scheme_str() == Some("https"),
-            options.ca_cert.as_deref(),
-        )?;
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let base = format!(
+            "{}://{}{}",
+            if https { "https" } else { "http" },
+            authority,
+            uri.path().trim_end_matches('/')
+        );
+        let authorization = bearer(options.bearer_token.as_deref(), https || loopback)?;
+        let tls = tls_config(https, options.ca_cert.as_deref())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(options.timeout));
@@ -215,17 +231,38 @@ impl DicomWebClient {
                 why: e.to_string(),
             })?;
         Ok(Self {
-            base: base_url.trim_end_matches('/').to_owned(),
+            base,
+            private: https || loopback,
             client,
             runtime,
-            authorization,
+            authorization: std::sync::Mutex::new(authorization),
             options,
         })
     }
 
-    /// The service's base URL (no trailing slash).
+    /// The service's base URL, normalised (no trailing slash).
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// Replaces the bearer token (a token file re-read before each poll:
+    /// tokens expire).
+    pub fn set_bearer_token(&self, token: Option<&str>) -> Result<(), DicomWebError> {
+        let value = bearer(token, self.private)?;
+        *self
+            .authorization
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        Ok(())
+    }
+
+    /// Whether the archive holds an instance of `modality` with SOP
+    /// Instance UID `uid` (a report the bridge may have stored before a
+    /// crash).
+    pub fn holds_instance(&self, modality: &str, uid: &str) -> Result<bool, DicomWebError> {
+        let filter = [("SOPInstanceUID".to_owned(), uid.to_owned())];
+        let page = self.search_instances(modality, &filter, 0, 10)?;
+        Ok(page.instances.iter().any(|i| i.instance == uid))
     }
 
     /// QIDO-RS: one page of the instances of `modality` that also match
@@ -264,35 +301,20 @@ impl DicomWebClient {
                 status: status.as_u16(),
             });
         }
-        let json: Value = serde_json::from_slice(&body).map_err(|e| DicomWebError::Malformed {
+        // Entry by entry, keeping only the three UIDs: a page of tiny JSON
+        // objects never becomes a tree in memory.
+        serde_json::from_slice::<SearchPage>(&body).map_err(|e| DicomWebError::Malformed {
             what: WHAT,
-            why: format!("not DICOM JSON: {e}"),
-        })?;
-        let entries = json.as_array().ok_or_else(|| DicomWebError::Malformed {
-            what: WHAT,
-            why: "not a JSON array of datasets".into(),
-        })?;
-        let mut page = SearchPage {
-            entries: entries.len(),
-            ..SearchPage::default()
-        };
-        for entry in entries {
-            let uid = |tag: &str| first_string(entry, tag).filter(|u| is_valid_uid(u));
-            match (uid("0020000D"), uid("0020000E"), uid("00080018")) {
-                (Some(study), Some(series), Some(instance)) => page.instances.push(InstanceRef {
-                    study,
-                    series,
-                    instance,
-                }),
-                _ => page.invalid += 1,
-            }
-        }
-        Ok(page)
+            why: format!(
+                "not a JSON array of DICOM JSON datasets ({:?})",
+                e.classify()
+            ),
+        })
     }
 
     /// WADO-RS: the instance's Part 10 bytes, in the transfer syntax the
     /// archive holds it in.
-    pub fn retrieve_instance(&self, instance: &InstanceRef) -> Result<Vec<u8>, DicomWebError> {
+    pub fn retrieve_instance(&self, instance: &InstanceRef) -> Result<Bytes, DicomWebError> {
         const WHAT: &str = "WADO-RS retrieve";
         let url = format!(
             "{}/studies/{}/series/{}/instances/{}",
@@ -329,7 +351,11 @@ impl DicomWebClient {
                 self.runtime
                     .block_on(first_dicom_part(body, boundary, cap))?
             }
-            _ => return Err(malformed(format!("Content-Type {mime} is not DICOM"))),
+            // The type only: parameters are the archive's text.
+            _ => {
+                let essence: String = mime.essence_str().chars().take(64).collect();
+                return Err(malformed(format!("Content-Type {essence} is not DICOM")));
+            }
         };
         if part.len() > cap {
             return Err(DicomWebError::TooLarge {
@@ -337,7 +363,7 @@ impl DicomWebClient {
                 limit: cap,
             });
         }
-        Ok(part.to_vec())
+        Ok(part)
     }
 
     /// STOW-RS: stores one Part 10 instance (`sop_instance_uid` is its SOP
@@ -437,8 +463,13 @@ impl DicomWebClient {
             .method(method)
             .uri(url)
             .header(ACCEPT, accept);
-        if let Some(auth) = &self.authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
+        let authorization = self
+            .authorization
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(auth) = authorization {
+            request = request.header(AUTHORIZATION, auth);
         }
         let payload = match body {
             Some((content_type, bytes)) => {
@@ -510,25 +541,108 @@ async fn first_dicom_part(
     let constraints =
         multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(cap as u64));
     let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
+    // multer's messages quote the part's headers, the archive's text: only
+    // fixed words go out.
     let field = multipart
         .next_field()
         .await
-        .map_err(|e| malformed(format!("multipart: {e}")))?
+        .map_err(|_| malformed("the multipart answer does not parse".into()))?
         .ok_or_else(|| malformed("a multipart answer with no part".into()))?;
     if let Some(ct) = field.content_type()
         && !(ct.type_() == mime::APPLICATION && ct.subtype() == "dicom")
     {
-        return Err(malformed(format!(
-            "its part is {ct}, not application/dicom"
-        )));
+        return Err(malformed("its part is not application/dicom".into()));
     }
     field.bytes().await.map_err(|e| match e {
         multer::Error::FieldSizeExceeded { .. } => DicomWebError::TooLarge {
             what: WHAT,
             limit: cap,
         },
-        e => malformed(format!("multipart: {e}")),
+        _ => malformed("the multipart answer does not parse".into()),
     })
+}
+
+/// The `Authorization` header for `token`, marked sensitive; `private`:
+/// the connection is https or stays on this machine, so a token may cross it.
+fn bearer(token: Option<&str>, private: bool) -> Result<Option<HeaderValue>, DicomWebError> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    if !private {
+        return Err(DicomWebError::TokenOverHttp);
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .map_err(|_| DicomWebError::Token)?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+impl<'de> serde::Deserialize<'de> for SearchPage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = SearchPage;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON array of DICOM JSON datasets")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SearchPage, A::Error> {
+                let mut page = SearchPage::default();
+                while let Some(entry) = seq.next_element::<Option<QidoEntry>>()? {
+                    page.entries += 1;
+                    let uid = |a: Option<UidAttribute>| {
+                        a.and_then(|a| a.value)
+                            .and_then(|v| v.into_iter().next())
+                            .and_then(|v| match v {
+                                UidValue::Text(t) => Some(t),
+                                UidValue::Other(_) => None,
+                            })
+                            .filter(|u| is_valid_uid(u))
+                    };
+                    let uids = entry.map(|e| (uid(e.study), uid(e.series), uid(e.instance)));
+                    match uids {
+                        Some((Some(study), Some(series), Some(instance))) => {
+                            page.instances.push(InstanceRef {
+                                study,
+                                series,
+                                instance,
+                            });
+                        }
+                        _ => page.invalid += 1,
+                    }
+                }
+                Ok(page)
+            }
+        }
+        deserializer.deserialize_seq(Entries)
+    }
+}
+
+/// The three attributes of a QIDO-RS entry medguard reads; serde skips the
+/// rest without building them.
+#[derive(serde::Deserialize)]
+struct QidoEntry {
+    #[serde(rename = "0020000D")]
+    study: Option<UidAttribute>,
+    #[serde(rename = "0020000E")]
+    series: Option<UidAttribute>,
+    #[serde(rename = "00080018")]
+    instance: Option<UidAttribute>,
+}
+
+#[derive(serde::Deserialize)]
+struct UidAttribute {
+    #[serde(rename = "Value")]
+    value: Option<Vec<UidValue>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum UidValue {
+    Text(String),
+    Other(serde::de::IgnoredAny),
 }
 
 /// A body already read, as the one-chunk stream multer reads.

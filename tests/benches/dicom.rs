@@ -349,7 +349,7 @@ fn pacs_round_trip(pixels: &[u16]) -> Vec<(String, f64, &'static str)> {
             allow_unscreened: false,
         },
         fixed_seed: true,
-        store_attempts: 1,
+        attempts: 1,
     };
     let mut bridge = Bridge::new(&guard, &model, &client, data.path(), settings).expect("bridge");
     let mut events: Vec<InstanceEvent> = Vec::new();

@@ -168,7 +168,6 @@ fn multipart(part: &[u8], content_type: &str) -> Vec<u8> {
 
 const MULTIPART: &str = "multipart/related; type=\"application/dicom\"; boundary=b0undary";
 
-
 fn settings() -> BridgeSettings {
     BridgeSettings {
         filters: Vec::new(),

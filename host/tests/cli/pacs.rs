@@ -209,6 +209,8 @@ fn a_base_url_that_is_not_http_is_refused() {
         "ftp://pacs/dicom-web",
         "not a url",
         "http://pacs/dicom-web?x=1",
+        "http://pacs/dicom-web#studies",
+        "http://user:secret@pacs/dicom-web",
     ] {
         let (mut cmd, _env) = medguard_command(&["pacs", s(&model), "--dicomweb", base, "--once"]);
         let out = cmd.output().unwrap();
@@ -250,4 +252,30 @@ fn attribute(path: &PathBuf, name: &str) -> String {
         .trim_end_matches('\0')
         .trim()
         .to_owned()
+}
+
+/// A bearer token never crosses the network in clear text: over http it is
+/// sent only to this machine.
+#[test]
+fn a_token_is_not_sent_over_plain_http() {
+    let model = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let (mut cmd, _env) = medguard_command(&[
+        "pacs",
+        s(&model),
+        "--dicomweb",
+        "http://pacs.example/dicom-web",
+        "--token-file",
+        s(&token),
+        "--once",
+    ]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("only over https") && !err.contains("s3cret"),
+        "{err}"
+    );
 }

@@ -396,14 +396,18 @@ fn text(object: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
         .and_then(|e| e.to_str().ok())
         .map(|s| {
             let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
-            // Cut, not refused: an over-long name must cost the report
-            // (the SR writer refuses what no valid report can carry), not
-            // the classification. The host refuses longer answers outright.
-            let mut end = s.len().min(crate::TEXT_MAX_BYTES);
+            if s.len() <= crate::TEXT_MAX_BYTES {
+                return s.to_string();
+            }
+            // Cut, not refused: an over-long value must cost the report, not
+            // the classification. The cut ends in a control character, so
+            // the SR writer refuses it rather than file a shortened name as
+            // the patient's. The host refuses longer answers outright.
+            let mut end = crate::TEXT_MAX_BYTES - 1;
             while !s.is_char_boundary(end) {
                 end -= 1;
             }
-            s[..end].to_string()
+            format!("{}\u{1}", &s[..end])
         })
         .unwrap_or_default()
 }

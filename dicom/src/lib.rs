@@ -34,9 +34,11 @@ use thiserror::Error;
 /// inside the sandbox's 512 MiB memory cap.
 pub const MAX_PIXELS: u64 = 4096 * 4096;
 
-/// The longest text the decoder returns for any attribute it reads (longer
-/// values are cut; no attribute medguard reads may lawfully be longer). The
-/// host refuses a guest answer with a longer string.
+/// The longest text the decoder returns for any attribute it reads. Longer
+/// values are cut and marked as cut with a trailing U+0001, which no value
+/// representation allows, so no report is written from a shortened value
+/// (a person name may lawfully be longer in UTF-8: three groups of 64
+/// characters). The host refuses a guest answer with a longer string.
 pub const TEXT_MAX_BYTES: usize = 324;
 
 /// Transfer syntaxes medguard decodes: UID and name.

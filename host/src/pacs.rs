@@ -52,6 +52,14 @@ pub enum PacsError {
     /// nothing was marked handled.
     #[error("the archive refused medguard's credentials (check --token-file): {0}")]
     Unauthorized(DicomWebError),
+    /// The archive is down or overloaded (unreachable, a timeout, a server
+    /// error): the poll stopped, and no instance was charged an attempt.
+    #[error("the archive is not answering; the poll stopped and resumes next time: {0}")]
+    Unavailable(DicomWebError),
+    /// The sandbox cannot run the model at all: the poll stopped, and no
+    /// instance was charged an attempt.
+    #[error("the sandbox cannot run the model; the poll stopped: {0}")]
+    Sandbox(String),
     /// The guard failed (the ledger): nothing more can be recorded.
     #[error(transparent)]
     Guard(#[from] GuardError),
@@ -138,12 +146,18 @@ pub enum Outcome {
         will_retry: bool,
     },
     /// The sandbox failed on the instance in a way that is not a refusal
-    /// of the input (it could not start, or answered out of bounds).
+    /// of the input (it answered out of bounds) while it runs the model.
     NotClassified {
         /// One line.
         error: String,
         /// Whether the next poll tries again.
         will_retry: bool,
+    },
+    /// The report sent before a restart is not in the archive, or cannot be
+    /// looked up, and the instance's attempts are spent. Final.
+    GivenUp {
+        /// One line.
+        reason: String,
     },
 }
 
@@ -194,7 +208,6 @@ pub struct PollSummary {
 struct PendingReport {
     uid: String,
     bytes: Vec<u8>,
-    attempts: u32,
     verdict: Verdict,
     label: Option<String>,
     p_value: Option<f64>,
@@ -204,11 +217,14 @@ struct PendingReport {
 /// What to do after a failed DICOMweb call about one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Disposition {
-    /// It may pass: try again next poll (up to the attempts).
+    /// It may be the instance's, and may pass: try again next poll, up to
+    /// the attempts.
     Retry,
-    /// The instance is the cause (gone, too large): final.
+    /// The instance is the cause (too large): final.
     Final,
-    /// The credentials were refused: stop the poll, mark nothing.
+    /// The archive is down or overloaded: stop the poll, charge nothing.
+    Outage,
+    /// The credentials were refused: stop the poll, charge nothing.
     Unauthorized,
 }
 
@@ -222,8 +238,6 @@ pub struct Bridge<'a> {
     modalities: Vec<String>,
     seen: SeenLog,
     pending: BTreeMap<String, PendingReport>,
-    /// Polls each instance has failed in so far (failures that may pass).
-    failures: HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for Bridge<'_> {
@@ -263,7 +277,6 @@ impl<'a> Bridge<'a> {
             settings,
             seen: SeenLog::open(&data_dir.join(SEEN_FILE))?,
             pending: BTreeMap::new(),
-            failures: HashMap::new(),
         })
     }
 
@@ -308,7 +321,7 @@ impl<'a> Bridge<'a> {
         // Once per poll: an archive that lists an instance twice (under
         // two modalities, on two pages) does not get it retried at once.
         let mut attempted = HashSet::new();
-        self.resolve_intents(&mut attempted)?;
+        self.resolve_intents(&mut attempted, on_event)?;
         self.retry_pending(on_event, stop)?;
         let mut failed = None;
         for modality in self.modalities.clone() {
@@ -377,36 +390,70 @@ impl<'a> Bridge<'a> {
 
     /// Reports whose store was intended but not confirmed (a crash, or a
     /// stop, between the store and the mark): held by the archive, the
-    /// instance is marked handled; not held, it is handled again; not
-    /// known yet, it waits for the next poll.
-    fn resolve_intents(&mut self, attempted: &mut HashSet<String>) -> Result<(), PacsError> {
+    /// instance is marked handled; not held, it is handled again (a failed
+    /// store was charged when it failed); not known (the lookup failed, or
+    /// the archive ignores the UID filter), it waits, an attempt charged.
+    /// When the attempts are spent the instance is given up, with an event.
+    fn resolve_intents(
+        &mut self,
+        attempted: &mut HashSet<String>,
+        on_event: &mut dyn FnMut(&InstanceEvent),
+    ) -> Result<(), PacsError> {
         for (key, uid) in self.seen.open_intents() {
             if self.pending.contains_key(&key) {
                 continue;
             }
-            match self.client.holds_instance("SR", &uid) {
-                Ok(true) => self.seen.mark(&key)?,
-                Ok(false) => self.seen.drop_intent(&key),
-                Err(e) if disposition(&e) == Disposition::Unauthorized => {
-                    return Err(PacsError::Unauthorized(e));
+            let reason = match self.client.holds_instance("SR", &uid) {
+                Ok(Some(true)) => {
+                    self.seen.mark(&key)?;
+                    continue;
                 }
-                Err(_) => {
-                    attempted.insert(key);
+                Ok(Some(false)) if self.seen.failures(&key) < self.settings.attempts => {
+                    self.seen.drop_intent(&key);
+                    continue;
                 }
-            }
+                Ok(Some(false)) => format!(
+                    "its report was not in the archive after {} attempts; given up",
+                    self.settings.attempts
+                ),
+                Err(e) => match disposition(&e) {
+                    Disposition::Unauthorized => return Err(PacsError::Unauthorized(e)),
+                    Disposition::Outage => return Err(PacsError::Unavailable(e)),
+                    _ => {
+                        attempted.insert(key.clone());
+                        if self.failed_once(&key)? {
+                            continue;
+                        }
+                        format!(
+                            "whether the archive holds its report could not be learnt: {e}; given up"
+                        )
+                    }
+                },
+                Ok(None) => {
+                    attempted.insert(key.clone());
+                    if self.failed_once(&key)? {
+                        continue;
+                    }
+                    "the archive ignores a search by SOP Instance UID, so whether it holds the report is unknown; given up".to_owned()
+                }
+            };
+            self.seen.mark(&key)?;
+            on_event(&InstanceEvent {
+                instance: key[..16.min(key.len())].to_owned(),
+                outcome: Outcome::GivenUp { reason },
+                timings: InstanceTimings::default(),
+            });
         }
         Ok(())
     }
 
-    /// Counts a failure that may pass; whether the instance gets another
-    /// poll (if not, it is marked handled).
+    /// Charges a failure that may pass (recorded, so a restart or the next
+    /// `--once` run counts it too); whether the instance gets another poll
+    /// (if not, it is marked handled).
     fn failed_once(&mut self, key: &str) -> Result<bool, PacsError> {
-        let count = self.failures.entry(key.to_owned()).or_insert(0);
-        *count += 1;
-        if *count < self.settings.attempts {
+        if self.seen.fail(key)? < self.settings.attempts {
             return Ok(true);
         }
-        self.failures.remove(key);
         self.seen.mark(key)?;
         Ok(false)
     }
@@ -427,6 +474,7 @@ impl<'a> Bridge<'a> {
             Err(e) => {
                 let will_retry = match disposition(&e) {
                     Disposition::Unauthorized => return Err(PacsError::Unauthorized(e)),
+                    Disposition::Outage => return Err(PacsError::Unavailable(e)),
                     Disposition::Retry => self.failed_once(&key)?,
                     Disposition::Final => {
                         self.seen.mark(&key)?;
@@ -457,10 +505,14 @@ impl<'a> Bridge<'a> {
                     let reason = why.to_string();
                     return Ok(event(Outcome::Refused { reason }, timings));
                 }
-                // The sandbox failing is this instance's problem until it
-                // is every instance's: retried, then given up, never a stop.
+                // This instance's problem if the sandbox still runs the
+                // model (retried, then given up); else every instance's:
+                // the poll stops, charging nobody.
                 Err(ClassifyError::Guard(GuardError::Sandbox(e))) => {
                     timings.classify = started.elapsed();
+                    if let Err(why) = self.guard.check_model_runs(self.model)? {
+                        return Err(PacsError::Sandbox(why));
+                    }
                     let will_retry = self.failed_once(&key)?;
                     let error = format!("the sandbox failed on this instance: {e}");
                     return Ok(event(Outcome::NotClassified { error, will_retry }, timings));
@@ -483,9 +535,10 @@ impl<'a> Bridge<'a> {
                 instance.instance.as_str(),
             )
         }) {
-            self.seen.mark(&key)?;
-            let reason = "the archive sent another instance than the one asked for (its UIDs differ); no report filed".to_owned();
-            return Ok(event(Outcome::Refused { reason }, timings));
+            // Counted, not final: a proxy's cache may have mixed them up.
+            let will_retry = self.failed_once(&key)?;
+            let error = "the archive sent another instance than the one asked for (its UIDs differ); no report filed".to_owned();
+            return Ok(event(Outcome::NotRetrieved { error, will_retry }, timings));
         }
         let Some(image) = classified.images.first() else {
             return Err(PacsError::Model(
@@ -518,7 +571,6 @@ impl<'a> Bridge<'a> {
         let pending = PendingReport {
             uid,
             bytes: sr,
-            attempts: 0,
             verdict: image.verdict,
             label: image.label.clone(),
             p_value: image.p_value,
@@ -534,7 +586,7 @@ impl<'a> Bridge<'a> {
     fn store(
         &mut self,
         key: &str,
-        mut pending: PendingReport,
+        pending: PendingReport,
     ) -> Result<(Outcome, Duration), PacsError> {
         let started = Instant::now();
         let stored = self.client.store_instance(&pending.bytes, &pending.uid);
@@ -555,9 +607,14 @@ impl<'a> Bridge<'a> {
                 self.pending.insert(key.to_owned(), pending);
                 return Err(PacsError::Unauthorized(e));
             }
+            Err(e) if disposition(&e) == Disposition::Outage => {
+                // Nor this: the archive may have stored it; the resend (or
+                // the intent's lookup after a restart) settles it.
+                self.pending.insert(key.to_owned(), pending);
+                return Err(PacsError::Unavailable(e));
+            }
             Err(e) => {
-                pending.attempts += 1;
-                let will_retry = pending.attempts < self.settings.attempts;
+                let will_retry = self.seen.fail(key)? < self.settings.attempts;
                 let outcome = Outcome::NotStored {
                     verdict: pending.verdict,
                     ledger_index: pending.ledger_index,
@@ -604,37 +661,45 @@ impl<'a> Bridge<'a> {
     }
 }
 
-/// What a failed call means for the instance: refused credentials stop
-/// the poll; an instance that is gone (404, 410) or too large is final;
-/// anything else (the transport, a timeout, a redirect, a server error, an
-/// answer that is not DICOM, which may be a proxy's page) may pass.
+/// What a failed call means: refused credentials (401, 407) and an archive
+/// that is down or overloaded (unreachable, a timeout, 408, 429, 5xx) stop
+/// the poll and charge nobody; an instance over the input cap is final;
+/// anything else (403 on one study, 404, a redirect, an answer that is not
+/// DICOM, which may be a proxy's page, a store the archive declined) is
+/// charged to the instance and tried again, up to the attempts.
 fn disposition(e: &DicomWebError) -> Disposition {
     match e {
         DicomWebError::Status {
-            status: 401 | 403 | 407,
-            ..
+            status: 401 | 407, ..
         } => Disposition::Unauthorized,
         DicomWebError::Status {
-            status: 404 | 410, ..
+            status: 408 | 429 | 500..,
+            ..
         }
-        | DicomWebError::TooLarge { .. } => Disposition::Final,
+        | DicomWebError::Unreachable { .. }
+        | DicomWebError::Timeout { .. } => Disposition::Outage,
+        DicomWebError::TooLarge { .. } => Disposition::Final,
         _ => Disposition::Retry,
     }
 }
 
-/// The largest `pacs-seen` read (about four million instances).
+/// The largest `pacs-seen` read: about 1.5 million reported instances
+/// (an intent and a key line each).
 const SEEN_MAX_BYTES: u64 = 256 << 20;
 
 /// The append-only record of instances handled: one keyed HMAC per line
-/// (`KEY`), and before a report is sent an intent (`? KEY REPORT-UID`),
-/// each line synced before it counts. A torn last line (a crash mid-write)
-/// is ignored. Created mode 0600, never through a symbolic link.
+/// (`KEY`); before a report is sent an intent (`? KEY REPORT-UID`); for a
+/// failure charged to an instance `! KEY`. Each line is synced before it
+/// counts; a torn last line (a crash mid-write) is ignored. Mode 0600, never
+/// opened through a symbolic link.
 struct SeenLog {
     path: PathBuf,
     file: File,
     keys: HashSet<String>,
     /// Intended reports not yet confirmed: key to report UID.
     intents: BTreeMap<String, String>,
+    /// Attempts charged to instances not yet handled.
+    failures: HashMap<String, u32>,
 }
 
 impl SeenLog {
@@ -654,6 +719,9 @@ impl SeenLog {
             rustix::fs::open(path, flags, Mode::from_raw_mode(0o600))
                 .map_err(|e| failed(std::io::Error::from(e)))?,
         );
+        // An older file keeps no looser mode than a new one.
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))
+            .map_err(|e| failed(std::io::Error::from(e)))?;
         let metadata = file.metadata().map_err(failed)?;
         if !metadata.is_file() {
             return Err(failed(std::io::Error::other("not a regular file")));
@@ -670,6 +738,7 @@ impl SeenLog {
             .read_to_end(&mut text)
             .map_err(failed)?;
         let (mut keys, mut intents) = (HashSet::new(), BTreeMap::new());
+        let mut failures: HashMap<String, u32> = HashMap::new();
         let hex = |k: &str| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
         for line in text.split(|&b| b == b'\n') {
             let Ok(line) = std::str::from_utf8(line) else {
@@ -678,7 +747,11 @@ impl SeenLog {
             match line.split(' ').collect::<Vec<_>>()[..] {
                 [key] if hex(key) => {
                     intents.remove(key);
+                    failures.remove(key);
                     keys.insert(key.to_owned());
+                }
+                ["!", key] if hex(key) && !keys.contains(key) => {
+                    *failures.entry(key.to_owned()).or_default() += 1;
                 }
                 ["?", key, uid]
                     if hex(key) && medguard_dicom::sr::is_valid_uid(uid) && !keys.contains(key) =>
@@ -697,7 +770,21 @@ impl SeenLog {
             file,
             keys,
             intents,
+            failures,
         })
+    }
+
+    /// Attempts charged to `key` so far.
+    fn failures(&self, key: &str) -> u32 {
+        self.failures.get(key).copied().unwrap_or(0)
+    }
+
+    /// Charges `key` one attempt; the attempts charged so far.
+    fn fail(&mut self, key: &str) -> Result<u32, PacsError> {
+        self.append(&format!("! {key}\n"))?;
+        let count = self.failures.entry(key.to_owned()).or_default();
+        *count += 1;
+        Ok(*count)
     }
 
     fn contains(&self, key: &str) -> bool {
@@ -729,13 +816,16 @@ impl SeenLog {
 
     /// Records that the report `uid` is about to be sent for `key`.
     fn intend(&mut self, key: &str, uid: &str) -> Result<(), PacsError> {
-        self.append(&format!("? {key} {uid}\n"))
+        self.append(&format!("? {key} {uid}\n"))?;
+        self.intents.insert(key.to_owned(), uid.to_owned());
+        Ok(())
     }
 
     /// Records `key` as handled.
     fn mark(&mut self, key: &str) -> Result<(), PacsError> {
         self.append(&format!("{key}\n"))?;
         self.intents.remove(key);
+        self.failures.remove(key);
         self.keys.insert(key.to_owned());
         Ok(())
     }
@@ -790,17 +880,19 @@ mod tests {
     }
 
     #[test]
-    fn credentials_stop_the_poll_gone_instances_are_final_the_rest_may_pass() {
+    fn credentials_and_outages_stop_the_poll_the_rest_is_charged_to_the_instance() {
         let what = "WADO-RS retrieve";
         let status = |status| disposition(&DicomWebError::Status { what, status });
         assert_eq!(status(401), Disposition::Unauthorized);
-        assert_eq!(status(403), Disposition::Unauthorized);
-        assert_eq!(status(404), Disposition::Final);
-        assert_eq!(status(503), Disposition::Retry);
+        assert_eq!(status(407), Disposition::Unauthorized);
+        assert_eq!(status(403), Disposition::Retry);
+        assert_eq!(status(404), Disposition::Retry);
+        assert_eq!(status(503), Disposition::Outage);
+        assert_eq!(status(429), Disposition::Outage);
         assert_eq!(status(302), Disposition::Retry);
         assert_eq!(
             disposition(&DicomWebError::Timeout { what, seconds: 1 }),
-            Disposition::Retry
+            Disposition::Outage
         );
         assert_eq!(
             disposition(&DicomWebError::TooLarge { what, limit: 1 }),

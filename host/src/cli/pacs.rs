@@ -128,7 +128,7 @@ impl PacsCmd {
         let settings = BridgeSettings {
             filters,
             page_size: 100,
-            max_scanned: 1_000_000,
+            max_scanned: 100_000,
             options,
             fixed_seed: self.screening.seed_is_fixed(),
             attempts: 3,
@@ -169,8 +169,13 @@ impl PacsCmd {
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             // Tokens expire: the file is read again before every poll.
+            // A token being rewritten may read empty for a moment: the old
+            // one stays until the file reads well again.
             if self.token_file.is_some() {
-                client.set_bearer_token(self.token()?.as_deref())?;
+                match self.token() {
+                    Ok(token) => client.set_bearer_token(token.as_deref())?,
+                    Err(e) => eprintln!("medguard: pacs: keeping the current token: {e:#}"),
+                }
             }
             let bridge = match &mut bridge {
                 Some(bridge) => bridge,
@@ -185,7 +190,12 @@ impl PacsCmd {
             match bridge.poll(&mut on_event, &|| stop.load(Ordering::Relaxed)) {
                 Ok(_) => {}
                 // The archive (or its credentials) may be back by the next poll.
-                Err(e @ (PacsError::Search(_) | PacsError::Unauthorized(_))) => {
+                Err(
+                    e @ (PacsError::Search(_)
+                    | PacsError::Unauthorized(_)
+                    | PacsError::Unavailable(_)
+                    | PacsError::Sandbox(_)),
+                ) => {
                     eprintln!("medguard: pacs: {}", printable(&e.to_string()));
                 }
                 Err(e) => return Err(e.into()),
@@ -317,6 +327,10 @@ fn print_event(event: &InstanceEvent, json: bool) {
             line.outcome = "not-classified";
             line.error = Some(printable(error));
             line.will_retry = Some(*will_retry);
+        }
+        Outcome::GivenUp { reason } => {
+            line.outcome = "given-up";
+            line.error = Some(printable(reason));
         }
     }
     if json {

@@ -177,8 +177,15 @@ impl DicomWebClient {
     /// A client for the service at `base_url`. Its calls block: each runs
     /// on the client's own single-threaded runtime.
     pub fn new(base_url: &str, options: ClientOptions) -> Result<Self, DicomWebError> {
+        // Credentials in the URL are refused, and never echoed.
+        let shown = match (base_url.find("://"), base_url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://...{}", &base_url[..scheme], &base_url[at..])
+            }
+            _ => base_url.to_owned(),
+        };
         let bad = |why: &str| DicomWebError::BadUrl {
-            url: base_url.to_owned(),
+            url: shown.clone(),
             why: why.to_owned(),
         };
         // A fragment would swallow every path appended to the base.
@@ -258,11 +265,18 @@ impl DicomWebClient {
 
     /// Whether the archive holds an instance of `modality` with SOP
     /// Instance UID `uid` (a report the bridge may have stored before a
-    /// crash).
-    pub fn holds_instance(&self, modality: &str, uid: &str) -> Result<bool, DicomWebError> {
+    /// crash): `None` when the answer lists other instances only, so the
+    /// archive ignored the filter and the answer says nothing.
+    pub fn holds_instance(&self, modality: &str, uid: &str) -> Result<Option<bool>, DicomWebError> {
         let filter = [("SOPInstanceUID".to_owned(), uid.to_owned())];
         let page = self.search_instances(modality, &filter, 0, 10)?;
-        Ok(page.instances.iter().any(|i| i.instance == uid))
+        Ok(if page.instances.iter().any(|i| i.instance == uid) {
+            Some(true)
+        } else if page.entries == 0 {
+            Some(false)
+        } else {
+            None
+        })
     }
 
     /// QIDO-RS: one page of the instances of `modality` that also match

@@ -215,6 +215,7 @@ fn a_base_url_that_is_not_http_is_refused() {
         let (mut cmd, _env) = medguard_command(&["pacs", s(&model), "--dicomweb", base, "--once"]);
         let out = cmd.output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{base}");
+        assert!(!text(&out.stderr).contains("secret"), "credentials echoed");
         assert!(
             text(&out.stderr).contains("is not a DICOMweb base URL"),
             "{}",

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use medguard_dicom::sr::is_valid_uid;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -594,30 +595,18 @@ fn bearer(token: Option<&str>, private: bool) -> Result<Option<HeaderValue>, Dic
 impl<'de> serde::Deserialize<'de> for SearchPage {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Entries;
-        impl<'de> serde::de::Visitor<'de> for Entries {
+        impl<'de> Visitor<'de> for Entries {
             type Value = SearchPage;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON array of DICOM JSON datasets")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<SearchPage, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SearchPage, A::Error> {
                 let mut page = SearchPage::default();
-                while let Some(entry) = seq.next_element::<Option<QidoEntry>>()? {
+                while let Some(entry) = seq.next_element::<QidoEntry>()? {
                     page.entries += 1;
-                    let uid = |a: Option<UidAttribute>| {
-                        a.and_then(|a| a.value)
-                            .and_then(|v| v.into_iter().next())
-                            .and_then(|v| match v {
-                                UidValue::Text(t) => Some(t),
-                                UidValue::Other(_) => None,
-                            })
-                            .filter(|u| is_valid_uid(u))
-                    };
-                    let uids = entry.map(|e| (uid(e.study), uid(e.series), uid(e.instance)));
-                    match uids {
-                        Some((Some(study), Some(series), Some(instance))) => {
+                    let uid = |u: Option<String>| u.filter(|u| is_valid_uid(u));
+                    match (uid(entry.study), uid(entry.series), uid(entry.instance)) {
+                        (Some(study), Some(series), Some(instance)) => {
                             page.instances.push(InstanceRef {
                                 study,
                                 series,
@@ -634,29 +623,183 @@ impl<'de> serde::Deserialize<'de> for SearchPage {
     }
 }
 
-/// The three attributes of a QIDO-RS entry medguard reads; serde skips the
-/// rest without building them.
-#[derive(serde::Deserialize)]
+// The readers below take any JSON where a DICOM JSON dataset belongs and
+// keep only the first text of the three UID attributes: an entry of the
+// wrong shape is an invalid entry, not a failed page, and nothing else is
+// built (serde's IgnoredAny skips it).
+
+/// Answers `Default` for every JSON scalar, and skips arrays and objects.
+macro_rules! lenient_scalars {
+    () => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+    };
+}
+
+/// Skips what is left of an array.
+fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Skips what is left of an object.
+fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// A QIDO-RS entry's three UIDs, each if present as text.
+#[derive(Default)]
 struct QidoEntry {
-    #[serde(rename = "0020000D")]
-    study: Option<UidAttribute>,
-    #[serde(rename = "0020000E")]
-    series: Option<UidAttribute>,
-    #[serde(rename = "00080018")]
-    instance: Option<UidAttribute>,
+    study: Option<String>,
+    series: Option<String>,
+    instance: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
-struct UidAttribute {
-    #[serde(rename = "Value")]
-    value: Option<Vec<UidValue>>,
+impl<'de> serde::Deserialize<'de> for QidoEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = QidoEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a DICOM JSON dataset")
+            }
+            lenient_scalars!();
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<QidoEntry, E> {
+                Ok(QidoEntry::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<QidoEntry, A::Error> {
+                drain_seq(seq)?;
+                Ok(QidoEntry::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<QidoEntry, A::Error> {
+                let mut entry = QidoEntry::default();
+                while let Some(tag) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match tag.as_ref() {
+                        "0020000D" => &mut entry.study,
+                        "0020000E" => &mut entry.series,
+                        "00080018" => &mut entry.instance,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value::<Attribute>()?.0;
+                }
+                Ok(entry)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum UidValue {
-    Text(String),
-    Other(serde::de::IgnoredAny),
+/// A DICOM JSON attribute's first value, if it is text.
+#[derive(Default)]
+struct Attribute(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for Attribute {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Attribute;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a DICOM JSON attribute")
+            }
+            lenient_scalars!();
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Attribute, E> {
+                Ok(Attribute::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Attribute, A::Error> {
+                drain_seq(seq)?;
+                Ok(Attribute::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attribute, A::Error> {
+                let mut first = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "Value" {
+                        first = map.next_value::<FirstText>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Attribute(first))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// The first element of a `Value` array, if it is text.
+#[derive(Default)]
+struct FirstText(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for FirstText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FirstText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a DICOM JSON Value array")
+            }
+            lenient_scalars!();
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<FirstText, E> {
+                Ok(FirstText::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FirstText, A::Error> {
+                drain_map(map)?;
+                Ok(FirstText::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FirstText, A::Error> {
+                let first = seq.next_element::<Text>()?.and_then(|t| t.0);
+                drain_seq(seq)?;
+                Ok(FirstText(first))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A JSON string; anything else is `None`, skipped unbuilt.
+#[derive(Default)]
+struct Text(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            lenient_scalars!();
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Text, E> {
+                // A UID is at most 64 characters: longer text is not kept.
+                Ok(Text((text.len() <= 64).then(|| text.to_owned())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text, A::Error> {
+                drain_seq(seq)?;
+                Ok(Text::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Text, A::Error> {
+                drain_map(map)?;
+                Ok(Text::default())
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// A body already read, as the one-chunk stream multer reads.
@@ -728,4 +871,36 @@ fn tls_config(https: bool, ca_cert: Option<&Path>) -> Result<rustls::ClientConfi
         })?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Entries of every wrong shape are counted invalid; the page, and the
+    /// one good entry in it, survive them.
+    #[test]
+    fn a_search_page_survives_entries_of_the_wrong_shape() {
+        let good = r#"{"0020000D":{"vr":"UI","Value":["1.2"]},"0020000E":{"Value":["1.3"]},"00080018":{"Value":["1.4"],"vr":"UI"},"00100010":{"Value":[{"Alphabetic":"Doe^Jane"}]}}"#;
+        let page = format!(
+            r#"[1, "x", [], null, {{}}, {{"0020000D": "x"}}, {{"0020000D": {{"Value": "1.2"}}}},
+               {{"0020000D": {{"Value": [[1, 2]]}}, "0020000E": {{"Value": [{{"a": 1}}]}}}},
+               {{"0020000D": {{"Value": ["{long}"]}}, "0020000E": {{"Value": ["1.3"]}}, "00080018": {{"Value": ["1.4"]}}}},
+               {good}]"#,
+            long = "1".repeat(70)
+        );
+        let parsed: SearchPage = serde_json::from_str(&page).unwrap();
+        assert_eq!(parsed.entries, 10);
+        assert_eq!(parsed.invalid, 9);
+        assert_eq!(
+            parsed.instances,
+            [InstanceRef {
+                study: "1.2".into(),
+                series: "1.3".into(),
+                instance: "1.4".into(),
+            }]
+        );
+        assert!(serde_json::from_str::<SearchPage>(r#"{"not": "an array"}"#).is_err());
+    }
 }

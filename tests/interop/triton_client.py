@@ -1,15 +1,19 @@
 """Drives a running `medguard serve` with Triton's own Python client.
 
 Reads a JSON job on stdin: {"url": "127.0.0.1:PORT", "model": NAME,
-"seed": S, "images": {NAME: [C*H*W floats], ...}} and writes one JSON
-object to stdout: what the server said through the client, per image, over
-JSON and over the binary tensor data extension. The Rust test
+"seed": S, "images": {NAME: [C*H*W floats], ...}, "ca_cert": PEM or null,
+"wrong_ca": PEM or null} and writes one JSON object to stdout: what the
+server said through the client, per image, over JSON and over the binary
+tensor data extension. With "ca_cert" the client speaks https and verifies
+the server against that CA and the host name; with "wrong_ca" it also says
+whether a client trusting only that CA was refused. The Rust test
 (host/tests/cli/serve.rs) compares it with `medguard predict --json`.
 """
 
 import json
 import sys
 
+import gevent.ssl
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
@@ -41,9 +45,21 @@ def infer(client, model, image, shape, seed, binary):
     }
 
 
+def connect(url, ca_cert):
+    """A client for url; over https, verifying the server against ca_cert."""
+    if ca_cert is None:
+        return httpclient.InferenceServerClient(url=url)
+    return httpclient.InferenceServerClient(
+        url=url,
+        ssl=True,
+        ssl_options={"ca_certs": ca_cert},
+        ssl_context_factory=gevent.ssl.create_default_context,
+    )
+
+
 def main():
     job = json.load(sys.stdin)
-    client = httpclient.InferenceServerClient(url=job["url"])
+    client = connect(job["url"], job.get("ca_cert"))
     model = job["model"]
     metadata = client.get_model_metadata(model)
     shape = [1] + metadata["inputs"][0]["shape"][1:]
@@ -67,6 +83,13 @@ def main():
     except InferenceServerException as e:
         out["unknown_model"] = {"status": int(e.status()), "error": e.message()}
     client.close()
+    if job.get("wrong_ca"):
+        try:
+            other = connect(job["url"], job["wrong_ca"])
+            other.is_server_live()
+            out["wrong_ca"] = "connected"
+        except Exception as e:  # noqa: BLE001 - any refusal will do
+            out["wrong_ca"] = "refused: " + type(e).__name__
     json.dump(out, sys.stdout)
 
 

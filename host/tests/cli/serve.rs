@@ -46,7 +46,11 @@ impl Serving {
                 "exited early: {log}"
             );
             log.push_str(&line);
-            if let Some(rest) = line.trim().strip_prefix("medguard: listening on http://") {
+            let line = line.trim();
+            if let Some(rest) = line
+                .strip_prefix("medguard: listening on http://")
+                .or_else(|| line.strip_prefix("medguard: listening on https://"))
+            {
                 break rest.trim_end_matches("/v2").to_owned();
             }
         };
@@ -140,6 +144,39 @@ fn serve_admits_answers_and_stops_cleanly_on_sigterm() {
 #[test]
 #[ignore = "needs tritonclient; scripts/test.sh provides it"]
 fn tritons_python_client_gets_the_clis_answers() {
+    tritons_python_client(None);
+}
+
+/// The same over TLS: the client verifies the server's certificate (made
+/// at test time) against the CA file it is given, with the host name, and
+/// refuses a server whose certificate another CA signed.
+#[test]
+#[ignore = "needs tritonclient; scripts/test.sh provides it"]
+fn tritons_python_client_over_tls_verifies_the_server() {
+    let tls = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let write = |name: &str, text: String| {
+        let path = tls.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let files = TlsFiles {
+        cert: write("cert.pem", made.cert.pem()),
+        key: write("key.pem", made.signing_key.serialize_pem()),
+        other_ca: write("other-ca.pem", other.cert.pem()),
+    };
+    tritons_python_client(Some(&files));
+}
+
+/// The server's certificate and key, and a CA that did not sign it.
+struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    other_ca: std::path::PathBuf,
+}
+
+fn tritons_python_client(tls: Option<&TlsFiles>) {
     let python = std::env::var_os("MEDGUARD_TRITON_PYTHON")
         .expect("MEDGUARD_TRITON_PYTHON must name a python with tritonclient[http]");
     let dir = model_dir();
@@ -158,9 +195,20 @@ fn tritons_python_client_gets_the_clis_answers() {
         let batch = medguard_input::decode(&bytes, &manifest.input, manifest.max_batch).unwrap();
         images.insert(sample.into(), serde_json::json!(batch.data));
     }
-    let server = Serving::start(&["serve", s(&dir), "--listen", "127.0.0.1:0"]);
+    let mut args = vec!["serve", s(&dir), "--listen", "127.0.0.1:0"];
+    if let Some(tls) = tls {
+        args.extend(["--tls-cert", s(&tls.cert), "--tls-key", s(&tls.key)]);
+    }
+    let server = Serving::start(&args);
+    // The certificate names localhost: the client checks the name.
+    let url = match tls {
+        Some(_) => server.addr.replace("127.0.0.1", "localhost"),
+        None => server.addr.clone(),
+    };
     let job = serde_json::json!({
-        "url": server.addr, "model": manifest.name, "seed": seed, "images": images,
+        "url": url, "model": manifest.name, "seed": seed, "images": images,
+        "ca_cert": tls.map(|t| s(&t.cert)),
+        "wrong_ca": tls.map(|t| s(&t.other_ca)),
     });
     let mut client = std::process::Command::new(python)
         .arg(root().join("tests/interop/triton_client.py"))
@@ -190,6 +238,10 @@ fn tritons_python_client_gets_the_clis_answers() {
     );
     assert_eq!(said["model"]["platform"], "onnx_onnxv1");
     assert_eq!(said["unknown_model"]["status"], 404);
+    if tls.is_some() {
+        let refused = said["wrong_ca"].as_str().unwrap_or_default();
+        assert!(refused.starts_with("refused"), "{said}");
+    }
 
     // The CLI's answers for the same images and seed.
     let mut args = vec!["predict", "--json", "--seed", "7", s(&dir)];

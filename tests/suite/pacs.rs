@@ -566,15 +566,16 @@ fn refused_credentials_stop_the_poll_and_mark_nothing() {
         Reply::new(401, "text/plain", "token expired")
     });
     let data = tempfile::tempdir().unwrap();
-    let guard = Guard::open(data.path(), demo_policy())
-        .unwrap()
-        .with_sandbox(shared_program_owned());
-    let Admission::Admitted { model, .. } = guard.admit(&model_dir()).unwrap() else {
-        panic!("the bundled model is admitted")
-    };
-    let client = client(&archive.base, Duration::from_secs(10));
-    let mut bridge = Bridge::new(&guard, &model, &client, data.path(), settings()).unwrap();
-    let err = bridge.poll(&mut |_| {}, &|| false).unwrap_err();
+    let mut polls = run_with_errors(
+        &archive,
+        data.path(),
+        settings(),
+        Duration::from_secs(10),
+        1,
+    );
+    let (events, err) = polls.remove(0);
+    assert!(events.is_empty(), "{events:?}");
+    let err = err.expect("the poll stops");
     assert!(matches!(err, PacsError::Unauthorized(_)), "{err}");
     assert!(err.to_string().contains("credentials"), "{err}");
     assert_eq!(

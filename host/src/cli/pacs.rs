@@ -10,7 +10,7 @@ use clap::Args;
 use medguard_ledger::entry::Verdict;
 use serde::Serialize;
 
-use super::predict::{ScreeningArgs, model_runs};
+use super::predict::{ScreeningArgs, ready_guard};
 use super::{Exit, SandboxArgs, StateArgs, TrustArgs, printable};
 use crate::input::INPUT_MAX_BYTES;
 use crate::model_dir::read_capped;
@@ -113,18 +113,12 @@ impl PacsCmd {
         )?;
         // Admission comes first: a refused model never meets the archive.
         let data_dir = state.dir()?;
-        let Some((guard, model, _)) =
-            self.trust
-                .admitted_or_refused(&data_dir, &self.model_dir, None)?
+        let options = self.screening.options()?;
+        let Some((guard, model)) =
+            ready_guard(&self.trust, sandbox, &data_dir, &self.model_dir, options)?
         else {
             return Ok(Exit::Refused);
         };
-        let options = self.screening.options()?;
-        let (program, _) = sandbox.start()?;
-        let guard = guard.with_sandbox(program);
-        if !model_runs(&guard, &model, options)? {
-            return Ok(Exit::Refused);
-        }
         let settings = BridgeSettings {
             filters,
             page_size: 100,

@@ -95,19 +95,17 @@ pub(super) const DEMO_OPTIONS: ClassifyOptions = ClassifyOptions {
 
 impl PredictCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs, state: &StateArgs) -> anyhow::Result<Exit> {
-        // Admission comes first: a refused model never meets the guest.
-        let Some((guard, model, _)) =
-            self.trust
-                .admitted_or_refused(&state.dir()?, &self.model_dir, None)?
+        let options = self.screening.options()?;
+        let Some((guard, model)) = ready_guard(
+            &self.trust,
+            sandbox,
+            &state.dir()?,
+            &self.model_dir,
+            options,
+        )?
         else {
             return Ok(Exit::Refused);
         };
-        let options = self.screening.options()?;
-        let (program, _) = sandbox.start()?;
-        let guard = guard.with_sandbox(program);
-        if !model_runs(&guard, &model, options)? {
-            return Ok(Exit::Refused);
-        }
         let format = if self.json {
             Format::Json
         } else {
@@ -212,6 +210,27 @@ struct ModelRef<'a> {
 struct Rejection<'a> {
     input: &'a str,
     error: String,
+}
+
+/// Admits `model_dir` under the policy first (a refused model never meets
+/// the guest, nor any input or archive), then starts the sandbox and checks
+/// the model runs in it. `None`: refused, the reason printed.
+pub(super) fn ready_guard(
+    trust: &TrustArgs,
+    sandbox: &SandboxArgs,
+    data_dir: &Path,
+    model_dir: &Path,
+    options: ClassifyOptions,
+) -> anyhow::Result<Option<(Guard, AttestedModel)>> {
+    let Some((guard, model, _)) = trust.admitted_or_refused(data_dir, model_dir, None)? else {
+        return Ok(None);
+    };
+    let (program, _) = sandbox.start()?;
+    let guard = guard.with_sandbox(program);
+    if !model_runs(&guard, &model, options)? {
+        return Ok(None);
+    }
+    Ok(Some((guard, model)))
 }
 
 /// Loads the attested model into a sandbox once, before any input is read.

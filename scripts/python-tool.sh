@@ -10,6 +10,9 @@
 #   scripts/python-tool.sh dicom           pydicom, highdicom and codecs
 #                                          (tests/dicom/requirements.txt);
 #                                          prints the venv's python
+#   scripts/python-tool.sh embed           numpy and pytest for the Python package
+#                                          (python/requirements-test.txt);
+#                                          prints the venv's python
 #
 # Reuses a venv while its requirements are unchanged. Used by
 # scripts/test.sh; needs Python 3.10+ with venv (scripts/system-packages.sh
@@ -20,7 +23,8 @@ case ${1:-} in
   model-signing) req=tests/interop/requirements.txt; exe=model_signing ;;
   triton-client) req=tests/interop/triton-requirements.txt; exe=python ;;
   dicom) req=tests/dicom/requirements.txt; exe=python ;;
-  *) echo "usage: scripts/python-tool.sh model-signing|triton-client|dicom" >&2; exit 2 ;;
+  embed) req=python/requirements-test.txt; exe=python ;;
+  *) echo "usage: scripts/python-tool.sh model-signing|triton-client|dicom|embed" >&2; exit 2 ;;
 esac
 venv=${MEDGUARD_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/medguard}/venv-$1
 stamp="$venv/.requirements.sha256"

@@ -22,10 +22,13 @@ MEDGUARD_TRITON_PYTHON=$(scripts/python-tool.sh triton-client)
 # The DICOM tests read medguard's structured reports back with highdicom and
 # run pydicom's own test files through `predict` (pinned venv, likewise).
 MEDGUARD_DICOM_PYTHON=$(scripts/python-tool.sh dicom)
+# The Python package (python/, ctypes over the C ABI) runs its pytest suite
+# against this build's library (pinned venv, likewise).
+MEDGUARD_EMBED_PYTHON=$(scripts/python-tool.sh embed)
 # `medguard pacs` round-trips a study through a real Orthanc with its
 # DICOMweb plugin (Debian packages, scripts/system-packages.sh).
 MEDGUARD_ORTHANC=/usr/sbin/Orthanc
-export MEDGUARD_MODEL_SIGNING MEDGUARD_TRITON_PYTHON MEDGUARD_DICOM_PYTHON MEDGUARD_ORTHANC
+export MEDGUARD_MODEL_SIGNING MEDGUARD_TRITON_PYTHON MEDGUARD_DICOM_PYTHON MEDGUARD_EMBED_PYTHON MEDGUARD_ORTHANC
 cargo test --workspace --release -- --include-ignored
 # The library example, built by the test run above, on the bundled model as
 # the tests renewed it (re-signed with the demo key to expire over a year

@@ -28,8 +28,8 @@ use medguard_ledger::{Ledger, Receipt};
 use crate::admission::load_policy;
 use crate::guard::{Admission, Guard, NamedPolicy};
 
-use crate::guest;
-use crate::sandbox::{CompiledCache, GuestLoad, GuestProgram, Limits, Runtime};
+use crate::guest::SandboxSettings;
+use crate::sandbox::{CompiledCache, GuestLoad, GuestProgram, Limits};
 
 /// WebAssembly inference integrity guard for medical AI.
 #[derive(Debug, Parser)]
@@ -103,33 +103,26 @@ struct SandboxArgs {
 impl SandboxArgs {
     /// Pins and loads the guest in a fresh runtime.
     fn start(&self) -> anyhow::Result<(GuestProgram, GuestLoad)> {
-        let limits = Limits {
-            memory_bytes: self
-                .memory_mib
-                .checked_mul(1 << 20)
-                .context("--memory-mib is too large")?,
-            deadline: Duration::from_millis(self.deadline_ms),
-            ..Limits::default()
-        };
-        let guest = match &self.guest {
-            Some(path) => guest::from_file(path)?,
-            None => guest::bundled()?,
-        };
-        let cache = match (
-            self.no_cache,
-            self.cache_dir.clone().or_else(CompiledCache::default_dir),
-        ) {
-            (false, Some(dir)) => match CompiledCache::open(&dir) {
-                Ok(cache) => Some(cache),
-                Err(e) => {
-                    eprintln!("medguard: warning: compiled-guest cache disabled: {e}");
-                    None
-                }
+        let settings = SandboxSettings {
+            limits: Limits {
+                memory_bytes: self
+                    .memory_mib
+                    .checked_mul(1 << 20)
+                    .context("--memory-mib is too large")?,
+                deadline: Duration::from_millis(self.deadline_ms),
+                ..Limits::default()
             },
-            _ => None,
+            guest: self.guest.clone(),
+            cache_dir: match self.no_cache {
+                true => None,
+                false => self.cache_dir.clone().or_else(CompiledCache::default_dir),
+            },
         };
-        let runtime = Runtime::new(limits)?;
-        Ok(runtime.load_guest(&guest, cache.as_ref())?)
+        let started = settings.start()?;
+        if let Some(warning) = started.cache_warning {
+            eprintln!("medguard: warning: {warning}");
+        }
+        Ok((started.program, started.load))
     }
 }
 
@@ -221,13 +214,14 @@ impl TrustArgs {
 /// may have chosen (file names in a refusal, fields of a forged entry):
 /// controls (C0, DEL, C1) and the bidirectional overrides that reorder what
 /// is shown.
-pub(crate) fn hostile(c: char) -> bool {
+pub fn hostile(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `text` with [`hostile`] characters escaped (`\u{1b}`).
-pub(crate) fn printable(text: &str) -> String {
+/// `text` with [`hostile`] characters escaped (`\u{1b}`): what the CLI
+/// prints and the C ABI returns as error text.
+pub fn printable(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
             let escaped: Vec<char> = if hostile(c) {

@@ -17,6 +17,7 @@ pub mod guest;
 pub use medguard_input as input;
 pub mod model_dir;
 pub mod pacs;
+pub mod prediction;
 pub mod report;
 pub mod sandbox;
 pub mod server;

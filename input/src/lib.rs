@@ -173,6 +173,99 @@ pub fn decode(bytes: &[u8], spec: &InputSpec, max_batch: u32) -> Result<Batch, I
     }
 }
 
+/// The sample type of raw pixels handed over in memory (an embedding
+/// viewer's frame buffer, a numpy array), in the host's byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleType {
+    /// 8-bit gray levels, mapped like an 8-bit gray PNG.
+    U8,
+    /// 16-bit gray levels, mapped like a 16-bit gray PNG.
+    U16,
+    /// Tensor values, already mapped (the guest checks their range).
+    F32,
+}
+
+impl SampleType {
+    fn size(self) -> usize {
+        match self {
+            Self::U8 => 1,
+            Self::U16 => 2,
+            Self::F32 => 4,
+        }
+    }
+}
+
+/// `count` images of `height` x `width` samples of type `kind` (row-major,
+/// one channel for gray levels, the model's channels for tensor values),
+/// as `bytes` in the host's byte order. Every dimension is checked against
+/// `spec` and `max_batch`, and the length against them, before anything is
+/// allocated; gray levels map to exactly the values the same pixels give
+/// in a PNG.
+pub fn from_samples(
+    bytes: &[u8],
+    kind: SampleType,
+    count: u32,
+    height: u32,
+    width: u32,
+    spec: &InputSpec,
+    max_batch: u32,
+) -> Result<Batch, InputError> {
+    check_size("the image", height.into(), width.into(), spec)?;
+    if count == 0 || count > max_batch {
+        return Err(InputError::Shape(format!(
+            "{count} images given; this model takes 1 to {max_batch} per call"
+        )));
+    }
+    let channels = match kind {
+        SampleType::F32 => spec.shape.channels,
+        SampleType::U8 | SampleType::U16 if spec.shape.channels == 1 => 1,
+        _ => {
+            return Err(InputError::Unsupported(format!(
+                "gray levels give one channel, the model wants {}",
+                spec.shape.channels
+            )));
+        }
+    };
+    let expected = [count, channels, height, width]
+        .iter()
+        .try_fold(kind.size() as u64, |n, &d| n.checked_mul(d.into()))
+        .filter(|&n| n <= INPUT_MAX_BYTES)
+        .ok_or(InputError::TooLarge)?;
+    if bytes.len() as u64 != expected {
+        return Err(InputError::Shape(format!(
+            "{} bytes given; {count} image(s) of {width}x{height} {kind:?} samples are {expected}",
+            bytes.len()
+        )));
+    }
+    // The same arithmetic as `decode_png` (f64, then rounded once to f32):
+    // a frame buffer and a PNG of the same pixels give the same tensor.
+    let (data, source_bits): (Vec<f32>, u8) = match kind {
+        SampleType::U8 => (
+            bytes.iter().map(|&v| (v as f64 / 255.0) as f32).collect(),
+            8,
+        ),
+        SampleType::U16 => (
+            bytes
+                .chunks_exact(2)
+                .map(|b| (u16::from_ne_bytes([b[0], b[1]]) as f64 / 65535.0) as f32)
+                .collect(),
+            16,
+        ),
+        SampleType::F32 => (
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            0,
+        ),
+    };
+    Ok(Batch {
+        shape: [count, channels, height, width],
+        data,
+        source_bits,
+    })
+}
+
 /// Refuses an image whose height and width are not the model's.
 fn check_size(kind: &str, height: u64, width: u64, spec: &InputSpec) -> Result<(), InputError> {
     let (h, w) = (spec.shape.height, spec.shape.width);
@@ -485,5 +578,66 @@ mod tests {
         assert_eq!(picked.data, [4.0f32, 5.0, 0.0, 1.0].map(|v| v / 255.0));
         assert_eq!(picked.source_bits, 8);
         assert!(b.select(&[3]).is_none());
+    }
+
+    #[test]
+    fn frame_buffers_give_the_tensor_their_png_gives() {
+        let levels: [u16; 4] = [0, 1, 40_000, 65_535];
+        let be: Vec<u8> = levels.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let ne: Vec<u8> = levels.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let from_png = decode(
+            &png(png::ColorType::Grayscale, png::BitDepth::Sixteen, &be),
+            &spec(),
+            1,
+        )
+        .unwrap();
+        let from_buffer = from_samples(&ne, SampleType::U16, 1, 2, 2, &spec(), 1).unwrap();
+        assert_eq!(from_buffer, from_png);
+
+        let gray = [0u8, 7, 128, 255];
+        let from_png = decode(
+            &png(png::ColorType::Grayscale, png::BitDepth::Eight, &gray),
+            &spec(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            from_samples(&gray, SampleType::U8, 1, 2, 2, &spec(), 1).unwrap(),
+            from_png
+        );
+
+        let values = [0.0f32, 0.25, 0.5, 1.0];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let tensor = from_samples(&bytes, SampleType::F32, 1, 2, 2, &spec(), 1).unwrap();
+        assert_eq!(
+            (tensor.data.as_slice(), tensor.source_bits),
+            (&values[..], 0)
+        );
+    }
+
+    #[test]
+    fn frame_buffers_are_checked_before_they_are_copied() {
+        let refuse = |bytes: &[u8], kind, count, h, w| {
+            from_samples(bytes, kind, count, h, w, &spec(), 4)
+                .unwrap_err()
+                .to_string()
+        };
+        // The model takes 2x2.
+        assert!(refuse(&[0; 9], SampleType::U8, 1, 3, 3).contains("model takes 2x2"));
+        assert!(refuse(&[], SampleType::U8, 0, 2, 2).contains("1 to 4"));
+        assert!(refuse(&[0; 20], SampleType::U8, 5, 2, 2).contains("1 to 4"));
+        // A length that does not match the dimensions, either way.
+        assert!(refuse(&[0; 7], SampleType::U16, 1, 2, 2).contains("7 bytes given"));
+        assert!(refuse(&[0; 9], SampleType::U16, 1, 2, 2).contains("are 8"));
+        // Gray levels into a three-channel model.
+        let mut rgb = spec();
+        rgb.shape.channels = 3;
+        let err = from_samples(&[0; 4], SampleType::U8, 1, 2, 2, &rgb, 1).unwrap_err();
+        assert!(err.to_string().contains("wants 3"), "{err}");
+        // Dimensions whose product overflows are too large, not a panic.
+        let mut huge = spec();
+        (huge.shape.height, huge.shape.width) = (u32::MAX, u32::MAX);
+        let err = from_samples(&[], SampleType::F32, 1, u32::MAX, u32::MAX, &huge, 1).unwrap_err();
+        assert!(matches!(err, InputError::TooLarge), "{err}");
     }
 }

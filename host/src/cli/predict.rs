@@ -1,20 +1,19 @@
 //! `medguard predict`: flags to [`Guard::classify`] calls, results to lines.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use clap::{Args, ValueEnum};
 use medguard_attest::AttestedModel;
-use medguard_ledger::Receipt;
 use medguard_ledger::entry::{ScreeningPolicy, Verdict};
 use serde::Serialize;
 
 use super::{Exit, SandboxArgs, StateArgs, TrustArgs};
-use crate::guard::{ClassifyError, ClassifyOptions, Guard, ImageResult, fresh_seed};
+use crate::guard::{ClassifyError, ClassifyOptions, Guard, fresh_seed};
 use crate::input::INPUT_MAX_BYTES;
 use crate::model_dir::read_capped;
+use crate::prediction::{ModelRef, Prediction};
 use crate::report::structured_report;
 
 /// Admit a signed model under the trust policy, then screen and classify images with it in the sandbox.
@@ -146,66 +145,6 @@ pub(super) enum Format {
     Human,
 }
 
-/// One image's result, as printed with `--json`.
-#[derive(Debug, Serialize)]
-struct Prediction<'a> {
-    input: String,
-    /// `None` when the input was rejected and the policy withholds predictions.
-    label: Option<&'a str>,
-    probabilities: Option<&'a BTreeMap<String, f32>>,
-    verdict: Verdict,
-    /// Combined p-value in [0, 1], lower is more suspicious; `None` when unscreened.
-    p_value: Option<f64>,
-    statistics: BTreeMap<String, StatisticJson>,
-    integrity: Integrity,
-    seed: u64,
-    model: ModelRef<'a>,
-    guest_sha256: String,
-    /// For a DICOM input: what the sandbox decoded (no patient data).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dicom: Option<DicomJson<'a>>,
-    /// The structured report written for it, if one was asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    structured_report: Option<String>,
-    /// Why no structured report could be written for it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    structured_report_error: Option<String>,
-    /// The ledger entry of this result with its inclusion proof and signed
-    /// checkpoint: `medguard ledger verify-receipt` checks it offline.
-    receipt: &'a Receipt,
-}
-
-/// The decoded DICOM image's facts.
-#[derive(Debug, Serialize)]
-struct DicomJson<'a> {
-    transfer_syntax: &'a str,
-    rows: u32,
-    columns: u32,
-    bits_stored: u16,
-    photometric_interpretation: &'a str,
-    intensity: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-struct StatisticJson {
-    value: f64,
-    p_value: f64,
-}
-
-/// Format integrity: reported, not counted as detection.
-#[derive(Debug, Serialize)]
-struct Integrity {
-    source_bits: u8,
-    off_grid: u32,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct ModelRef<'a> {
-    name: &'a str,
-    version: &'a str,
-    sha256: &'a str,
-}
-
 #[derive(Debug, Serialize)]
 struct Rejection<'a> {
     input: &'a str,
@@ -270,13 +209,7 @@ pub(super) fn predict_files<'o>(
     options: ClassifyOptions,
 ) -> anyhow::Result<Exit> {
     let Output { format, sr_dir } = output.into();
-    let m = model.manifest();
-    let (version, sha256) = (m.version.to_string(), model.model_digest().to_string());
-    let model_ref = ModelRef {
-        name: &m.name,
-        version: &version,
-        sha256: &sha256,
-    };
+    let model_ref = ModelRef::of(model);
     let guest_sha256 = guard
         .program()
         .map(|p| p.digest().to_string())
@@ -326,7 +259,13 @@ pub(super) fn predict_files<'o>(
             } else {
                 name.clone()
             };
-            let mut p = prediction(input, image, &classified, model_ref, &guest_sha256);
+            let mut p = Prediction::new(
+                Some(input),
+                image,
+                &classified,
+                model_ref.clone(),
+                &guest_sha256,
+            );
             if let (Some(dir), Some(program)) = (sr_dir, guard.program()) {
                 match structured_report(model, &program.digest(), &classified, image) {
                     None => {}
@@ -354,53 +293,6 @@ pub(super) fn predict_files<'o>(
         }
     }
     Ok(exit)
-}
-
-fn prediction<'a>(
-    input: String,
-    image: &'a ImageResult,
-    classified: &'a crate::guard::Classified,
-    model: ModelRef<'a>,
-    guest_sha256: &str,
-) -> Prediction<'a> {
-    Prediction {
-        input,
-        label: image.label.as_deref(),
-        probabilities: image.probabilities.as_ref(),
-        verdict: image.verdict,
-        p_value: image.p_value,
-        statistics: image
-            .statistics
-            .iter()
-            .map(|r| {
-                (
-                    r.statistic.name(),
-                    StatisticJson {
-                        value: r.value,
-                        p_value: r.p_value,
-                    },
-                )
-            })
-            .collect(),
-        integrity: Integrity {
-            source_bits: classified.source_bits,
-            off_grid: image.off_grid,
-        },
-        seed: classified.seed,
-        model,
-        guest_sha256: guest_sha256.to_owned(),
-        dicom: classified.dicom.as_ref().map(|d| DicomJson {
-            transfer_syntax: &d.image.transfer_syntax,
-            rows: d.image.rows,
-            columns: d.image.columns,
-            bits_stored: d.image.bits_stored,
-            photometric_interpretation: &d.image.photometric_interpretation,
-            intensity: &d.image.intensity,
-        }),
-        structured_report: None,
-        structured_report_error: None,
-        receipt: &image.receipt,
-    }
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames
@@ -451,6 +343,7 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
     };
     format!(
         "{:<width$}  {what:<46} {screening}{off_grid}  [ledger #{}]{report}",
-        p.input, p.receipt.index
+        p.input.as_deref().unwrap_or_default(),
+        p.receipt.index
     )
 }

@@ -1,0 +1,317 @@
+"""medguard for Python pipelines: admit a signed model under a trust policy,
+then screen and classify images in medguard's WebAssembly sandbox, each
+result recorded in the tamper-evident ledger and returned with its receipt.
+
+    import medguard
+
+    with medguard.Guard("/var/lib/medguard", "/etc/medguard/policy.toml") as guard:
+        model = guard.admit("/models/pneumonia")
+        result = model.classify(image)          # a 2-D uint8/uint16/float32 array
+        if result.label is None:                # rejected: no prediction
+            ...
+
+This is a thin layer over the C library (``libmedguard_embed.so``): the
+admission, sandbox, screening and ledger are the ``medguard`` CLI's own, and
+so are the answers and the one-line reasons of its exceptions.
+
+Threads: a guard and its models may be used from several threads at once
+(the C calls release the GIL, and every classification runs in a sandbox of
+its own).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _native
+from ._native import lib
+
+__all__ = [
+    "Guard",
+    "GuardFailure",
+    "InputRefused",
+    "InvalidArgument",
+    "MedguardError",
+    "Model",
+    "ModelRefused",
+    "Result",
+    "Verdict",
+    "__version__",
+]
+
+__version__: str = lib.medguard_version().decode()
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class MedguardError(Exception):
+    """Anything medguard did not do; the message is the CLI's one-line reason."""
+
+
+class ModelRefused(MedguardError):
+    """The model was not admitted under the trust policy (recorded in the ledger)."""
+
+
+class InputRefused(MedguardError):
+    """The input is not one the model takes (size, format, range); the guard goes on."""
+
+
+class InvalidArgument(MedguardError, ValueError):
+    """The call itself was wrong (a closed guard, a model of another guard)."""
+
+
+class GuardFailure(MedguardError):
+    """The guard could not do its work (ledger or sandbox); stop using it."""
+
+
+class Verdict(str, enum.Enum):
+    """The screening verdict."""
+
+    ACCEPT = "accept"
+    FLAG = "flag"
+    REJECT = "reject"
+    UNSCREENED = "unscreened"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One image's result: what ``medguard predict --json`` prints for it."""
+
+    verdict: Verdict
+    """The screening verdict."""
+    p_value: float | None
+    """Combined p-value in [0, 1], lower is more suspicious; None when unscreened."""
+    label: str | None
+    """The predicted label; None when withheld (rejected under the enforce policy)."""
+    probabilities: dict[str, float] | None
+    """Probability per label; None when withheld."""
+    statistics: dict[str, dict[str, float]]
+    """Each screening statistic's value and p-value."""
+    seed: int
+    """The seed of the screening's noise draws; pass it again to reproduce the verdict."""
+    receipt: dict[str, Any]
+    """The ledger entry, its inclusion proof and signed checkpoint."""
+    raw: dict[str, Any] = field(repr=False)
+    """The whole JSON object, as ``medguard ledger verify-receipt`` checks it."""
+
+    @classmethod
+    def _from_json(cls, text: str) -> Result:
+        raw = json.loads(text)
+        return cls(
+            verdict=Verdict(raw["verdict"]),
+            p_value=raw["p_value"],
+            label=raw["label"],
+            probabilities=raw["probabilities"],
+            statistics=raw["statistics"],
+            seed=raw["seed"],
+            receipt=raw["receipt"],
+            raw=raw,
+        )
+
+
+_ERRORS = {
+    _native.REFUSED: InputRefused,
+    _native.INVALID_ARGUMENT: InvalidArgument,
+    _native.ERROR: GuardFailure,
+    _native.PANIC: GuardFailure,
+}
+
+
+def _check(status: int, refused: type[MedguardError] = InputRefused) -> None:
+    if status == _native.OK:
+        return
+    message = (lib.medguard_last_error() or b"unknown error").decode(errors="replace")
+    error = refused if status == _native.REFUSED else _ERRORS.get(status, GuardFailure)
+    raise error(message)
+
+
+def _path(value: PathLike) -> bytes:
+    return os.fsencode(value)
+
+
+class Guard:
+    """A data directory (its ledger and rollback marks) and a trust policy,
+    with a started sandbox. Close it (or use ``with``) when done; models it
+    admitted keep it open until they are gone."""
+
+    def __init__(self, data_dir: PathLike | None, trust_policy: PathLike) -> None:
+        handle = ctypes.c_void_p()
+        _check(
+            lib.medguard_guard_open(
+                None if data_dir is None else _path(data_dir),
+                _path(trust_policy),
+                ctypes.byref(handle),
+            ),
+            refused=GuardFailure,
+        )
+        self._handle: int | None = handle.value
+
+    @property
+    def ledger_key(self) -> str:
+        """The ledger's public key, which verifies every receipt offline
+        (``medguard ledger verify-receipt RECEIPT --key KEY``)."""
+        return lib.medguard_guard_ledger_key(self._live()).decode()
+
+    def admit(self, model_dir: PathLike) -> Model:
+        """Admits the signed model directory under the trust policy (raises
+        ``ModelRefused`` with the reason) and loads it into the sandbox once."""
+        handle = ctypes.c_void_p()
+        _check(
+            lib.medguard_admit(self._live(), _path(model_dir), ctypes.byref(handle)),
+            refused=ModelRefused,
+        )
+        return Model(self, handle.value)
+
+    def close(self) -> None:
+        """Frees the guard; its models can no longer classify."""
+        if self._handle is not None:
+            lib.medguard_guard_free(self._handle)
+            self._handle = None
+
+    def _live(self) -> int:
+        if self._handle is None:
+            raise InvalidArgument("this guard is closed")
+        return self._handle
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+ImageArray = npt.NDArray[Union[np.uint8, np.uint16, np.float32, np.float64]]
+
+
+class Model:
+    """A model its guard admitted. Made by ``Guard.admit``."""
+
+    def __init__(self, guard: Guard, handle: int | None) -> None:
+        self._guard = guard  # keeps the guard alive as long as the model
+        self._handle = handle
+        text = lambda f: f(handle).decode()  # noqa: E731
+        self.name: str = text(lib.medguard_model_name)
+        """The manifest's name."""
+        self.version: str = text(lib.medguard_model_version)
+        """The manifest's version."""
+        self.sha256: str = text(lib.medguard_model_sha256)
+        """SHA-256 of the admitted model file."""
+        self.signer: str = text(lib.medguard_model_signer)
+        """The signing key: the policy's name for it and its fingerprint."""
+        self.receipt: dict[str, Any] = json.loads(text(lib.medguard_model_receipt_json))
+        """The receipt of the admission's ledger entry."""
+        height, width = ctypes.c_uint32(), ctypes.c_uint32()
+        self.max_batch: int = lib.medguard_model_input_size(
+            handle, ctypes.byref(height), ctypes.byref(width)
+        )
+        """The most images one ``classify_batch`` call takes."""
+        self.input_size: tuple[int, int] = (height.value, width.value)
+        """(height, width) of the images the model takes."""
+
+    def classify(
+        self, image: ImageArray, *, seed: int | None = None, policy: str = "enforce"
+    ) -> Result:
+        """Screens and classifies one image: a 2-D array of gray levels
+        (uint8 or uint16, mapped as a PNG of the same pixels would be) or of
+        tensor values (float32/float64), at the model's ``input_size``.
+        ``seed`` reproduces an earlier verdict; ``policy`` is ``"enforce"``
+        (a rejected image gets no label) or ``"flag-only"``."""
+        array = np.asarray(image)
+        if array.ndim != 2:
+            raise ValueError(f"classify takes one 2-D image; got shape {array.shape} (see classify_batch)")
+        return self.classify_batch(array[np.newaxis], seed=seed, policy=policy)[0]
+
+    def classify_batch(
+        self, images: ImageArray, *, seed: int | None = None, policy: str = "enforce"
+    ) -> list[Result]:
+        """``classify`` for a batch, shape (N, H, W) (or (N, C, H, W) tensor
+        values), N up to ``max_batch``: one sandbox, one ledger commit."""
+        array = np.asarray(images)
+        if array.dtype == np.uint8:
+            kind = _native.SAMPLES_U8
+        elif array.dtype == np.uint16:
+            kind, array = _native.SAMPLES_U16, array.astype("=u2", copy=False)
+        elif array.dtype in (np.float32, np.float64):
+            kind, array = _native.SAMPLES_F32, array.astype("=f4", copy=False)
+        else:
+            raise TypeError(f"images must be uint8, uint16 or float arrays, not {array.dtype}")
+        if array.ndim == 4 and kind == _native.SAMPLES_F32:
+            count, height, width = array.shape[0], array.shape[2], array.shape[3]
+        elif array.ndim == 3:
+            count, height, width = array.shape
+        else:
+            raise ValueError(f"a batch has shape (N, H, W); got {array.shape}")
+        array = np.ascontiguousarray(array)
+        result = ctypes.c_void_p()
+        _check(
+            lib.medguard_classify_pixels(
+                self._guard._live(),
+                self._handle,
+                array.ctypes.data,
+                array.nbytes,
+                kind,
+                count,
+                height,
+                width,
+                _options(seed, policy),
+                ctypes.byref(result),
+            )
+        )
+        return _results(result.value)
+
+    def classify_file(
+        self, file: PathLike | bytes, *, seed: int | None = None, policy: str = "enforce"
+    ) -> list[Result]:
+        """Screens and classifies a file's bytes (PNG, ``.npy`` or DICOM,
+        told apart by content, DICOM decoded in the sandbox), as ``medguard
+        predict`` does: one result per image it holds."""
+        data = file if isinstance(file, bytes) else open(file, "rb").read()
+        result = ctypes.c_void_p()
+        _check(
+            lib.medguard_classify_file(
+                self._guard._live(),
+                self._handle,
+                data,
+                len(data),
+                _options(seed, policy),
+                ctypes.byref(result),
+            )
+        )
+        return _results(result.value)
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            lib.medguard_model_free(self._handle)
+            self._handle = None
+
+
+def _options(seed: int | None, policy: str) -> _native.Options:
+    policies = {"enforce": _native.POLICY_ENFORCE, "flag-only": _native.POLICY_FLAG_ONLY}
+    if policy not in policies:
+        raise ValueError(f"policy must be 'enforce' or 'flag-only', not {policy!r}")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ValueError(f"seed must fit in 64 unsigned bits, not {seed}")
+    return _native.Options(seed is not None, seed or 0, policies[policy])
+
+
+def _results(handle: int | None) -> list[Result]:
+    try:
+        return [
+            Result._from_json(
+                lib.medguard_image_json(lib.medguard_result_image(handle, i)).decode()
+            )
+            for i in range(lib.medguard_result_count(handle))
+        ]
+    finally:
+        lib.medguard_result_free(handle)

@@ -1,0 +1,6 @@
+"""Imports the package from this checkout, not from an installed copy."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -26,6 +26,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The version of this ABI: a caller built against another one must not
+// call in (the Python package checks it before anything else).
+#define MEDGUARD_ABI_VERSION 1
+
 // `medguard_options.policy`: a rejected input gets no label (the default).
 #define MEDGUARD_POLICY_ENFORCE 0
 
@@ -102,6 +106,10 @@ typedef struct medguard_options {
 extern "C" {
 #endif // __cplusplus
 
+// [`MEDGUARD_ABI_VERSION`] as this library was built: compare it with the
+// header's before the first call.
+uint32_t medguard_abi_version(void);
+
 // This library's version (the medguard release), a static string.
 const char *medguard_version(void);
 
@@ -111,7 +119,8 @@ const char *medguard_version(void);
 const char *medguard_last_error(void);
 
 // Opens a guard on `data_dir` (its ledger and rollback marks, created mode
-// 0700 on first use; `NULL` for `$XDG_DATA_HOME/medguard`) under the trust
+// 0700 on first use; `NULL` for `$MEDGUARD_DATA_DIR`, else
+// `$XDG_DATA_HOME/medguard`, as the CLI) under the trust
 // policy file `trust_policy` (TOML), and starts the sandbox (compiled
 // guests are cached under `$MEDGUARD_CACHE_DIR` or
 // `$XDG_CACHE_HOME/medguard`). On `MEDGUARD_OK`, `*guard_out` is the guard,
@@ -298,7 +307,8 @@ const char *medguard_image_label(const struct medguard_image_result *image);
 // `image` is `NULL` or an image of a live result.
 size_t medguard_image_class_count(const struct medguard_image_result *image);
 
-// The `index`-th class's label (in label order), or `NULL` out of range.
+// The `index`-th class's label, in the model's output order (the signed
+// manifest's labels), or `NULL` out of range.
 //
 // # Safety
 // `image` is `NULL` or an image of a live result.

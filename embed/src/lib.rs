@@ -14,9 +14,14 @@
 //!   [`medguard_last_error`] holds the one-line reason, in the words of the
 //!   CLI. `MEDGUARD_REFUSED` is an answer (the model or the input was
 //!   refused), not a failure of the guard.
-//! - **No panic crosses the boundary.** Each call runs under
-//!   `catch_unwind`; a panic, which would be a bug, becomes
-//!   `MEDGUARD_PANIC` with its message.
+//! - **No panic crosses the boundary.** Every call that does work (open,
+//!   admit, classify, free) runs under `catch_unwind`; a panic, which would
+//!   be a bug, becomes `MEDGUARD_PANIC` with its message (a free function
+//!   leaks instead). Accessors only read fields and cannot panic.
+//! - **One process.** A guard and its models belong to the process that
+//!   opened them: after `fork()` the child's copies answer
+//!   `MEDGUARD_INVALID_ARGUMENT` and their free functions leak, because the
+//!   child shares the parent's ledger lock but not its sandbox threads.
 //! - **Threads.** A guard and its admitted models may be used from any
 //!   number of threads at once: every classification runs in a sandbox of
 //!   its own, and the ledger serialises its own commits. A result may be
@@ -43,6 +48,10 @@ use medguard::guest::SandboxSettings;
 use medguard::input::{SampleType, from_samples};
 use medguard::prediction::{ModelRef, Prediction};
 use medguard_attest::{AttestedModel, Provenance, Sha256Digest};
+
+/// The version of this ABI: a caller built against another one must not
+/// call in (the Python package checks it before anything else).
+pub const MEDGUARD_ABI_VERSION: u32 = 1;
 
 /// What a call did.
 #[repr(C)]
@@ -111,11 +120,15 @@ pub struct medguard_options {
 pub struct medguard_guard {
     guard: Guard,
     ledger_key: CString,
+    /// The process that opened it.
+    pid: u32,
 }
 
 /// A model the guard admitted, ready to classify with.
 pub struct medguard_model {
     model: AttestedModel,
+    /// The process that admitted it.
+    pid: u32,
     /// Which guard admitted it: its ledger and its policy.
     admitted_by: (String, Sha256Digest),
     name: CString,
@@ -157,7 +170,9 @@ fn set_last_error(message: &str) {
     // Escaped, so a file name in a refusal cannot drive a terminal or a
     // log viewer; NUL is a control character, so the CString holds.
     let text = CString::new(printable(message)).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = Some(text));
+    // `try_with`: during thread-local destruction there is nowhere to keep
+    // it, and panicking there would abort the caller.
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = Some(text));
 }
 
 /// Runs one call's body: its failure or panic becomes a status and the
@@ -219,38 +234,89 @@ unsafe fn path_arg(text: *const c_char, what: &str) -> Result<PathBuf, Failure> 
     Ok(PathBuf::from(OsStr::from_bytes(bytes)))
 }
 
-/// A handle argument as a reference.
-///
-/// # Safety
-/// `handle` is `NULL` or a live handle of this type from this library.
-unsafe fn handle<'a, T>(handle: *const T, what: &str) -> Result<&'a T, Failure> {
-    // SAFETY: the caller's contract.
-    unsafe { handle.as_ref() }.ok_or_else(|| Failure::Invalid(format!("{what} is NULL")))
-}
-
-/// Stores `value` through `out`.
+/// Checks an out pointer before any work is done (a call whose answer
+/// nobody can receive must not admit, classify or record anything) and
+/// clears it, so that a caller who ignores the status never reads a stale
+/// handle.
 ///
 /// # Safety
 /// `out` is `NULL` or valid for one pointer write.
-unsafe fn give<T>(out: *mut *mut T, value: T) -> Result<(), Failure> {
+unsafe fn out_arg<T>(out: *mut *mut T) -> Result<(), Failure> {
     if out.is_null() {
         return Err(Failure::Invalid("the output pointer is NULL".into()));
     }
     // SAFETY: not NULL, writable by the caller's contract.
+    unsafe { out.write(std::ptr::null_mut()) };
+    Ok(())
+}
+
+/// Stores `value` through `out`, which [`out_arg`] checked.
+///
+/// # Safety
+/// `out` is valid for one pointer write.
+unsafe fn give<T>(out: *mut *mut T, value: T) -> Result<(), Failure> {
+    // SAFETY: checked by `out_arg`, writable by the caller's contract.
     unsafe { out.write(Box::into_raw(Box::new(value))) };
     Ok(())
 }
 
-/// Clears `*out` so that a caller who ignores the status never reads a
-/// stale handle.
+/// A guard or model handle of this process, as a reference.
 ///
 /// # Safety
-/// `out` is `NULL` or valid for one pointer write.
-unsafe fn clear<T>(out: *mut *mut T) {
-    if !out.is_null() {
-        // SAFETY: not NULL, writable by the caller's contract.
-        unsafe { out.write(std::ptr::null_mut()) };
+/// `handle` is `NULL` or a live handle of this type from this library.
+unsafe fn owned_here<'a, T: Owned>(handle: *const T, what: &str) -> Result<&'a T, Failure> {
+    // SAFETY: the caller's contract.
+    let value =
+        unsafe { handle.as_ref() }.ok_or_else(|| Failure::Invalid(format!("{what} is NULL")))?;
+    if value.pid() != std::process::id() {
+        return Err(Failure::Invalid(format!(
+            "this {what} was opened in another process (before a fork); open a guard in this one"
+        )));
     }
+    Ok(value)
+}
+
+/// Handles that belong to the process that made them.
+trait Owned {
+    fn pid(&self) -> u32;
+}
+
+impl Owned for medguard_guard {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl Owned for medguard_model {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// Frees a handle from [`give`]: dropped under `catch_unwind` (a panic in
+/// a destructor leaks the rest instead of unwinding into C); a guard or
+/// model of another process is leaked untouched.
+///
+/// # Safety
+/// `handle` is `NULL` or from [`give`], freed once.
+unsafe fn free<T: 'static>(handle: *mut T, pid: impl FnOnce(&T) -> Option<u32>) {
+    if handle.is_null() {
+        return;
+    }
+    // SAFETY: from Box::into_raw in `give`, freed once by contract.
+    let boxed = unsafe { Box::from_raw(handle) };
+    if pid(&boxed).is_some_and(|p| p != std::process::id()) {
+        std::mem::forget(boxed);
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
+}
+
+/// [`MEDGUARD_ABI_VERSION`] as this library was built: compare it with the
+/// header's before the first call.
+#[unsafe(no_mangle)]
+pub extern "C" fn medguard_abi_version() -> u32 {
+    MEDGUARD_ABI_VERSION
 }
 
 /// This library's version (the medguard release), a static string.
@@ -264,15 +330,18 @@ pub extern "C" fn medguard_version() -> *const c_char {
 /// until the next such call on this thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn medguard_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| {
-        e.borrow()
-            .as_ref()
-            .map_or(std::ptr::null(), |text| text.as_ptr())
-    })
+    LAST_ERROR
+        .try_with(|e| {
+            e.borrow()
+                .as_ref()
+                .map_or(std::ptr::null(), |text| text.as_ptr())
+        })
+        .unwrap_or(std::ptr::null())
 }
 
 /// Opens a guard on `data_dir` (its ledger and rollback marks, created mode
-/// 0700 on first use; `NULL` for `$XDG_DATA_HOME/medguard`) under the trust
+/// 0700 on first use; `NULL` for `$MEDGUARD_DATA_DIR`, else
+/// `$XDG_DATA_HOME/medguard`, as the CLI) under the trust
 /// policy file `trust_policy` (TOML), and starts the sandbox (compiled
 /// guests are cached under `$MEDGUARD_CACHE_DIR` or
 /// `$XDG_CACHE_HOME/medguard`). On `MEDGUARD_OK`, `*guard_out` is the guard,
@@ -286,14 +355,16 @@ pub unsafe extern "C" fn medguard_guard_open(
     trust_policy: *const c_char,
     guard_out: *mut *mut medguard_guard,
 ) -> medguard_status {
-    // SAFETY: the caller's contract.
-    unsafe { clear(guard_out) };
     call(|| {
+        // SAFETY: the caller's contract.
+        unsafe { out_arg(guard_out) }?;
         let data_dir = match data_dir.is_null() {
             // SAFETY: not NULL; the caller's contract.
             false => unsafe { path_arg(data_dir, "data_dir") }?,
-            true => medguard::state::default_data_dir().ok_or_else(|| {
-                Failure::Invalid("no data directory: pass one (HOME is unset)".into())
+            true => medguard::state::configured_data_dir().ok_or_else(|| {
+                Failure::Invalid(
+                    "no data directory: pass one or set MEDGUARD_DATA_DIR (HOME is unset)".into(),
+                )
             })?,
         };
         // SAFETY: the caller's contract.
@@ -317,7 +388,16 @@ pub unsafe extern "C" fn medguard_guard_open(
         let guard = guard.with_sandbox(started.program);
         let ledger_key = c_string(guard.verifier().to_string());
         // SAFETY: the caller's contract.
-        unsafe { give(guard_out, medguard_guard { guard, ledger_key }) }
+        unsafe {
+            give(
+                guard_out,
+                medguard_guard {
+                    guard,
+                    ledger_key,
+                    pid: std::process::id(),
+                },
+            )
+        }
     })
 }
 
@@ -329,10 +409,8 @@ pub unsafe extern "C" fn medguard_guard_open(
 /// and not in use by another thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn medguard_guard_free(guard: *mut medguard_guard) {
-    if !guard.is_null() {
-        // SAFETY: from Box::into_raw in `give`, freed once by contract.
-        drop(unsafe { Box::from_raw(guard) });
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free(guard, |g| Some(g.pid)) }
 }
 
 /// The ledger's public key (a C2SP verifier key, as `medguard ledger key`
@@ -361,11 +439,11 @@ pub unsafe extern "C" fn medguard_admit(
     model_dir: *const c_char,
     model_out: *mut *mut medguard_model,
 ) -> medguard_status {
-    // SAFETY: the caller's contract.
-    unsafe { clear(model_out) };
     call(|| {
         // SAFETY: the caller's contract.
-        let guard = &unsafe { handle(guard, "guard") }?.guard;
+        unsafe { out_arg(model_out) }?;
+        // SAFETY: the caller's contract.
+        let guard = &unsafe { owned_here(guard, "guard") }?.guard;
         // SAFETY: the caller's contract.
         let dir = unsafe { path_arg(model_dir, "model_dir") }?;
         let model = admit(guard, &dir)?;
@@ -404,6 +482,7 @@ fn admit(guard: &Guard, dir: &Path) -> Result<medguard_model, Failure> {
     let receipt_json = serde_json::to_string(&receipt)
         .map_err(|e| Failure::Error(format!("writing the receipt: {e}")))?;
     Ok(medguard_model {
+        pid: std::process::id(),
         admitted_by: (guard.origin().to_owned(), guard.policy().sha256),
         name: c_string(reference.name),
         version: c_string(reference.version),
@@ -421,10 +500,8 @@ fn admit(guard: &Guard, dir: &Path) -> Result<medguard_model, Failure> {
 /// not in use by another thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn medguard_model_free(model: *mut medguard_model) {
-    if !model.is_null() {
-        // SAFETY: from Box::into_raw in `give`, freed once by contract.
-        drop(unsafe { Box::from_raw(model) });
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free(model, |m| Some(m.pid)) }
 }
 
 /// Reads a string field of a model; `NULL` for a `NULL` model.
@@ -553,14 +630,14 @@ pub unsafe extern "C" fn medguard_classify_pixels(
     options: *const medguard_options,
     result_out: *mut *mut medguard_result,
 ) -> medguard_status {
-    // SAFETY: the caller's contract.
-    unsafe { clear(result_out) };
     call(|| {
+        // SAFETY: the caller's contract.
+        unsafe { out_arg(result_out) }?;
         // SAFETY: the caller's contract, for all three.
         let (guard, model, bytes) = unsafe {
             (
-                &handle(guard, "guard")?.guard,
-                handle(model, "model")?,
+                &owned_here(guard, "guard")?.guard,
+                owned_here(model, "model")?,
                 byte_arg(pixels, pixels_len, "pixels")?,
             )
         };
@@ -614,14 +691,14 @@ pub unsafe extern "C" fn medguard_classify_file(
     options: *const medguard_options,
     result_out: *mut *mut medguard_result,
 ) -> medguard_status {
-    // SAFETY: the caller's contract.
-    unsafe { clear(result_out) };
     call(|| {
+        // SAFETY: the caller's contract.
+        unsafe { out_arg(result_out) }?;
         // SAFETY: the caller's contract, for all three.
         let (guard, model, bytes) = unsafe {
             (
-                &handle(guard, "guard")?.guard,
-                handle(model, "model")?,
+                &owned_here(guard, "guard")?.guard,
+                owned_here(model, "model")?,
                 byte_arg(bytes, len, "bytes")?,
             )
         };
@@ -713,6 +790,7 @@ fn into_result(
         .map(|p| p.digest().to_string())
         .unwrap_or_default();
     let reference = ModelRef::of(&model.model);
+    let labels = &model.model.manifest().output.labels;
     let json_error = |e: serde_json::Error| Failure::Error(format!("writing the result: {e}"));
     let images = classified
         .images
@@ -728,11 +806,16 @@ fn into_result(
                 },
                 p_value: image.p_value.unwrap_or(f64::NAN),
                 label: image.label.clone().map(c_string),
+                // In the model's output order (the manifest's labels), as
+                // a caller indexing by class expects.
                 classes: image
                     .probabilities
                     .iter()
-                    .flatten()
-                    .map(|(label, p)| (c_string(label.clone()), *p))
+                    .flat_map(|probabilities| {
+                        labels
+                            .iter()
+                            .filter_map(|l| Some((c_string(l.clone()), *probabilities.get(l)?)))
+                    })
                     .collect(),
                 ledger_index: image.receipt.index,
                 json: c_string(serde_json::to_string(&prediction).map_err(json_error)?),
@@ -753,10 +836,8 @@ fn into_result(
 /// no other thread still reads it.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn medguard_result_free(result: *mut medguard_result) {
-    if !result.is_null() {
-        // SAFETY: from Box::into_raw in `give`, freed once by contract.
-        drop(unsafe { Box::from_raw(result) });
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free(result, |_| None) }
 }
 
 /// How many images the result holds (0 for `NULL`).
@@ -846,7 +927,8 @@ pub unsafe extern "C" fn medguard_image_class_count(image: *const medguard_image
     unsafe { image.as_ref() }.map_or(0, |i| i.classes.len())
 }
 
-/// The `index`-th class's label (in label order), or `NULL` out of range.
+/// The `index`-th class's label, in the model's output order (the signed
+/// manifest's labels), or `NULL` out of range.
 ///
 /// # Safety
 /// `image` is `NULL` or an image of a live result.

@@ -22,3 +22,15 @@ pub fn user_dir(xdg_var: &str, home_fallback: &str) -> Option<PathBuf> {
 pub fn default_data_dir() -> Option<PathBuf> {
     user_dir("XDG_DATA_HOME", ".local/share")
 }
+
+/// The deployment's data directory when the caller names none:
+/// `$MEDGUARD_DATA_DIR` (what the CLI's `--data-dir` falls back to, and
+/// what the container image sets), else [`default_data_dir`]. The C ABI
+/// uses it, so that an embedded guard writes to the same audited ledger as
+/// the CLI and the server on the same machine.
+pub fn configured_data_dir() -> Option<PathBuf> {
+    std::env::var_os("MEDGUARD_DATA_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(default_data_dir)
+}

@@ -195,8 +195,8 @@ impl SampleType {
     }
 }
 
-/// `count` images of `height` x `width` samples of type `kind` (row-major,
-/// one channel for gray levels, the model's channels for tensor values),
+/// `count` single-channel images of `height` x `width` samples of type
+/// `kind` (row-major),
 /// as `bytes` in the host's byte order. Every dimension is checked against
 /// `spec` and `max_batch`, and the length against them, before anything is
 /// allocated; gray levels map to exactly the values the same pixels give
@@ -210,22 +210,23 @@ pub fn from_samples(
     spec: &InputSpec,
     max_batch: u32,
 ) -> Result<Batch, InputError> {
+    // As in `decode`: a new mapping in the manifest schema stops compiling
+    // here until this path implements it too.
+    let ColorConversion::LumaBt601 = spec.pixels.color;
+    let PixelScale::UnitInterval = spec.pixels.scale;
+    if spec.shape.channels != 1 {
+        return Err(InputError::Unsupported(format!(
+            "luma conversion yields one channel, the model wants {}",
+            spec.shape.channels
+        )));
+    }
     check_size("the image", height.into(), width.into(), spec)?;
     if count == 0 || count > max_batch {
         return Err(InputError::Shape(format!(
             "{count} images given; this model takes 1 to {max_batch} per call"
         )));
     }
-    let channels = match kind {
-        SampleType::F32 => spec.shape.channels,
-        SampleType::U8 | SampleType::U16 if spec.shape.channels == 1 => 1,
-        _ => {
-            return Err(InputError::Unsupported(format!(
-                "gray levels give one channel, the model wants {}",
-                spec.shape.channels
-            )));
-        }
-    };
+    let channels = 1;
     let expected = [count, channels, height, width]
         .iter()
         .try_fold(kind.size() as u64, |n, &d| n.checked_mul(d.into()))

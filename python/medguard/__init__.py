@@ -21,12 +21,16 @@ its own).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import json
 import os
+import threading
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -134,15 +138,47 @@ def _check(status: int, refused: type[MedguardError] = InputRefused) -> None:
 
 
 def _path(value: PathLike) -> bytes:
-    return os.fsencode(value)
+    encoded = os.fsencode(value)
+    if b"\0" in encoded:
+        # C would stop at the NUL and act on a shorter path.
+        raise ValueError(f"path contains a NUL byte: {value!r}")
+    return encoded
 
 
-class Guard:
+# Guards and models alive in this process: a forked child must not use
+# them (it shares the parent's ledger lock, not its sandbox threads), nor
+# free them. The library refuses such calls too; this says so earlier.
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    for handle_owner in list(_LIVE):
+        handle_owner._orphan()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class _NotPicklable:
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"a medguard {type(self).__name__} belongs to the process that opened it; "
+            "open a Guard in each process instead of sending one"
+        )
+
+
+class Guard(_NotPicklable):
     """A data directory (its ledger and rollback marks) and a trust policy,
-    with a started sandbox. Close it (or use ``with``) when done; models it
-    admitted keep it open until they are gone."""
+    with a started sandbox. ``close()`` it (or use ``with``) when done:
+    ``close()`` waits for calls in flight on other threads, and the models
+    it admitted can classify no more. Without ``close()``, it stays open as
+    long as it or one of its models is referenced."""
 
     def __init__(self, data_dir: PathLike | None, trust_policy: PathLike) -> None:
+        self._handle: int | None = None
+        self._gone = "this guard is closed"
+        self._in_flight = 0
+        self._state = threading.Condition()
         handle = ctypes.c_void_p()
         _check(
             lib.medguard_guard_open(
@@ -152,34 +188,57 @@ class Guard:
             ),
             refused=GuardFailure,
         )
-        self._handle: int | None = handle.value
+        self._handle = handle.value
+        _LIVE.add(self)
 
     @property
     def ledger_key(self) -> str:
         """The ledger's public key, which verifies every receipt offline
-        (``medguard ledger verify-receipt RECEIPT --key KEY``)."""
-        return lib.medguard_guard_ledger_key(self._live()).decode()
+        (``medguard ledger verify-receipt RECEIPT --key FILE``)."""
+        with self._use() as handle:
+            return lib.medguard_guard_ledger_key(handle).decode()
 
     def admit(self, model_dir: PathLike) -> Model:
         """Admits the signed model directory under the trust policy (raises
         ``ModelRefused`` with the reason) and loads it into the sandbox once."""
+        path = _path(model_dir)
         handle = ctypes.c_void_p()
-        _check(
-            lib.medguard_admit(self._live(), _path(model_dir), ctypes.byref(handle)),
-            refused=ModelRefused,
-        )
+        with self._use() as guard:
+            _check(lib.medguard_admit(guard, path, ctypes.byref(handle)), refused=ModelRefused)
         return Model(self, handle.value)
 
     def close(self) -> None:
-        """Frees the guard; its models can no longer classify."""
-        if self._handle is not None:
-            lib.medguard_guard_free(self._handle)
-            self._handle = None
+        """Frees the guard once no other thread is inside a call with it."""
+        with self._state:
+            handle, self._handle = self._handle, None
+            while self._in_flight:
+                self._state.wait()
+        if handle is not None:
+            lib.medguard_guard_free(handle)
 
-    def _live(self) -> int:
-        if self._handle is None:
-            raise InvalidArgument("this guard is closed")
-        return self._handle
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[int]:
+        """The handle, kept alive until the block ends (a concurrent
+        ``close()`` waits for it)."""
+        with self._state:
+            if self._handle is None:
+                raise InvalidArgument(self._gone)
+            self._in_flight += 1
+            handle = self._handle
+        try:
+            yield handle
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                self._state.notify_all()
+
+    def _orphan(self) -> None:
+        # The parent's handle, never used nor freed here; a lock another
+        # thread held at the fork would never be released in this process.
+        self._handle = None
+        self._gone = "this guard belongs to the process that opened it (this one is a fork of it)"
+        self._in_flight = 0
+        self._state = threading.Condition()
 
     def __enter__(self) -> Guard:
         return self
@@ -188,18 +247,21 @@ class Guard:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "_handle", None) is not None and lib is not None:
+            lib.medguard_guard_free(self._handle)
+            self._handle = None
 
 
 ImageArray = npt.NDArray[Union[np.uint8, np.uint16, np.float32, np.float64]]
 
 
-class Model:
+class Model(_NotPicklable):
     """A model its guard admitted. Made by ``Guard.admit``."""
 
     def __init__(self, guard: Guard, handle: int | None) -> None:
         self._guard = guard  # keeps the guard alive as long as the model
         self._handle = handle
+        _LIVE.add(self)
         text = lambda f: f(handle).decode()  # noqa: E731
         self.name: str = text(lib.medguard_model_name)
         """The manifest's name."""
@@ -235,63 +297,77 @@ class Model:
     def classify_batch(
         self, images: ImageArray, *, seed: int | None = None, policy: str = "enforce"
     ) -> list[Result]:
-        """``classify`` for a batch, shape (N, H, W) (or (N, C, H, W) tensor
-        values), N up to ``max_batch``: one sandbox, one ledger commit."""
+        """``classify`` for a batch, shape (N, H, W), N up to ``max_batch``:
+        one sandbox, one ledger commit."""
         array = np.asarray(images)
-        if array.dtype == np.uint8:
-            kind = _native.SAMPLES_U8
-        elif array.dtype == np.uint16:
-            kind, array = _native.SAMPLES_U16, array.astype("=u2", copy=False)
-        elif array.dtype in (np.float32, np.float64):
-            kind, array = _native.SAMPLES_F32, array.astype("=f4", copy=False)
-        else:
+        kinds = {
+            ("u", 1): (_native.SAMPLES_U8, np.dtype(np.uint8)),
+            ("u", 2): (_native.SAMPLES_U16, np.dtype("=u2")),
+            ("f", 4): (_native.SAMPLES_F32, np.dtype("=f4")),
+            ("f", 8): (_native.SAMPLES_F32, np.dtype("=f4")),
+        }
+        if (array.dtype.kind, array.dtype.itemsize) not in kinds:
             raise TypeError(f"images must be uint8, uint16 or float arrays, not {array.dtype}")
-        if array.ndim == 4 and kind == _native.SAMPLES_F32:
-            count, height, width = array.shape[0], array.shape[2], array.shape[3]
-        elif array.ndim == 3:
-            count, height, width = array.shape
-        else:
+        kind, native = kinds[array.dtype.kind, array.dtype.itemsize]
+        if array.ndim != 3:
             raise ValueError(f"a batch has shape (N, H, W); got {array.shape}")
-        array = np.ascontiguousarray(array)
+        count, height, width = array.shape
+        # Native byte order, C order, one buffer: what the library reads.
+        array = np.ascontiguousarray(array.astype(native, copy=False))
+        options = _options(seed, policy)
         result = ctypes.c_void_p()
-        _check(
-            lib.medguard_classify_pixels(
-                self._guard._live(),
-                self._handle,
-                array.ctypes.data,
-                array.nbytes,
-                kind,
-                count,
-                height,
-                width,
-                _options(seed, policy),
-                ctypes.byref(result),
+        with self._guard._use() as guard:
+            _check(
+                lib.medguard_classify_pixels(
+                    guard,
+                    self._live(),
+                    array.ctypes.data,
+                    array.nbytes,
+                    kind,
+                    count,
+                    height,
+                    width,
+                    options,
+                    ctypes.byref(result),
+                )
             )
-        )
         return _results(result.value)
 
     def classify_file(
-        self, file: PathLike | bytes, *, seed: int | None = None, policy: str = "enforce"
+        self,
+        file: PathLike | bytes | bytearray | memoryview,
+        *,
+        seed: int | None = None,
+        policy: str = "enforce",
     ) -> list[Result]:
-        """Screens and classifies a file's bytes (PNG, ``.npy`` or DICOM,
-        told apart by content, DICOM decoded in the sandbox), as ``medguard
-        predict`` does: one result per image it holds."""
-        data = file if isinstance(file, bytes) else open(file, "rb").read()
+        """Screens and classifies a file (a path) or its content (bytes):
+        PNG, ``.npy`` or DICOM, told apart by content, DICOM decoded in the
+        sandbox, as ``medguard predict`` does. One result per image it holds."""
+        if isinstance(file, (bytes, bytearray, memoryview)):
+            data = bytes(memoryview(file).cast("B"))
+        else:
+            with open(file, "rb") as f:
+                data = f.read(_native.INPUT_MAX_BYTES + 1)
+        options = _options(seed, policy)
         result = ctypes.c_void_p()
-        _check(
-            lib.medguard_classify_file(
-                self._guard._live(),
-                self._handle,
-                data,
-                len(data),
-                _options(seed, policy),
-                ctypes.byref(result),
+        with self._guard._use() as guard:
+            _check(
+                lib.medguard_classify_file(
+                    guard, self._live(), data, len(data), options, ctypes.byref(result)
+                )
             )
-        )
         return _results(result.value)
 
+    def _live(self) -> int:
+        if self._handle is None:
+            raise InvalidArgument("this model belongs to another process")
+        return self._handle
+
+    def _orphan(self) -> None:
+        self._handle = None  # the parent's: never used nor freed here
+
     def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None:
+        if getattr(self, "_handle", None) is not None and lib is not None:
             lib.medguard_model_free(self._handle)
             self._handle = None
 

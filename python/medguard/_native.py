@@ -19,6 +19,11 @@ POLICY_ENFORCE, POLICY_FLAG_ONLY = 0, 1
 SAMPLES_U8, SAMPLES_U16, SAMPLES_F32 = 0, 1, 2
 
 LIBRARY_NAME = "libmedguard_embed.so"
+# MEDGUARD_ABI_VERSION of the header these signatures restate.
+ABI_VERSION = 1
+# medguard_input's INPUT_MAX_BYTES: files are read up to one byte past it,
+# so that the library refuses a larger one with its own reason.
+INPUT_MAX_BYTES = 64 << 20
 
 
 class Options(ctypes.Structure):
@@ -59,6 +64,14 @@ def _load() -> ctypes.CDLL:
         ctypes.c_size_t,
     )
     out = ctypes.POINTER(ctypes.c_void_p)
+    lib.medguard_abi_version.argtypes = []
+    lib.medguard_abi_version.restype = u32
+    found = lib.medguard_abi_version()
+    if found != ABI_VERSION:
+        raise ImportError(
+            f"{lib._name} speaks medguard ABI {found}, this package ABI {ABI_VERSION}: "
+            "use the library built from the same medguard release"
+        )
     signatures = {
         "medguard_version": ([], c),
         "medguard_last_error": ([], c),

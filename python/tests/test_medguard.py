@@ -5,8 +5,10 @@ MEDGUARD_LIBRARY, MEDGUARD_BIN, MEDGUARD_TEST_MODEL and MEDGUARD_CACHE_DIR."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -178,3 +180,70 @@ def test_the_monai_style_example_runs(tmp_path: Path) -> None:
     assert first["label"] is not None and first["verdict"] != "reject"
     assert (second["verdict"], second["label"]) == ("reject", None)
     assert second["ledger_index"] > first["ledger_index"]
+
+
+def test_layouts_and_dtypes_give_the_same_answer(model: medguard.Model) -> None:
+    image = images("tests/adversarial/ci/clean.npz", 1)[0]
+    want = comparable(model.classify(image, seed=SEED).raw)
+    assert comparable(model.classify(np.asfortranarray(image), seed=SEED).raw) == want
+    assert comparable(model.classify(np.fliplr(np.fliplr(image)), seed=SEED).raw) == want
+    wide = image.astype(np.uint16) * 257  # the same gray levels at 16 bits
+    big_endian = wide.astype(">u2")
+    assert comparable(model.classify(big_endian, seed=SEED).raw) == comparable(
+        model.classify(wide, seed=SEED).raw
+    )
+    values = (image / 255.0).astype(np.float32)
+    assert comparable(model.classify(values.astype(np.float64), seed=SEED).raw) == comparable(
+        model.classify(values, seed=SEED).raw
+    )
+
+
+def test_file_content_and_path_are_the_same_input(model: medguard.Model) -> None:
+    sample = MODEL / "samples" / "normal-1.png"
+    by_path = model.classify_file(sample, seed=SEED)[0]
+    by_content = model.classify_file(bytearray(sample.read_bytes()), seed=SEED)[0]
+    assert comparable(by_path.raw) == comparable(by_content.raw)
+
+
+def test_a_nul_in_a_path_is_refused_not_cut(guard: medguard.Guard) -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        guard.admit(str(MODEL) + "\0/elsewhere")
+
+
+def test_guards_and_models_do_not_travel_between_processes(
+    guard: medguard.Guard, model: medguard.Model
+) -> None:
+    for handle_owner in (guard, model):
+        with pytest.raises(TypeError, match="belongs to the process"):
+            pickle.dumps(handle_owner)
+    image = images("tests/adversarial/ci/clean.npz", 1)[0]
+    raw_guard, raw_model = guard._handle, model._handle
+    pid = os.fork()
+    if pid == 0:  # the child: refused by the package, then by the library itself
+        code = 1
+        try:
+            model.classify(image)
+        except medguard.InvalidArgument:
+            result = ctypes.c_void_p()
+            status = medguard._native.lib.medguard_classify_pixels(
+                raw_guard, raw_model, image.ctypes.data, image.nbytes,
+                medguard._native.SAMPLES_U8, 1, 28, 28, None, ctypes.byref(result),
+            )
+            message = medguard._native.lib.medguard_last_error() or b""
+            if status == medguard._native.INVALID_ARGUMENT and b"another process" in message:
+                code = 0
+        except BaseException:
+            pass
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's guard is untouched.
+    assert model.classify(image).verdict is not None
+
+
+def test_close_is_idempotent(tmp_path: Path) -> None:
+    guard = medguard.Guard(tmp_path / "data", POLICY)
+    guard.close()
+    guard.close()
+    with pytest.raises(medguard.InvalidArgument, match="closed"):
+        guard.admit(MODEL)

@@ -1,7 +1,10 @@
 //! The C example and the contract test, compiled with the system C compiler
 //! against the committed header and the library, under AddressSanitizer:
-//! the example's answers are `medguard predict --json`'s, and neither
-//! program leaks or touches memory it should not.
+//! the example's answers are `medguard predict --json`'s. The C side is
+//! instrumented (no invalid access to what the library returns, no use
+//! after free); the sanitizer's allocator and LeakSanitizer cover every
+//! allocation of the process, the library's included (no leak, no double
+//! or invalid free). The Rust side's own accesses are not instrumented.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -166,9 +169,17 @@ fn the_contract_holds_under_address_sanitizer() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile(&repo_root().join("embed/tests/c/contract.c"), tmp.path());
     let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    // The demo policy with one more comment: the same keys, another digest.
+    let other = tmp.path().join("other-policy");
+    std::fs::create_dir(&other).unwrap();
+    let trust = repo_root().join("models/trust");
+    std::fs::copy(trust.join("demo.pub.pem"), other.join("demo.pub.pem")).unwrap();
+    let policy_text = std::fs::read_to_string(demo_policy()).unwrap();
+    let other_policy = other.join("policy.toml");
+    std::fs::write(&other_policy, format!("{policy_text}\n# another policy\n")).unwrap();
     let out = run_sanitized(
         &exe,
-        &[&first, &second, &demo_policy(), &model_dir()],
+        &[&first, &second, &demo_policy(), &model_dir(), &other_policy],
         tmp.path(),
     );
     assert_eq!(

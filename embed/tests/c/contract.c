@@ -5,10 +5,13 @@
  * error is per thread, and two threads classify with one guard at once.
  * Run under AddressSanitizer by embed/tests/abi/c.rs.
  *
- *   contract DATA_DIR OTHER_DATA_DIR POLICY.toml MODEL_DIR
+ *   contract DATA_DIR OTHER_DATA_DIR POLICY.toml MODEL_DIR OTHER_POLICY.toml
  */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,11 +62,13 @@ static void *classify_in_thread(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: contract DATA_DIR OTHER_DATA_DIR POLICY.toml MODEL_DIR\n");
+  if (argc != 6) {
+    fprintf(stderr,
+            "usage: contract DATA_DIR OTHER_DATA_DIR POLICY.toml MODEL_DIR OTHER_POLICY.toml\n");
     return 2;
   }
-  const char *data = argv[1], *other_data = argv[2], *policy = argv[3], *model_dir = argv[4];
+  const char *data = argv[1], *other_data = argv[2], *policy = argv[3], *model_dir = argv[4],
+             *other_policy = argv[5];
 
   CHECK(medguard_last_error() == NULL);
   CHECK(strlen(medguard_version()) > 0);
@@ -76,6 +81,7 @@ int main(int argc, char **argv) {
   CHECK(medguard_guard_open(data, "/nonexistent/policy.toml", &guard) == MEDGUARD_ERROR);
   CHECK(error_mentions("/nonexistent/policy.toml"));
   CHECK(medguard_guard_open(data, policy, NULL) == MEDGUARD_INVALID_ARGUMENT);
+  CHECK(error_mentions("output pointer is NULL"));
   CHECK(medguard_guard_open(data, policy, &guard) == MEDGUARD_OK);
   CHECK(guard != NULL);
 
@@ -83,6 +89,7 @@ int main(int argc, char **argv) {
   medguard_model *model = NULL;
   CHECK(medguard_admit(NULL, model_dir, &model) == MEDGUARD_INVALID_ARGUMENT);
   CHECK(medguard_admit(guard, NULL, &model) == MEDGUARD_INVALID_ARGUMENT);
+
   CHECK(medguard_admit(guard, "/nonexistent-model", &model) == MEDGUARD_REFUSED);
   CHECK(model == NULL);
   CHECK(error_mentions("/nonexistent-model"));
@@ -95,6 +102,7 @@ int main(int argc, char **argv) {
   CHECK(height == 28 && width == 28);
   CHECK(medguard_model_name(NULL) == NULL);
   CHECK(medguard_model_input_size(NULL, NULL, NULL) == 0);
+  CHECK(medguard_abi_version() == MEDGUARD_ABI_VERSION);
 
   /* Classification arguments. */
   unsigned char pixels[2 * 28 * 28];
@@ -131,8 +139,20 @@ int main(int argc, char **argv) {
   CHECK(error_mentions("not a PNG or .npy file"));
   CHECK(medguard_classify_file(guard, model, NULL, 0, NULL, &result) == MEDGUARD_REFUSED);
 
-  /* Two images in one call; accessors out of range. */
+  /* No out pointer: refused before anything is admitted, screened or
+   * recorded, so the ledger's next entry follows the last one. */
   medguard_options options = {1, 42, MEDGUARD_POLICY_ENFORCE};
+  CHECK(medguard_classify_pixels(guard, model, pixels, 28 * 28, MEDGUARD_SAMPLES_U8, 1, 28, 28,
+                                 &options, &result) == MEDGUARD_OK);
+  uint64_t before = medguard_image_ledger_index(medguard_result_image(result, 0));
+  medguard_result_free(result);
+  CHECK(medguard_admit(guard, model_dir, NULL) == MEDGUARD_INVALID_ARGUMENT);
+  CHECK(medguard_classify_pixels(guard, model, pixels, 28 * 28, MEDGUARD_SAMPLES_U8, 1, 28, 28,
+                                 &options, NULL) == MEDGUARD_INVALID_ARGUMENT);
+  CHECK(medguard_classify_file(guard, model, pixels, 28 * 28, &options, NULL) ==
+        MEDGUARD_INVALID_ARGUMENT);
+
+  /* Two images in one call; accessors out of range. */
   CHECK(medguard_classify_pixels(guard, model, pixels, sizeof pixels, MEDGUARD_SAMPLES_U8, 2, 28,
                                  28, &options, &result) == MEDGUARD_OK);
   CHECK(medguard_result_count(result) == 2);
@@ -144,9 +164,11 @@ int main(int argc, char **argv) {
   CHECK(isnan(medguard_image_probability(image, 99)));
   CHECK(strstr(medguard_image_json(image), "\"seed\":42") != NULL);
   CHECK(strstr(medguard_image_receipt_json(image), "inclusion_proof") != NULL);
-  CHECK(medguard_image_ledger_index(medguard_result_image(result, 1)) ==
-        medguard_image_ledger_index(image) + 1);
+  CHECK(medguard_image_ledger_index(image) == before + 1);
+  CHECK(medguard_image_ledger_index(medguard_result_image(result, 1)) == before + 2);
   if (medguard_image_label(image) != NULL) {
+    /* Enforce: a label is never shown with a rejection. */
+    CHECK(medguard_image_verdict(image) != MEDGUARD_VERDICT_REJECT);
     CHECK(medguard_image_class_count(image) == 2);
     float sum = medguard_image_probability(image, 0) + medguard_image_probability(image, 1);
     CHECK(fabsf(sum - 1.0f) < 1e-5f);
@@ -174,14 +196,39 @@ int main(int argc, char **argv) {
   /* Two threads, one guard, one model, at once. */
   struct worker workers[2] = {{guard, model, 0}, {guard, model, 0}};
   pthread_t threads[2];
-  for (int i = 0; i < 2; i++) pthread_create(&threads[i], NULL, classify_in_thread, &workers[i]);
-  for (int i = 0; i < 2; i++) pthread_join(threads[i], NULL);
+  for (int i = 0; i < 2; i++)
+    CHECK(pthread_create(&threads[i], NULL, classify_in_thread, &workers[i]) == 0);
+  for (int i = 0; i < 2; i++) CHECK(pthread_join(threads[i], NULL) == 0);
   CHECK(workers[0].ok && workers[1].ok);
+
+  /* A fork's copies are refused (shared ledger lock, no sandbox threads)
+   * and their free functions leak rather than touch the parent's state. */
+  fflush(stdout);
+  pid_t child = fork();
+  if (child == 0) {
+    medguard_result *r = NULL;
+    int ok = medguard_classify_pixels(guard, model, pixels, 28 * 28, MEDGUARD_SAMPLES_U8, 1, 28,
+                                      28, NULL, &r) == MEDGUARD_INVALID_ARGUMENT &&
+             error_mentions("another process") && r == NULL;
+    medguard_model_free(model);
+    medguard_guard_free(guard);
+    _exit(ok ? 0 : 1);
+  }
+  int child_status = -1;
+  CHECK(child > 0 && waitpid(child, &child_status, 0) == child);
+  CHECK(WIFEXITED(child_status) && WEXITSTATUS(child_status) == 0);
 
   /* Freeing NULL does nothing; everything else is freed once. */
   medguard_result_free(NULL);
   medguard_model_free(NULL);
   medguard_guard_free(NULL);
+  /* The same ledger under another policy is another guard: the model must
+   * be admitted again under it. */
+  medguard_guard_free(guard);
+  CHECK(medguard_guard_open(data, other_policy, &guard) == MEDGUARD_OK);
+  CHECK(medguard_classify_pixels(guard, model, pixels, 28 * 28, MEDGUARD_SAMPLES_U8, 1, 28, 28,
+                                 NULL, &result) == MEDGUARD_INVALID_ARGUMENT);
+  CHECK(error_mentions("admitted by another guard"));
   medguard_model_free(model);
   medguard_guard_free(guard);
 

@@ -11,6 +11,6 @@ cargo bench -p medguard-embed --bench overhead
 model=$(cat target/renewed-models/current)
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
-MEDGUARD_LIBRARY=$PWD/target/release/libmedguard_embed.so PYTHONPATH=$PWD/python \
+MEDGUARD_LIBRARY=$PWD/target/release/deps/libmedguard_embed.so PYTHONPATH=$PWD/python \
   "$python" python/benches/overhead.py "$data" models/trust/demo-policy.toml "$model" \
   tests/adversarial/ci/clean.npz "$MEDGUARD_BENCH_JSON"

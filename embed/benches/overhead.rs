@@ -30,7 +30,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let pixels: Vec<u8> = {
         let npz = std::fs::read(repo_root().join("tests/adversarial/ci/clean.npz")).unwrap();
-        let batch = medguard::input::read_npz_images(&npz, "images").unwrap();
+        let batch = medguard::input::read_npz_images(&npz, "test_images").unwrap();
         batch.data[..784]
             .iter()
             .map(|v| (v * 255.0).round() as u8)

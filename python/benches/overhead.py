@@ -28,7 +28,7 @@ ROUNDS = 200
 
 def main(data_dir: str, policy: str, model_dir: str, clean: str, out: str) -> None:
     with np.load(clean) as npz:
-        image = np.ascontiguousarray(npz["images"][0])
+        image = np.ascontiguousarray(npz["test_images"][0])
     with medguard.Guard(data_dir, policy) as guard:
         model = guard.admit(model_dir)
         options = _native.Options(1, 7, _native.POLICY_ENFORCE)

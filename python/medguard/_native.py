@@ -80,6 +80,7 @@ def _load() -> ctypes.CDLL:
         "medguard_guard_ledger_key": ([p], c),
         "medguard_admit": ([p, c, out], ctypes.c_int),
         "medguard_model_free": ([p], None),
+        "medguard_model_prepare": ([p, p], ctypes.c_int),
         "medguard_model_name": ([p], c),
         "medguard_model_version": ([p], c),
         "medguard_model_sha256": ([p], c),

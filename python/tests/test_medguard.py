@@ -149,6 +149,16 @@ def test_receipts_verify_offline_with_the_ledger_key(
     assert refused.returncode == 1
 
 
+def test_a_prepared_model_gives_the_same_answers(tmp_path: Path) -> None:
+    clean = images("tests/adversarial/ci/clean.npz", 3)
+    with medguard.Guard(tmp_path / "data", POLICY) as guard:
+        model = guard.admit(MODEL)
+        loaded = [comparable(model.classify(i, seed=SEED).raw) for i in clean]
+        model.prepare()
+        prepared = [comparable(model.classify(i, seed=SEED).raw) for i in clean]
+    assert prepared == loaded
+
+
 def test_threads_share_one_guard(model: medguard.Model) -> None:
     clean = images("tests/adversarial/ci/clean.npz", 6)
     serial = [comparable(model.classify(i, seed=SEED).raw) for i in clean]

@@ -83,6 +83,13 @@ fn the_c_example_gives_the_clis_answers_without_leaking() {
     let out = run_sanitized(&exe, &args, tmp.path());
     // Attacked images are rejected: exit 1, as the CLI.
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // Prepared: every answer below came from a sandbox started from the
+    // model's snapshot, the CLI's from one that loaded the model.
+    assert!(
+        !text(&out.stderr).contains("classify: note:"),
+        "{}",
+        text(&out.stderr)
+    );
     let c_answers: Vec<(String, Value)> = text(&out.stdout)
         .lines()
         .map(|line| {

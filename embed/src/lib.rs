@@ -18,10 +18,13 @@
 //!   admit, classify, free) runs under `catch_unwind`; a panic, which would
 //!   be a bug, becomes `MEDGUARD_PANIC` with its message (a free function
 //!   leaks instead). Accessors only read fields and cannot panic.
-//! - **One process.** A guard and its models belong to the process that
-//!   opened them: after `fork()` the child's copies answer
-//!   `MEDGUARD_INVALID_ARGUMENT` and their free functions leak, because the
-//!   child shares the parent's ledger lock but not its sandbox threads.
+//! - **One process, one writer.** A guard holds its data directory's ledger
+//!   exclusively, as `medguard serve` does: another guard, the CLI or the
+//!   server cannot open the same data directory meanwhile. A guard and its
+//!   models belong to the process that opened them: after `fork()` the
+//!   child's copies answer `MEDGUARD_INVALID_ARGUMENT` and their free
+//!   functions leak, because the child shares the parent's ledger lock (it
+//!   holds it until it exits) but not its sandbox threads.
 //! - **Threads.** A guard and its admitted models may be used from any
 //!   number of threads at once: every classification runs in a sandbox of
 //!   its own, and the ledger serialises its own commits. A result may be
@@ -231,6 +234,11 @@ unsafe fn path_arg(text: *const c_char, what: &str) -> Result<PathBuf, Failure> 
     }
     // SAFETY: not NULL, and NUL-terminated by the caller's contract.
     let bytes = unsafe { CStr::from_ptr(text) }.to_bytes();
+    if bytes.is_empty() {
+        // Not "the current directory": a ledger or model there by accident
+        // would be a fresh one, with no rollback marks.
+        return Err(Failure::Invalid(format!("{what} is empty")));
+    }
     Ok(PathBuf::from(OsStr::from_bytes(bytes)))
 }
 

@@ -26,8 +26,9 @@ pub fn default_data_dir() -> Option<PathBuf> {
 /// The deployment's data directory when the caller names none:
 /// `$MEDGUARD_DATA_DIR` (what the CLI's `--data-dir` falls back to, and
 /// what the container image sets), else [`default_data_dir`]. The C ABI
-/// uses it, so that an embedded guard writes to the same audited ledger as
-/// the CLI and the server on the same machine.
+/// uses it, so that an embedded guard records into the deployment's
+/// audited ledger, not a second one (one writer at a time: the ledger is
+/// locked while a guard holds it).
 pub fn configured_data_dir() -> Option<PathBuf> {
     std::env::var_os("MEDGUARD_DATA_DIR")
         .filter(|v| !v.is_empty())

@@ -26,7 +26,9 @@ import ctypes
 import enum
 import json
 import os
+import stat
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -139,6 +141,8 @@ def _check(status: int, refused: type[MedguardError] = InputRefused) -> None:
 
 def _path(value: PathLike) -> bytes:
     encoded = os.fsencode(value)
+    if not encoded:
+        raise ValueError("empty path")
     if b"\0" in encoded:
         # C would stop at the NUL and act on a shorter path.
         raise ValueError(f"path contains a NUL byte: {value!r}")
@@ -163,22 +167,31 @@ class _NotPicklable:
     def __reduce__(self) -> NoReturn:
         raise TypeError(
             f"a medguard {type(self).__name__} belongs to the process that opened it; "
-            "open a Guard in each process instead of sending one"
+            "keep classification in that process, or give each process a Guard on its own data directory"
         )
 
 
 class Guard(_NotPicklable):
     """A data directory (its ledger and rollback marks) and a trust policy,
-    with a started sandbox. ``close()`` it (or use ``with``) when done:
-    ``close()`` waits for calls in flight on other threads, and the models
-    it admitted can classify no more. Without ``close()``, it stays open as
-    long as it or one of its models is referenced."""
+    with a started sandbox. ``close()`` it (or use ``with``) when done; the
+    models it admitted can classify no more. Without ``close()``, it stays
+    open as long as it or one of its models is referenced.
+
+    The guard holds its data directory's ledger exclusively (one writer per
+    ledger, as for ``medguard serve``): another process, or the CLI, cannot
+    open the same data directory while it is open. A guard belongs to its
+    process: it does not pickle, and a forked child cannot use it (and keeps
+    the parent's ledger lock until it exits); worker processes that need
+    their own guards need their own data directories."""
 
     def __init__(self, data_dir: PathLike | None, trust_policy: PathLike) -> None:
         self._handle: int | None = None
         self._gone = "this guard is closed"
         self._in_flight = 0
-        self._state = threading.Condition()
+        self._free_when_idle: int | None = None
+        # Re-entrant: a signal handler may close the guard on the thread
+        # that is inside a call with it.
+        self._state = threading.RLock()
         handle = ctypes.c_void_p()
         _check(
             lib.medguard_guard_open(
@@ -208,29 +221,41 @@ class Guard(_NotPicklable):
         return Model(self, handle.value)
 
     def close(self) -> None:
-        """Frees the guard once no other thread is inside a call with it."""
+        """Closes the guard: no new call starts with it. It is freed at once,
+        or by the last call still in flight on another thread when that one
+        ends; ``close()`` never waits (a signal handler or finalizer may call
+        it from inside a call on the same thread)."""
         with self._state:
             handle, self._handle = self._handle, None
-            while self._in_flight:
-                self._state.wait()
-        if handle is not None:
-            lib.medguard_guard_free(handle)
+            if handle is None:
+                return
+            if self._in_flight:
+                self._free_when_idle = handle
+                return
+        lib.medguard_guard_free(handle)
 
     @contextlib.contextmanager
     def _use(self) -> Iterator[int]:
         """The handle, kept alive until the block ends (a concurrent
-        ``close()`` waits for it)."""
-        with self._state:
-            if self._handle is None:
-                raise InvalidArgument(self._gone)
-            self._in_flight += 1
-            handle = self._handle
+        ``close()`` leaves freeing it to the last call in flight)."""
+        entered = False
         try:
+            with self._state:
+                handle = self._handle
+                if handle is None:
+                    raise InvalidArgument(self._gone)
+                self._in_flight += 1
+                entered = True
             yield handle
         finally:
-            with self._state:
-                self._in_flight -= 1
-                self._state.notify_all()
+            if entered:
+                idle = None
+                with self._state:
+                    self._in_flight = max(0, self._in_flight - 1)
+                    if self._in_flight == 0:
+                        idle, self._free_when_idle = self._free_when_idle, None
+                if idle is not None:
+                    lib.medguard_guard_free(idle)
 
     def _orphan(self) -> None:
         # The parent's handle, never used nor freed here; a lock another
@@ -238,7 +263,8 @@ class Guard(_NotPicklable):
         self._handle = None
         self._gone = "this guard belongs to the process that opened it (this one is a fork of it)"
         self._in_flight = 0
-        self._state = threading.Condition()
+        self._free_when_idle = None
+        self._state = threading.RLock()
 
     def __enter__(self) -> Guard:
         return self
@@ -281,15 +307,22 @@ class Model(_NotPicklable):
         self.input_size: tuple[int, int] = (height.value, width.value)
         """(height, width) of the images the model takes."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> bool:
         """Readies a snapshot of a sandbox with this model loaded, so that
         every later classification starts in microseconds instead of
         loading the model. Optional. The first preparation of a model takes
-        tens of seconds and is cached; later ones (any process) a fraction
-        of a second. Raises ``InputRefused`` with the reason if no snapshot
-        can be taken; the model then still classifies, loading itself."""
+        tens of seconds and is cached; later ones (any process with the same
+        cache) a fraction of a second. Returns False, with a warning giving
+        the reason, when no snapshot could be taken: the model then still
+        classifies, loading itself each time."""
         with self._guard._use() as guard:
-            _check(lib.medguard_model_prepare(guard, self._live()))
+            status = lib.medguard_model_prepare(guard, self._live())
+            if status == _native.REFUSED:
+                reason = (lib.medguard_last_error() or b"").decode(errors="replace")
+                warnings.warn(f"medguard: {reason}", RuntimeWarning, stacklevel=2)
+                return False
+            _check(status)
+        return True
 
     def classify(
         self, image: ImageArray, *, seed: int | None = None, policy: str = "enforce"
@@ -354,10 +387,9 @@ class Model(_NotPicklable):
         PNG, ``.npy`` or DICOM, told apart by content, DICOM decoded in the
         sandbox, as ``medguard predict`` does. One result per image it holds."""
         if isinstance(file, (bytes, bytearray, memoryview)):
-            data = bytes(memoryview(file).cast("B"))
+            data = bytes(file)
         else:
-            with open(file, "rb") as f:
-                data = f.read(_native.INPUT_MAX_BYTES + 1)
+            data = _read_capped(file)
         options = _options(seed, policy)
         result = ctypes.c_void_p()
         with self._guard._use() as guard:
@@ -380,6 +412,25 @@ class Model(_NotPicklable):
         if getattr(self, "_handle", None) is not None and lib is not None:
             lib.medguard_model_free(self._handle)
             self._handle = None
+
+
+def _read_capped(path: PathLike) -> bytes:
+    """A regular file's bytes, up to one past the library's input cap (so
+    that it refuses a larger one in its own words); never blocks on a FIFO."""
+    fd = os.open(_path(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputRefused(f"{os.fsdecode(path)} is not a regular file")
+        chunks, left = [], _native.INPUT_MAX_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _options(seed: int | None, policy: str) -> _native.Options:

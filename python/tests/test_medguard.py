@@ -154,7 +154,7 @@ def test_a_prepared_model_gives_the_same_answers(tmp_path: Path) -> None:
     with medguard.Guard(tmp_path / "data", POLICY) as guard:
         model = guard.admit(MODEL)
         loaded = [comparable(model.classify(i, seed=SEED).raw) for i in clean]
-        model.prepare()
+        assert model.prepare()
         prepared = [comparable(model.classify(i, seed=SEED).raw) for i in clean]
     assert prepared == loaded
 
@@ -257,3 +257,38 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     guard.close()
     with pytest.raises(medguard.InvalidArgument, match="closed"):
         guard.admit(MODEL)
+
+
+def test_close_during_calls_on_other_threads_is_safe(tmp_path: Path) -> None:
+    clean = images("tests/adversarial/ci/clean.npz", 4)
+    guard = medguard.Guard(tmp_path / "data", POLICY)
+    model = guard.admit(MODEL)
+    outcomes: list[str] = []
+
+    def work() -> None:
+        for image in clean:
+            try:
+                model.classify(image)
+                outcomes.append("classified")
+            except medguard.InvalidArgument:
+                outcomes.append("closed")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(work) for _ in range(2)]
+        while not outcomes:  # close while the workers are busy
+            pass
+        guard.close()
+        for future in futures:
+            future.result()
+    assert "classified" in outcomes and len(outcomes) == 8
+    with pytest.raises(medguard.InvalidArgument, match="closed"):
+        model.classify(clean[0])
+
+
+def test_odd_paths_and_files_are_refused(guard: medguard.Guard, model: medguard.Model, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="empty path"):
+        guard.admit("")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(medguard.InputRefused, match="not a regular file"):
+        model.classify_file(fifo)  # would block forever if opened blocking

@@ -146,8 +146,16 @@ int main(int argc, char **argv) {
   int first = 4;
   while (first < argc && strncmp(argv[first], "--", 2) == 0) {
     if (strcmp(argv[first], "--seed") == 0 && first + 1 < argc) {
+      /* Only to reproduce an earlier verdict: a seed known in advance makes
+       * the screening's noise draws predictable to an attacker. */
+      char *end = NULL;
+      errno = 0;
       options.fixed_seed = 1;
-      options.seed = strtoull(argv[first + 1], NULL, 10);
+      options.seed = strtoull(argv[first + 1], &end, 10);
+      if (errno != 0 || end == argv[first + 1] || *end != '\0' || argv[first + 1][0] == '-') {
+        fprintf(stderr, "classify: --seed takes an unsigned 64-bit integer\n");
+        return 2;
+      }
       first += 2;
     } else if (strcmp(argv[first], "--flag-only") == 0) {
       options.policy = MEDGUARD_POLICY_FLAG_ONLY;

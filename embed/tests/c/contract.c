@@ -103,6 +103,14 @@ int main(int argc, char **argv) {
   CHECK(medguard_model_name(NULL) == NULL);
   CHECK(medguard_model_input_size(NULL, NULL, NULL) == 0);
   CHECK(medguard_abi_version() == MEDGUARD_ABI_VERSION);
+  CHECK(strlen(medguard_guard_ledger_key(guard)) > 0);
+  CHECK(medguard_guard_ledger_key(NULL) == NULL);
+  CHECK(medguard_model_prepare(NULL, model) == MEDGUARD_INVALID_ARGUMENT);
+  CHECK(medguard_model_prepare(guard, NULL) == MEDGUARD_INVALID_ARGUMENT);
+  medguard_guard *scratch = NULL;
+  CHECK(medguard_guard_open("", policy, &scratch) == MEDGUARD_INVALID_ARGUMENT);
+  CHECK(scratch == NULL);
+  CHECK(error_mentions("data_dir is empty"));
 
   /* Classification arguments. */
   unsigned char pixels[2 * 28 * 28];
@@ -191,6 +199,7 @@ int main(int argc, char **argv) {
   CHECK(medguard_classify_pixels(other, model, pixels, 28 * 28, MEDGUARD_SAMPLES_U8, 1, 28, 28,
                                  NULL, &result) == MEDGUARD_INVALID_ARGUMENT);
   CHECK(error_mentions("admitted by another guard"));
+  CHECK(medguard_model_prepare(other, model) == MEDGUARD_INVALID_ARGUMENT);
   medguard_guard_free(other);
 
   /* Two threads, one guard, one model, at once. */
@@ -209,7 +218,8 @@ int main(int argc, char **argv) {
     medguard_result *r = NULL;
     int ok = medguard_classify_pixels(guard, model, pixels, 28 * 28, MEDGUARD_SAMPLES_U8, 1, 28,
                                       28, NULL, &r) == MEDGUARD_INVALID_ARGUMENT &&
-             error_mentions("another process") && r == NULL;
+             error_mentions("another process") && r == NULL &&
+             medguard_model_prepare(guard, model) == MEDGUARD_INVALID_ARGUMENT;
     medguard_model_free(model);
     medguard_guard_free(guard);
     _exit(ok ? 0 : 1);

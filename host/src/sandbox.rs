@@ -448,9 +448,7 @@ impl GuestProgram {
             }
         };
         let detector = detector(model);
-        let (mut session, instance) = self
-            .start(&pre, model, detector.statistics())
-            .map_err(Cause::from)?;
+        let (mut session, instance) = self.start(&pre, model, &detector).map_err(Cause::from)?;
         session.load(model, &detector).map_err(Cause::from)?;
         // Reading the state is calls into the guest: a full deadline of their
         // own, and room for the page each accessor call grows the memory by.
@@ -513,8 +511,7 @@ impl GuestProgram {
     /// any other is loaded into the fresh instance.
     pub fn session(&self, model: &AttestedModel) -> Result<Session, SandboxError> {
         if let Some(prepared) = self.prepared_for(model) {
-            let (mut session, _) =
-                self.start(&prepared.pre, model, detector(model).statistics())?;
+            let (mut session, _) = self.start(&prepared.pre, model, &detector(model))?;
             self.from_snapshot.fetch_add(1, Ordering::Relaxed);
             session.loaded = true;
             return Ok(session);
@@ -537,7 +534,7 @@ impl GuestProgram {
         model: &AttestedModel,
         detector: Detector<'_>,
     ) -> Result<Session, SandboxError> {
-        let (mut session, _) = self.start(&self.pre, model, detector.statistics())?;
+        let (mut session, _) = self.start(&self.pre, model, &detector)?;
         session.load(model, &detector)?;
         Ok(session)
     }
@@ -552,7 +549,7 @@ impl GuestProgram {
         height: u32,
         width: u32,
     ) -> Result<Radiograph, SandboxError> {
-        let (mut session, _) = self.start_bare(&self.pre, 0, 0, &[])?;
+        let (mut session, _) = self.start_bare(&self.pre, 0, 0, &[], false)?;
         session.arm();
         let bindings = match (&session.bindings, session.poisoned) {
             (Some(b), false) => b,
@@ -583,13 +580,14 @@ impl GuestProgram {
         &self,
         pre: &SandboxedClassifierPre<RequestState>,
         model: &AttestedModel,
-        statistics: &[Statistic],
+        detector: &Detector<'_>,
     ) -> Result<(Session, Instance), SandboxError> {
         self.start_bare(
             pre,
             model.manifest().output.labels.len(),
             model_values(model),
-            statistics,
+            detector.statistics(),
+            matches!(detector, Detector::Calibrated(_)),
         )
     }
 
@@ -601,6 +599,7 @@ impl GuestProgram {
         classes: usize,
         max_values: usize,
         statistics: &[Statistic],
+        judges: bool,
     ) -> Result<(Session, Instance), SandboxError> {
         let limits = self.runtime.limits();
         self.sessions.fetch_add(1, Ordering::Relaxed);
@@ -620,6 +619,7 @@ impl GuestProgram {
             classes,
             max_values,
             statistics: statistics.to_vec(),
+            judges,
             loaded: false,
             poisoned: false,
         };
@@ -872,6 +872,9 @@ pub struct Session {
     classes: usize,
     max_values: usize,
     statistics: Vec<Statistic>,
+    /// The detector is calibrated: every screened image must come back
+    /// with a verdict.
+    judges: bool,
     /// The model is in the guest (loaded here, or in the snapshot).
     loaded: bool,
     poisoned: bool,
@@ -977,6 +980,13 @@ impl Session {
             return Err(malformed("wrong number of probabilities"));
         }
         let screening = match a.screening {
+            // A calibrated detector judges every image: an answer without
+            // a verdict would pass as "unscreened", with its label.
+            None if self.judges => {
+                return Err(malformed(
+                    "an image came back without a verdict from a calibrated detector",
+                ));
+            }
             None => None,
             Some(s) => {
                 if s.statistics.len() != self.statistics.len() || !(0.0..=1.0).contains(&s.p_value)

@@ -134,7 +134,21 @@ pub fn shared_program() -> &'static GuestProgram {
 /// `screen` traps.
 /// `extra` adds helper functions the bodies may call.
 pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> Vec<u8> {
-    classifier_component(load_body, classify_body, "", extra, false)
+    classifier_component(load_body, classify_body, "unreachable", "", extra, false)
+}
+
+/// A component whose `load` succeeds and whose `screen` answers whatever
+/// `screen_body` returns (a pointer to the canonical-ABI return area,
+/// which `extra`'s data segments may lay out).
+pub fn hostile_screening_component(screen_body: &str, extra: &str) -> Vec<u8> {
+    classifier_component(
+        "(i32.const 0)",
+        "unreachable",
+        screen_body,
+        "",
+        extra,
+        false,
+    )
 }
 
 /// The same component plus one import the sandbox does not grant: a
@@ -142,6 +156,7 @@ pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> V
 /// fits the sandbox, so refusing it can only be about the import.
 pub fn component_importing_log() -> Vec<u8> {
     classifier_component(
+        "unreachable",
         "unreachable",
         "unreachable",
         r#"(import "$root" "log" (func (param i32 i32)))"#,
@@ -153,6 +168,7 @@ pub fn component_importing_log() -> Vec<u8> {
 fn classifier_component(
     load_body: &str,
     classify_body: &str,
+    screen_body: &str,
     imports: &str,
     extra: &str,
     with_log_import: bool,
@@ -186,7 +202,7 @@ fn classifier_component(
   (func (export "medguard:guest/classifier@0.1.0#screen")
     ;; shape, data: lists; options: u64, u8, bool
     (param i32 i32 i32 i32 i64 i32 i32) (result i32)
-    unreachable)
+    {screen_body})
   (func (export "medguard:guest/dicom@0.1.0#decode")
     ;; file (2) and profile (4 lists, 3 enums, 2 u32: 13) flatten to 15
     ;; values, under the canonical ABI's 16: passed flat.

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use medguard::guest::GuestModule;
-use medguard::sandbox::{GuestProgram, Limits, Runtime, SandboxError};
+use medguard::sandbox::{GuestProgram, Limits, Runtime, SandboxError, ScreenOptions};
 use medguard_tests::{
-    assert_golden_pneumonia, bundled_model, golden, hostile_component, load_input, model_dir,
-    shared_cache,
+    assert_golden_pneumonia, bundled_model, golden, hostile_component, hostile_screening_component,
+    load_input, model_dir, shared_cache,
 };
 
 const DEADLINE: Duration = Duration::from_millis(300);
@@ -203,4 +203,77 @@ fn imports_of(component: &[u8]) -> Vec<String> {
             panic!("the guest is a WIT package, not a component")
         }
     }
+}
+
+/// A data segment that lays out, at 256, `screen`'s answer for one image:
+/// a prediction (0.25, 0.75), `statistics` zero values, and no verdict (the
+/// canonical ABI's layout of `result<list<screened-image>>`). Below 1024,
+/// where the guest's bump allocator never puts the host's arguments.
+fn unjudged_answer(statistics: usize) -> String {
+    const BASE: u32 = 256;
+    let (record, probabilities, values) = (BASE + 64, BASE + 256, BASE + 512);
+    assert!(statistics <= 32, "the answer must stay below 1024");
+    let mut memory = vec![0u8; 512 + 8 * statistics];
+    let mut put = |at: u32, bytes: &[u8]| {
+        let at = (at - BASE) as usize;
+        memory[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+    // result::ok, the list (pointer, length 1).
+    put(BASE + 4, &record.to_le_bytes());
+    put(BASE + 8, &1u32.to_le_bytes());
+    // probabilities: some(list) at 0; statistics: list at 12; screening:
+    // none at 24 (the byte stays 0); off-grid at 56.
+    put(record, &[1]);
+    put(record + 4, &probabilities.to_le_bytes());
+    put(record + 8, &2u32.to_le_bytes());
+    put(record + 12, &values.to_le_bytes());
+    put(record + 16, &(statistics as u32).to_le_bytes());
+    put(probabilities, &0.25f32.to_le_bytes());
+    put(probabilities + 4, &0.75f32.to_le_bytes());
+    let escaped: String = memory.iter().map(|b| format!("\\{b:02x}")).collect();
+    format!(r#"(data (i32.const {BASE}) "{escaped}")"#)
+}
+
+#[test]
+fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
+    // Otherwise it would pass as "unscreened", with its label, under enforce.
+    let model = bundled_model();
+    let statistics = model
+        .manifest()
+        .screening
+        .as_ref()
+        .unwrap()
+        .profile
+        .statistics
+        .clone();
+    let lying = load(
+        &tight_runtime(),
+        hostile_screening_component("(i32.const 256)", &unjudged_answer(statistics.len())),
+    );
+    let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
+    let options = ScreenOptions {
+        seed: 1,
+        source_bits: 8,
+        withhold_rejected: true,
+    };
+    let err = lying
+        .session(&model)
+        .unwrap()
+        .screen(&batch.shape, &batch.data, options)
+        .expect_err("an unjudged image must not pass");
+    assert!(
+        matches!(err, SandboxError::MalformedScreening(ref why) if why.contains("without a verdict")),
+        "{err}"
+    );
+    // The same answer is what calibration expects: statistics, no verdict.
+    let measured = lying
+        .calibration_session(&model, &statistics)
+        .unwrap()
+        .screen(&batch.shape, &batch.data, options)
+        .unwrap();
+    assert!(measured[0].screening.is_none());
+    assert_eq!(
+        measured[0].probabilities.as_deref(),
+        Some(&[0.25f32, 0.75][..])
+    );
 }

@@ -30,7 +30,7 @@ import stat
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Union
 
@@ -209,7 +209,8 @@ class Guard(_NotPicklable):
         """The ledger's public key, which verifies every receipt offline
         (``medguard ledger verify-receipt RECEIPT --key FILE``)."""
         with self._use() as handle:
-            return lib.medguard_guard_ledger_key(handle).decode()
+            key: bytes = lib.medguard_guard_ledger_key(handle)
+            return key.decode()
 
     def admit(self, model_dir: PathLike) -> Model:
         """Admits the signed model directory under the trust policy (raises
@@ -288,7 +289,10 @@ class Model(_NotPicklable):
         self._guard = guard  # keeps the guard alive as long as the model
         self._handle = handle
         _LIVE.add(self)
-        text = lambda f: f(handle).decode()  # noqa: E731
+
+        def text(accessor: Callable[[int | None], bytes | None]) -> str:
+            return (accessor(handle) or b"").decode()
+
         self.name: str = text(lib.medguard_model_name)
         """The manifest's name."""
         self.version: str = text(lib.medguard_model_version)
@@ -343,7 +347,7 @@ class Model(_NotPicklable):
         """``classify`` for a batch, shape (N, H, W), N up to ``max_batch``:
         one sandbox, one ledger commit."""
         array = np.asarray(images)
-        kinds = {
+        kinds: dict[tuple[str, int], tuple[int, np.dtype[Any]]] = {
             ("u", 1): (_native.SAMPLES_U8, np.dtype(np.uint8)),
             ("u", 2): (_native.SAMPLES_U16, np.dtype("=u2")),
             ("f", 4): (_native.SAMPLES_F32, np.dtype("=f4")),

@@ -8,12 +8,15 @@ use std::process::Command;
 
 use super::*;
 
+fn venv_python() -> std::ffi::OsString {
+    std::env::var_os("MEDGUARD_EMBED_PYTHON")
+        .expect("MEDGUARD_EMBED_PYTHON must name a python with numpy, pytest and mypy")
+}
+
 #[test]
 #[ignore = "needs the pinned venv: MEDGUARD_EMBED_PYTHON=$(scripts/python-tool.sh embed)"]
 fn the_python_package_passes_its_tests() {
-    let python = std::env::var_os("MEDGUARD_EMBED_PYTHON")
-        .expect("MEDGUARD_EMBED_PYTHON must name a python with numpy and pytest");
-    let out = Command::new(python)
+    let out = Command::new(venv_python())
         .args([
             "-m",
             "pytest",
@@ -35,6 +38,25 @@ fn the_python_package_passes_its_tests() {
     assert!(
         out.status.success(),
         "pytest failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// The type hints the package ships (`py.typed`) hold: `mypy --strict`.
+#[test]
+#[ignore = "needs the pinned venv: MEDGUARD_EMBED_PYTHON=$(scripts/python-tool.sh embed)"]
+fn the_python_package_type_checks_strictly() {
+    let out = Command::new(venv_python())
+        .args(["-m", "mypy", "--strict", "--no-incremental", "medguard"])
+        .current_dir(repo_root().join("python"))
+        // The package loads the library at import; mypy does not import it.
+        .env("MEDGUARD_LIBRARY", library())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mypy --strict:\n{}{}",
         text(&out.stdout),
         text(&out.stderr)
     );

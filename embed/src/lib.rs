@@ -522,14 +522,8 @@ pub unsafe extern "C" fn medguard_model_prepare(
     model: *const medguard_model,
 ) -> medguard_status {
     call(|| {
-        // SAFETY: the caller's contract, for both.
-        let (guard, model) = unsafe {
-            (
-                &owned_here(guard, "guard")?.guard,
-                owned_here(model, "model")?,
-            )
-        };
-        check_admitted_here(guard, model)?;
+        // SAFETY: the caller's contract.
+        let (guard, model) = unsafe { admitted_here(guard, model) }?;
         match guard
             .prepare(&model.model)
             .map_err(|e| Failure::Error(chain(&e)))?
@@ -681,17 +675,9 @@ pub unsafe extern "C" fn medguard_classify_pixels(
     options: *const medguard_options,
     result_out: *mut *mut medguard_result,
 ) -> medguard_status {
-    call(|| {
+    let classify = |guard: &Guard, model: &AttestedModel, options| {
         // SAFETY: the caller's contract.
-        unsafe { out_arg(result_out) }?;
-        // SAFETY: the caller's contract, for all three.
-        let (guard, model, bytes) = unsafe {
-            (
-                &owned_here(guard, "guard")?.guard,
-                owned_here(model, "model")?,
-                byte_arg(pixels, pixels_len, "pixels")?,
-            )
-        };
+        let bytes = unsafe { byte_arg(pixels, pixels_len, "pixels") }?;
         let kind = match sample_type {
             MEDGUARD_SAMPLES_U8 => SampleType::U8,
             MEDGUARD_SAMPLES_U16 => SampleType::U16,
@@ -702,10 +688,7 @@ pub unsafe extern "C" fn medguard_classify_pixels(
                 )));
             }
         };
-        // SAFETY: the caller's contract.
-        let options = unsafe { options_arg(options) }?;
-        check_admitted_here(guard, model)?;
-        let manifest = model.model.manifest();
+        let manifest = model.manifest();
         let batch = from_samples(
             bytes,
             kind,
@@ -716,13 +699,12 @@ pub unsafe extern "C" fn medguard_classify_pixels(
             manifest.max_batch,
         )
         .map_err(|e| Failure::Refused(e.to_string()))?;
-        let classified = guard
-            .classify_batch(&model.model, &batch, options, None)
-            .map_err(classify_failure)?;
-        let result = into_result(guard, model, &classified)?;
-        // SAFETY: the caller's contract.
-        unsafe { give(result_out, result) }
-    })
+        guard
+            .classify_batch(model, &batch, options, None)
+            .map_err(classify_failure)
+    };
+    // SAFETY: the caller's contract.
+    unsafe { classify_call(guard, model, options, result_out, classify) }
 }
 
 /// Screens and classifies the file `bytes` (PNG, `.npy` or DICOM Part 10,
@@ -742,23 +724,38 @@ pub unsafe extern "C" fn medguard_classify_file(
     options: *const medguard_options,
     result_out: *mut *mut medguard_result,
 ) -> medguard_status {
+    let classify = |guard: &Guard, model: &AttestedModel, options| {
+        // SAFETY: the caller's contract.
+        let bytes = unsafe { byte_arg(bytes, len, "bytes") }?;
+        guard
+            .classify(model, bytes, options)
+            .map_err(classify_failure)
+    };
+    // SAFETY: the caller's contract.
+    unsafe { classify_call(guard, model, options, result_out, classify) }
+}
+
+/// What both classify calls do around `classify`: the out pointer checked
+/// first, the handles of this process and the model this guard's, the
+/// options read, then the result recorded into a handle for the caller.
+///
+/// # Safety
+/// As for the classify calls.
+unsafe fn classify_call(
+    guard: *const medguard_guard,
+    model: *const medguard_model,
+    options: *const medguard_options,
+    result_out: *mut *mut medguard_result,
+    classify: impl FnOnce(&Guard, &AttestedModel, ClassifyOptions) -> Result<Classified, Failure>,
+) -> medguard_status {
     call(|| {
         // SAFETY: the caller's contract.
         unsafe { out_arg(result_out) }?;
-        // SAFETY: the caller's contract, for all three.
-        let (guard, model, bytes) = unsafe {
-            (
-                &owned_here(guard, "guard")?.guard,
-                owned_here(model, "model")?,
-                byte_arg(bytes, len, "bytes")?,
-            )
-        };
+        // SAFETY: the caller's contract.
+        let (guard, model) = unsafe { admitted_here(guard, model) }?;
         // SAFETY: the caller's contract.
         let options = unsafe { options_arg(options) }?;
-        check_admitted_here(guard, model)?;
-        let classified = guard
-            .classify(&model.model, bytes, options)
-            .map_err(classify_failure)?;
+        let classified = classify(guard, &model.model, options)?;
         let result = into_result(guard, model, &classified)?;
         // SAFETY: the caller's contract.
         unsafe { give(result_out, result) }
@@ -809,16 +806,29 @@ unsafe fn options_arg(options: *const medguard_options) -> Result<ClassifyOption
     })
 }
 
-/// A model runs only with the guard that admitted it: another guard's
-/// ledger never recorded the admission, and its policy may not trust the
-/// signer.
-fn check_admitted_here(guard: &Guard, model: &medguard_model) -> Result<(), Failure> {
+/// The guard and model handles, both of this process, the model admitted
+/// by this guard: another guard's ledger never recorded the admission, and
+/// its policy may not trust the signer.
+///
+/// # Safety
+/// Both are `NULL` or live handles.
+unsafe fn admitted_here<'a>(
+    guard: *const medguard_guard,
+    model: *const medguard_model,
+) -> Result<(&'a Guard, &'a medguard_model), Failure> {
+    // SAFETY: the caller's contract, for both.
+    let (guard, model) = unsafe {
+        (
+            &owned_here(guard, "guard")?.guard,
+            owned_here(model, "model")?,
+        )
+    };
     if model.admitted_by != (guard.origin().to_owned(), guard.policy().sha256) {
         return Err(Failure::Invalid(
             "this model was admitted by another guard (another ledger or trust policy); admit it with this one".into(),
         ));
     }
-    Ok(())
+    Ok((guard, model))
 }
 
 fn classify_failure(e: ClassifyError) -> Failure {

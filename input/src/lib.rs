@@ -152,16 +152,7 @@ pub fn decode(bytes: &[u8], spec: &InputSpec, max_batch: u32) -> Result<Batch, I
     if bytes.len() as u64 > INPUT_MAX_BYTES {
         return Err(InputError::TooLarge);
     }
-    // Irrefutable today; a new mapping in the manifest schema stops compiling
-    // here until this decoder implements it.
-    let ColorConversion::LumaBt601 = spec.pixels.color;
-    let PixelScale::UnitInterval = spec.pixels.scale;
-    if spec.shape.channels != 1 {
-        return Err(InputError::Unsupported(format!(
-            "luma conversion yields one channel, the model wants {}",
-            spec.shape.channels
-        )));
-    }
+    check_mapping(spec)?;
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         decode_png(bytes, spec)
     } else if bytes.starts_with(b"\x93NUMPY") {
@@ -210,16 +201,7 @@ pub fn from_samples(
     spec: &InputSpec,
     max_batch: u32,
 ) -> Result<Batch, InputError> {
-    // As in `decode`: a new mapping in the manifest schema stops compiling
-    // here until this path implements it too.
-    let ColorConversion::LumaBt601 = spec.pixels.color;
-    let PixelScale::UnitInterval = spec.pixels.scale;
-    if spec.shape.channels != 1 {
-        return Err(InputError::Unsupported(format!(
-            "luma conversion yields one channel, the model wants {}",
-            spec.shape.channels
-        )));
-    }
+    check_mapping(spec)?;
     check_size("the image", height.into(), width.into(), spec)?;
     if count == 0 || count > max_batch {
         return Err(InputError::Shape(format!(
@@ -265,6 +247,21 @@ pub fn from_samples(
         data,
         source_bits,
     })
+}
+
+/// The manifest's pixel mapping is one these decoders implement: one luma
+/// channel in the unit interval. Irrefutable today; a new mapping in the
+/// manifest schema stops compiling here until every path implements it.
+fn check_mapping(spec: &InputSpec) -> Result<(), InputError> {
+    let ColorConversion::LumaBt601 = spec.pixels.color;
+    let PixelScale::UnitInterval = spec.pixels.scale;
+    if spec.shape.channels != 1 {
+        return Err(InputError::Unsupported(format!(
+            "luma conversion yields one channel, the model wants {}",
+            spec.shape.channels
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses an image whose height and width are not the model's.

@@ -25,9 +25,17 @@ use crate::{Manifest, ManifestError, Sha256Digest};
 /// The manifest's path inside a signed model directory.
 pub const MANIFEST_PATH: &str = "manifest.json";
 
+/// The signature bundle's path inside a signed model directory.
+pub const SIGNATURE_PATH: &str = "model.sig";
+
 /// Why a signed model directory was not admitted.
 #[derive(Debug, Error)]
 pub enum AdmitError {
+    /// The directory has no signature bundle.
+    #[error(
+        "the model directory has no signature ({SIGNATURE_PATH}); the trust policy admits only signed models"
+    )]
+    Unsigned,
     /// The trust policy refused it (the message names the rule).
     #[error(transparent)]
     Policy(#[from] Refusal),
@@ -189,4 +197,52 @@ impl AdmittedManifest<'_> {
             provenance,
         )?)
     }
+}
+
+/// Admits a model directory held in memory, as relative path (`/`-separated)
+/// to contents: what a browser fetched. The same stages, in the same order,
+/// as the host's admission of a directory on disk, with the same refusals.
+/// There is no file system here, so no symlink or special file to refuse;
+/// the caller must not have followed any either.
+pub fn admit_files(
+    policy: &TrustPolicy,
+    files: &BTreeMap<String, Vec<u8>>,
+    high_water: impl FnOnce(&str) -> Option<HighWater>,
+    now: Timestamp,
+) -> Result<AttestedModel, AdmitError> {
+    let bundle = files.get(SIGNATURE_PATH).ok_or(AdmitError::Unsigned)?;
+    let bundle = CheckedBundle::parse(bundle)?;
+    let signed = admit_signature(policy, &bundle)?;
+    let manifest_bytes = files.get(MANIFEST_PATH).ok_or_else(|| FilesMismatch {
+        missing: vec![MANIFEST_PATH.to_owned()],
+        extra: Vec::new(),
+        changed: Vec::new(),
+    })?;
+    let admitted = signed.admit_manifest(manifest_bytes, high_water, now)?;
+    let ignored = admitted.ignored();
+    let listed: Vec<&str> = files
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !is_ignored(name, ignored))
+        .collect();
+    admitted.check_file_names(listed.iter().copied())?;
+    let model_file = &admitted.manifest().model.file;
+    let model = files.get(model_file).cloned().unwrap_or_default();
+    let others = listed
+        .iter()
+        .filter(|&&name| name != MANIFEST_PATH && name != model_file)
+        .map(|&name| (name.to_owned(), Sha256Digest::of(&files[name])))
+        .collect();
+    admitted.admit_model(Hashed::of(model), others)
+}
+
+/// Whether `name` is an ignored path or lies under one (the walk on disk
+/// never enters an ignored directory).
+fn is_ignored(name: &str, ignored: &[String]) -> bool {
+    ignored.iter().any(|i| {
+        name == i
+            || name
+                .strip_prefix(i.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
 }

@@ -18,7 +18,10 @@ mod pinned;
 mod policy;
 mod signature;
 
-pub use admit::{AdmitError, AdmittedManifest, MANIFEST_PATH, SignedBy, admit_signature};
+pub use admit::{
+    AdmitError, AdmittedManifest, MANIFEST_PATH, SIGNATURE_PATH, SignedBy, admit_files,
+    admit_signature,
+};
 
 pub use digest::{ParseDigestError, Sha256Digest};
 pub use manifest::{

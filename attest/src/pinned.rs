@@ -102,6 +102,15 @@ impl Hashed {
         }))
     }
 
+    /// Bytes already in memory (a browser's fetched file), hashed now.
+    pub fn of(bytes: Vec<u8>) -> Self {
+        let digest = Sha256Digest::of(&bytes);
+        Self {
+            bytes: Arc::new(bytes),
+            digest,
+        }
+    }
+
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

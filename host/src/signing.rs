@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::model_dir::{MODEL_MAX_BYTES, ModelDirError};
 
 /// The signature's file name inside a model directory (the tool's default).
-pub const SIGNATURE_FILE: &str = "model.sig";
+pub const SIGNATURE_FILE: &str = medguard_attest::SIGNATURE_PATH;
 
 /// Why a directory could not be signed or its signature was refused.
 #[derive(Debug, Error)]

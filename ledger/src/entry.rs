@@ -178,6 +178,87 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// One line for people. Text in it comes from the entry as recorded:
+    /// escape it before a terminal shows it.
+    pub fn describe(&self) -> String {
+        match self {
+            Entry::LedgerCreated { key, replaces, .. } => match replaces {
+                Some(old) => {
+                    format!("ledger created, checkpoint key {key}, replacing lost ledger {old}")
+                }
+                None => format!("ledger created, checkpoint key {key}"),
+            },
+            Entry::EntriesQuarantined {
+                count,
+                first_index,
+                file,
+                ..
+            } => format!(
+                "{count} unsigned entries found past the last checkpoint (from {first_index}) were moved to {file}"
+            ),
+            Entry::ModelAdmitted {
+                model,
+                version,
+                model_sha256,
+                signer,
+                ..
+            } => format!("admitted {model} {version} (sha256 {model_sha256}) signed by {signer}"),
+            Entry::ModelRefused {
+                directory, reason, ..
+            } => format!("refused {directory}: {reason}"),
+            Entry::PolicyChanged { from, to, .. } => match from {
+                Some(from) => format!("trust policy changed from {from} to {to}"),
+                None => format!("trust policy in force: {to}"),
+            },
+            Entry::Inference {
+                model,
+                version,
+                verdict,
+                p_value,
+                label,
+                input_hmac,
+                caller,
+                ..
+            } => format!(
+                "inference {model} {version}: {verdict}{} -> {} (input {}){}",
+                p_value.map(|p| format!(" p {p:.4}")).unwrap_or_default(),
+                label.as_deref().unwrap_or("withheld"),
+                input_hmac.chars().take(16).collect::<String>(),
+                Self::for_caller(caller.as_deref())
+            ),
+            Entry::InferenceFailed {
+                model,
+                version,
+                failure,
+                images,
+                input_hmac,
+                caller,
+                ..
+            } => format!(
+                "inference {model} {version} failed: {} ({images} images, input {}){}",
+                failure.as_str(),
+                input_hmac.chars().take(16).collect::<String>(),
+                Self::for_caller(caller.as_deref())
+            ),
+            Entry::DriftAlarm {
+                model,
+                version,
+                window,
+                flagged,
+                expected_flag_rate,
+                ..
+            } => format!(
+                "drift alarm {model} {version}: {flagged} of the last {window} inputs flagged, {:.1} expected",
+                expected_flag_rate * *window as f64
+            ),
+        }
+    }
+
+    /// ` for NAME` when an entry names who asked.
+    fn for_caller(caller: Option<&str>) -> String {
+        caller.map(|c| format!(" for {c}")).unwrap_or_default()
+    }
+
     /// The kind, as serialised.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -12,17 +12,23 @@
 //! - [`audit`]: the full check that finds the first edited, deleted,
 //!   reordered or truncated entry.
 
+#[cfg(feature = "store")]
 pub mod audit;
 pub mod entry;
+pub mod line;
 pub mod merkle;
 pub mod note;
 pub mod receipt;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod view;
 
+#[cfg(feature = "store")]
 pub use audit::{AuditReport, audit, audit_against};
 pub use entry::Entry;
+pub use line::{CheckedLine, LineError, check_line};
 pub use note::{Checkpoint, NoteVerifier};
 pub use receipt::{Receipt, ReceiptError};
+#[cfg(feature = "store")]
 pub use store::{GroupCommit, Ledger, LedgerError};
 pub use view::View;

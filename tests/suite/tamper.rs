@@ -229,3 +229,84 @@ fn a_flipped_bit_in_the_signature_manifest_or_model_is_refused_by_signed_admissi
     assert_eq!(refused, 204);
     admit_directory(&dir, &policy, |_| None, now).expect("restored, admitted again");
 }
+
+/// Every file under `dir` by `/`-separated relative path: what a browser
+/// would fetch of a model directory.
+fn files_in_memory(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) {
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let name = path.strip_prefix(root).unwrap().to_str().unwrap();
+                out.insert(name.replace('\\', "/"), fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn in_memory_admission_admits_and_refuses_exactly_as_the_directory_admission() {
+    use medguard::admission::{AdmissionError, admit_directory, load_policy};
+    use medguard_attest::admit_files;
+    let (policy, _) = load_policy(&repo_root().join("models/trust/demo-policy.toml")).unwrap();
+    let now = jiff::Timestamp::now();
+    type Change = fn(&std::path::Path);
+    let changes: [(&str, Change); 9] = [
+        ("untouched", |_| {}),
+        ("no signature", |d| fs::remove_file(d.join("model.sig")).unwrap()),
+        ("no manifest", |d| fs::remove_file(d.join("manifest.json")).unwrap()),
+        ("no model", |d| fs::remove_file(d.join("model.onnx")).unwrap()),
+        ("a flipped model bit", |d| {
+            let mut b = fs::read(d.join("model.onnx")).unwrap();
+            b[1000] ^= 4;
+            fs::write(d.join("model.onnx"), b).unwrap();
+        }),
+        ("a longer model", |d| {
+            let mut b = fs::read(d.join("model.onnx")).unwrap();
+            b.push(0);
+            fs::write(d.join("model.onnx"), b).unwrap();
+        }),
+        ("an extra file", |d| fs::write(d.join("notes.txt"), "x").unwrap()),
+        ("a changed sample", |d| {
+            fs::write(d.join("README.md"), "edited").unwrap();
+        }),
+        ("git metadata, which the signer ignores", |d| {
+            fs::create_dir_all(d.join(".git/objects")).unwrap();
+            fs::write(d.join(".git/objects/x"), "y").unwrap();
+            fs::write(d.join(".gitignore"), "*.tmp").unwrap();
+        }),
+    ];
+    for (what, change) in changes {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pneumonia");
+        copy_signed_dir(&dir);
+        change(&dir);
+        let on_disk = admit_directory(&dir, &policy, |_| None, now);
+        let in_memory = admit_files(&policy, &files_in_memory(&dir), |_| None, now);
+        match (on_disk, in_memory) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.model_digest(), b.model_digest(), "{what}");
+                assert_eq!(a.manifest_digest(), b.manifest_digest(), "{what}");
+                assert_eq!(a.model_bytes(), b.model_bytes(), "{what}");
+                assert!(what == "untouched" || what.starts_with("git"), "{what} admitted");
+            }
+            (Err(AdmissionError::Refused { source, .. }), Err(e)) => {
+                assert_eq!(source.to_string(), e.to_string(), "{what}");
+            }
+            (Err(AdmissionError::Unsigned { .. }), Err(e)) => {
+                assert_eq!(what, "no signature");
+                assert!(e.to_string().contains("has no signature (model.sig)"), "{e}");
+            }
+            (a, b) => panic!("{what}: on disk {a:?}, in memory {b:?}"),
+        }
+    }
+}

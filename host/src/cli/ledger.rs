@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use medguard_ledger::{Checkpoint, Entry, Ledger, NoteVerifier, Receipt, audit_against};
+use medguard_ledger::{
+    CheckedLine, Checkpoint, Entry, Ledger, NoteVerifier, audit_against, check_line,
+};
 
 use super::{Exit, StateArgs, json_printable, printable};
 use crate::model_dir::read_capped;
@@ -86,30 +88,12 @@ impl LedgerCmd {
             Action::VerifyReceipt { receipt, key } => {
                 let key = read_key(&key)?;
                 let text = read_capped(&receipt, RECEIPT_MAX_BYTES)?;
-                let value: serde_json::Value = serde_json::from_slice(&text)
-                    .with_context(|| format!("{} is not JSON", receipt.display()))?;
-                // serde_json keeps the last of two equal keys; a viewer may
-                // show the first. A line with a key twice is refused.
-                let keys: TopLevelKeys = serde_json::from_slice(&text)
-                    .with_context(|| format!("{} is not a JSON object", receipt.display()))?;
-                if let Some(twice) = keys.duplicate() {
-                    eprintln!(
-                        "medguard: refused: the result line has the key {} twice",
-                        printable(&twice)
-                    );
-                    return Ok(Exit::Refused);
-                }
-                let receipt: Receipt =
-                    serde_json::from_value(value.get("receipt").cloned().unwrap_or(value.clone()))
-                        .with_context(|| "not a medguard receipt".to_string())?;
-                match receipt.verify(&key) {
-                    Ok((checkpoint, entry)) => {
-                        if let Err(why) = cross_check(&value, &entry) {
-                            eprintln!(
-                                "medguard: refused: the result does not match its receipt: {why}"
-                            );
-                            return Ok(Exit::Refused);
-                        }
+                match check_line(&text, &key) {
+                    Ok(CheckedLine {
+                        receipt,
+                        checkpoint,
+                        entry,
+                    }) => {
                         println!(
                             "valid: entry {} ({}) is in {} at size {}, root {}",
                             receipt.index,
@@ -118,13 +102,14 @@ impl LedgerCmd {
                             checkpoint.size,
                             checkpoint.root
                         );
-                        println!("{}", describe(&entry));
+                        println!("{}", printable(&entry.describe()));
                         Ok(Exit::Ok)
                     }
-                    Err(e) => {
-                        eprintln!("medguard: refused: receipt does not verify: {e}");
+                    Err(e) if e.is_refusal() => {
+                        eprintln!("medguard: refused: {}", printable(&e.to_string()));
                         Ok(Exit::Refused)
                     }
+                    Err(e) => Err(anyhow::anyhow!("{}: {}", receipt.display(), printable(&e.to_string()))),
                 }
             }
             Action::Verify { key, checkpoint } => {
@@ -186,7 +171,7 @@ impl LedgerCmd {
                     println!(
                         "#{index:<6} {}  {}",
                         entry.time(),
-                        printable(&describe(&entry))
+                        printable(&entry.describe())
                     );
                 }
                 Ok(Exit::Ok)
@@ -249,207 +234,6 @@ fn read_checkpoint(path: &Path, key: &NoteVerifier) -> anyhow::Result<Checkpoint
         .with_context(|| format!("the checkpoint in {} does not verify", path.display()))
 }
 
-/// Checks the fields of a `predict --json` line against the entry its
-/// receipt proves; a bare receipt has none of them and passes.
-fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(), String> {
-    use serde_json::{Value, json};
-    const RESULT_FIELDS: [&str; 6] = [
-        "label",
-        "verdict",
-        "p_value",
-        "probabilities",
-        "seed",
-        "model",
-    ];
-    // What a `predict --json` line may hold besides its receipt.
-    const LINE_FIELDS: [&str; 5] = [
-        "input",
-        "statistics",
-        "integrity",
-        "guest_sha256",
-        "receipt",
-    ];
-    if line.get("receipt").is_none() {
-        // A bare receipt: nothing shown beside it to check.
-        return Ok(());
-    }
-    if let Some(obj) = line.as_object()
-        && let Some(extra) = obj
-            .keys()
-            .find(|k| !RESULT_FIELDS.contains(&k.as_str()) && !LINE_FIELDS.contains(&k.as_str()))
-    {
-        return Err(format!(
-            "the line has a field `{}` medguard never writes",
-            printable(extra)
-        ));
-    }
-    let Entry::Inference {
-        model,
-        version,
-        model_sha256,
-        guest_sha256,
-        verdict,
-        p_value,
-        label,
-        probabilities,
-        seed,
-        ..
-    } = entry
-    else {
-        return Err(format!(
-            "the line carries a result but the receipt is for a {} entry",
-            entry.kind()
-        ));
-    };
-    let expected = [
-        ("label", json!(label)),
-        ("verdict", json!(verdict)),
-        ("p_value", json!(p_value)),
-        ("probabilities", json!(probabilities)),
-        ("seed", json!(seed)),
-        (
-            "model",
-            json!({"name": model, "version": version.to_string(), "sha256": model_sha256.to_string()}),
-        ),
-        ("guest_sha256", json!(guest_sha256.to_string())),
-    ];
-    for (field, want) in expected {
-        let got = line.get(field).cloned().unwrap_or(Value::Null);
-        // Numbers are compared as the f32/f64 they were printed from.
-        let same = match (field, &got, &want) {
-            ("probabilities", Value::Object(a), Value::Object(b)) => {
-                a.len() == b.len()
-                    && a.iter().all(|(k, v)| {
-                        let f = |v: &Value| v.as_f64().map(|x| x as f32);
-                        b.get(k).and_then(f).is_some() && b.get(k).and_then(f) == f(v)
-                    })
-            }
-            _ => got == want,
-        };
-        if !same {
-            return Err(format!(
-                "`{field}` is {} in the line but {} in the signed entry",
-                printable(&got.to_string()),
-                printable(&want.to_string())
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The top-level keys of a JSON object, in order, duplicates kept.
-struct TopLevelKeys(Vec<String>);
-
-impl TopLevelKeys {
-    fn duplicate(&self) -> Option<String> {
-        let mut seen = std::collections::BTreeSet::new();
-        self.0.iter().find(|k| !seen.insert(k.as_str())).cloned()
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for TopLevelKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Keys;
-        impl<'de> serde::de::Visitor<'de> for Keys {
-            type Value = TopLevelKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<TopLevelKeys, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
-                }
-                Ok(TopLevelKeys(keys))
-            }
-        }
-        d.deserialize_map(Keys)
-    }
-}
-
-/// One line per entry for people.
-fn describe(entry: &Entry) -> String {
-    match entry {
-        Entry::LedgerCreated { key, replaces, .. } => match replaces {
-            Some(old) => {
-                format!("ledger created, checkpoint key {key}, replacing lost ledger {old}")
-            }
-            None => format!("ledger created, checkpoint key {key}"),
-        },
-        Entry::EntriesQuarantined {
-            count,
-            first_index,
-            file,
-            ..
-        } => format!(
-            "{count} unsigned entries found past the last checkpoint (from {first_index}) were moved to {file}"
-        ),
-        Entry::ModelAdmitted {
-            model,
-            version,
-            model_sha256,
-            signer,
-            ..
-        } => format!("admitted {model} {version} (sha256 {model_sha256}) signed by {signer}"),
-        Entry::ModelRefused {
-            directory, reason, ..
-        } => format!("refused {directory}: {reason}"),
-        Entry::PolicyChanged { from, to, .. } => match from {
-            Some(from) => format!("trust policy changed from {from} to {to}"),
-            None => format!("trust policy in force: {to}"),
-        },
-        Entry::Inference {
-            model,
-            version,
-            verdict,
-            p_value,
-            label,
-            input_hmac,
-            caller,
-            ..
-        } => format!(
-            "inference {model} {version}: {verdict}{} -> {} (input {}){}",
-            p_value.map(|p| format!(" p {p:.4}")).unwrap_or_default(),
-            label.as_deref().unwrap_or("withheld"),
-            input_hmac.chars().take(16).collect::<String>(),
-            for_caller(caller.as_deref())
-        ),
-        Entry::InferenceFailed {
-            model,
-            version,
-            failure,
-            images,
-            input_hmac,
-            caller,
-            ..
-        } => format!(
-            "inference {model} {version} failed: {} ({images} images, input {}){}",
-            failure.as_str(),
-            input_hmac.chars().take(16).collect::<String>(),
-            for_caller(caller.as_deref())
-        ),
-        Entry::DriftAlarm {
-            model,
-            version,
-            window,
-            flagged,
-            expected_flag_rate,
-            ..
-        } => format!(
-            "drift alarm {model} {version}: {flagged} of the last {window} inputs flagged, {:.1} expected",
-            expected_flag_rate * *window as f64
-        ),
-    }
-}
-
-/// ` for NAME` when an entry names who asked.
-fn for_caller(caller: Option<&str>) -> String {
-    caller.map(|c| format!(" for {c}")).unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {
@@ -476,7 +260,7 @@ mod tests {
             seed: 1,
             caller: None,
         };
-        let shown = printable(&describe(&entry));
+        let shown = printable(&entry.describe());
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
         assert!(shown.contains("\\u{1b}[2J"), "{shown}");
         assert!(shown.contains(&"\u{e9}".repeat(16)), "{shown}");
@@ -489,56 +273,4 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    #[test]
-    fn a_result_line_must_match_its_signed_entry() {
-        let entry = Entry::Inference {
-            time: "2026-12-01T00:00:00Z".parse().unwrap(),
-            model: "pneumonia-cnn".into(),
-            version: semver::Version::new(1, 0, 0),
-            model_sha256: medguard_attest::Sha256Digest::of(b"m"),
-            guest_sha256: medguard_attest::Sha256Digest::of(b"g"),
-            input_hmac: "00".into(),
-            verdict: medguard_ledger::entry::Verdict::Accept,
-            p_value: Some(0.25),
-            label: Some("normal".into()),
-            probabilities: Some([("normal".into(), 0.9), ("pneumonia".into(), 0.1)].into()),
-            policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
-            seed: 7,
-            caller: None,
-        };
-        let line = serde_json::json!({
-            "label": "normal", "verdict": "accept", "p_value": 0.25, "seed": 7,
-            "probabilities": {"normal": 0.9f32, "pneumonia": 0.1f32},
-            "model": {"name": "pneumonia-cnn", "version": "1.0.0",
-                      "sha256": medguard_attest::Sha256Digest::of(b"m").to_string()},
-            "guest_sha256": medguard_attest::Sha256Digest::of(b"g").to_string(),
-            "input": "a.png",
-            "receipt": {"entry": "x"},
-        });
-        cross_check(&line, &entry).unwrap();
-        for (field, value) in [
-            ("label", serde_json::json!("pneumonia")),
-            ("verdict", serde_json::json!("reject")),
-            ("p_value", serde_json::json!(0.5)),
-            ("seed", serde_json::json!(8)),
-            (
-                "probabilities",
-                serde_json::json!({"normal": 0.1f32, "pneumonia": 0.9f32}),
-            ),
-            ("guest_sha256", serde_json::json!("sha256:00")),
-            ("shown_label", serde_json::json!("pneumonia")),
-        ] {
-            let mut edited = line.clone();
-            edited[field] = value;
-            let err = cross_check(&edited, &entry).unwrap_err();
-            assert!(err.contains(field), "{err}");
-            // A field missing altogether is a mismatch too.
-            if field != "shown_label" {
-                edited.as_object_mut().unwrap().remove(field);
-                assert!(cross_check(&edited, &entry).is_err(), "{field}");
-            }
-        }
-        // A bare receipt carries no result fields and passes.
-        cross_check(&serde_json::json!({"entry": "x"}), &entry).unwrap();
-    }
 }

@@ -6,6 +6,8 @@
 #   g++: libFuzzer, which cargo-fuzz's libfuzzer-sys compiles (scripts/fuzz.sh)
 #   dicom3tools: dciodvfy, which validates medguard's DICOM structured reports
 #   orthanc, orthanc-dicomweb: the real PACS `medguard pacs` is tested against
+#   chromium, chromium-driver: the browser build's tests (wasm-bindgen-test
+#     and the demo page under Playwright) run in the system's Chromium
 set -euo pipefail
 need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3 python3-venv)
@@ -13,6 +15,8 @@ command -v c++ >/dev/null || need+=(g++)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 [[ -x /usr/sbin/Orthanc ]] || need+=(orthanc)
 [[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || need+=(orthanc-dicomweb)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   echo "scripts/system-packages.sh: installing ${need[*]}" >&2
   apt-get update -qq >&2

@@ -25,10 +25,23 @@ MEDGUARD_DICOM_PYTHON=$(scripts/python-tool.sh dicom)
 # The Python package (python/, ctypes over the C ABI) runs its pytest suite
 # against this build's library (pinned venv, likewise).
 MEDGUARD_EMBED_PYTHON=$(scripts/python-tool.sh embed)
+# The browser build: the package and the demo site (scripts/web.sh installs
+# the pinned wasm-bindgen CLI), the npm tools of its end-to-end test, and
+# the wasm module's own tests in headless Chromium.
+MEDGUARD_WEB_SITE=$(scripts/web.sh build)
+(cd web && npm ci --silent --no-audit --no-fund)
+(
+  cd web
+  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128"
+  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
+  export CHROMEDRIVER=/usr/bin/chromedriver
+  cargo test --locked --package medguard-web --target wasm32-unknown-unknown --profile web --test wasm
+)
 # `medguard pacs` round-trips a study through a real Orthanc with its
 # DICOMweb plugin (Debian packages, scripts/system-packages.sh).
 MEDGUARD_ORTHANC=/usr/sbin/Orthanc
 export MEDGUARD_MODEL_SIGNING MEDGUARD_TRITON_PYTHON MEDGUARD_DICOM_PYTHON MEDGUARD_EMBED_PYTHON MEDGUARD_ORTHANC
+export MEDGUARD_WEB_SITE
 cargo test --workspace --release -- --include-ignored
 # The library example, built by the test run above, on the bundled model as
 # the tests renewed it (re-signed with the demo key to expire over a year

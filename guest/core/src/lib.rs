@@ -88,6 +88,13 @@ impl Classifier {
     }
 }
 
+/// The squeeze statistic's `window` x `window` median filter of one image
+/// (`channels * height * width` values, as `spec` says): what screening
+/// compares the image with, for a viewer to show beside it.
+pub fn median_squeeze(image: &[f32], spec: &ModelSpec, window: u32) -> Vec<f32> {
+    screen::median_filter(image, spec, window.max(1) as usize)
+}
+
 /// Softmax in f64 so that large logits neither overflow nor lose the small class.
 fn softmax(logits: &[f32]) -> Result<Vec<f32>, GuestError> {
     if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {

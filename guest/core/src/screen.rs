@@ -159,7 +159,7 @@ impl Classifier {
 /// pixels repeated. Even windows extend right and down from the pixel (as in
 /// the feature-squeezing paper's 2x2 filter); the median of an even count is
 /// the mean of the middle two.
-fn median_filter(image: &[f32], spec: &ModelSpec, window: usize) -> Vec<f32> {
+pub(crate) fn median_filter(image: &[f32], spec: &ModelSpec, window: usize) -> Vec<f32> {
     let (h, w) = (spec.height as usize, spec.width as usize);
     let before = (window - 1) / 2;
     let mut out = Vec::with_capacity(image.len());

@@ -1,0 +1,77 @@
+// The worker that runs medguard: the page's thread never parses a model or
+// screens an image, so it never freezes. One request at a time, in order.
+// Nothing here touches the network after `init` fetched the module.
+import init, { Model, Policy, setModuleDigest, verifyResult } from "./dist/medguard_web.js";
+
+// (module (func (result v128) i32.const 0 i8x16.splat i8x16.popcnt)):
+// validates only where wasm SIMD is supported.
+const SIMD_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253,
+  15, 253, 98, 11,
+]);
+
+let model = null;
+
+const ops = {
+  async init({ wasmUrl }) {
+    if (!WebAssembly.validate(SIMD_PROBE)) {
+      throw new Error(
+        "this browser lacks WebAssembly SIMD (128-bit), which medguard's inference needs: " +
+          "use a current Chrome, Edge, Firefox or Safari (16.4 or later)",
+      );
+    }
+    const url = wasmUrl ?? new URL("./dist/medguard_web_bg.wasm", import.meta.url);
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`fetching ${url}: HTTP ${response.status}`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    await init({ module_or_path: bytes });
+    return { moduleSha256: setModuleDigest(bytes) };
+  },
+  admit({ policy, keyFiles, files }) {
+    const trust = new Policy(policy, new Map(Object.entries(keyFiles ?? {})));
+    try {
+      const admitted = Model.admit(trust, new Map(files));
+      model?.free();
+      model = admitted;
+      return model.attestation;
+    } finally {
+      trust.free();
+    }
+  },
+  classify({ name, bytes, seed }) {
+    if (!model) throw new Error("no model admitted yet");
+    // Fresh entropy for every request unless the caller reproduces one:
+    // 53 bits, so that the seed in the result (a JavaScript number) is exact.
+    let s = seed;
+    if (s === undefined || s === null) {
+      const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
+      s = (hi & 0x1fffff) * 2 ** 32 + lo;
+    }
+    return model.classify(name ?? undefined, bytes, BigInt(s));
+  },
+  squeezed({ bytes }) {
+    if (!model) throw new Error("no model admitted yet");
+    return model.squeezed(bytes);
+  },
+  verifyResult({ line, ledgerKey }) {
+    return verifyResult(line, ledgerKey);
+  },
+};
+
+let queue = Promise.resolve();
+self.onmessage = (event) => {
+  const { id, op, args } = event.data;
+  queue = queue.then(async () => {
+    try {
+      const handler = ops[op];
+      if (!handler) throw new Error(`unknown operation ${op}`);
+      self.postMessage({ id, ok: true, value: await handler(args ?? {}) });
+    } catch (e) {
+      // A RuntimeError is a trap (a Rust panic aborts): this instance's
+      // state can no longer be trusted, so the client starts a fresh worker.
+      const fatal = e instanceof WebAssembly.RuntimeError;
+      self.postMessage({ id, ok: false, fatal, error: String(e?.message ?? e) });
+      if (fatal) self.close();
+    }
+  });
+};

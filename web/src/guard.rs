@@ -1,0 +1,526 @@
+//! The browser's guard, in plain Rust so that it is tested natively too:
+//! admission under a trust policy ([`Model::admit`]), screening and
+//! classification ([`Model::classify`]) and the check of a server's receipt
+//! ([`verify_result`]). Everything is a crate the CLI uses; this module only
+//! wires them together without files, clock or sandbox of its own.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use medguard_attest::{
+    AdmitError, AttestedModel, PolicyError, Provenance, Sha256Digest, TrustPolicy, admit_files,
+};
+use medguard_dicom::DicomError;
+use medguard_guest_core::{Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions};
+use medguard_input::{Batch, InputError};
+use medguard_ledger::entry::Verdict;
+use medguard_ledger::{CheckedLine, LineError, NoteVerifier, check_line};
+use medguard_screen::{Statistic, predicted_class};
+use serde::Serialize;
+use thiserror::Error;
+
+/// Why the page's request was refused. Each message says what failed.
+#[derive(Debug, Error)]
+pub enum WebError {
+    /// The trust policy is not valid.
+    #[error("trust policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// The model directory was refused.
+    #[error("model refused: {0}")]
+    Refused(Box<AdmitError>),
+    /// The model passed admission but the inference core cannot run it.
+    #[error("model refused by the inference core: {0}")]
+    Unloadable(GuestError),
+    /// The model has no calibrated screening profile: medguard does not
+    /// classify unscreened in a viewer.
+    #[error(
+        "{model} has no screening profile in its signed manifest; medguard classifies only screened models"
+    )]
+    Unscreened {
+        /// The model's name.
+        model: String,
+    },
+    /// The file is not an image the model takes.
+    #[error("input refused: {0}")]
+    Input(#[from] InputError),
+    /// The DICOM file gave no image.
+    #[error("DICOM input refused: {0}")]
+    Dicom(#[from] DicomError),
+    /// The values were refused, or inference failed.
+    #[error("inference refused: {0}")]
+    Inference(GuestError),
+    /// The ledger key is not a key.
+    #[error("ledger key: {0}")]
+    LedgerKey(String),
+    /// The result and its receipt do not check out.
+    #[error(transparent)]
+    Receipt(#[from] LineError),
+}
+
+impl From<AdmitError> for WebError {
+    fn from(e: AdmitError) -> Self {
+        Self::Refused(Box::new(e))
+    }
+}
+
+/// A trust policy and its digest (the one the ledger would record).
+#[derive(Debug)]
+pub struct Policy {
+    policy: TrustPolicy,
+    sha256: Sha256Digest,
+}
+
+impl Policy {
+    /// Parses policy TOML; `key_file` returns the text of a
+    /// `public_key_file` the policy names (the page fetched it beside the
+    /// policy), or why it cannot.
+    pub fn parse(
+        text: &str,
+        key_file: impl FnMut(&str) -> Result<String, String>,
+    ) -> Result<Self, WebError> {
+        let policy = TrustPolicy::parse(text, key_file)?;
+        let sha256 = policy.sha256();
+        Ok(Self { policy, sha256 })
+    }
+
+    /// [`TrustPolicy::sha256`].
+    pub fn sha256(&self) -> Sha256Digest {
+        self.sha256
+    }
+}
+
+/// What was admitted, for the page to show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attestation {
+    /// The manifest's model name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The policy's name for the key that signed it.
+    pub signer: String,
+    /// SHA-256 fingerprint of that key.
+    pub key_fingerprint: String,
+    /// SHA-256 of the model file, as admitted.
+    pub model_sha256: String,
+    /// SHA-256 of the signed manifest.
+    pub manifest_sha256: String,
+    /// Digest of the policy it was admitted under.
+    pub policy_sha256: String,
+    /// When the signed manifest expires, if it does.
+    pub expires: Option<String>,
+    /// The output labels, in output order.
+    pub labels: Vec<String>,
+    /// Input height and width in pixels.
+    pub height: u32,
+    /// See `height`.
+    pub width: u32,
+    /// Whether the manifest takes DICOM files.
+    pub takes_dicom: bool,
+    /// The screening statistics, by name.
+    pub statistics: Vec<String>,
+}
+
+/// An admitted model, loaded into the inference core with its detector.
+pub struct Model {
+    attested: AttestedModel,
+    attestation: Attestation,
+    classifier: Classifier,
+    detector: Option<Detector>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("attestation", &self.attestation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Admits the model directory `files` (relative path to bytes, as
+    /// fetched) under `policy` at `now`, then parses and checks the model
+    /// and its detector. A browser has no ledger: rollback protection is the
+    /// policy's `min_version` and the server's, not this page's.
+    pub fn admit(
+        policy: &Policy,
+        files: &BTreeMap<String, Vec<u8>>,
+        now: Timestamp,
+    ) -> Result<Self, WebError> {
+        let attested = admit_files(&policy.policy, files, |_| None, now)?;
+        let manifest = attested.manifest();
+        let classifier =
+            Classifier::load(attested.model_bytes(), spec(&attested)).map_err(WebError::Unloadable)?;
+        let detector = manifest
+            .screening
+            .as_ref()
+            .map(|s| Detector::Calibrated(s.profile.clone()));
+        if let Some(d) = &detector {
+            classifier.check_detector(d).map_err(WebError::Unloadable)?;
+        }
+        let (signer, key_fingerprint, manifest_sha256) = match attested.provenance() {
+            Provenance::Signed {
+                signer,
+                manifest_sha256,
+            } => (
+                signer.name.clone(),
+                signer.fingerprint.to_string(),
+                manifest_sha256.to_string(),
+            ),
+            // admit_files builds only signed models.
+            Provenance::Vouched => ("(vouched)".into(), String::new(), String::new()),
+        };
+        let attestation = Attestation {
+            name: manifest.name.clone(),
+            version: manifest.version.to_string(),
+            signer,
+            key_fingerprint,
+            model_sha256: attested.model_digest().to_string(),
+            manifest_sha256,
+            policy_sha256: policy.sha256.to_string(),
+            expires: manifest.expires.map(|t| t.to_string()),
+            labels: manifest.output.labels.clone(),
+            height: manifest.input.shape.height,
+            width: manifest.input.shape.width,
+            takes_dicom: manifest.dicom.is_some(),
+            statistics: detector
+                .as_ref()
+                .map(|d| d.statistics().iter().map(Statistic::name).collect())
+                .unwrap_or_default(),
+        };
+        Ok(Self {
+            attested,
+            attestation,
+            classifier,
+            detector,
+        })
+    }
+
+    /// What was admitted.
+    pub fn attestation(&self) -> &Attestation {
+        &self.attestation
+    }
+
+    /// Decodes `bytes` (PNG, `.npy` or DICOM, sniffed from the content as
+    /// the CLI does), screens and classifies every image in it with noise
+    /// seed `seed`, under the enforce policy: a rejected image gets no
+    /// label. `input` names the file in the results.
+    pub fn classify(
+        &self,
+        input: Option<&str>,
+        bytes: &[u8],
+        seed: u64,
+        guest_sha256: &str,
+    ) -> Result<Vec<Prediction>, WebError> {
+        let manifest = self.attested.manifest();
+        let detector = self.detector.as_ref().ok_or_else(|| WebError::Unscreened {
+            model: manifest.name.clone(),
+        })?;
+        let (batch, dicom) = self.decode(bytes)?;
+        let screened = self
+            .classifier
+            .screen(
+                &InputBatch {
+                    shape: batch.shape.to_vec(),
+                    data: batch.data,
+                },
+                detector,
+                ScreenOptions {
+                    seed,
+                    source_bits: batch.source_bits,
+                    withhold_rejected: true,
+                },
+            )
+            .map_err(WebError::Inference)?;
+        let labels = &manifest.output.labels;
+        let many = screened.len() > 1;
+        Ok(screened
+            .into_iter()
+            .enumerate()
+            .map(|(i, image)| {
+                let label = image
+                    .probabilities
+                    .as_deref()
+                    .and_then(|p| labels.get(predicted_class(p)).cloned());
+                let probabilities = image
+                    .probabilities
+                    .map(|p| labels.iter().cloned().zip(p).collect());
+                let (verdict, p_value, statistics) = match image.screening {
+                    None => (Verdict::Unscreened, None, BTreeMap::new()),
+                    Some(s) => (
+                        s.verdict.into(),
+                        Some(s.p_value),
+                        s.statistics
+                            .iter()
+                            .map(|r| {
+                                (
+                                    r.statistic.name(),
+                                    StatisticJson {
+                                        value: r.value,
+                                        p_value: r.p_value,
+                                    },
+                                )
+                            })
+                            .collect(),
+                    ),
+                };
+                Prediction {
+                    input: input.map(|name| {
+                        if many {
+                            format!("{name}[{i}]")
+                        } else {
+                            name.to_owned()
+                        }
+                    }),
+                    label,
+                    probabilities,
+                    verdict,
+                    p_value,
+                    statistics,
+                    integrity: Integrity {
+                        source_bits: batch.source_bits,
+                        off_grid: image.off_grid,
+                    },
+                    seed,
+                    model: ModelRef {
+                        name: manifest.name.clone(),
+                        version: manifest.version.to_string(),
+                        sha256: self.attested.model_digest().to_string(),
+                    },
+                    guest_sha256: guest_sha256.to_owned(),
+                    dicom: dicom.clone(),
+                }
+            })
+            .collect())
+    }
+
+    /// The first image of `bytes` as the model sees it, and its
+    /// median-squeezed copy (the window of the manifest's squeeze
+    /// statistic, 2 without one): `height * width` values each, channel 0.
+    pub fn squeezed(&self, bytes: &[u8]) -> Result<Squeezed, WebError> {
+        let (batch, _) = self.decode(bytes)?;
+        let spec = spec(&self.attested);
+        let [_, channels, height, width] = batch.shape;
+        let plane = (height * width) as usize;
+        let image: Vec<f32> = batch.data[..plane * channels as usize].to_vec();
+        let window = self
+            .detector
+            .as_ref()
+            .and_then(|d| {
+                d.statistics().iter().find_map(|s| match s {
+                    Statistic::SqueezeMedian { window } => Some(*window),
+                    _ => None,
+                })
+            })
+            .unwrap_or(2);
+        let squeezed = medguard_guest_core::median_squeeze(&image, &spec, window);
+        Ok(Squeezed {
+            height,
+            width,
+            window,
+            image: image[..plane].to_vec(),
+            squeezed: squeezed[..plane].to_vec(),
+        })
+    }
+
+    /// Sniffs and decodes `bytes` as the CLI does: PNG and `.npy` by their
+    /// magic first (a `.npy` whose pixels spell "DICM" at offset 128 is a
+    /// `.npy`), then DICOM Part 10.
+    fn decode(&self, bytes: &[u8]) -> Result<(Batch, Option<DicomJson>), WebError> {
+        let manifest = self.attested.manifest();
+        let image_magic =
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") || bytes.starts_with(b"\x93NUMPY");
+        if image_magic || !medguard_dicom::is_part10(bytes) {
+            let batch = medguard_input::decode(bytes, &manifest.input, manifest.max_batch)?;
+            return Ok((batch, None));
+        }
+        if bytes.len() as u64 > medguard_input::INPUT_MAX_BYTES {
+            return Err(InputError::TooLarge.into());
+        }
+        let profile = manifest.dicom.as_ref().ok_or_else(|| {
+            DicomError::Unsupported(format!(
+                "{} {} takes no DICOM: its signed manifest has no dicom section",
+                manifest.name, manifest.version
+            ))
+        })?;
+        let shape = manifest.input.shape;
+        if shape.channels != 1 {
+            return Err(DicomError::Unsupported(format!(
+                "a radiograph has one channel, the model wants {}",
+                shape.channels
+            ))
+            .into());
+        }
+        let radiograph = medguard_dicom::decode(
+            bytes,
+            &profile.accepts,
+            &profile.preprocessing,
+            shape.height,
+            shape.width,
+        )?;
+        let s = radiograph.source;
+        Ok((
+            Batch {
+                shape: [1, 1, shape.height, shape.width],
+                data: radiograph.pixels,
+                // Resampled and windowed: no integer grid to check against.
+                source_bits: 0,
+            },
+            Some(DicomJson {
+                transfer_syntax: s.transfer_syntax,
+                rows: s.rows,
+                columns: s.columns,
+                bits_stored: s.bits_stored,
+                photometric_interpretation: s.photometric_interpretation,
+                intensity: s.intensity,
+            }),
+        ))
+    }
+}
+
+/// The manifest's input and output, as the inference core checks them.
+fn spec(model: &AttestedModel) -> ModelSpec {
+    let m = model.manifest();
+    ModelSpec {
+        input_name: m.input.tensor.clone(),
+        output_name: m.output.tensor.clone(),
+        channels: m.input.shape.channels,
+        height: m.input.shape.height,
+        width: m.input.shape.width,
+        min_value: m.input.range.min,
+        max_value: m.input.range.max,
+        classes: m.output.labels.len() as u32,
+        max_batch: m.max_batch,
+    }
+}
+
+/// An image beside its median-squeezed copy, for the page to draw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Squeezed {
+    /// Rows.
+    pub height: u32,
+    /// Columns.
+    pub width: u32,
+    /// The median filter's window.
+    pub window: u32,
+    /// The image as the model sees it, row-major.
+    pub image: Vec<f32>,
+    /// Its squeezed copy.
+    pub squeezed: Vec<f32>,
+}
+
+/// One image's result: the fields of `medguard predict --json`, with the
+/// same names and meaning, but no receipt (the page has no ledger).
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    /// The file's name (`name[i]` for the i-th image of a batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// `None` when rejected.
+    pub label: Option<String>,
+    /// Probabilities by label; `None` when rejected.
+    pub probabilities: Option<BTreeMap<String, f32>>,
+    /// The screening verdict.
+    pub verdict: Verdict,
+    /// Combined p-value in [0, 1], lower is more suspicious.
+    pub p_value: Option<f64>,
+    /// Each statistic's value and p-value.
+    pub statistics: BTreeMap<String, StatisticJson>,
+    /// Format integrity: reported, not counted as detection.
+    pub integrity: Integrity,
+    /// The seed of the noise draws: passing it again reproduces the verdict.
+    pub seed: u64,
+    /// The admitted model.
+    pub model: ModelRef,
+    /// SHA-256 of the wasm module that ran it.
+    pub guest_sha256: String,
+    /// For a DICOM input: what was decoded (no patient data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<DicomJson>,
+}
+
+/// One statistic's evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatisticJson {
+    /// Its value on this image.
+    pub value: f64,
+    /// Its p-value against the clean calibration images.
+    pub p_value: f64,
+}
+
+/// Format integrity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Integrity {
+    /// Bit depth of the integer samples (0 for floats, colour or DICOM).
+    pub source_bits: u8,
+    /// Values off that integer grid.
+    pub off_grid: u32,
+}
+
+/// The admitted model, by name, version and digest.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRef {
+    /// The manifest's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// SHA-256 of the model file.
+    pub sha256: String,
+}
+
+/// The decoded DICOM image's facts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DicomJson {
+    /// Transfer syntax UID of the source.
+    pub transfer_syntax: String,
+    /// Source rows.
+    pub rows: u32,
+    /// Source columns.
+    pub columns: u32,
+    /// Bits stored per sample.
+    pub bits_stored: u16,
+    /// Photometric interpretation of the source.
+    pub photometric_interpretation: String,
+    /// How intensities were mapped.
+    pub intensity: String,
+}
+
+/// A server's result whose receipt verified with the ledger's key.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedResult {
+    /// The entry's leaf index.
+    pub index: u64,
+    /// The entry's kind (`inference`, ...).
+    pub kind: &'static str,
+    /// The ledger's name (the checkpoint's origin).
+    pub origin: String,
+    /// The tree size the checkpoint signs.
+    pub tree_size: u64,
+    /// Its root hash.
+    pub root: String,
+    /// The entry in one line.
+    pub description: String,
+}
+
+/// Checks `line` (a result with its `receipt`, as `predict --json` or a
+/// medguard server returns it, or a bare receipt) with the ledger's public
+/// key `ledger_key` (as `medguard ledger key` prints it): the same check as
+/// `medguard ledger verify-receipt`.
+pub fn verify_result(line: &[u8], ledger_key: &str) -> Result<VerifiedResult, WebError> {
+    let key: NoteVerifier = ledger_key
+        .trim()
+        .parse()
+        .map_err(|e: medguard_ledger::note::NoteError| WebError::LedgerKey(e.to_string()))?;
+    let CheckedLine {
+        receipt,
+        checkpoint,
+        entry,
+    } = check_line(line, &key)?;
+    Ok(VerifiedResult {
+        index: receipt.index,
+        kind: entry.kind(),
+        origin: checkpoint.origin.clone(),
+        tree_size: checkpoint.size,
+        root: checkpoint.root.to_string(),
+        description: entry.describe(),
+    })
+}

@@ -1,0 +1,189 @@
+//! The browser's guard, natively: the same admission, screening and receipt
+//! check the wasm module runs, held to the host's guard on the same inputs.
+
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use medguard::guard::{ClassifyOptions, Guard};
+use medguard::prediction::{ModelRef, Prediction};
+use medguard_ledger::entry::ScreeningPolicy;
+use medguard_tests::{demo_policy, model_dir, repo_root, shared_program_owned};
+use medguard_web::guard::{Model, Policy, WebError, verify_result};
+
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let name = path.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                out.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn policy() -> Policy {
+    let trust = repo_root().join("models/trust");
+    let text = std::fs::read_to_string(trust.join("demo-policy.toml")).unwrap();
+    Policy::parse(&text, |name| {
+        std::fs::read_to_string(trust.join(name)).map_err(|e| e.to_string())
+    })
+    .unwrap()
+}
+
+fn admitted() -> Model {
+    Model::admit(&policy(), &files(&model_dir()), jiff::Timestamp::now()).unwrap()
+}
+
+#[test]
+fn the_bundled_model_is_admitted_from_memory_with_its_signer() {
+    let model = admitted();
+    let a = model.attestation();
+    assert_eq!((a.name.as_str(), a.version.as_str()), ("pneumonia-cnn", "1.0.0"));
+    assert_eq!(a.signer, "medguard-demo");
+    assert_eq!(a.labels, ["normal", "pneumonia"]);
+    assert!(a.takes_dicom);
+    assert_eq!(a.statistics, ["margin", "squeeze-median-2"]);
+    assert_eq!(a.policy_sha256, demo_policy().sha256.to_string());
+}
+
+#[test]
+fn a_tampered_or_expired_directory_is_refused_with_the_reason() {
+    let mut tampered = files(&model_dir());
+    tampered.get_mut("model.onnx").unwrap()[4096] ^= 1;
+    let e = Model::admit(&policy(), &tampered, jiff::Timestamp::now()).unwrap_err();
+    assert!(matches!(e, WebError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("model.onnx"), "{e}");
+    let far = "2100-01-01T00:00:00Z".parse().unwrap();
+    let e = Model::admit(&policy(), &files(&model_dir()), far).unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+}
+
+/// Every field `predict --json` prints but the receipt and the guest's
+/// digest, from the host's guard running the sandboxed guest.
+fn host_answers(file: &Path, seed: u64) -> Vec<serde_json::Value> {
+    let data = tempfile::tempdir().unwrap();
+    let guard = Guard::open(data.path(), demo_policy())
+        .unwrap()
+        .with_sandbox(shared_program_owned());
+    let model = match guard.admit(&model_dir()).unwrap() {
+        medguard::guard::Admission::Admitted { model, .. } => model,
+        other => panic!("{other:?}"),
+    };
+    let options = ClassifyOptions {
+        seed,
+        policy: ScreeningPolicy::Enforce,
+        allow_unscreened: false,
+    };
+    let classified = guard
+        .classify(&model, &std::fs::read(file).unwrap(), options)
+        .unwrap();
+    classified
+        .images
+        .iter()
+        .map(|image| {
+            let p = Prediction::new(None, image, &classified, ModelRef::of(&model), "");
+            let mut v = serde_json::to_value(p).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("receipt");
+            o.remove("guest_sha256");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn answers_equal_the_sandboxed_guests_for_clean_attacked_and_dicom_inputs() {
+    let model = admitted();
+    let dir = model_dir();
+    let inputs = [
+        dir.join("samples/normal-1.png"),
+        dir.join("samples/pneumonia-2.png"),
+        dir.join("adversarial/pgd8-1.png"),
+        repo_root().join("tests/dicom/fixtures/chest-rle.dcm"),
+    ];
+    for (seed, file) in inputs.iter().enumerate() {
+        let seed = seed as u64 * 977 + 5;
+        let web: Vec<serde_json::Value> = model
+            .classify(None, &std::fs::read(file).unwrap(), seed, "")
+            .unwrap()
+            .into_iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap();
+                v.as_object_mut().unwrap().remove("guest_sha256");
+                v
+            })
+            .collect();
+        assert_eq!(web, host_answers(file, seed), "{}", file.display());
+    }
+}
+
+#[test]
+fn bad_inputs_are_refused_each_with_its_reason() {
+    let model = admitted();
+    let cases: [(&[u8], &str); 3] = [
+        (b"GIF89a", "input refused"),
+        (b"\x89PNG\r\n\x1a\n", "input refused"),
+        (&[0u8; 200], "input refused"),
+    ];
+    for (bytes, want) in cases {
+        let e = model.classify(None, bytes, 1, "").unwrap_err();
+        assert!(e.to_string().starts_with(want), "{e}");
+    }
+    let mr = std::fs::read(repo_root().join("tests/dicom/fixtures/refused-mr.dcm")).unwrap();
+    let e = model.classify(None, &mr, 1, "").unwrap_err();
+    assert!(matches!(e, WebError::Dicom(_)), "{e}");
+    // And the next input is served as if nothing happened.
+    let ok = std::fs::read(model_dir().join("samples/normal-1.png")).unwrap();
+    assert_eq!(model.classify(None, &ok, 1, "").unwrap().len(), 1);
+}
+
+#[test]
+fn a_servers_result_verifies_and_an_edited_one_does_not() {
+    let data = tempfile::tempdir().unwrap();
+    let guard = Guard::open(data.path(), demo_policy())
+        .unwrap()
+        .with_sandbox(shared_program_owned());
+    let model = match guard.admit(&model_dir()).unwrap() {
+        medguard::guard::Admission::Admitted { model, .. } => model,
+        other => panic!("{other:?}"),
+    };
+    let options = ClassifyOptions {
+        seed: 3,
+        policy: ScreeningPolicy::Enforce,
+        allow_unscreened: false,
+    };
+    let png = std::fs::read(model_dir().join("samples/normal-2.png")).unwrap();
+    let classified = guard.classify(&model, &png, options).unwrap();
+    let digest = guard.program().unwrap().digest().to_string();
+    let p = Prediction::new(
+        None,
+        &classified.images[0],
+        &classified,
+        ModelRef::of(&model),
+        &digest,
+    );
+    let line = serde_json::to_string(&p).unwrap();
+    let key = guard.verifier().to_string();
+    let v = verify_result(line.as_bytes(), &key).unwrap();
+    assert_eq!(v.kind, "inference");
+    assert!(v.description.starts_with("inference pneumonia-cnn 1.0.0"), "{}", v.description);
+
+    let mut edited: serde_json::Value = serde_json::from_str(&line).unwrap();
+    edited["verdict"] = "reject".into();
+    let e = verify_result(edited.to_string().as_bytes(), &key).unwrap_err();
+    assert!(e.to_string().contains("`verdict`"), "{e}");
+    let other = Guard::open(tempfile::tempdir().unwrap().path(), demo_policy()).unwrap();
+    let e = verify_result(line.as_bytes(), &other.verifier().to_string()).unwrap_err();
+    assert!(e.to_string().contains("receipt does not verify"), "{e}");
+    let e = verify_result(line.as_bytes(), "not a key").unwrap_err();
+    assert!(matches!(e, WebError::LedgerKey(_)), "{e}");
+}

@@ -262,9 +262,15 @@ fn in_memory_admission_admits_and_refuses_exactly_as_the_directory_admission() {
     type Change = fn(&std::path::Path);
     let changes: [(&str, Change); 9] = [
         ("untouched", |_| {}),
-        ("no signature", |d| fs::remove_file(d.join("model.sig")).unwrap()),
-        ("no manifest", |d| fs::remove_file(d.join("manifest.json")).unwrap()),
-        ("no model", |d| fs::remove_file(d.join("model.onnx")).unwrap()),
+        ("no signature", |d| {
+            fs::remove_file(d.join("model.sig")).unwrap()
+        }),
+        ("no manifest", |d| {
+            fs::remove_file(d.join("manifest.json")).unwrap()
+        }),
+        ("no model", |d| {
+            fs::remove_file(d.join("model.onnx")).unwrap()
+        }),
         ("a flipped model bit", |d| {
             let mut b = fs::read(d.join("model.onnx")).unwrap();
             b[1000] ^= 4;
@@ -275,7 +281,9 @@ fn in_memory_admission_admits_and_refuses_exactly_as_the_directory_admission() {
             b.push(0);
             fs::write(d.join("model.onnx"), b).unwrap();
         }),
-        ("an extra file", |d| fs::write(d.join("notes.txt"), "x").unwrap()),
+        ("an extra file", |d| {
+            fs::write(d.join("notes.txt"), "x").unwrap()
+        }),
         ("a changed sample", |d| {
             fs::write(d.join("README.md"), "edited").unwrap();
         }),
@@ -297,14 +305,30 @@ fn in_memory_admission_admits_and_refuses_exactly_as_the_directory_admission() {
                 assert_eq!(a.model_digest(), b.model_digest(), "{what}");
                 assert_eq!(a.manifest_digest(), b.manifest_digest(), "{what}");
                 assert_eq!(a.model_bytes(), b.model_bytes(), "{what}");
-                assert!(what == "untouched" || what.starts_with("git"), "{what} admitted");
+                assert!(
+                    what == "untouched" || what.starts_with("git"),
+                    "{what} admitted"
+                );
             }
             (Err(AdmissionError::Refused { source, .. }), Err(e)) => {
                 assert_eq!(source.to_string(), e.to_string(), "{what}");
             }
+            // On disk the missing manifest is a failed read; in memory, a
+            // file the signature lists and the directory lacks.
+            (Err(AdmissionError::Read(read)), Err(e)) => {
+                assert_eq!(what, "no manifest", "{read}");
+                assert!(
+                    e.to_string()
+                        .contains("signed file manifest.json is missing"),
+                    "{e}"
+                );
+            }
             (Err(AdmissionError::Unsigned { .. }), Err(e)) => {
                 assert_eq!(what, "no signature");
-                assert!(e.to_string().contains("has no signature (model.sig)"), "{e}");
+                assert!(
+                    e.to_string().contains("has no signature (model.sig)"),
+                    "{e}"
+                );
             }
             (a, b) => panic!("{what}: on disk {a:?}, in memory {b:?}"),
         }

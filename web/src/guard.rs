@@ -148,8 +148,8 @@ impl Model {
     ) -> Result<Self, WebError> {
         let attested = admit_files(&policy.policy, files, |_| None, now)?;
         let manifest = attested.manifest();
-        let classifier =
-            Classifier::load(attested.model_bytes(), spec(&attested)).map_err(WebError::Unloadable)?;
+        let classifier = Classifier::load(attested.model_bytes(), spec(&attested))
+            .map_err(WebError::Unloadable)?;
         let detector = manifest
             .screening
             .as_ref()

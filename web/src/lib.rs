@@ -110,7 +110,9 @@ impl Model {
                 .ok_or_else(|| JsError::new("file names must be strings"))?;
             let data = pair.get(1);
             if !data.is_instance_of::<js_sys::Uint8Array>() {
-                return Err(JsError::new(&format!("{name}: contents must be a Uint8Array")));
+                return Err(JsError::new(&format!(
+                    "{name}: contents must be a Uint8Array"
+                )));
             }
             bytes.insert(name, js_sys::Uint8Array::from(data).to_vec());
         }

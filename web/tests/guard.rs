@@ -20,7 +20,12 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 walk(root, &path, out);
             } else {
-                let name = path.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                let name = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
                 out.insert(name, std::fs::read(&path).unwrap());
             }
         }
@@ -47,11 +52,14 @@ fn admitted() -> Model {
 fn the_bundled_model_is_admitted_from_memory_with_its_signer() {
     let model = admitted();
     let a = model.attestation();
-    assert_eq!((a.name.as_str(), a.version.as_str()), ("pneumonia-cnn", "1.0.0"));
+    assert_eq!(
+        (a.name.as_str(), a.version.as_str()),
+        ("pneumonia-cnn", "1.0.0")
+    );
     assert_eq!(a.signer, "medguard-demo");
     assert_eq!(a.labels, ["normal", "pneumonia"]);
     assert!(a.takes_dicom);
-    assert_eq!(a.statistics, ["margin", "squeeze-median-2"]);
+    assert_eq!(a.statistics, ["margin", "squeeze-median-2x2"]);
     assert_eq!(a.policy_sha256, demo_policy().sha256.to_string());
 }
 
@@ -175,7 +183,11 @@ fn a_servers_result_verifies_and_an_edited_one_does_not() {
     let key = guard.verifier().to_string();
     let v = verify_result(line.as_bytes(), &key).unwrap();
     assert_eq!(v.kind, "inference");
-    assert!(v.description.starts_with("inference pneumonia-cnn 1.0.0"), "{}", v.description);
+    assert!(
+        v.description.starts_with("inference pneumonia-cnn 1.0.0"),
+        "{}",
+        v.description
+    );
 
     let mut edited: serde_json::Value = serde_json::from_str(&line).unwrap();
     edited["verdict"] = "reject".into();

@@ -25,11 +25,24 @@ macro_rules! model_files {
 /// The bundled model directory, as the page fetches it.
 fn files() -> BTreeMap<String, Vec<u8>> {
     model_files![
-        "README.md", "adversarial/pgd8-1.png", "adversarial/pgd8-2.png", "golden.json",
-        "manifest.json", "metrics.json", "model.onnx", "model.sig", "requirements.txt",
-        "samples/normal-1.png", "samples/normal-2.png", "samples/normal-3.png",
-        "samples/pneumonia-1.png", "samples/pneumonia-2.png", "samples/pneumonia-3.png",
-        "splits.json", "train.py", "write_manifest.py",
+        "README.md",
+        "adversarial/pgd8-1.png",
+        "adversarial/pgd8-2.png",
+        "golden.json",
+        "manifest.json",
+        "metrics.json",
+        "model.onnx",
+        "model.sig",
+        "requirements.txt",
+        "samples/normal-1.png",
+        "samples/normal-2.png",
+        "samples/normal-3.png",
+        "samples/pneumonia-1.png",
+        "samples/pneumonia-2.png",
+        "samples/pneumonia-3.png",
+        "splits.json",
+        "train.py",
+        "write_manifest.py",
     ]
     .into_iter()
     .map(|(name, bytes)| (name.to_owned(), bytes.to_vec()))
@@ -75,7 +88,10 @@ fn the_javascript_surface_admits_from_a_map_and_refuses_bad_arguments() {
     let policy = medguard_web::Policy::new(POLICY, Some(keys)).unwrap();
     let map = js_sys::Map::new();
     for (name, bytes) in files() {
-        map.set(&name.into(), &js_sys::Uint8Array::from(bytes.as_slice()).into());
+        map.set(
+            &name.into(),
+            &js_sys::Uint8Array::from(bytes.as_slice()).into(),
+        );
     }
     let model = medguard_web::Model::admit(&policy, map.clone()).unwrap();
     let png = &files()["samples/normal-2.png"];

@@ -109,7 +109,11 @@ impl LedgerCmd {
                         eprintln!("medguard: refused: {}", printable(&e.to_string()));
                         Ok(Exit::Refused)
                     }
-                    Err(e) => Err(anyhow::anyhow!("{}: {}", receipt.display(), printable(&e.to_string()))),
+                    Err(e) => Err(anyhow::anyhow!(
+                        "{}: {}",
+                        receipt.display(),
+                        printable(&e.to_string())
+                    )),
                 }
             }
             Action::Verify { key, checkpoint } => {
@@ -234,7 +238,6 @@ fn read_checkpoint(path: &Path, key: &NoteVerifier) -> anyhow::Result<Checkpoint
         .with_context(|| format!("the checkpoint in {} does not verify", path.display()))
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -272,5 +275,4 @@ mod tests {
         let b: serde_json::Value = serde_json::from_str(&escaped).unwrap();
         assert_eq!(a, b);
     }
-
 }

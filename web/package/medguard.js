@@ -59,7 +59,9 @@ export class Medguard {
       this.#restart = this.#spawn().then(() =>
         this.#admitted ? this.#call("admit", this.#admitted) : undefined,
       );
-      pending.reject(new Error(`${error}; the inference core stopped on this input and was restarted`));
+      pending.reject(
+        new Error(`the inference core stopped on this input (wasm trap: ${error}) and was restarted`),
+      );
       return;
     }
     pending.reject(new Error(error));

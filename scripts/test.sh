@@ -11,6 +11,8 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # Attestation and screening arithmetic are reused by the browser build: they
 # must stay wasm-clean.
 cargo check --package medguard-attest --package medguard-screen --target wasm32-unknown-unknown
+# The ledger without its file store (what the browser build links) builds on its own.
+cargo check --package medguard-ledger --no-default-features
 # The interop tests run against the real OpenSSF model_signing tool,
 # installed (pinned) in a venv outside the repository. It is #[ignore]d so
 # that a bare `cargo test` needs no Python; here it runs in the same

@@ -210,29 +210,9 @@ impl TrustArgs {
     }
 }
 
-/// Characters that must never reach a terminal raw from text an attacker
-/// may have chosen (file names in a refusal, fields of a forged entry):
-/// controls (C0, DEL, C1) and the bidirectional overrides that reorder what
-/// is shown.
-pub fn hostile(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// `text` with [`hostile`] characters escaped (`\u{1b}`): what the CLI
-/// prints and the C ABI returns as error text.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if hostile(c) {
-                c.escape_unicode().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
-}
+// What a terminal or a page may show of text someone else chose: shared
+// with the browser build, which shows a server's entries.
+pub use medguard_ledger::text::{hostile, printable};
 
 /// JSON text with [`hostile`] characters written as JSON escapes
 /// (`\u001b`): still the same JSON value, safe on a terminal. Outside strings

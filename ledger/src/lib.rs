@@ -25,6 +25,7 @@ pub mod note;
 pub mod receipt;
 #[cfg(feature = "store")]
 pub mod store;
+pub mod text;
 pub mod view;
 
 #[cfg(feature = "store")]

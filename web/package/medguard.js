@@ -6,9 +6,15 @@
 export class Medguard {
   #worker = null;
   #next = 1;
+  /** id -> { op, args, resolve, reject }: what the worker has not answered. */
   #pending = new Map();
   #options;
+  /** The module bytes the first worker fetched; every restart reuses them. */
+  #wasmBytes = null;
+  /** The last successful `admit`'s arguments (copies), to admit again after a restart. */
   #admitted = null;
+  /** Settles when the current worker is ready to take requests. */
+  #ready = Promise.resolve();
   /** SHA-256 of the wasm module the worker runs. */
   moduleSha256 = "";
 
@@ -19,63 +25,101 @@ export class Medguard {
   /** A ready client: the worker started and its wasm module instantiated. */
   static async start(options = {}) {
     const client = new Medguard(options);
-    await client.#spawn();
+    client.#ready = client.#spawn();
+    await client.#ready;
     return client;
   }
 
+  /** A new worker with the module (fetched the first time only) and, after a
+   *  restart, the model admitted again. */
   async #spawn() {
     const url = this.#options.workerUrl ?? new URL("./worker.js", import.meta.url);
-    this.#worker = new Worker(url, { type: "module" });
-    this.#worker.onmessage = (event) => this.#settle(event.data);
-    this.#worker.onerror = (event) => {
+    const worker = new Worker(url, { type: "module" });
+    this.#worker = worker;
+    worker.onmessage = (event) => this.#settle(worker, event.data);
+    let started = false;
+    worker.onerror = (event) => {
       event.preventDefault?.();
-      this.#failAll(new Error(`the medguard worker stopped: ${event.message ?? "unknown error"}`));
+      const why = `the medguard worker stopped: ${event.message ?? "unknown error"}`;
+      if (this.#worker !== worker) return;
+      if (started) {
+        this.#restart(why);
+      } else {
+        // It never started (its script failed to load): no restart loop.
+        for (const [id, p] of this.#pending) {
+          if (p.worker === worker) {
+            this.#pending.delete(id);
+            p.reject(new Error(why));
+          }
+        }
+      }
     };
-    const { moduleSha256 } = await this.#call("init", { wasmUrl: this.#options.wasmUrl });
+    const { moduleSha256, wasmBytes } = await this.#post(worker, "init", {
+      wasmUrl: this.#options.wasmUrl,
+      wasmBytes: this.#wasmBytes,
+    });
+    started = true;
+    this.#wasmBytes = wasmBytes;
     this.moduleSha256 = moduleSha256;
+    if (this.#admitted) await this.#post(worker, "admit", this.#admitted);
   }
 
-  #call(op, args, transfer = []) {
+  #post(worker, op, args) {
     const id = this.#next++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
-      this.#worker.postMessage({ id, op, args }, transfer);
+      this.#pending.set(id, { op, args, resolve, reject, worker });
+      worker.postMessage({ id, op, args });
     });
   }
 
-  #settle({ id, ok, value, error, fatal }) {
+  async #call(op, args) {
+    await this.#ready;
+    return this.#post(this.#worker, op, args);
+  }
+
+  #settle(worker, { id, ok, value, error, fatal }) {
     const pending = this.#pending.get(id);
     if (!pending) return;
     this.#pending.delete(id);
     if (ok) {
       pending.resolve(value);
-      return;
-    }
-    if (fatal) {
-      // The instance trapped: its memory is not to be trusted. A fresh
-      // worker, with the same model admitted again, serves what follows.
-      this.#worker.terminate();
-      this.#failAll(new Error("the medguard worker was restarted"));
-      this.#restart = this.#spawn().then(() =>
-        this.#admitted ? this.#call("admit", this.#admitted) : undefined,
-      );
+    } else if (fatal) {
+      // The instance trapped: its memory is not to be trusted. This request
+      // fails; the others in flight go to a fresh worker.
       pending.reject(
-        new Error(`the inference core stopped on this input (wasm trap: ${error}) and was restarted`),
+        new Error(`the inference core stopped on this input (${error}) and was restarted`),
       );
-      return;
+      if (this.#worker === worker) this.#restart(error);
+    } else {
+      pending.reject(new Error(error));
     }
-    pending.reject(new Error(error));
   }
 
-  #restart = Promise.resolve();
-
-  #failAll(error) {
-    for (const { reject } of this.#pending.values()) reject(error);
-    this.#pending.clear();
-  }
-
-  async #ready() {
-    await this.#restart;
+  /** Replaces the worker; requests it had not answered are sent to the new one. */
+  #restart(why) {
+    const old = this.#worker;
+    old?.terminate();
+    const orphans = [...this.#pending.entries()].filter(([, p]) => p.worker === old);
+    for (const [id] of orphans) this.#pending.delete(id);
+    this.#ready = this.#spawn();
+    this.#ready.then(
+      () => {
+        // In the order they were made: an `admit` in flight stays between
+        // the calls before and after it.
+        for (const [, p] of orphans) {
+          if (p.op === "init") p.reject(new Error(why));
+          else this.#post(this.#worker, p.op, p.args).then(p.resolve, p.reject);
+        }
+      },
+      (e) => {
+        // The model could not be admitted again (its manifest expired since,
+        // say): these fail, and the client serves on without a model until
+        // the page admits one.
+        for (const [, p] of orphans) p.reject(e);
+        this.#admitted = null;
+        this.#ready = Promise.resolve();
+      },
+    );
   }
 
   /**
@@ -85,35 +129,37 @@ export class Medguard {
    * Rejects with the refusal's reason.
    */
   async admit(policy, keyFiles, files) {
-    await this.#ready();
-    const args = { policy, keyFiles, files: [...files.entries()] };
+    // Copies: a restart admits again, whatever the caller did to its buffers.
+    const args = {
+      policy,
+      keyFiles: { ...keyFiles },
+      files: [...files.entries()].map(([name, bytes]) => [name, new Uint8Array(bytes)]),
+    };
     const attestation = await this.#call("admit", args);
     this.#admitted = args;
     return attestation;
   }
 
   /** Screens and classifies every image in a PNG, `.npy` or DICOM file. */
-  async classify(name, bytes, seed) {
-    await this.#ready();
+  classify(name, bytes, seed) {
     return this.#call("classify", { name, bytes: toBytes(bytes), seed });
   }
 
   /** The first image in a file and its median-squeezed copy. */
-  async squeezed(bytes) {
-    await this.#ready();
+  squeezed(bytes) {
     return this.#call("squeezed", { bytes: toBytes(bytes) });
   }
 
   /** Checks a medguard server's result (or a bare receipt) with the ledger's public key. */
-  async verifyResult(line, ledgerKey) {
-    await this.#ready();
+  verifyResult(line, ledgerKey) {
     return this.#call("verifyResult", { line, ledgerKey });
   }
 
-  /** Stops the worker. */
+  /** Stops the worker; calls in flight reject. */
   terminate() {
     this.#worker?.terminate();
-    this.#failAll(new Error("the medguard client was terminated"));
+    for (const p of this.#pending.values()) p.reject(new Error("the medguard client was terminated"));
+    this.#pending.clear();
   }
 }
 
@@ -123,28 +169,43 @@ function toBytes(data) {
   throw new TypeError("file contents must be a Uint8Array or an ArrayBuffer");
 }
 
+/** The host's caps: a signature bundle, and any one file of a model directory. */
+const BUNDLE_MAX_BYTES = 4 << 20;
+const FILE_MAX_BYTES = 512 << 20;
+const MAX_FILES = 10_000;
+
 /**
  * Fetches a signed model directory: its signature bundle first, then every
  * file the bundle lists. The list is only a fetch list: admission checks the
- * signature and every file's digest. Returns a Map of path to bytes.
+ * signature and every file's digest. Each file is capped (the bundle at
+ * 4 MiB, others at 512 MiB, as the host caps them) so that a hostile bundle
+ * or mirror cannot exhaust the tab before admission refuses it. Returns a
+ * Map of path to bytes.
  */
 export async function fetchModelDirectory(baseUrl, { fetch: fetchFn = fetch } = {}) {
   const base = new URL(baseUrl, location.href);
   if (!base.pathname.endsWith("/")) base.pathname += "/";
-  const get = async (path) => {
+  const get = async (path, cap) => {
     const url = new URL(path.split("/").map(encodeURIComponent).join("/"), base);
+    if (url.origin !== base.origin) throw new Error(`${path} is not under ${base}`);
     const response = await fetchFn(url);
     if (!response.ok) throw new Error(`fetching ${url}: HTTP ${response.status}`);
-    return new Uint8Array(await response.arrayBuffer());
+    const declared = Number(response.headers.get("content-length") ?? 0);
+    if (declared > cap) throw new Error(`${path} is larger than the ${cap}-byte limit`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    if (bytes.length > cap) throw new Error(`${path} is larger than the ${cap}-byte limit`);
+    return bytes;
   };
   const files = new Map();
-  const bundle = await get("model.sig");
+  const bundle = await get("model.sig", BUNDLE_MAX_BYTES);
   files.set("model.sig", bundle);
-  for (const name of signedFileNames(bundle)) {
+  const names = signedFileNames(bundle);
+  if (names.length > MAX_FILES) throw new Error(`model.sig lists ${names.length} files`);
+  for (const name of names) {
     if (name.split("/").some((part) => part === ".." || part === "." || part === "")) {
       throw new Error(`the signature lists an unusable path: ${JSON.stringify(name)}`);
     }
-    files.set(name, await get(name));
+    files.set(name, await get(name, FILE_MAX_BYTES));
   }
   return files;
 }

@@ -13,19 +13,24 @@ const SIMD_PROBE = new Uint8Array([
 let model = null;
 
 const ops = {
-  async init({ wasmUrl }) {
+  async init({ wasmUrl, wasmBytes }) {
     if (!WebAssembly.validate(SIMD_PROBE)) {
       throw new Error(
         "this browser lacks WebAssembly SIMD (128-bit), which medguard's inference needs: " +
           "use a current Chrome, Edge, Firefox or Safari (16.4 or later)",
       );
     }
-    const url = wasmUrl ?? new URL("./dist/medguard_web_bg.wasm", import.meta.url);
-    const response = await fetch(url);
-    if (!response.ok) throw new Error(`fetching ${url}: HTTP ${response.status}`);
-    const bytes = new Uint8Array(await response.arrayBuffer());
+    // A restarted worker gets the bytes the first one fetched: the module
+    // cannot change under a page, whatever the server would answer now.
+    let bytes = wasmBytes;
+    if (!bytes) {
+      const url = wasmUrl ?? new URL("./dist/medguard_web_bg.wasm", import.meta.url);
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(`fetching ${url}: HTTP ${response.status}`);
+      bytes = new Uint8Array(await response.arrayBuffer());
+    }
     await init({ module_or_path: bytes });
-    return { moduleSha256: setModuleDigest(bytes) };
+    return { moduleSha256: setModuleDigest(bytes), wasmBytes: bytes };
   },
   admit({ policy, keyFiles, files }) {
     const trust = new Policy(policy, new Map(Object.entries(keyFiles ?? {})));
@@ -47,6 +52,9 @@ const ops = {
       const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
       s = (hi & 0x1fffff) * 2 ** 32 + lo;
     }
+    if (!Number.isSafeInteger(Number(s)) || Number(s) < 0 || BigInt(Number(s)) !== BigInt(s)) {
+      throw new Error(`seed ${s} is not an integer from 0 to 2^53 - 1`);
+    }
     return model.classify(name ?? undefined, bytes, BigInt(s));
   },
   squeezed({ bytes }) {
@@ -67,9 +75,12 @@ self.onmessage = (event) => {
       if (!handler) throw new Error(`unknown operation ${op}`);
       self.postMessage({ id, ok: true, value: await handler(args ?? {}) });
     } catch (e) {
-      // A RuntimeError is a trap (a Rust panic aborts): this instance's
-      // state can no longer be trusted, so the client starts a fresh worker.
-      const fatal = e instanceof WebAssembly.RuntimeError;
+      // medguard's own refusals (a Rust `Err`, or this file's checks) are
+      // plain `Error`s. Anything else (a trap, which is how a Rust panic
+      // ends; a stack overflow's RangeError; Firefox's InternalError) may
+      // have left the module's memory half-updated: the client starts a
+      // fresh worker and nothing more runs in this one.
+      const fatal = !(e instanceof Error && e.constructor === Error);
       self.postMessage({ id, ok: false, fatal, error: String(e?.message ?? e) });
       if (fatal) self.close();
     }

@@ -14,6 +14,7 @@ use medguard_dicom::DicomError;
 use medguard_guest_core::{Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions};
 use medguard_input::{Batch, InputError};
 use medguard_ledger::entry::Verdict;
+use medguard_ledger::text::printable;
 use medguard_ledger::{CheckedLine, LineError, NoteVerifier, check_line};
 use medguard_screen::{Statistic, predicted_class};
 use serde::Serialize;
@@ -518,9 +519,11 @@ pub fn verify_result(line: &[u8], ledger_key: &str) -> Result<VerifiedResult, We
     Ok(VerifiedResult {
         index: receipt.index,
         kind: entry.kind(),
-        origin: checkpoint.origin.clone(),
+        origin: printable(&checkpoint.origin),
         tree_size: checkpoint.size,
         root: checkpoint.root.to_string(),
-        description: entry.describe(),
+        // Entry text is whoever wrote the entry's: no bidi override or
+        // control character reaches the page as such.
+        description: printable(&entry.describe()),
     })
 }

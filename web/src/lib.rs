@@ -81,7 +81,8 @@ impl Policy {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| format!("{name} was not provided with the policy"))
-        })?;
+        })
+        .map_err(refusal)?;
         Ok(Policy(policy))
     }
 
@@ -116,11 +117,9 @@ impl Model {
             }
             bytes.insert(name, js_sys::Uint8Array::from(data).to_vec());
         }
-        Ok(Model(guard::Model::admit(
-            &policy.0,
-            &bytes,
-            jiff::Timestamp::now(),
-        )?))
+        guard::Model::admit(&policy.0, &bytes, jiff::Timestamp::now())
+            .map(Model)
+            .map_err(refusal)
     }
 
     /// What was admitted.
@@ -147,13 +146,18 @@ impl Model {
             )));
         }
         let digest = MODULE_DIGEST.get().map(String::as_str).unwrap_or("");
-        to_js(&self.0.classify(name.as_deref(), bytes, seed, digest)?)
+        to_js(
+            &self
+                .0
+                .classify(name.as_deref(), bytes, seed, digest)
+                .map_err(refusal)?,
+        )
     }
 
     /// The first image in `bytes` and its median-squeezed copy.
     #[wasm_bindgen(unchecked_return_type = "Squeezed")]
     pub fn squeezed(&self, bytes: &[u8]) -> Result<JsValue, JsError> {
-        to_js(&self.0.squeezed(bytes)?)
+        to_js(&self.0.squeezed(bytes).map_err(refusal)?)
     }
 }
 
@@ -162,7 +166,14 @@ impl Model {
 /// does not check out.
 #[wasm_bindgen(js_name = verifyResult, unchecked_return_type = "VerifiedResult")]
 pub fn verify_result(line: &str, ledger_key: &str) -> Result<JsValue, JsError> {
-    to_js(&guard::verify_result(line.as_bytes(), ledger_key)?)
+    to_js(&guard::verify_result(line.as_bytes(), ledger_key).map_err(refusal)?)
+}
+
+/// A refusal as the page shows it: names in it (a file a hostile signature
+/// lists, an entry's fields) are someone else's text, so no control or bidi
+/// character reaches the page as such.
+fn refusal(e: guard::WebError) -> JsError {
+    JsError::new(&medguard_ledger::text::printable(&e.to_string()))
 }
 
 /// Serialises through JSON text: the numbers are exactly those

@@ -3,8 +3,11 @@
 // which compares what this prints with `medguard predict --json`.
 //
 // Usage: node e2e.mjs SITE_DIR OUT_DIR FILE... [--verify RESULT_FILE KEY_FILE]
+//        [--trap TRAP_FILE AFTER_FILE]
 // Prints one JSON object: each file's predictions (or error), the tamper
-// and receipt outcomes, every request made after the model loaded, timings.
+// and receipt outcomes, every request made after the model loaded, timings;
+// last, the file that traps the module and one after it, with the requests
+// the worker's restart made.
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { chromium } from "playwright-core";
@@ -13,6 +16,8 @@ import { serve } from "../tools/serve.mjs";
 const args = process.argv.slice(2);
 const verifyAt = args.indexOf("--verify");
 const verify = verifyAt >= 0 ? args.splice(verifyAt, 3).slice(1) : null;
+const trapAt = args.indexOf("--trap");
+const trap = trapAt >= 0 ? args.splice(trapAt, 3).slice(1) : null;
 const [site, out, ...files] = args;
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
@@ -27,11 +32,10 @@ try {
   const console_ = [];
   page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
-  let ready = false;
-  const requests = [];
-  const after = [];
+  let phase = "loading";
+  const requests = { loading: [], ready: [], restart: [] };
   // Every request of the page and its worker, to any origin.
-  page.context().on("request", (r) => (ready ? after : requests).push(r.url()));
+  page.context().on("request", (r) => requests[phase].push(`${r.method()} ${r.url()}`));
 
   const started = Date.now();
   await page.goto(`${origin}/`);
@@ -40,7 +44,7 @@ try {
     throw new Error(`the page did not get ready: ${await page.textContent("#status")}\n${console_.join("\n")}`);
   }
   const loadedMs = Date.now() - started;
-  ready = true;
+  phase = "ready";
 
   // Every file at once, as a user picks them.
   const picked = Date.now();
@@ -89,14 +93,34 @@ try {
     verified = { genuine: await outcome(line), edited: await outcome(JSON.stringify(edited)) };
   }
 
+  const rows = () => document.querySelectorAll(".result[data-result], .result[data-error]").length;
+  let trapped = null;
+  if (trap) {
+    phase = "restart";
+    const before = await page.evaluate(rows);
+    await page.setInputFiles("#files", trap);
+    await page.waitForFunction((n) => document.querySelectorAll(".result[data-result], .result[data-error]").length === n, before + 2, {
+      timeout: 300_000,
+    });
+    trapped = await page.$$eval(".result", (all) =>
+      all.slice(-2).map((r) => ({
+        input: r.dataset.input,
+        predictions: r.dataset.result ? JSON.parse(r.dataset.result) : null,
+        error: r.dataset.error ?? null,
+      })),
+    );
+  }
+
   await page.screenshot({ path: path.join(out, "demo.png"), fullPage: true });
   console.log(
     JSON.stringify({
       results,
       tamper,
       verified,
-      requests_before_ready: requests,
-      requests_after_ready: after,
+      requests_before_ready: requests.loading,
+      requests_after_ready: requests.ready,
+      trapped,
+      requests_during_restart: requests.restart,
       timings_ms: { load_to_ready: loadedMs, files: allMs, per_file: allMs / files.length },
       console: console_,
     }),

@@ -40,6 +40,8 @@ async function main() {
   $("attested").hidden = false;
   status(`Verified: ${a.name} ${a.version}, signed by ${a.signer}. Ready.`, "ready");
   for (const id of ["tamper", "samples", "verify"]) $(id).disabled = false;
+  // The client, for the browser's console (and the end-to-end test).
+  window.medguard = medguard;
   document.body.dataset.ready = "true";
 }
 

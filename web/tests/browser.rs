@@ -237,6 +237,11 @@ fn the_demo_page_answers_as_the_cli_and_sends_nothing() {
         "{error}"
     );
     assert_eq!(trapped[1]["predictions"][0]["label"], "normal", "{report}");
+    // With calls in flight at once, only the trapping one fails.
+    let concurrent = trapped[2].as_array().unwrap();
+    assert_eq!(concurrent[0], "normal", "{report}");
+    assert!(concurrent[1].as_str().unwrap().contains("was restarted"), "{report}");
+    assert_eq!(concurrent[2], "normal", "{report}");
     // The restart fetches the worker's two scripts again and nothing else:
     // not the module (the first one's bytes are reused), no data.
     for request in report["requests_during_restart"].as_array().unwrap() {

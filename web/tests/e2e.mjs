@@ -109,6 +109,24 @@ try {
         error: r.dataset.error ?? null,
       })),
     );
+    // Three calls in flight at once, the trap in the middle: only it fails.
+    const [trapBytes, goodBytes] = await Promise.all(trap.map((f) => readFile(f)));
+    trapped.push(
+      await page.evaluate(
+        async ([t, g]) => {
+          const [trapFile, good] = [new Uint8Array(t), new Uint8Array(g)];
+          const settled = await Promise.allSettled([
+            window.medguard.classify("before", good, 1),
+            window.medguard.classify("trap", trapFile, 2),
+            window.medguard.classify("after", good, 3),
+          ]);
+          return settled.map((r) =>
+            r.status === "fulfilled" ? r.value[0].label : `error: ${r.reason.message}`,
+          );
+        },
+        [[...trapBytes], [...goodBytes]],
+      ),
+    );
   }
 
   await page.screenshot({ path: path.join(out, "demo.png"), fullPage: true });

@@ -5,6 +5,7 @@
 //! `scripts/web.sh build` and sets `MEDGUARD_WEB_SITE`; without it the test
 //! is ignored.
 
+#![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 use std::path::{Path, PathBuf};
@@ -240,7 +241,10 @@ fn the_demo_page_answers_as_the_cli_and_sends_nothing() {
     // With calls in flight at once, only the trapping one fails.
     let concurrent = trapped[2].as_array().unwrap();
     assert_eq!(concurrent[0], "normal", "{report}");
-    assert!(concurrent[1].as_str().unwrap().contains("was restarted"), "{report}");
+    assert!(
+        concurrent[1].as_str().unwrap().contains("was restarted"),
+        "{report}"
+    );
     assert_eq!(concurrent[2], "normal", "{report}");
     // The restart fetches the worker's two scripts again and nothing else:
     // not the module (the first one's bytes are reused), no data.

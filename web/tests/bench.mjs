@@ -2,7 +2,7 @@
 // (worker, wasm module, postMessage both ways), screen and classify of one
 // image, as a page pays it. Run by web/benches/browser.rs.
 //
-// Usage: node bench.mjs SITE_DIR IMAGE_PATH_IN_SITE ROUNDS
+// Usage: node bench.mjs SITE_DIR IMAGE_PATH_IN_MODEL_DIR ROUNDS
 // Prints {"page_ms": [...per call...], "load_to_ready_ms": n}.
 import { chromium } from "playwright-core";
 import { serve } from "../tools/serve.mjs";

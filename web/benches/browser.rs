@@ -113,7 +113,9 @@ mod native {
         median(times)
     }
 
-    fn page_ms(site: &Path) -> (f64, f64) {
+    /// The page's median per-call time, its load-to-ready time and its
+    /// load-to-first-verdict time.
+    fn page_ms(site: &Path) -> (f64, f64, f64) {
         let out = Command::new("node")
             .arg(repo_root().join("web/tests/bench.mjs"))
             .arg(site)
@@ -134,7 +136,11 @@ mod native {
             .iter()
             .map(|t| t.as_f64().unwrap())
             .collect();
-        (median(times), v["load_to_ready_ms"].as_f64().unwrap())
+        (
+            median(times),
+            v["load_to_ready_ms"].as_f64().unwrap(),
+            v["load_to_first_verdict_ms"].as_f64().unwrap(),
+        )
     }
 
     pub fn run() {
@@ -153,7 +159,7 @@ mod native {
         // ran tract's AVX kernels measured slower (see the latency benchmark).
         let guest = guest_ms();
         let native = native_ms();
-        let (page, ready) = page_ms(&site);
+        let (page, ready, first) = page_ms(&site);
         let figures = [
             ("web module size", raw / 1e6, "MB"),
             ("web module size, gzip -9", gzip / 1e6, "MB"),
@@ -162,6 +168,7 @@ mod native {
                 ready,
                 "ms",
             ),
+            ("page load to first verdict", first, "ms"),
             ("screen+classify, native tract, median", native, "ms"),
             ("screen+classify, wasmtime guest, median", guest, "ms"),
             (

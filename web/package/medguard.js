@@ -2,11 +2,15 @@
 // Web Worker (worker.js) that holds the wasm module, so the page never freezes;
 // no call sends anything anywhere.
 
+/** Restarts allowed within `RESTART_WINDOW_MS` before the client gives up. */
+const MAX_RESTARTS = 3;
+const RESTART_WINDOW_MS = 60_000;
+
 /** Starts a worker and its wasm module. */
 export class Medguard {
   #worker = null;
   #next = 1;
-  /** id -> { op, args, resolve, reject }: what the worker has not answered. */
+  /** id -> { op, args, resolve, reject, worker }: what a worker has not answered. */
   #pending = new Map();
   #options;
   /** The module bytes the first worker fetched; every restart reuses them. */
@@ -15,6 +19,12 @@ export class Medguard {
   #admitted = null;
   /** Settles when the current worker is ready to take requests. */
   #ready = Promise.resolve();
+  /** Why the client no longer serves (terminated, or a worker that cannot start). */
+  #dead = null;
+  /** The last worker whose module was instantiated. */
+  #started = null;
+  /** When the recent restarts happened. */
+  #restarts = [];
   /** SHA-256 of the wasm module the worker runs. */
   moduleSha256 = "";
 
@@ -26,12 +36,19 @@ export class Medguard {
   static async start(options = {}) {
     const client = new Medguard(options);
     client.#ready = client.#spawn();
-    await client.#ready;
+    try {
+      await client.#ready;
+    } catch (e) {
+      client.#kill(e.message);
+      throw e;
+    }
     return client;
   }
 
   /** A new worker with the module (fetched the first time only) and, after a
-   *  restart, the model admitted again. */
+   *  restart, the model admitted again. A worker that fails to start is not
+   *  retried: whatever stopped it (no network, a CSP without
+   *  'wasm-unsafe-eval', too little memory) would stop the next one too. */
   async #spawn() {
     const url = this.#options.workerUrl ?? new URL("./worker.js", import.meta.url);
     const worker = new Worker(url, { type: "module" });
@@ -40,18 +57,12 @@ export class Medguard {
     let started = false;
     worker.onerror = (event) => {
       event.preventDefault?.();
-      const why = `the medguard worker stopped: ${event.message ?? "unknown error"}`;
       if (this.#worker !== worker) return;
+      const why = `the medguard worker stopped: ${event.message ?? "unknown error"}`;
       if (started) {
         this.#restart(why);
       } else {
-        // It never started (its script failed to load): no restart loop.
-        for (const [id, p] of this.#pending) {
-          if (p.worker === worker) {
-            this.#pending.delete(id);
-            p.reject(new Error(why));
-          }
-        }
+        this.#rejectAll(worker, why);
       }
     };
     const { moduleSha256, wasmBytes } = await this.#post(worker, "init", {
@@ -59,6 +70,7 @@ export class Medguard {
       wasmBytes: this.#wasmBytes,
     });
     started = true;
+    this.#started = worker;
     this.#wasmBytes = wasmBytes;
     this.moduleSha256 = moduleSha256;
     if (this.#admitted) await this.#post(worker, "admit", this.#admitted);
@@ -68,13 +80,37 @@ export class Medguard {
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { op, args, resolve, reject, worker });
-      worker.postMessage({ id, op, args });
+      try {
+        worker.postMessage({ id, op, args });
+      } catch (e) {
+        // Arguments that cannot be cloned (a detached buffer, a function).
+        this.#pending.delete(id);
+        reject(e);
+      }
     });
   }
 
   async #call(op, args) {
+    if (this.#dead) throw new Error(this.#dead);
     await this.#ready;
+    if (this.#dead) throw new Error(this.#dead);
     return this.#post(this.#worker, op, args);
+  }
+
+  #rejectAll(worker, why) {
+    for (const [id, p] of this.#pending) {
+      if (p.worker === worker) {
+        this.#pending.delete(id);
+        p.reject(new Error(why));
+      }
+    }
+  }
+
+  #kill(why) {
+    this.#dead = why;
+    this.#worker?.terminate();
+    for (const p of this.#pending.values()) p.reject(new Error(why));
+    this.#pending.clear();
   }
 
   #settle(worker, { id, ok, value, error, fatal }) {
@@ -83,7 +119,7 @@ export class Medguard {
     this.#pending.delete(id);
     if (ok) {
       pending.resolve(value);
-    } else if (fatal) {
+    } else if (fatal && pending.op !== "init") {
       // The instance trapped: its memory is not to be trusted. This request
       // fails; the others in flight go to a fresh worker.
       pending.reject(
@@ -95,29 +131,45 @@ export class Medguard {
     }
   }
 
-  /** Replaces the worker; requests it had not answered are sent to the new one. */
+  /** Replaces the worker; requests it had not answered are sent to the new
+   *  one, in the order they were made. Gives up after `MAX_RESTARTS` within
+   *  a minute: an input that stops every worker is not retried forever. */
   #restart(why) {
     const old = this.#worker;
     old?.terminate();
     const orphans = [...this.#pending.entries()].filter(([, p]) => p.worker === old);
     for (const [id] of orphans) this.#pending.delete(id);
-    this.#ready = this.#spawn();
-    this.#ready.then(
+    const now = Date.now();
+    this.#restarts = this.#restarts.filter((t) => now - t < RESTART_WINDOW_MS);
+    this.#restarts.push(now);
+    if (this.#restarts.length > MAX_RESTARTS) {
+      this.#kill(`the medguard worker stopped ${this.#restarts.length} times in a minute (${why}); start a new client`);
+      for (const [, p] of orphans) p.reject(new Error(this.#dead));
+      return;
+    }
+    const ready = this.#spawn();
+    this.#ready = ready;
+    ready.then(
       () => {
-        // In the order they were made: an `admit` in flight stays between
-        // the calls before and after it.
         for (const [, p] of orphans) {
           if (p.op === "init") p.reject(new Error(why));
           else this.#post(this.#worker, p.op, p.args).then(p.resolve, p.reject);
         }
       },
       (e) => {
+        // A newer restart superseded this one: it owns the state now.
+        if (this.#ready !== ready) {
+          for (const [, p] of orphans) p.reject(e);
+          return;
+        }
         // The model could not be admitted again (its manifest expired since,
-        // say): these fail, and the client serves on without a model until
-        // the page admits one.
-        for (const [, p] of orphans) p.reject(e);
+        // say), or the worker could not start: these fail with why.
+        const reason = `the medguard worker was restarted but could not serve again: ${e.message}`;
+        for (const [, p] of orphans) p.reject(new Error(reason));
         this.#admitted = null;
         this.#ready = Promise.resolve();
+        // A worker that did not even start would swallow every later call.
+        if (this.#started !== this.#worker) this.#kill(reason);
       },
     );
   }
@@ -155,11 +207,9 @@ export class Medguard {
     return this.#call("verifyResult", { line, ledgerKey });
   }
 
-  /** Stops the worker; calls in flight reject. */
+  /** Stops the worker; calls in flight and later calls reject. */
   terminate() {
-    this.#worker?.terminate();
-    for (const p of this.#pending.values()) p.reject(new Error("the medguard client was terminated"));
-    this.#pending.clear();
+    this.#kill("the medguard client was terminated");
   }
 }
 
@@ -173,13 +223,15 @@ function toBytes(data) {
 const BUNDLE_MAX_BYTES = 4 << 20;
 const FILE_MAX_BYTES = 512 << 20;
 const MAX_FILES = 10_000;
+const TOTAL_MAX_BYTES = 2 ** 31;
 
 /**
  * Fetches a signed model directory: its signature bundle first, then every
  * file the bundle lists. The list is only a fetch list: admission checks the
- * signature and every file's digest. Each file is capped (the bundle at
- * 4 MiB, others at 512 MiB, as the host caps them) so that a hostile bundle
- * or mirror cannot exhaust the tab before admission refuses it. Returns a
+ * signature and every file's digest. Each file is capped as it arrives
+ * (the bundle at 4 MiB, others at 512 MiB, as the host caps them; 2 GiB in
+ * all) so that a hostile bundle or mirror cannot exhaust the tab before
+ * admission refuses it. Returns a
  * Map of path to bytes.
  */
 export async function fetchModelDirectory(baseUrl, { fetch: fetchFn = fetch } = {}) {
@@ -190,16 +242,36 @@ export async function fetchModelDirectory(baseUrl, { fetch: fetchFn = fetch } = 
     if (url.origin !== base.origin) throw new Error(`${path} is not under ${base}`);
     const response = await fetchFn(url);
     if (!response.ok) throw new Error(`fetching ${url}: HTTP ${response.status}`);
-    const declared = Number(response.headers.get("content-length") ?? 0);
-    if (declared > cap) throw new Error(`${path} is larger than the ${cap}-byte limit`);
-    const bytes = new Uint8Array(await response.arrayBuffer());
-    if (bytes.length > cap) throw new Error(`${path} is larger than the ${cap}-byte limit`);
+    // Counted as it arrives: a missing or compressed Content-Length says
+    // nothing about how much a body holds.
+    const limit = Math.min(cap, TOTAL_MAX_BYTES - total);
+    const reader = response.body.getReader();
+    const chunks = [];
+    let length = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      length += value.length;
+      if (length > limit) {
+        await reader.cancel();
+        throw new Error(`${path} goes past the ${limit}-byte limit for a model directory`);
+      }
+      chunks.push(value);
+    }
+    total += length;
+    const bytes = new Uint8Array(length);
+    let at = 0;
+    for (const chunk of chunks) {
+      bytes.set(chunk, at);
+      at += chunk.length;
+    }
     return bytes;
   };
+  let total = 0;
   const files = new Map();
   const bundle = await get("model.sig", BUNDLE_MAX_BYTES);
   files.set("model.sig", bundle);
-  const names = signedFileNames(bundle);
+  const names = [...new Set(signedFileNames(bundle))];
   if (names.length > MAX_FILES) throw new Error(`model.sig lists ${names.length} files`);
   for (const name of names) {
     if (name.split("/").some((part) => part === ".." || part === "." || part === "")) {

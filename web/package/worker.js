@@ -33,18 +33,23 @@ const ops = {
     return { moduleSha256: setModuleDigest(bytes), wasmBytes: bytes };
   },
   admit({ policy, keyFiles, files }) {
+    text(policy, "the policy");
     const trust = new Policy(policy, new Map(Object.entries(keyFiles ?? {})));
     try {
       const admitted = Model.admit(trust, new Map(files));
+      // Read before the swap: the client's idea of the model changes only
+      // when this call succeeds.
+      const attestation = admitted.attestation;
       model?.free();
       model = admitted;
-      return model.attestation;
+      return attestation;
     } finally {
       trust.free();
     }
   },
   classify({ name, bytes, seed }) {
     if (!model) throw new Error("no model admitted yet");
+    if (name !== undefined && name !== null) text(name, "the file name");
     // Fresh entropy for every request unless the caller reproduces one:
     // 53 bits, so that the seed in the result (a JavaScript number) is exact.
     let s = seed;
@@ -52,8 +57,9 @@ const ops = {
       const [hi, lo] = crypto.getRandomValues(new Uint32Array(2));
       s = (hi & 0x1fffff) * 2 ** 32 + lo;
     }
-    if (!Number.isSafeInteger(Number(s)) || Number(s) < 0 || BigInt(Number(s)) !== BigInt(s)) {
-      throw new Error(`seed ${s} is not an integer from 0 to 2^53 - 1`);
+    const typed = typeof s === "number" || typeof s === "bigint";
+    if (!typed || !Number.isSafeInteger(Number(s)) || Number(s) < 0) {
+      throw new Error(`seed ${String(s)} is not an integer from 0 to 2^53 - 1`);
     }
     return model.classify(name ?? undefined, bytes, BigInt(s));
   },
@@ -62,9 +68,16 @@ const ops = {
     return model.squeezed(bytes);
   },
   verifyResult({ line, ledgerKey }) {
+    text(line, "the result");
+    text(ledgerKey, "the ledger key");
     return verifyResult(line, ledgerKey);
   },
 };
+
+/** A refusal (not a fault) for an argument of the wrong type. */
+function text(value, what) {
+  if (typeof value !== "string") throw new Error(`${what} must be text`);
+}
 
 let queue = Promise.resolve();
 self.onmessage = (event) => {

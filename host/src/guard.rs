@@ -26,7 +26,7 @@ use medguard_ledger::entry::{InferenceFailure, InputKey, TEXT_MAX_BYTES, bounded
 pub use medguard_ledger::entry::{ScreeningPolicy, Verdict};
 use medguard_ledger::{Entry, GroupCommit, Ledger, LedgerError};
 pub use medguard_ledger::{NoteVerifier, Receipt};
-use medguard_screen::{StatisticReport, predicted_class};
+use medguard_screen::StatisticReport;
 use thiserror::Error;
 
 use crate::admission::{AdmissionError, admit_directory};
@@ -789,13 +789,7 @@ struct Unrecorded {
 
 /// The guest's answer for one image as the caller sees it.
 fn unrecorded(image: ScreenedImage, labels: &[String]) -> Unrecorded {
-    let label = image
-        .probabilities
-        .as_deref()
-        .and_then(|p| labels.get(predicted_class(p)).cloned());
-    let probabilities = image
-        .probabilities
-        .map(|p| labels.iter().cloned().zip(p).collect());
+    let (label, probabilities) = image.labelled(labels);
     let (verdict, p_value, statistics) = match image.screening {
         None => (Verdict::Unscreened, None, Vec::new()),
         Some(s) => (s.verdict.into(), Some(s.p_value), s.statistics),

@@ -31,3 +31,24 @@ pub struct ScreenedImage {
     /// an 8-bit file has none).
     pub off_grid: u32,
 }
+
+impl ScreenedImage {
+    /// The predicted label (the one argmax, [`crate::predicted_class`]) and
+    /// the probabilities by label, as every front end shows them; both
+    /// `None` when the prediction was withheld.
+    pub fn labelled(
+        &self,
+        labels: &[String],
+    ) -> (
+        Option<String>,
+        Option<std::collections::BTreeMap<String, f32>>,
+    ) {
+        match &self.probabilities {
+            None => (None, None),
+            Some(p) => (
+                labels.get(crate::predicted_class(p)).cloned(),
+                Some(labels.iter().cloned().zip(p.iter().copied()).collect()),
+            ),
+        }
+    }
+}

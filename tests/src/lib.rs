@@ -92,6 +92,26 @@ pub fn native_spec(model: &AttestedModel) -> medguard_guest_core::ModelSpec {
     }
 }
 
+/// Every file under `dir` by `/`-separated relative path: a model
+/// directory as a browser fetches it (`medguard_attest::admit_files`).
+pub fn files_in_memory(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).expect("read the directory") {
+            let path = e.expect("a directory entry").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let name = path.strip_prefix(root).expect("under the root");
+                let name = name.to_str().expect("UTF-8 names").replace('\\', "/");
+                out.insert(name, std::fs::read(&path).expect("read a file"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
 /// Decodes a file for the bundled model.
 pub fn load_input(model: &AttestedModel, path: &Path) -> Batch {
     let bytes = std::fs::read(path).expect("read input");

@@ -7,7 +7,7 @@ use std::fs;
 use medguard::guest::{self, GuestPinError};
 use medguard::model_dir::{self, ModelDirError};
 use medguard_attest::{AttestError, Manifest, Sha256Digest, vouch_unsigned};
-use medguard_tests::{model_dir as bundled_dir, repo_root};
+use medguard_tests::{files_in_memory, model_dir as bundled_dir, repo_root};
 use rand::{Rng, SeedableRng};
 
 fn bundled_parts() -> (Manifest, Vec<u8>) {
@@ -228,29 +228,6 @@ fn a_flipped_bit_in_the_signature_manifest_or_model_is_refused_by_signed_admissi
     }
     assert_eq!(refused, 204);
     admit_directory(&dir, &policy, |_| None, now).expect("restored, admitted again");
-}
-
-/// Every file under `dir` by `/`-separated relative path: what a browser
-/// would fetch of a model directory.
-fn files_in_memory(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    fn walk(
-        root: &std::path::Path,
-        dir: &std::path::Path,
-        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
-    ) {
-        for e in fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let name = path.strip_prefix(root).unwrap().to_str().unwrap();
-                out.insert(name.replace('\\', "/"), fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = std::collections::BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 #[test]

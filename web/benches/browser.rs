@@ -24,13 +24,14 @@ fn main() {
 #[cfg(not(target_arch = "wasm32"))]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark fails loudly.
 mod native {
-    use std::collections::BTreeMap;
     use std::path::Path;
     use std::process::Command;
     use std::time::Instant;
 
     use medguard::sandbox::ScreenOptions;
-    use medguard_tests::{bundled_model, load_input, model_dir, repo_root, shared_program};
+    use medguard_tests::{
+        bundled_model, files_in_memory, load_input, model_dir, repo_root, shared_program,
+    };
     use medguard_web::guard::{Model, Policy};
 
     const ROUNDS: usize = 200;
@@ -41,28 +42,6 @@ mod native {
         v[v.len() / 2]
     }
 
-    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let path = e.unwrap().path();
-                if path.is_dir() {
-                    walk(root, &path, out);
-                } else {
-                    let name = path
-                        .strip_prefix(root)
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .to_owned();
-                    out.insert(name, std::fs::read(&path).unwrap());
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(dir, dir, &mut out);
-        out
-    }
-
     fn native_ms() -> f64 {
         std::thread::spawn(|| {
             let trust = repo_root().join("models/trust");
@@ -71,7 +50,7 @@ mod native {
                 std::fs::read_to_string(trust.join(n)).map_err(|e| e.to_string())
             })
             .unwrap();
-            let files = files(&model_dir());
+            let files = files_in_memory(&model_dir());
             let model = Model::admit(&policy, &files, jiff::Timestamp::now()).unwrap();
             let bytes = &files[IMAGE];
             let mut times = Vec::new();

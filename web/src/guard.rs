@@ -16,7 +16,7 @@ use medguard_input::{Batch, InputError};
 use medguard_ledger::entry::Verdict;
 use medguard_ledger::text::printable;
 use medguard_ledger::{CheckedLine, LineError, NoteVerifier, check_line};
-use medguard_screen::{Statistic, predicted_class};
+use medguard_screen::Statistic;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -238,13 +238,7 @@ impl Model {
             .into_iter()
             .enumerate()
             .map(|(i, image)| {
-                let label = image
-                    .probabilities
-                    .as_deref()
-                    .and_then(|p| labels.get(predicted_class(p)).cloned());
-                let probabilities = image
-                    .probabilities
-                    .map(|p| labels.iter().cloned().zip(p).collect());
+                let (label, probabilities) = image.labelled(labels);
                 let (verdict, p_value, statistics) = match image.screening {
                     None => (Verdict::Unscreened, None, BTreeMap::new()),
                     Some(s) => (

@@ -4,36 +4,13 @@
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use medguard::guard::{ClassifyOptions, Guard};
 use medguard::prediction::{ModelRef, Prediction};
 use medguard_ledger::entry::ScreeningPolicy;
-use medguard_tests::{demo_policy, model_dir, repo_root, shared_program_owned};
+use medguard_tests::{demo_policy, files_in_memory, model_dir, repo_root, shared_program_owned};
 use medguard_web::guard::{Model, Policy, WebError, verify_result};
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let name = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_owned();
-                out.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
 
 fn policy() -> Policy {
     let trust = repo_root().join("models/trust");
@@ -45,7 +22,12 @@ fn policy() -> Policy {
 }
 
 fn admitted() -> Model {
-    Model::admit(&policy(), &files(&model_dir()), jiff::Timestamp::now()).unwrap()
+    Model::admit(
+        &policy(),
+        &files_in_memory(&model_dir()),
+        jiff::Timestamp::now(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -65,19 +47,22 @@ fn the_bundled_model_is_admitted_from_memory_with_its_signer() {
 
 #[test]
 fn a_tampered_or_expired_directory_is_refused_with_the_reason() {
-    let mut tampered = files(&model_dir());
+    let mut tampered = files_in_memory(&model_dir());
     tampered.get_mut("model.onnx").unwrap()[4096] ^= 1;
     let e = Model::admit(&policy(), &tampered, jiff::Timestamp::now()).unwrap_err();
     assert!(matches!(e, WebError::Refused(_)), "{e}");
     assert!(e.to_string().contains("model.onnx"), "{e}");
     let far = "2100-01-01T00:00:00Z".parse().unwrap();
-    let e = Model::admit(&policy(), &files(&model_dir()), far).unwrap_err();
+    let e = Model::admit(&policy(), &files_in_memory(&model_dir()), far).unwrap_err();
     assert!(e.to_string().contains("expired"), "{e}");
 }
 
-/// Every field `predict --json` prints but the receipt and the guest's
-/// digest, from the host's guard running the sandboxed guest.
-fn host_answers(file: &Path, seed: u64) -> Vec<serde_json::Value> {
+/// The host's guard with the bundled model admitted, in a fresh data directory.
+fn host_guard() -> (
+    tempfile::TempDir,
+    Guard,
+    Box<medguard_attest::AttestedModel>,
+) {
     let data = tempfile::tempdir().unwrap();
     let guard = Guard::open(data.path(), demo_policy())
         .unwrap()
@@ -86,11 +71,22 @@ fn host_answers(file: &Path, seed: u64) -> Vec<serde_json::Value> {
         medguard::guard::Admission::Admitted { model, .. } => model,
         other => panic!("{other:?}"),
     };
-    let options = ClassifyOptions {
+    (data, guard, model)
+}
+
+fn enforce(seed: u64) -> ClassifyOptions {
+    ClassifyOptions {
         seed,
         policy: ScreeningPolicy::Enforce,
         allow_unscreened: false,
-    };
+    }
+}
+
+/// Every field `predict --json` prints but the receipt and the guest's
+/// digest, from the host's guard running the sandboxed guest.
+fn host_answers(file: &Path, seed: u64) -> Vec<serde_json::Value> {
+    let (_data, guard, model) = host_guard();
+    let options = enforce(seed);
     let classified = guard
         .classify(&model, &std::fs::read(file).unwrap(), options)
         .unwrap();
@@ -156,19 +152,8 @@ fn bad_inputs_are_refused_each_with_its_reason() {
 
 #[test]
 fn a_servers_result_verifies_and_an_edited_one_does_not() {
-    let data = tempfile::tempdir().unwrap();
-    let guard = Guard::open(data.path(), demo_policy())
-        .unwrap()
-        .with_sandbox(shared_program_owned());
-    let model = match guard.admit(&model_dir()).unwrap() {
-        medguard::guard::Admission::Admitted { model, .. } => model,
-        other => panic!("{other:?}"),
-    };
-    let options = ClassifyOptions {
-        seed: 3,
-        policy: ScreeningPolicy::Enforce,
-        allow_unscreened: false,
-    };
+    let (_data, guard, model) = host_guard();
+    let options = enforce(3);
     let png = std::fs::read(model_dir().join("samples/normal-2.png")).unwrap();
     let classified = guard.classify(&model, &png, options).unwrap();
     let digest = guard.program().unwrap().digest().to_string();

@@ -231,6 +231,26 @@ pub enum ManifestError {
 const MAX_BATCH_LIMIT: u32 = 1024;
 
 impl Manifest {
+    /// The DICOM profile of a model that takes DICOM files; refused, with
+    /// the reason a sender reads, when the manifest has no `dicom` section
+    /// or the model's input is not one channel.
+    pub fn dicom_input(&self) -> Result<&medguard_dicom::DicomProfile, medguard_dicom::DicomError> {
+        use medguard_dicom::DicomError;
+        let profile = self.dicom.as_ref().ok_or_else(|| {
+            DicomError::Unsupported(format!(
+                "{} {} takes no DICOM: its signed manifest has no dicom section",
+                self.name, self.version
+            ))
+        })?;
+        if self.input.shape.channels != 1 {
+            return Err(DicomError::Unsupported(format!(
+                "a radiograph has one channel, the model wants {}",
+                self.input.shape.channels
+            )));
+        }
+        Ok(profile)
+    }
+
     /// Parses and validates a manifest. Unknown fields, an unknown schema,
     /// path-like file names and degenerate specs are refused.
     pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {

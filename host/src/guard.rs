@@ -456,11 +456,7 @@ impl Guard {
         self.check_classifiable(model, options)?;
         // 2.
         let manifest = model.manifest();
-        // PNG and .npy by their magic first: a .npy whose pixels spell
-        // "DICM" at offset 128 is still a .npy.
-        let image_magic =
-            bytes.starts_with(b"\x89PNG\r\n\x1a\n") || bytes.starts_with(b"\x93NUMPY");
-        if !image_magic && medguard_dicom::is_part10(bytes) {
+        if !input::has_image_magic(bytes) && medguard_dicom::is_part10(bytes) {
             let (batch, source) = self.decode_dicom(model, bytes, options, None)?;
             let mut classified = self.screen_and_record(model, &batch, options, None)?;
             classified.dicom = Some(source);
@@ -506,20 +502,8 @@ impl Guard {
         if bytes.len() as u64 > input::INPUT_MAX_BYTES {
             return Err(InputRefusal::Decode(input::InputError::TooLarge).into());
         }
-        let profile = manifest.dicom.as_ref().ok_or_else(|| {
-            InputRefusal::Dicom(DicomError::Unsupported(format!(
-                "{} {} takes no DICOM: its signed manifest has no dicom section",
-                manifest.name, manifest.version
-            )))
-        })?;
+        let profile = manifest.dicom_input().map_err(InputRefusal::Dicom)?;
         let shape = manifest.input.shape;
-        if shape.channels != 1 {
-            return Err(InputRefusal::Dicom(DicomError::Unsupported(format!(
-                "a radiograph has one channel, the model wants {}",
-                shape.channels
-            )))
-            .into());
-        }
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         let radiograph = match program.decode_dicom(bytes, profile, shape.height, shape.width) {
             Ok(radiograph) => radiograph,

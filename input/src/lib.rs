@@ -146,6 +146,17 @@ pub enum InputError {
     Shape(String),
 }
 
+/// PNG and `.npy` magic numbers.
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Whether `bytes` start like a PNG or a `.npy` file. Callers that also take
+/// DICOM ask this first: a `.npy` whose pixels spell "DICM" at offset 128
+/// is still a `.npy`.
+pub fn has_image_magic(bytes: &[u8]) -> bool {
+    bytes.starts_with(PNG_MAGIC) || bytes.starts_with(NPY_MAGIC)
+}
+
 /// Decodes `bytes` (format sniffed from the content, not the name) into a
 /// batch of 1 to `max_batch` images for `spec`.
 pub fn decode(bytes: &[u8], spec: &InputSpec, max_batch: u32) -> Result<Batch, InputError> {
@@ -153,9 +164,9 @@ pub fn decode(bytes: &[u8], spec: &InputSpec, max_batch: u32) -> Result<Batch, I
         return Err(InputError::TooLarge);
     }
     check_mapping(spec)?;
-    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+    if bytes.starts_with(PNG_MAGIC) {
         decode_png(bytes, spec)
-    } else if bytes.starts_with(b"\x93NUMPY") {
+    } else if bytes.starts_with(NPY_MAGIC) {
         decode_npy(bytes, spec, max_batch)
     } else {
         Err(InputError::UnknownFormat(

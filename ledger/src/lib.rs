@@ -23,6 +23,7 @@ pub mod line;
 pub mod merkle;
 pub mod note;
 pub mod receipt;
+pub mod result;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod text;

@@ -14,6 +14,7 @@ use medguard_dicom::DicomError;
 use medguard_guest_core::{Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions};
 use medguard_input::{Batch, InputError};
 use medguard_ledger::entry::Verdict;
+use medguard_ledger::result::{DicomJson, Integrity, ModelRef, ResultFields};
 use medguard_ledger::text::printable;
 use medguard_ledger::{CheckedLine, LineError, NoteVerifier, check_line};
 use medguard_screen::Statistic;
@@ -239,23 +240,12 @@ impl Model {
             .enumerate()
             .map(|(i, image)| {
                 let (label, probabilities) = image.labelled(labels);
-                let (verdict, p_value, statistics) = match image.screening {
+                let (verdict, p_value, statistics) = match &image.screening {
                     None => (Verdict::Unscreened, None, BTreeMap::new()),
                     Some(s) => (
                         s.verdict.into(),
                         Some(s.p_value),
-                        s.statistics
-                            .iter()
-                            .map(|r| {
-                                (
-                                    r.statistic.name(),
-                                    StatisticJson {
-                                        value: r.value,
-                                        p_value: r.p_value,
-                                    },
-                                )
-                            })
-                            .collect(),
+                        ResultFields::statistics_by_name(&s.statistics),
                     ),
                 };
                 Prediction {
@@ -276,11 +266,7 @@ impl Model {
                         off_grid: image.off_grid,
                     },
                     seed,
-                    model: ModelRef {
-                        name: manifest.name.clone(),
-                        version: manifest.version.to_string(),
-                        sha256: self.attested.model_digest().to_string(),
-                    },
+                    model: ModelRef::of(&self.attested),
                     guest_sha256: guest_sha256.to_owned(),
                     dicom: dicom.clone(),
                 }
@@ -322,29 +308,15 @@ impl Model {
     /// `.npy`), then DICOM Part 10.
     fn decode(&self, bytes: &[u8]) -> Result<(Batch, Option<DicomJson>), WebError> {
         let manifest = self.attested.manifest();
-        let image_magic =
-            bytes.starts_with(b"\x89PNG\r\n\x1a\n") || bytes.starts_with(b"\x93NUMPY");
-        if image_magic || !medguard_dicom::is_part10(bytes) {
+        if medguard_input::has_image_magic(bytes) || !medguard_dicom::is_part10(bytes) {
             let batch = medguard_input::decode(bytes, &manifest.input, manifest.max_batch)?;
             return Ok((batch, None));
         }
         if bytes.len() as u64 > medguard_input::INPUT_MAX_BYTES {
             return Err(InputError::TooLarge.into());
         }
-        let profile = manifest.dicom.as_ref().ok_or_else(|| {
-            DicomError::Unsupported(format!(
-                "{} {} takes no DICOM: its signed manifest has no dicom section",
-                manifest.name, manifest.version
-            ))
-        })?;
+        let profile = manifest.dicom_input()?;
         let shape = manifest.input.shape;
-        if shape.channels != 1 {
-            return Err(DicomError::Unsupported(format!(
-                "a radiograph has one channel, the model wants {}",
-                shape.channels
-            ))
-            .into());
-        }
         let radiograph = medguard_dicom::decode(
             bytes,
             &profile.accepts,
@@ -360,14 +332,7 @@ impl Model {
                 // Resampled and windowed: no integer grid to check against.
                 source_bits: 0,
             },
-            Some(DicomJson {
-                transfer_syntax: s.transfer_syntax,
-                rows: s.rows,
-                columns: s.columns,
-                bits_stored: s.bits_stored,
-                photometric_interpretation: s.photometric_interpretation,
-                intensity: s.intensity,
-            }),
+            Some(DicomJson::from(&s)),
         ))
     }
 }
@@ -404,80 +369,9 @@ pub struct Squeezed {
 }
 
 /// One image's result: the fields of `medguard predict --json`, with the
-/// same names and meaning, but no receipt (the page has no ledger).
-#[derive(Debug, Clone, Serialize)]
-pub struct Prediction {
-    /// The file's name (`name[i]` for the i-th image of a batch).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input: Option<String>,
-    /// `None` when rejected.
-    pub label: Option<String>,
-    /// Probabilities by label; `None` when rejected.
-    pub probabilities: Option<BTreeMap<String, f32>>,
-    /// The screening verdict.
-    pub verdict: Verdict,
-    /// Combined p-value in [0, 1], lower is more suspicious.
-    pub p_value: Option<f64>,
-    /// Each statistic's value and p-value.
-    pub statistics: BTreeMap<String, StatisticJson>,
-    /// Format integrity: reported, not counted as detection.
-    pub integrity: Integrity,
-    /// The seed of the noise draws: passing it again reproduces the verdict.
-    pub seed: u64,
-    /// The admitted model.
-    pub model: ModelRef,
-    /// SHA-256 of the wasm module that ran it.
-    pub guest_sha256: String,
-    /// For a DICOM input: what was decoded (no patient data).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dicom: Option<DicomJson>,
-}
-
-/// One statistic's evidence.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatisticJson {
-    /// Its value on this image.
-    pub value: f64,
-    /// Its p-value against the clean calibration images.
-    pub p_value: f64,
-}
-
-/// Format integrity.
-#[derive(Debug, Clone, Serialize)]
-pub struct Integrity {
-    /// Bit depth of the integer samples (0 for floats, colour or DICOM).
-    pub source_bits: u8,
-    /// Values off that integer grid.
-    pub off_grid: u32,
-}
-
-/// The admitted model, by name, version and digest.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelRef {
-    /// The manifest's name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// SHA-256 of the model file.
-    pub sha256: String,
-}
-
-/// The decoded DICOM image's facts.
-#[derive(Debug, Clone, Serialize)]
-pub struct DicomJson {
-    /// Transfer syntax UID of the source.
-    pub transfer_syntax: String,
-    /// Source rows.
-    pub rows: u32,
-    /// Source columns.
-    pub columns: u32,
-    /// Bits stored per sample.
-    pub bits_stored: u16,
-    /// Photometric interpretation of the source.
-    pub photometric_interpretation: String,
-    /// How intensities were mapped.
-    pub intensity: String,
-}
+/// same names, meaning and serialisation (one type), but no receipt (the
+/// page has no ledger). `guest_sha256` is the wasm module's digest.
+pub type Prediction = ResultFields;
 
 /// A server's result whose receipt verified with the ledger's key.
 #[derive(Debug, Clone, Serialize)]

@@ -309,7 +309,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 fn human_line(p: &Prediction<'_>, width: usize) -> String {
-    let what = match (&p.label, &p.probabilities) {
+    let what = match (&p.result.label, &p.result.probabilities) {
         (Some(label), Some(probabilities)) => {
             let probs: Vec<String> = probabilities
                 .iter()
@@ -320,18 +320,23 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
         _ => "prediction withheld".to_owned(),
     };
     let evidence: Vec<String> = p
+        .result
         .statistics
         .iter()
         .map(|(name, s)| format!("{name} {:.3} p {:.3}", s.value, s.p_value))
         .collect();
-    let screening = match p.p_value {
-        Some(pv) => format!("{} (p = {pv:.4}; {})", p.verdict, evidence.join(", ")),
-        None => p.verdict.to_string(),
+    let screening = match p.result.p_value {
+        Some(pv) => format!(
+            "{} (p = {pv:.4}; {})",
+            p.result.verdict,
+            evidence.join(", ")
+        ),
+        None => p.result.verdict.to_string(),
     };
-    let off_grid = if p.integrity.off_grid > 0 {
+    let off_grid = if p.result.integrity.off_grid > 0 {
         format!(
             "; {} value(s) off the {}-bit grid",
-            p.integrity.off_grid, p.integrity.source_bits
+            p.result.integrity.off_grid, p.result.integrity.source_bits
         )
     } else {
         String::new()
@@ -343,7 +348,7 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
     };
     format!(
         "{:<width$}  {what:<46} {screening}{off_grid}  [ledger #{}]{report}",
-        p.input.as_deref().unwrap_or_default(),
+        p.result.input.as_deref().unwrap_or_default(),
         p.receipt.index
     )
 }

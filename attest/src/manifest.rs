@@ -411,6 +411,39 @@ mod tests {
     }
 
     #[test]
+    fn dicom_input_needs_a_dicom_section_and_one_channel() {
+        let e = parse(&example()).unwrap().dicom_input().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pneumonia-cnn 1.0.0 takes no DICOM: its signed manifest has no dicom section"
+        );
+        let mut v = example();
+        v["dicom"] = serde_json::json!({
+            "accepts": {
+                "modality": ["CR", "DX"], "photometric_interpretation": ["MONOCHROME2"],
+                "body_part_examined": ["CHEST"], "view_position": ["PA", "AP"]
+            },
+            "preprocessing": {
+                "intensity": "voi-else-stored-range", "crop": "center-square", "resize": "area"
+            },
+            "report": {
+                "finding": {"value": "233604007", "scheme": "SCT", "meaning": "Pneumonia"},
+                "present_label": "pneumonia",
+                "procedure": {"value": "399208008", "scheme": "SCT", "meaning": "Plain chest X-ray"}
+            }
+        });
+        let one = parse(&v).unwrap();
+        assert!(one.dicom_input().is_ok());
+        let mut three = one.clone();
+        three.input.shape.channels = 3;
+        let e = three.dicom_input().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a radiograph has one channel, the model wants 3"
+        );
+    }
+
+    #[test]
     fn parses_and_round_trips() {
         let m = parse(&example()).unwrap();
         assert_eq!(m.input.shape.height, 28);

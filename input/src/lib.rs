@@ -480,6 +480,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn image_magic_is_the_files_first_bytes() {
+        let rgb = png(png::ColorType::Rgb, png::BitDepth::Eight, &[0; 12]);
+        assert!(has_image_magic(&rgb));
+        assert!(has_image_magic(b"\x93NUMPY\x01\x00"));
+        // Shorter than either magic, empty, or a DICOM preamble.
+        assert!(!has_image_magic(&rgb[..7]));
+        assert!(!has_image_magic(b"\x93NUMP"));
+        assert!(!has_image_magic(b""));
+        let mut dicom = vec![0u8; 128];
+        dicom.extend_from_slice(b"DICM");
+        assert!(!has_image_magic(&dicom));
+        // A PNG stays a PNG whatever its bytes at offset 128 spell.
+        let mut png_with_dicm = rgb.clone();
+        png_with_dicm.resize(128, 0);
+        png_with_dicm.extend_from_slice(b"DICM");
+        assert!(has_image_magic(&png_with_dicm));
+    }
+
     fn png(color: png::ColorType, depth: png::BitDepth, samples: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut enc = png::Encoder::new(&mut out, 2, 2);

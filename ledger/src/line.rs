@@ -19,6 +19,11 @@ pub struct CheckedLine {
     pub checkpoint: Checkpoint,
     /// The entry it proves.
     pub entry: Entry,
+    /// The line's fields that the receipt does not cover (`input`,
+    /// `statistics`, ...), in `predict --json`'s order: shown as the line has them,
+    /// unverified. The ledger signs no patient data and no evidence
+    /// detail, so a reader must not take these as checked.
+    pub unsigned: Vec<String>,
 }
 
 /// Why a result and its receipt do not check out. Text from the line is
@@ -28,8 +33,9 @@ pub enum LineError {
     /// Not a JSON object.
     #[error("not a JSON object: {0}")]
     NotJson(String),
-    /// A top-level key appears twice: serde_json keeps the last of two
-    /// equal keys, a viewer may show the first.
+    /// A key appears twice in one object (its path, `probabilities.normal`):
+    /// serde_json keeps the last of two equal keys, a viewer may show the
+    /// first.
     #[error("the result line has the key {0} twice")]
     DuplicateKey(String),
     /// No receipt of medguard's shape.
@@ -59,9 +65,9 @@ impl LineError {
 pub fn check_line(text: &[u8], key: &NoteVerifier) -> Result<CheckedLine, LineError> {
     let value: serde_json::Value =
         serde_json::from_slice(text).map_err(|e| LineError::NotJson(e.to_string()))?;
-    let keys: TopLevelKeys =
+    let keys: FirstDuplicateKey =
         serde_json::from_slice(text).map_err(|e| LineError::NotJson(e.to_string()))?;
-    if let Some(twice) = keys.duplicate() {
+    if let Some(twice) = keys.0 {
         return Err(LineError::DuplicateKey(twice));
     }
     let receipt: Receipt =
@@ -69,12 +75,31 @@ pub fn check_line(text: &[u8], key: &NoteVerifier) -> Result<CheckedLine, LineEr
             .map_err(|e| LineError::NotReceipt(e.to_string()))?;
     let (checkpoint, entry) = receipt.verify(key)?;
     cross_check(&value, &entry).map_err(LineError::Mismatch)?;
+    let unsigned = match value.get("receipt") {
+        Some(_) => UNSIGNED_FIELDS
+            .iter()
+            .filter(|field| value.get(**field).is_some_and(|v| !v.is_null()))
+            .map(|field| field.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
     Ok(CheckedLine {
         receipt,
         checkpoint,
         entry,
+        unsigned,
     })
 }
+
+/// What a result line may show that its receipt does not cover.
+const UNSIGNED_FIELDS: [&str; 6] = [
+    "input",
+    "statistics",
+    "integrity",
+    "dicom",
+    "structured_report",
+    "structured_report_error",
+];
 
 /// Checks the fields of a `predict --json` line against the entry its
 /// receipt proves; a bare receipt has none of them and passes.
@@ -164,97 +189,123 @@ pub(crate) fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(),
     Ok(())
 }
 
-/// The top-level keys of a JSON object, in order, duplicates kept.
-struct TopLevelKeys(Vec<String>);
+/// The path of the first key that appears twice in one object, at any depth
+/// of a JSON document (`None` when there is none).
+struct FirstDuplicateKey(Option<String>);
 
-impl TopLevelKeys {
-    fn duplicate(&self) -> Option<String> {
-        let mut seen = std::collections::BTreeSet::new();
-        self.0.iter().find(|k| !seen.insert(k.as_str())).cloned()
+impl<'de> serde::Deserialize<'de> for FirstDuplicateKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::DeserializeSeed::deserialize(Walk { path: "" }, d).map(FirstDuplicateKey)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for TopLevelKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Keys;
-        impl<'de> serde::de::Visitor<'de> for Keys {
-            type Value = TopLevelKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<TopLevelKeys, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
-                }
-                Ok(TopLevelKeys(keys))
+/// Walks one JSON value at `path`; answers the first duplicate key below it.
+struct Walk<'p> {
+    path: &'p str,
+}
+
+impl Walk<'_> {
+    fn child(&self, step: &str) -> String {
+        if self.path.is_empty() {
+            step.to_owned()
+        } else if step.starts_with('[') {
+            format!("{}{step}", self.path)
+        } else {
+            format!("{}.{step}", self.path)
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = Option<String>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut first = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let path = self.child(&key);
+            let below = map.next_value_seed(Walk { path: &path })?;
+            if first.is_none() {
+                first = if seen.insert(key) { below } else { Some(path) };
             }
         }
-        d.deserialize_map(Keys)
+        Ok(first)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut first = None;
+        let mut index = 0usize;
+        loop {
+            let path = self.child(&format!("[{index}]"));
+            let Some(below) = seq.next_element_seed(Walk { path: &path })? else {
+                return Ok(first);
+            };
+            first = first.or(below);
+            index += 1;
+        }
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    use super::FirstDuplicateKey;
 
-    use super::*;
-    use crate::entry::{ScreeningPolicy, Verdict};
+    fn first_duplicate(json: &str) -> Option<String> {
+        serde_json::from_str::<FirstDuplicateKey>(json)
+            .expect("valid JSON")
+            .0
+    }
 
     #[test]
-    fn a_result_line_must_match_its_signed_entry() {
-        let entry = Entry::Inference {
-            time: "2026-12-01T00:00:00Z".parse().unwrap(),
-            model: "pneumonia-cnn".into(),
-            version: semver::Version::new(1, 0, 0),
-            model_sha256: medguard_attest::Sha256Digest::of(b"m"),
-            guest_sha256: medguard_attest::Sha256Digest::of(b"g"),
-            input_hmac: "00".into(),
-            verdict: Verdict::Accept,
-            p_value: Some(0.25),
-            label: Some("normal".into()),
-            probabilities: Some([("normal".into(), 0.9), ("pneumonia".into(), 0.1)].into()),
-            policy: ScreeningPolicy::Enforce,
-            seed: 7,
-            caller: None,
-        };
-        let line = serde_json::json!({
-            "label": "normal", "verdict": "accept", "p_value": 0.25, "seed": 7,
-            "probabilities": {"normal": 0.9f32, "pneumonia": 0.1f32},
-            "model": {"name": "pneumonia-cnn", "version": "1.0.0",
-                      "sha256": medguard_attest::Sha256Digest::of(b"m").to_string()},
-            "guest_sha256": medguard_attest::Sha256Digest::of(b"g").to_string(),
-            "input": "a.png",
-            "receipt": {"entry": "x"},
-        });
-        cross_check(&line, &entry).unwrap();
-        for (field, value) in [
-            ("label", serde_json::json!("pneumonia")),
-            ("verdict", serde_json::json!("reject")),
-            ("p_value", serde_json::json!(0.5)),
-            ("seed", serde_json::json!(8)),
-            (
-                "probabilities",
-                serde_json::json!({"normal": 0.1f32, "pneumonia": 0.9f32}),
+    fn finds_a_key_given_twice_at_any_depth() {
+        assert_eq!(first_duplicate(r#"{"a": 1, "b": 2}"#), None);
+        assert_eq!(first_duplicate(r#"{"a": 1, "a": 2}"#), Some("a".into()));
+        assert_eq!(
+            first_duplicate(
+                r#"{"label": "normal", "probabilities": {"normal": 0.9, "normal": 0.1}}"#
             ),
-            ("guest_sha256", serde_json::json!("sha256:00")),
-            ("shown_label", serde_json::json!("pneumonia")),
-        ] {
-            let mut edited = line.clone();
-            edited[field] = value;
-            let err = cross_check(&edited, &entry).unwrap_err();
-            assert!(err.contains(field), "{err}");
-            // A field missing altogether is a mismatch too.
-            if field != "shown_label" {
-                edited.as_object_mut().unwrap().remove(field);
-                assert!(cross_check(&edited, &entry).is_err(), "{field}");
-            }
-        }
-        // A bare receipt carries no result fields and passes.
-        cross_check(&serde_json::json!({"entry": "x"}), &entry).unwrap();
+            Some("probabilities.normal".into())
+        );
+        assert_eq!(
+            first_duplicate(r#"{"model": {"name": "m", "sha256": "x", "sha256": "y"}}"#),
+            Some("model.sha256".into())
+        );
+        assert_eq!(
+            first_duplicate(r#"{"statistics": [{"name": "a"}, {"name": "b", "name": "c"}]}"#),
+            Some("statistics[1].name".into())
+        );
+        // Equal keys in different objects are no duplicate.
+        assert_eq!(
+            first_duplicate(r#"{"a": {"x": 1}, "b": {"x": 1}, "x": [{"x": 2}]}"#),
+            None
+        );
+        // Scalars and arrays at the top hold no keys.
+        assert_eq!(first_duplicate(r#"[1, "a", null, true, 2.5, -3]"#), None);
     }
 }

@@ -1,8 +1,9 @@
-//! One image's result as every front end shows it: the fields of a
-//! `medguard predict --json` line but its receipt. The CLI, the server's
-//! parameters, the C ABI and the browser build serialise this one type, so
-//! that their answers compare field by field; [`crate::line`] checks such a
-//! line against its receipt.
+//! One image's result: the fields of a `medguard predict --json` line but
+//! its receipt. The CLI, the C ABI and the browser build serialise this one
+//! type, so that their answers compare field by field; [`crate::line`]
+//! checks such a line against its receipt. (The server answers in the Open
+//! Inference Protocol's shape instead: its `parameters` carry the verdict,
+//! p-value, label, statistics and receipt.)
 
 use std::collections::BTreeMap;
 

@@ -164,7 +164,10 @@ async function verify() {
   const out = $("verify-result");
   try {
     const v = await medguard.verifyResult($("result-line").value, $("ledger-key").value);
-    out.textContent = `Valid: entry ${v.index} (${v.kind}) is in ${v.origin} at size ${v.tree_size}, root ${v.root}. ${v.description}`;
+    const unverified = v.unsigned.length
+      ? ` Not covered by the receipt: ${v.unsigned.join(", ")}.`
+      : "";
+    out.textContent = `Valid: entry ${v.index} (${v.kind}) is in ${v.origin} at size ${v.tree_size}, root ${v.root}. ${v.description}${unverified}`;
     out.className = "valid";
   } catch (e) {
     out.textContent = `Refused: ${e.message}`;

@@ -388,6 +388,9 @@ pub struct VerifiedResult {
     pub root: String,
     /// The entry in one line.
     pub description: String,
+    /// The line's fields that the receipt does not cover (`statistics`,
+    /// `input`, ...): unverified.
+    pub unsigned: Vec<String>,
 }
 
 /// Checks `line` (a result with its `receipt`, as `predict --json` or a
@@ -403,6 +406,7 @@ pub fn verify_result(line: &[u8], ledger_key: &str) -> Result<VerifiedResult, We
         receipt,
         checkpoint,
         entry,
+        unsigned,
     } = check_line(line, &key)?;
     Ok(VerifiedResult {
         index: receipt.index,
@@ -413,5 +417,6 @@ pub fn verify_result(line: &[u8], ledger_key: &str) -> Result<VerifiedResult, We
         // Entry text is whoever wrote the entry's: no bidi override or
         // control character reaches the page as such.
         description: printable(&entry.describe()),
+        unsigned,
     })
 }

@@ -53,6 +53,8 @@ export interface Squeezed {
 export interface VerifiedResult {
   index: number; kind: string; origin: string; tree_size: number; root: string;
   description: string;
+  /** The line's fields the receipt does not cover: shown unverified. */
+  unsigned: string[];
 }
 "#;
 

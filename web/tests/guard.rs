@@ -173,6 +173,8 @@ fn a_servers_result_verifies_and_an_edited_one_does_not() {
         "{}",
         v.description
     );
+    // The evidence detail beside the result is not in the signed entry.
+    assert_eq!(v.unsigned, ["statistics", "integrity"]);
 
     let mut edited: serde_json::Value = serde_json::from_str(&line).unwrap();
     edited["verdict"] = "reject".into();

@@ -93,6 +93,7 @@ impl LedgerCmd {
                         receipt,
                         checkpoint,
                         entry,
+                        unsigned,
                     }) => {
                         println!(
                             "valid: entry {} ({}) is in {} at size {}, root {}",
@@ -103,6 +104,12 @@ impl LedgerCmd {
                             checkpoint.root
                         );
                         println!("{}", printable(&entry.describe()));
+                        if !unsigned.is_empty() {
+                            println!(
+                                "unverified: the receipt does not cover the line's {}",
+                                unsigned.join(", ")
+                            );
+                        }
                         Ok(Exit::Ok)
                     }
                     Err(e) if e.is_refusal() => {

@@ -46,6 +46,30 @@ fn every_prediction_carries_a_receipt_that_checks_offline() {
         shown.contains("inference pneumonia-cnn 1.0.0: accept"),
         "{shown}"
     );
+    // What the ledger does not sign is named, not passed off as checked.
+    assert!(
+        shown.contains(
+            "unverified: the receipt does not cover the line's input, statistics, integrity"
+        ),
+        "{shown}"
+    );
+
+    // A key given twice inside an object: serde_json keeps the last, a
+    // viewer may show the first, so the line is refused.
+    let twice = serde_json::to_string(line).unwrap().replacen(
+        "\"probabilities\":{",
+        "\"probabilities\":{\"normal\":0.99,",
+        1,
+    );
+    assert_ne!(twice, serde_json::to_string(line).unwrap());
+    std::fs::write(&receipt_path, twice).unwrap();
+    let out = check(&receipt_path);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("has the key probabilities.normal twice"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A receipt whose verdict was edited, and one checked with another
     // ledger's key, are refused.

@@ -32,7 +32,7 @@ pub mod view;
 #[cfg(feature = "store")]
 pub use audit::{AuditReport, audit, audit_against};
 pub use entry::Entry;
-pub use line::{CheckedLine, LineError, check_line};
+pub use line::{CheckedLine, LINE_MAX_BYTES, LineError, check_line};
 pub use note::{Checkpoint, NoteVerifier};
 pub use receipt::{Receipt, ReceiptError};
 #[cfg(feature = "store")]

@@ -30,9 +30,12 @@ pub struct CheckedLine {
 /// quoted as it came: escape it before a terminal shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LineError {
-    /// Not a JSON object.
-    #[error("not a JSON object: {0}")]
+    /// Not JSON.
+    #[error("not JSON: {0}")]
     NotJson(String),
+    /// Longer than any result medguard writes ([`LINE_MAX_BYTES`]).
+    #[error("the result is {0} bytes, more than the {LINE_MAX_BYTES} a medguard result can be")]
+    TooLarge(usize),
     /// A key appears twice in one object (its path, `probabilities.normal`):
     /// serde_json keeps the last of two equal keys, a viewer may show the
     /// first.
@@ -60,9 +63,17 @@ impl LineError {
     }
 }
 
+/// The largest result line [`check_line`] reads: a result with its receipt
+/// is a few kilobytes; the cap keeps a hostile paste from tying up the
+/// checker (the CLI reads no more than this from a file).
+pub const LINE_MAX_BYTES: usize = 1 << 20;
+
 /// Checks `text`, a result line with a `receipt` field or a bare receipt,
 /// with only the ledger's public key.
 pub fn check_line(text: &[u8], key: &NoteVerifier) -> Result<CheckedLine, LineError> {
+    if text.len() > LINE_MAX_BYTES {
+        return Err(LineError::TooLarge(text.len()));
+    }
     let value: serde_json::Value =
         serde_json::from_slice(text).map_err(|e| LineError::NotJson(e.to_string()))?;
     let keys: FirstDuplicateKey =
@@ -75,10 +86,11 @@ pub fn check_line(text: &[u8], key: &NoteVerifier) -> Result<CheckedLine, LineEr
             .map_err(|e| LineError::NotReceipt(e.to_string()))?;
     let (checkpoint, entry) = receipt.verify(key)?;
     cross_check(&value, &entry).map_err(LineError::Mismatch)?;
+    // Present at all counts: `"dicom": null` is a claim too.
     let unsigned = match value.get("receipt") {
         Some(_) => UNSIGNED_FIELDS
             .iter()
-            .filter(|field| value.get(**field).is_some_and(|v| !v.is_null()))
+            .filter(|field| value.get(**field).is_some())
             .map(|field| field.to_string())
             .collect(),
         None => Vec::new(),
@@ -113,25 +125,18 @@ pub(crate) fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(),
         "seed",
         "model",
     ];
-    // What a `predict --json` line may hold besides its receipt.
-    const LINE_FIELDS: [&str; 8] = [
-        "input",
-        "statistics",
-        "integrity",
-        "guest_sha256",
-        "receipt",
-        "dicom",
-        "structured_report",
-        "structured_report_error",
-    ];
+
     if line.get("receipt").is_none() {
         // A bare receipt: nothing shown beside it to check.
         return Ok(());
     }
     if let Some(obj) = line.as_object()
-        && let Some(extra) = obj
-            .keys()
-            .find(|k| !RESULT_FIELDS.contains(&k.as_str()) && !LINE_FIELDS.contains(&k.as_str()))
+        && let Some(extra) = obj.keys().find(|k| {
+            let k = k.as_str();
+            !RESULT_FIELDS.contains(&k)
+                && !UNSIGNED_FIELDS.contains(&k)
+                && !["guest_sha256", "receipt"].contains(&k)
+        })
     {
         return Err(format!(
             "the line has a field `{extra}` medguard never writes"
@@ -195,62 +200,98 @@ struct FirstDuplicateKey(Option<String>);
 
 impl<'de> serde::Deserialize<'de> for FirstDuplicateKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde::de::DeserializeSeed::deserialize(Walk { path: "" }, d).map(FirstDuplicateKey)
+        let steps = serde::de::DeserializeSeed::deserialize(Walk, d)?;
+        Ok(FirstDuplicateKey(steps.map(|steps| path(&steps))))
     }
 }
 
-/// Walks one JSON value at `path`; answers the first duplicate key below it.
-struct Walk<'p> {
-    path: &'p str,
+/// One step from a value to the one inside it.
+enum Step {
+    Key(String),
+    Index(usize),
 }
 
-impl Walk<'_> {
-    fn child(&self, step: &str) -> String {
-        if self.path.is_empty() {
-            step.to_owned()
-        } else if step.starts_with('[') {
-            format!("{}{step}", self.path)
-        } else {
-            format!("{}.{step}", self.path)
+/// `steps` (innermost first, as the walk returns them) as a path a reader
+/// can follow: `probabilities.normal`, `statistics[1].name`, and a key that
+/// is not a plain name quoted, `model["a.b"]`, cut to 64 characters.
+fn path(steps: &[Step]) -> String {
+    let mut out = String::new();
+    for step in steps.iter().rev() {
+        match step {
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+            Step::Key(k)
+                if !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Key(k) => {
+                let shown: String = k.chars().take(64).collect();
+                let ellipsis = if shown.len() < k.len() { "..." } else { "" };
+                let quoted = serde_json::Value::from(shown).to_string();
+                out.push_str(&format!("[{quoted}{ellipsis}]"));
+            }
         }
     }
+    out
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
-    type Value = Option<String>;
+/// Walks one JSON value. Answers the steps to the first duplicate key below
+/// it, innermost first; a path is only built for the duplicate found, so
+/// the walk stays linear in the document whatever its keys' lengths.
+struct Walk;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk {
+    type Value = Option<Vec<Step>>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Walk<'_> {
-    type Value = Option<String>;
+impl<'de> serde::de::Visitor<'de> for Walk {
+    type Value = Option<Vec<Step>>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut seen = std::collections::BTreeSet::new();
-        let mut first = None;
+        let mut first: Option<Vec<Step>> = None;
         while let Some(key) = map.next_key::<String>()? {
-            let path = self.child(&key);
-            let below = map.next_value_seed(Walk { path: &path })?;
-            if first.is_none() {
-                first = if seen.insert(key) { below } else { Some(path) };
+            let below = map.next_value_seed(Walk)?;
+            if first.is_some() {
+                continue;
             }
+            first = match below {
+                Some(mut steps) => {
+                    steps.push(Step::Key(key));
+                    Some(steps)
+                }
+                None if seen.contains(&key) => Some(vec![Step::Key(key)]),
+                None => {
+                    seen.insert(key);
+                    None
+                }
+            };
         }
         Ok(first)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut first = None;
+        let mut first: Option<Vec<Step>> = None;
         let mut index = 0usize;
-        loop {
-            let path = self.child(&format!("[{index}]"));
-            let Some(below) = seq.next_element_seed(Walk { path: &path })? else {
-                return Ok(first);
-            };
-            first = first.or(below);
+        while let Some(below) = seq.next_element_seed(Walk)? {
+            if first.is_none()
+                && let Some(mut steps) = below
+            {
+                steps.push(Step::Index(index));
+                first = Some(steps);
+            }
             index += 1;
         }
+        Ok(first)
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
         Ok(None)
@@ -274,7 +315,89 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::FirstDuplicateKey;
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::entry::{ScreeningPolicy, Verdict};
+
+    #[test]
+    fn a_result_line_must_match_its_signed_entry() {
+        let entry = Entry::Inference {
+            time: "2026-12-01T00:00:00Z".parse().unwrap(),
+            model: "pneumonia-cnn".into(),
+            version: semver::Version::new(1, 0, 0),
+            model_sha256: medguard_attest::Sha256Digest::of(b"m"),
+            guest_sha256: medguard_attest::Sha256Digest::of(b"g"),
+            input_hmac: "00".into(),
+            verdict: Verdict::Accept,
+            p_value: Some(0.25),
+            label: Some("normal".into()),
+            probabilities: Some([("normal".into(), 0.9), ("pneumonia".into(), 0.1)].into()),
+            policy: ScreeningPolicy::Enforce,
+            seed: 7,
+            caller: None,
+        };
+        let line = serde_json::json!({
+            "label": "normal", "verdict": "accept", "p_value": 0.25, "seed": 7,
+            "probabilities": {"normal": 0.9f32, "pneumonia": 0.1f32},
+            "model": {"name": "pneumonia-cnn", "version": "1.0.0",
+                      "sha256": medguard_attest::Sha256Digest::of(b"m").to_string()},
+            "guest_sha256": medguard_attest::Sha256Digest::of(b"g").to_string(),
+            "input": "a.png",
+            "receipt": {"entry": "x"},
+        });
+        cross_check(&line, &entry).unwrap();
+        for (field, value) in [
+            ("label", serde_json::json!("pneumonia")),
+            ("verdict", serde_json::json!("reject")),
+            ("p_value", serde_json::json!(0.5)),
+            ("seed", serde_json::json!(8)),
+            (
+                "probabilities",
+                serde_json::json!({"normal": 0.1f32, "pneumonia": 0.9f32}),
+            ),
+            ("guest_sha256", serde_json::json!("sha256:00")),
+            ("shown_label", serde_json::json!("pneumonia")),
+        ] {
+            let mut edited = line.clone();
+            edited[field] = value;
+            let err = cross_check(&edited, &entry).unwrap_err();
+            assert!(err.contains(field), "{err}");
+            // A field missing altogether is a mismatch too.
+            if field != "shown_label" {
+                edited.as_object_mut().unwrap().remove(field);
+                assert!(cross_check(&edited, &entry).is_err(), "{field}");
+            }
+        }
+        // A bare receipt carries no result fields and passes.
+        cross_check(&serde_json::json!({"entry": "x"}), &entry).unwrap();
+    }
+
+    #[test]
+    fn a_line_longer_than_any_result_is_refused_before_parsing() {
+        let key = crate::note::NoteSigner::new("medguard.example/ledger", &[7; 32]).verifier();
+        let long = vec![b' '; LINE_MAX_BYTES + 1];
+        assert_eq!(
+            check_line(&long, &key).unwrap_err(),
+            LineError::TooLarge(LINE_MAX_BYTES + 1)
+        );
+    }
+
+    #[test]
+    fn a_duplicate_is_named_by_a_path_a_reader_can_follow() {
+        assert_eq!(
+            first_duplicate(r#"{"model": {"a.b": {"x": 1, "x": 2}}}"#),
+            Some(r#"model["a.b"].x"#.into())
+        );
+        let long = "k".repeat(100) + ".";
+        let found = first_duplicate(&format!(r#"{{"{long}": 1, "{long}": 2}}"#)).unwrap();
+        assert_eq!(found, format!("[\"{}\"...]", "k".repeat(64)));
+        // Escaped and plain spellings are one key.
+        assert_eq!(
+            first_duplicate(r#"{"a": 1, "\u0061": 2}"#),
+            Some("a".into())
+        );
+    }
 
     fn first_duplicate(json: &str) -> Option<String> {
         serde_json::from_str::<FirstDuplicateKey>(json)

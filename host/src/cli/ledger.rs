@@ -73,7 +73,7 @@ enum Action {
     New,
 }
 
-const RECEIPT_MAX_BYTES: u64 = 1 << 20;
+const RECEIPT_MAX_BYTES: u64 = medguard_ledger::LINE_MAX_BYTES as u64;
 
 fn read_key(path: &Path) -> anyhow::Result<NoteVerifier> {
     let text = String::from_utf8(read_capped(path, 4096)?)

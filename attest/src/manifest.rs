@@ -63,6 +63,11 @@ pub struct ScreeningSection {
     pub calibration: CalibrationSource,
     /// Statistics, reference values and thresholds.
     pub profile: medguard_screen::Profile,
+    /// The calibration images' pixel statistics, which the server's drift
+    /// alarm compares a stream of inputs with (never one input's verdict).
+    /// Manifests calibrated before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<medguard_screen::PixelReference>,
 }
 
 /// Provenance of a screening profile.
@@ -330,6 +335,11 @@ impl Manifest {
                 .profile
                 .validate(labels.len())
                 .map_err(|e| ManifestError::Invalid(e.to_string()))?;
+            if let Some(pixels) = &screening.pixels {
+                pixels
+                    .validate()
+                    .map_err(|e| ManifestError::Invalid(e.to_string()))?;
+            }
         }
         if let Some(dicom) = &self.dicom {
             let report = &dicom.report;
@@ -492,7 +502,8 @@ mod tests {
                 ],
                 "thresholds": {"flag": 0.05, "reject": 0.01},
                 "targets": {"flag_fpr": 0.05, "reject_fpr": 0.01}
-            }
+            },
+            "pixels": {"intensity": [0.4, 0.5, 0.6, 0.7], "contrast": [0.1, 0.1, 0.2, 0.3]}
         })
     }
 
@@ -504,10 +515,23 @@ mod tests {
         let profile = &m.screening.as_ref().unwrap().profile;
         assert_eq!(profile.statistics.len(), 2);
         assert_eq!(
+            m.screening
+                .as_ref()
+                .unwrap()
+                .pixels
+                .as_ref()
+                .unwrap()
+                .images(),
+            4
+        );
+        assert_eq!(
             Manifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap(),
             m
         );
-        let cases: [(&str, serde_json::Value); 5] = [
+        let cases: [(&str, serde_json::Value); 8] = [
+            ("/screening/pixels/contrast", serde_json::json!([0.3, 0.1])),
+            ("/screening/pixels/intensity", serde_json::json!([0.4])),
+            ("/screening/pixels/intensity", serde_json::json!([])),
             (
                 "/screening/profile/classes/0/reference/0",
                 serde_json::json!([1.0, 0.5]),
@@ -533,6 +557,11 @@ mod tests {
             .unwrap()
             .pop();
         assert!(parse(&v).unwrap_err().to_string().contains("classes"));
+        // A manifest calibrated before pixel statistics existed stays valid.
+        let mut v = example();
+        v["screening"] = screening();
+        v["screening"].as_object_mut().unwrap().remove("pixels");
+        assert!(parse(&v).unwrap().screening.unwrap().pixels.is_none());
     }
 
     fn dicom() -> serde_json::Value {

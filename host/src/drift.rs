@@ -16,10 +16,13 @@
 //!
 //! What it cannot see: a shift the screening statistics are blind to. A
 //! contrast change (a "new scanner") leaves the margin and squeeze p-values
-//! where clean images put them (README, "Serving"): seeing it needs a
-//! statistic of the pixels themselves, calibrated with the rest.
+//! where clean images put them (README, "Serving"). [`PixelMonitor`] sees
+//! it: it watches where the inputs' own intensity and contrast fall among
+//! the calibration images' ([`PixelReference`]).
 
 use std::collections::VecDeque;
+
+use medguard_screen::{PixelReference, PixelStatistic, PixelStatistics};
 
 /// How the alarm is set.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +31,12 @@ pub struct DriftConfig {
     pub window: usize,
     /// Largest chance that one check on clean traffic alarms.
     pub false_alarm: f64,
+    /// How far a window's mean pixel rank may stray from 1/2 beyond chance
+    /// before the pixel alarm goes off: the smallest shift worth an alarm.
+    /// Real clean traffic is never quite the calibration images (this
+    /// week's share of pneumonia moves the contrast rank by about 0.03 per
+    /// 10 points); a new scanner's contrast at 0.8 moves it by 0.25.
+    pub pixel_tolerance: f64,
 }
 
 impl Default for DriftConfig {
@@ -35,7 +44,30 @@ impl Default for DriftConfig {
         Self {
             window: 200,
             false_alarm: 1e-3,
+            pixel_tolerance: 0.05,
         }
+    }
+}
+
+impl DriftConfig {
+    fn validate(&self) -> Result<(), DriftError> {
+        let bad = |why: String| Err(DriftError::Invalid(why));
+        if self.window == 0 || self.window > 1_000_000 {
+            return bad(format!("window {} must be 1 to 1000000", self.window));
+        }
+        if !(self.false_alarm > 0.0 && self.false_alarm < 1.0) {
+            return bad(format!(
+                "false-alarm rate {} must be between 0 and 1",
+                self.false_alarm
+            ));
+        }
+        if !(0.0..0.5).contains(&self.pixel_tolerance) {
+            return bad(format!(
+                "pixel tolerance {} must be at least 0 and below 0.5",
+                self.pixel_tolerance
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -89,15 +121,7 @@ impl DriftMonitor {
         calibration_images: u32,
     ) -> Result<Self, DriftError> {
         let bad = |why: String| Err(DriftError::Invalid(why));
-        if config.window == 0 || config.window > 1_000_000 {
-            return bad(format!("window {} must be 1 to 1000000", config.window));
-        }
-        if !(config.false_alarm > 0.0 && config.false_alarm < 1.0) {
-            return bad(format!(
-                "false-alarm rate {} must be between 0 and 1",
-                config.false_alarm
-            ));
-        }
+        config.validate()?;
         let n = f64::from(calibration_images);
         let k = (target * (n + 1.0)).floor();
         if !(target > 0.0 && target < 1.0) || k < 1.0 {
@@ -156,6 +180,168 @@ impl DriftMonitor {
     }
 }
 
+/// One model's sliding windows of where its inputs' pixel statistics fall
+/// among the calibration images'.
+///
+/// Each input's rank among the n clean values of a statistic,
+/// (R + 1/2) / (n + 1), has mean exactly 1/2 for inputs exchangeable with
+/// the calibration images (R is uniform on 0..=n), so the mean rank S of a
+/// window of W inputs has mean 1/2 too. Its variance is what W draws and
+/// the n calibration images leave: given the calibration values, the chance
+/// of each rank is a Dirichlet(1, ..., 1) spacing, so
+/// Var S = V ((n + 1) / ((n + 2) W) + 1 / (n + 2)), with V the variance of
+/// a rank drawn uniformly. The alarm goes off when |S - 1/2| reaches
+/// z sd(S) plus the configured tolerance, z the normal quantile that leaves
+/// `false_alarm / 4` above (two statistics, two sides): on traffic
+/// exchangeable with the calibration images any one check alarms with about
+/// that chance at most, even with no tolerance (the tests measure it), and
+/// the tolerance keeps the small shifts of real clean traffic from raising
+/// it. A new scanner's lower contrast or a changed preprocessing's
+/// brightness moves S by far more.
+#[derive(Debug, Clone)]
+pub struct PixelMonitor {
+    reference: PixelReference,
+    window: usize,
+    /// Per input, twice (n + 1) times its ranks: whole numbers, so that the
+    /// running sums stay exact however long the server runs.
+    ranks: VecDeque<[u64; 2]>,
+    sums: [u64; 2],
+    /// The distance of the mean rank from 1/2 at which the alarm goes off.
+    threshold: f64,
+    alarm: [bool; 2],
+}
+
+/// A change of one pixel statistic's alarm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PixelDriftEvent {
+    /// The window's mean rank moved to the threshold or past it.
+    Raised(PixelDriftAlarm),
+    /// It came back inside.
+    Cleared(PixelStatistic),
+}
+
+/// The evidence of a pixel-statistic alarm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PixelDriftAlarm {
+    /// The statistic whose distribution moved.
+    pub statistic: PixelStatistic,
+    /// Inputs in the window.
+    pub window: usize,
+    /// Their mean rank among the clean values; 1/2 expected.
+    pub mean_rank: f64,
+    /// The distance from 1/2 at which the alarm goes off.
+    pub threshold: f64,
+}
+
+impl PixelMonitor {
+    /// A monitor against the calibration images' `reference`.
+    pub fn new(config: DriftConfig, reference: &PixelReference) -> Result<Self, DriftError> {
+        config.validate()?;
+        reference
+            .validate()
+            .map_err(|e| DriftError::Invalid(e.to_string()))?;
+        let n = reference.images() as f64;
+        let w = config.window as f64;
+        let v = ((n + 1.0).powi(2) - 1.0) / (12.0 * (n + 1.0).powi(2));
+        let sd = (v * ((n + 1.0) / ((n + 2.0) * w) + 1.0 / (n + 2.0))).sqrt();
+        Ok(Self {
+            reference: reference.clone(),
+            window: config.window,
+            ranks: VecDeque::with_capacity(config.window),
+            sums: [0; 2],
+            threshold: normal_upper_quantile(config.false_alarm / 4.0) * sd
+                + config.pixel_tolerance,
+            alarm: [false; 2],
+        })
+    }
+
+    /// The distance of a full window's mean rank from 1/2 at which the
+    /// alarm goes off.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// Whether `statistic`'s alarm is up.
+    pub fn alarm(&self, statistic: PixelStatistic) -> bool {
+        self.alarm[statistic as usize]
+    }
+
+    /// The window's mean rank per statistic, in [`PixelStatistic::ALL`]
+    /// order; none until the window is full.
+    pub fn mean_ranks(&self) -> Option<[f64; 2]> {
+        (self.ranks.len() == self.window).then(|| self.sums.map(|s| self.mean(s)))
+    }
+
+    fn scale(&self) -> f64 {
+        2.0 * (self.reference.images() as f64 + 1.0)
+    }
+
+    fn mean(&self, sum: u64) -> f64 {
+        sum as f64 / (self.window as f64 * self.scale())
+    }
+
+    /// One classified input's pixel statistics. Checks only full windows;
+    /// answers the alarms that changed.
+    pub fn observe(&mut self, pixels: PixelStatistics) -> Vec<PixelDriftEvent> {
+        let scale = self.scale();
+        // (2 R' + 1) exactly: the rank times 2 (n + 1), whole by construction.
+        let ranks = self
+            .reference
+            .ranks(pixels)
+            .map(|r| (r * scale).round() as u64);
+        if self.ranks.len() == self.window
+            && let Some(old) = self.ranks.pop_front()
+        {
+            for (sum, old) in self.sums.iter_mut().zip(old) {
+                *sum -= old;
+            }
+        }
+        for (sum, new) in self.sums.iter_mut().zip(ranks) {
+            *sum += new;
+        }
+        self.ranks.push_back(ranks);
+        let Some(means) = self.mean_ranks() else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for (i, statistic) in PixelStatistic::ALL.into_iter().enumerate() {
+            let alarm = (means[i] - 0.5).abs() >= self.threshold;
+            if alarm == self.alarm[i] {
+                continue;
+            }
+            self.alarm[i] = alarm;
+            events.push(if alarm {
+                PixelDriftEvent::Raised(PixelDriftAlarm {
+                    statistic,
+                    window: self.window,
+                    mean_rank: means[i],
+                    threshold: self.threshold,
+                })
+            } else {
+                PixelDriftEvent::Cleared(statistic)
+            });
+        }
+        events
+    }
+}
+
+/// The z with P(Z >= z) = `p` for a standard normal Z, 0 < p <= 1/2: by
+/// bisection on the tail, `erfc(z / sqrt 2) / 2`, to well below f64's
+/// resolution of the threshold.
+fn normal_upper_quantile(p: f64) -> f64 {
+    let tail = |z: f64| 0.5 * libm::erfc(z / std::f64::consts::SQRT_2);
+    let (mut lo, mut hi) = (0.0f64, 40.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if tail(mid) > p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
 /// The smallest c with P(X >= c) <= `alpha` for X ~ BetaBinomial(w, a, b).
 fn upper_quantile(w: usize, a: f64, b: f64, alpha: f64) -> usize {
     // pmf(0) = prod_{i<w} (b + i) / (a + b + i); then the ratio
@@ -204,6 +390,7 @@ mod tests {
             DriftConfig {
                 window: 10,
                 false_alarm: 0.01,
+                ..DriftConfig::default()
             },
             0.05,
             627,

@@ -26,7 +26,7 @@ use medguard_ledger::entry::{InferenceFailure, InputKey, TEXT_MAX_BYTES, bounded
 pub use medguard_ledger::entry::{ScreeningPolicy, Verdict};
 use medguard_ledger::{Entry, GroupCommit, Ledger, LedgerError};
 pub use medguard_ledger::{NoteVerifier, Receipt};
-use medguard_screen::StatisticReport;
+use medguard_screen::{PixelStatistics, StatisticReport};
 use thiserror::Error;
 
 use crate::admission::{AdmissionError, admit_directory};
@@ -169,8 +169,14 @@ pub struct ImageResult {
     pub label: Option<String>,
     /// Probabilities by label; none when withheld.
     pub probabilities: Option<BTreeMap<String, f32>>,
+    /// The model's logits in label order; none when withheld or when the
+    /// model runs unscreened (vendor use). Not recorded in the ledger.
+    pub logits: Option<Vec<f32>>,
     /// Values off the source's integer grid (format integrity, reported only).
     pub off_grid: u32,
+    /// The intensity and contrast of the values the guest screened, for the
+    /// server's drift alarm (never part of the verdict, never recorded).
+    pub pixels: PixelStatistics,
     /// The entry as recorded, and its receipt.
     pub receipt: Receipt,
 }
@@ -296,11 +302,45 @@ impl Guard {
             threshold: alarm.threshold as u64,
             expected_flag_rate: alarm.expected_rate,
         };
+        self.record_one(entry)
+    }
+
+    /// Records an input drift alarm for `model` (the server's pixel monitor
+    /// raised it); its receipt.
+    pub fn record_input_drift(
+        &self,
+        model: &AttestedModel,
+        alarm: &crate::drift::PixelDriftAlarm,
+    ) -> Result<Receipt, GuardError> {
+        let m = model.manifest();
+        self.record_one(Entry::InputDriftAlarm {
+            time: Timestamp::now(),
+            model: m.name.clone(),
+            version: m.version.clone(),
+            model_sha256: model.model_digest(),
+            statistic: alarm.statistic.name().into(),
+            window: alarm.window as u64,
+            mean_rank: alarm.mean_rank,
+            threshold: alarm.threshold,
+        })
+    }
+
+    fn record_one(&self, entry: Entry) -> Result<Receipt, GuardError> {
         let mut receipts = self.ledger.append_all(vec![entry])?;
         receipts.pop().ok_or_else(|| {
             GuardError::Ledger(LedgerError::Corrupt(
                 "no receipt for an appended entry".into(),
             ))
+        })
+    }
+
+    /// The ledger's entry at `index`, as recorded.
+    pub fn entry(&self, index: u64) -> Result<Entry, GuardError> {
+        let bytes = self.ledger.exclusive(|l| l.read_entry(index))??;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            GuardError::Ledger(LedgerError::Corrupt(format!(
+                "entry {index} is not a ledger entry: {e}"
+            )))
         })
     }
 
@@ -608,6 +648,8 @@ impl Guard {
                 rows.into_iter()
                     .map(|p| ScreenedImage {
                         probabilities: Some(p),
+                        // `classify` answers probabilities only.
+                        logits: None,
                         statistics: Vec::new(),
                         screening: None,
                         off_grid: 0,
@@ -652,6 +694,7 @@ impl Guard {
         let time = Timestamp::now();
         let labels = &manifest.output.labels;
         let mut images: Vec<Unrecorded> = Vec::with_capacity(screened.len());
+        let mut pixels = Vec::with_capacity(screened.len());
         let mut entries = Vec::with_capacity(screened.len());
         for (image, values) in screened
             .into_iter()
@@ -660,6 +703,7 @@ impl Guard {
             // The keyed digest of the exact tensor the guest screened.
             let tensor: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let result = unrecorded(image, labels);
+            pixels.push(PixelStatistics::of(values));
             entries.push(Entry::Inference {
                 time,
                 model: manifest.name.clone(),
@@ -687,13 +731,16 @@ impl Guard {
             images: images
                 .into_iter()
                 .zip(receipts)
-                .map(|(u, receipt)| ImageResult {
+                .zip(pixels)
+                .map(|((u, receipt), pixels)| ImageResult {
                     verdict: u.verdict,
                     p_value: u.p_value,
                     statistics: u.statistics,
                     label: u.label,
                     probabilities: u.probabilities,
+                    logits: u.logits,
                     off_grid: u.off_grid,
+                    pixels,
                     receipt,
                 })
                 .collect(),
@@ -768,6 +815,7 @@ struct Unrecorded {
     statistics: Vec<StatisticReport>,
     label: Option<String>,
     probabilities: Option<BTreeMap<String, f32>>,
+    logits: Option<Vec<f32>>,
     off_grid: u32,
 }
 
@@ -784,6 +832,7 @@ fn unrecorded(image: ScreenedImage, labels: &[String]) -> Unrecorded {
         statistics,
         label,
         probabilities,
+        logits: image.logits,
         off_grid: image.off_grid,
     }
 }

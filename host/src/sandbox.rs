@@ -979,6 +979,27 @@ impl Session {
         {
             return Err(malformed("wrong number of probabilities"));
         }
+        // The logits travel with the probabilities and must be the ones
+        // they came from: a client reading either sees the same answer.
+        match (&a.probabilities, &a.logits) {
+            (None, None) => {}
+            (Some(p), Some(l)) => {
+                let coherent = l.len() == self.classes
+                    && medguard_screen::softmax(l).is_some_and(|q| {
+                        q.iter().zip(p).all(|(q, p)| (q - p).abs() <= 1e-5)
+                            && medguard_screen::predicted_class(&q)
+                                == medguard_screen::predicted_class(p)
+                    });
+                if !coherent {
+                    return Err(malformed("the logits do not give the probabilities"));
+                }
+            }
+            _ => {
+                return Err(malformed(
+                    "probabilities without logits, or logits without probabilities",
+                ));
+            }
+        }
         let screening = match a.screening {
             // A calibrated detector judges every image: an answer without
             // a verdict would pass as "unscreened", with its label.
@@ -1025,6 +1046,7 @@ impl Session {
         }
         Ok(ScreenedImage {
             probabilities: a.probabilities,
+            logits: a.logits,
             statistics: a.statistics,
             screening,
             off_grid: a.off_grid,

@@ -41,7 +41,7 @@ use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use crate::drift::{DriftConfig, DriftEvent, DriftMonitor};
+use crate::drift::{DriftConfig, DriftEvent, DriftMonitor, PixelDriftEvent, PixelMonitor};
 use crate::guard::{
     ClassifyError, ClassifyOptions, Guard, GuardError, InputRefusal, ScreeningPolicy, Verdict,
 };
@@ -96,9 +96,18 @@ pub struct Server {
     waiting: AtomicUsize,
     ready: AtomicBool,
     metrics: metrics::Metrics,
-    /// A drift monitor per served model and version that has a screening
-    /// profile.
-    drift: std::sync::Mutex<BTreeMap<(String, String), DriftMonitor>>,
+    /// The drift alarms of every served model and version that has a
+    /// screening profile.
+    drift: std::sync::Mutex<BTreeMap<(String, String), Watch>>,
+}
+
+/// One served model's drift alarms: the flag rate of its verdicts, and
+/// where its inputs' intensity and contrast fall among the calibration
+/// images' (when its manifest records them).
+#[derive(Debug)]
+struct Watch {
+    verdicts: Option<DriftMonitor>,
+    pixels: Option<PixelMonitor>,
 }
 
 impl Server {
@@ -181,8 +190,9 @@ impl Server {
         self.models.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Feeds a classification's verdicts to its model's drift monitor; an
-    /// alarm goes to the metrics, the log and the ledger.
+    /// Feeds a classification's verdicts and pixel statistics to its
+    /// model's drift monitors; an alarm goes to the metrics, the log and the
+    /// ledger.
     fn watch_drift(&self, model: &AttestedModel, classified: &crate::guard::Classified) {
         let m = model.manifest();
         let labels = metrics::ModelLabels {
@@ -190,28 +200,53 @@ impl Server {
             version: m.version.to_string(),
         };
         let mut raised = Vec::new();
+        let mut input_raised = Vec::new();
         {
-            let mut monitors = self.drift.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(monitor) = monitors.get_mut(&(labels.model.clone(), labels.version.clone()))
+            let mut watches = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(watch) = watches.get_mut(&(labels.model.clone(), labels.version.clone()))
             else {
                 return;
             };
-            for image in &classified.images {
-                let flagged = match image.verdict {
-                    Verdict::Unscreened => continue,
-                    Verdict::Accept => false,
-                    Verdict::Flag | Verdict::Reject => true,
-                };
-                match monitor.observe(flagged) {
-                    Some(DriftEvent::Raised(alarm)) => raised.push(alarm),
-                    Some(DriftEvent::Cleared) => {
-                        tracing::info!(model = %labels.model, version = %labels.version, "drift alarm cleared");
+            if let Some(monitor) = &mut watch.verdicts {
+                for image in &classified.images {
+                    let flagged = match image.verdict {
+                        Verdict::Unscreened => continue,
+                        Verdict::Accept => false,
+                        Verdict::Flag | Verdict::Reject => true,
+                    };
+                    match monitor.observe(flagged) {
+                        Some(DriftEvent::Raised(alarm)) => raised.push(alarm),
+                        Some(DriftEvent::Cleared) => {
+                            tracing::info!(model = %labels.model, version = %labels.version, "drift alarm cleared");
+                        }
+                        None => {}
                     }
-                    None => {}
+                }
+                self.metrics
+                    .drift(&labels, monitor.alarm(), !raised.is_empty());
+            }
+            if let Some(monitor) = &mut watch.pixels {
+                for image in &classified.images {
+                    for event in monitor.observe(image.pixels) {
+                        match event {
+                            PixelDriftEvent::Raised(alarm) => input_raised.push(alarm),
+                            PixelDriftEvent::Cleared(statistic) => {
+                                tracing::info!(model = %labels.model, version = %labels.version, statistic = statistic.name(), "input drift alarm cleared");
+                            }
+                        }
+                    }
+                }
+                let means = monitor.mean_ranks();
+                for (i, statistic) in medguard_screen::PixelStatistic::ALL.into_iter().enumerate() {
+                    self.metrics.input_drift(
+                        &labels,
+                        statistic.name(),
+                        means.map(|m| m[i]),
+                        monitor.alarm(statistic),
+                        input_raised.iter().any(|a| a.statistic == statistic),
+                    );
                 }
             }
-            self.metrics
-                .drift(&labels, monitor.alarm(), !raised.is_empty());
         }
         for alarm in raised {
             tracing::warn!(
@@ -224,6 +259,21 @@ impl Server {
             );
             if let Err(e) = self.guard.record_drift(model, &alarm) {
                 tracing::error!("recording the drift alarm: {e}");
+            }
+        }
+        for alarm in input_raised {
+            tracing::warn!(
+                model = %labels.model,
+                version = %labels.version,
+                statistic = alarm.statistic.name(),
+                window = alarm.window,
+                mean_rank = alarm.mean_rank,
+                threshold = alarm.threshold,
+                "input drift alarm: the inputs' {} no longer matches the calibration images' (a new scanner or a changed preprocessing?)",
+                alarm.statistic.name()
+            );
+            if let Err(e) = self.guard.record_input_drift(model, &alarm) {
+                tracing::error!("recording the input drift alarm: {e}");
             }
         }
     }
@@ -360,25 +410,35 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// A drift monitor for `model` under `config`, keyed by name and version;
-/// none for an unscreened model or a calibration too small to support it.
-fn drift_monitor(
-    config: DriftConfig,
-    model: &AttestedModel,
-) -> Option<((String, String), DriftMonitor)> {
+/// The drift monitors for `model` under `config`, keyed by name and
+/// version; none for an unscreened model. A calibration too small to
+/// support a monitor is logged and that monitor left out.
+fn drift_monitor(config: DriftConfig, model: &AttestedModel) -> Option<((String, String), Watch)> {
     let manifest = model.manifest();
     let screening = manifest.screening.as_ref()?;
+    let unwatched = |what: &str, e: crate::drift::DriftError| {
+        tracing::warn!(
+            "{} {}: {e}; {what} not watched",
+            manifest.name,
+            manifest.version
+        );
+    };
     let target = screening.profile.targets.flag_fpr;
-    match DriftMonitor::new(config, target, screening.calibration.images) {
-        Ok(monitor) => Some((
-            (manifest.name.clone(), manifest.version.to_string()),
-            monitor,
-        )),
-        Err(e) => {
-            tracing::warn!("{} {}: {e}; not watched", manifest.name, manifest.version);
-            None
-        }
+    let verdicts = DriftMonitor::new(config, target, screening.calibration.images)
+        .map_err(|e| unwatched("verdicts", e))
+        .ok();
+    let pixels = screening.pixels.as_ref().and_then(|reference| {
+        PixelMonitor::new(config, reference)
+            .map_err(|e| unwatched("pixel statistics", e))
+            .ok()
+    });
+    if verdicts.is_none() && pixels.is_none() {
+        return None;
     }
+    Some((
+        (manifest.name.clone(), manifest.version.to_string()),
+        Watch { verdicts, pixels },
+    ))
 }
 
 /// Keeps a client's `x-request-id` only if it is a plain id (at most 64 of
@@ -703,14 +763,18 @@ async fn infer_model(
             ),
         )
     })?;
-    let (input, binary_output, id, seed) = if dicom {
-        (Input::Dicom(body), false, None, None)
+    let (input, requested, id, seed) = if dicom {
+        let probabilities = oip::Requested {
+            output: oip::Output::Probabilities,
+            binary: false,
+        };
+        (Input::Dicom(body), vec![probabilities], None, None)
     } else {
         let bad_request = |e: oip::TensorError| Failure::new(StatusCode::BAD_REQUEST, e.0);
         let header_length = headers.get(oip::HEADER_LENGTH).map(|v| v.as_bytes());
         let (request, binary) = oip::parse_request(&body, header_length).map_err(bad_request)?;
         let batch = oip::batch_of(&request, binary, model.manifest()).map_err(bad_request)?;
-        let binary_output = oip::binary_output(&request);
+        let requested = oip::requested_outputs(&request).map_err(bad_request)?;
         drop(body);
         // Nothing of the request but its tensor waits in the queue.
         let InferRequest {
@@ -722,7 +786,7 @@ async fn infer_model(
         drop((inputs, outputs));
         (
             Input::Tensor(batch),
-            binary_output,
+            requested,
             id,
             parameters.medguard_seed,
         )
@@ -861,38 +925,60 @@ async fn infer_model(
         failure.body.parameters = parameters;
         return Err(failure);
     }
-    let data: Vec<f32> = classified
-        .images
-        .iter()
-        .flat_map(|r| {
-            let p = r.probabilities.as_ref();
-            labels
+    let shape = vec![classified.images.len() as i64, labels.len() as i64];
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut outputs = Vec::with_capacity(requested.len());
+    for r in &requested {
+        let data: Vec<f32> = match r.output {
+            oip::Output::Probabilities => classified
+                .images
                 .iter()
-                .map(move |l| p.and_then(|p| p.get(l).copied()).unwrap_or(f32::NAN))
-        })
-        .collect();
-    let mut output = OutputTensor {
-        name: oip::PROBABILITIES.into(),
-        shape: vec![classified.images.len() as i64, labels.len() as i64],
-        datatype: "FP32",
-        data: None,
-        parameters: BTreeMap::new(),
-    };
-    let bytes: Vec<u8> = if binary_output {
-        output
-            .parameters
-            .insert("binary_data_size".into(), json!(data.len() * 4));
-        data.iter().flat_map(|v| v.to_le_bytes()).collect()
-    } else {
-        output.data = Some(data);
-        Vec::new()
-    };
+                .flat_map(|r| {
+                    let p = r.probabilities.as_ref();
+                    labels
+                        .iter()
+                        .map(move |l| p.and_then(|p| p.get(l).copied()).unwrap_or(f32::NAN))
+                })
+                .collect(),
+            // Every served model is screened, and the sandbox checked that
+            // a screened answer's logits came with its probabilities.
+            oip::Output::Logits => classified
+                .images
+                .iter()
+                .map(|r| r.logits.as_deref().filter(|l| l.len() == labels.len()))
+                .collect::<Option<Vec<&[f32]>>>()
+                .ok_or_else(|| {
+                    Failure::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the sandbox returned no logits".into(),
+                    )
+                })?
+                .concat(),
+        };
+        let mut output = OutputTensor {
+            name: r.output.name().into(),
+            shape: shape.clone(),
+            datatype: "FP32",
+            data: None,
+            parameters: BTreeMap::new(),
+        };
+        if r.binary {
+            output
+                .parameters
+                .insert("binary_data_size".into(), json!(data.len() * 4));
+            bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+        } else {
+            output.data = Some(data);
+        }
+        outputs.push(output);
+    }
+    let binary_output = requested.iter().any(|r| r.binary);
     let response = InferResponse {
         model_name: model.manifest().name.clone(),
         model_version: model.manifest().version.to_string(),
         id,
         parameters,
-        outputs: vec![output],
+        outputs,
     };
     if !binary_output {
         return Ok(Json(response).into_response());

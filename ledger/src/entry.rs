@@ -175,6 +175,28 @@ pub enum Entry {
         /// The flag rate calibration promised.
         expected_flag_rate: f64,
     },
+    /// Where a model's recent inputs fall among the calibration images in a
+    /// pixel statistic (intensity or contrast) left what chance allows (the
+    /// server's drift alarm): a new scanner, a changed preprocessing, inputs
+    /// unlike the ones the model was calibrated on.
+    InputDriftAlarm {
+        /// When.
+        time: Timestamp,
+        /// Manifest name.
+        model: String,
+        /// Manifest version.
+        version: semver::Version,
+        /// SHA-256 of the model file.
+        model_sha256: Sha256Digest,
+        /// `intensity` or `contrast`.
+        statistic: String,
+        /// Inputs in the window.
+        window: u64,
+        /// Their mean rank among the calibration images' values; 0.5 expected.
+        mean_rank: f64,
+        /// The distance from 0.5 at which the alarm goes off.
+        threshold: f64,
+    },
 }
 
 impl Entry {
@@ -251,6 +273,17 @@ impl Entry {
                 "drift alarm {model} {version}: {flagged} of the last {window} inputs flagged, {:.1} expected",
                 expected_flag_rate * *window as f64
             ),
+            Entry::InputDriftAlarm {
+                model,
+                version,
+                statistic,
+                window,
+                mean_rank,
+                threshold,
+                ..
+            } => format!(
+                "input drift alarm {model} {version}: the last {window} inputs' {statistic} ranks {mean_rank:.3} among the calibration images', 0.500 expected, alarm at {threshold:.3} away"
+            ),
         }
     }
 
@@ -270,6 +303,7 @@ impl Entry {
             Self::Inference { .. } => "inference",
             Self::InferenceFailed { .. } => "inference-failed",
             Self::DriftAlarm { .. } => "drift-alarm",
+            Self::InputDriftAlarm { .. } => "input-drift-alarm",
         }
     }
 
@@ -283,7 +317,8 @@ impl Entry {
             | Self::PolicyChanged { time, .. }
             | Self::Inference { time, .. }
             | Self::InferenceFailed { time, .. }
-            | Self::DriftAlarm { time, .. } => *time,
+            | Self::DriftAlarm { time, .. }
+            | Self::InputDriftAlarm { time, .. } => *time,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct ScreenedImage {
     /// Softmax probabilities, or `None` when the input was rejected and the
     /// policy withholds rejected predictions.
     pub probabilities: Option<Vec<f32>>,
+    /// The model's logits the probabilities came from, withheld with them.
+    pub logits: Option<Vec<f32>>,
     /// Statistic values in detector order.
     pub statistics: Vec<f64>,
     /// P-values and verdict; `None` for an uncalibrated detector.

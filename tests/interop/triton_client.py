@@ -4,7 +4,8 @@ Reads a JSON job on stdin: {"url": "127.0.0.1:PORT", "model": NAME,
 "seed": S, "images": {NAME: [C*H*W floats], ...}, "ca_cert": PEM or null,
 "wrong_ca": PEM or null} and writes one JSON object to stdout: what the
 server said through the client, per image, over JSON and over the binary
-tensor data extension. With "ca_cert" the client speaks https and verifies
+tensor data extension (the probabilities one way, the logits the other).
+With "ca_cert" the client speaks https and verifies
 the server against that CA and the host name; with "wrong_ca" it also says
 whether a client trusting only that CA was refused. The Rust test
 (host/tests/cli/serve.rs) compares it with `medguard predict --json`.
@@ -22,12 +23,16 @@ from tritonclient.utils import InferenceServerException
 def infer(client, model, image, shape, seed, binary):
     tensor = httpclient.InferInput("image", shape, "FP32")
     tensor.set_data_from_numpy(image, binary_data=binary)
-    wanted = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    # The logits go the other way: one answer mixes JSON and binary outputs.
+    wanted = [
+        httpclient.InferRequestedOutput("probabilities", binary_data=binary),
+        httpclient.InferRequestedOutput("logits", binary_data=not binary),
+    ]
     try:
         result = client.infer(
             model,
             [tensor],
-            outputs=[wanted],
+            outputs=wanted,
             request_id="interop",
             parameters={"medguard_seed": seed},
         )
@@ -39,6 +44,7 @@ def infer(client, model, image, shape, seed, binary):
         "status": 200,
         "id": response.get("id"),
         "probabilities": result.as_numpy("probabilities").astype(float).tolist(),
+        "logits": result.as_numpy("logits").astype(float).tolist(),
         "verdict": parameters["medguard_verdict"],
         "seed": parameters["medguard_seed"],
         "results": json.loads(parameters["medguard_results"]),

@@ -206,12 +206,14 @@ fn imports_of(component: &[u8]) -> Vec<String> {
 }
 
 /// A data segment that lays out, at 256, `screen`'s answer for one image:
-/// a prediction (0.25, 0.75), `statistics` zero values, and no verdict (the
-/// canonical ABI's layout of `result<list<screened-image>>`). Below 1024,
-/// where the guest's bump allocator never puts the host's arguments.
-fn unjudged_answer(statistics: usize) -> String {
+/// a prediction (0.25, 0.75) with `logits`, `statistics` zero values, and
+/// no verdict (the canonical ABI's layout of `result<list<screened-image>>`).
+/// Below 1024, where the guest's bump allocator never puts the host's
+/// arguments.
+fn unjudged_answer(statistics: usize, logits: [f32; 2]) -> String {
     const BASE: u32 = 256;
-    let (record, probabilities, values) = (BASE + 64, BASE + 256, BASE + 512);
+    let (record, probabilities, logit_values, values) =
+        (BASE + 64, BASE + 256, BASE + 272, BASE + 512);
     assert!(statistics <= 32, "the answer must stay below 1024");
     let mut memory = vec![0u8; 512 + 8 * statistics];
     let mut put = |at: u32, bytes: &[u8]| {
@@ -221,18 +223,26 @@ fn unjudged_answer(statistics: usize) -> String {
     // result::ok, the list (pointer, length 1).
     put(BASE + 4, &record.to_le_bytes());
     put(BASE + 8, &1u32.to_le_bytes());
-    // probabilities: some(list) at 0; statistics: list at 12; screening:
-    // none at 24 (the byte stays 0); off-grid at 56.
+    // probabilities: some(list) at 0; logits: some(list) at 12; statistics:
+    // list at 24; screening: none at 32 (the byte stays 0); off-grid at 64.
     put(record, &[1]);
     put(record + 4, &probabilities.to_le_bytes());
     put(record + 8, &2u32.to_le_bytes());
-    put(record + 12, &values.to_le_bytes());
-    put(record + 16, &(statistics as u32).to_le_bytes());
+    put(record + 12, &[1]);
+    put(record + 16, &logit_values.to_le_bytes());
+    put(record + 20, &2u32.to_le_bytes());
+    put(record + 24, &values.to_le_bytes());
+    put(record + 28, &(statistics as u32).to_le_bytes());
     put(probabilities, &0.25f32.to_le_bytes());
     put(probabilities + 4, &0.75f32.to_le_bytes());
+    put(logit_values, &logits[0].to_le_bytes());
+    put(logit_values + 4, &logits[1].to_le_bytes());
     let escaped: String = memory.iter().map(|b| format!("\\{b:02x}")).collect();
     format!(r#"(data (i32.const {BASE}) "{escaped}")"#)
 }
+
+/// Logits whose softmax is (0.25, 0.75): 0 and ln 3.
+const COHERENT_LOGITS: [f32; 2] = [0.0, 1.098_612_3];
 
 #[test]
 fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
@@ -248,7 +258,10 @@ fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
         .clone();
     let lying = load(
         &tight_runtime(),
-        hostile_screening_component("(i32.const 256)", &unjudged_answer(statistics.len())),
+        hostile_screening_component(
+            "(i32.const 256)",
+            &unjudged_answer(statistics.len(), COHERENT_LOGITS),
+        ),
     );
     let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
     let options = ScreenOptions {
@@ -276,4 +289,44 @@ fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
         measured[0].probabilities.as_deref(),
         Some(&[0.25f32, 0.75][..])
     );
+    assert_eq!(measured[0].logits.as_deref(), Some(&COHERENT_LOGITS[..]));
+}
+
+#[test]
+fn logits_that_do_not_give_the_probabilities_are_refused() {
+    // A client reading the logits would see another answer than the
+    // probabilities (and the recorded label) say.
+    let model = bundled_model();
+    let statistics = model
+        .manifest()
+        .screening
+        .as_ref()
+        .unwrap()
+        .profile
+        .statistics
+        .clone();
+    let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
+    let options = ScreenOptions {
+        seed: 1,
+        source_bits: 8,
+        withhold_rejected: true,
+    };
+    for logits in [[1.098_612_3f32, 0.0], [0.0, 2.0], [0.0, f32::NAN]] {
+        let lying = load(
+            &tight_runtime(),
+            hostile_screening_component(
+                "(i32.const 256)",
+                &unjudged_answer(statistics.len(), logits),
+            ),
+        );
+        let err = lying
+            .calibration_session(&model, &statistics)
+            .unwrap()
+            .screen(&batch.shape, &batch.data, options)
+            .expect_err("incoherent logits must not pass");
+        assert!(
+            matches!(err, SandboxError::MalformedScreening(ref why) if why.contains("logits")),
+            "{logits:?}: {err}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use medguard::sandbox::{GuestProgram, Runtime};
 use medguard::server::auth::Tokens;
 use medguard::server::{Limits, Server, router};
 use medguard_attest::Sha256Digest;
-use medguard_tests::{model_dir, shared_program_owned};
+use medguard_tests::{model_dir, repo_root, shared_program_owned};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -131,8 +131,11 @@ async fn health_and_metadata_follow_the_protocol() {
     assert_eq!(model["platform"], "onnx_onnxv1");
     assert_eq!(model["inputs"][0]["shape"], json!([-1, 1, 28, 28]));
     assert_eq!(
-        model["outputs"][0],
-        json!({"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]})
+        model["outputs"],
+        json!([
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "logits", "datatype": "FP32", "shape": [-1, 2]},
+        ])
     );
     let version = model["versions"][0].as_str().unwrap().to_owned();
     let (status, _) = call(
@@ -337,6 +340,16 @@ async fn bad_requests_get_a_json_error_and_the_right_status() {
             StatusCode::BAD_REQUEST,
             "numbers, or arrays of them",
         ),
+        (
+            serde_json::to_vec(&json!({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": good}], "outputs": [{"name": "scores"}]})).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "output \"scores\" does not exist",
+        ),
+        (
+            serde_json::to_vec(&json!({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": good}], "outputs": [{"name": "logits"}, {"name": "logits", "parameters": {"binary_data": true}}]})).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "asked for twice",
+        ),
         (vec![b' '; 65 << 10], StatusCode::PAYLOAD_TOO_LARGE, ""),
     ];
     let (status, answer) = call(&f.server, "GET", uri, None, None).await;
@@ -503,6 +516,97 @@ async fn binary_tensors_give_the_answer_json_gives() {
             json_answer["parameters"]["medguard_verdict"]
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logits_come_when_asked_for_and_give_the_probabilities() {
+    let f = fixture(None, Limits::default());
+    let (values, pixels) = tensors("samples/pneumonia-1.png");
+    let uri = "/v2/models/pneumonia-cnn/infer";
+    let (status, plain) = call(
+        &f.server,
+        "POST",
+        uri,
+        None,
+        Some(infer_body("FP32", json!(values), 5)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    assert_eq!(plain["outputs"].as_array().unwrap().len(), 1, "{plain}");
+    let probabilities: Vec<f32> =
+        serde_json::from_value(plain["outputs"][0]["data"].clone()).unwrap();
+
+    // Logits as bytes, then the probabilities as JSON, in the order asked.
+    let (status, answer, rest) = call_binary(
+        &f.server,
+        json!({"parameters": {"medguard_seed": 5},
+            "inputs": [binary_input("UINT8", pixels.len())],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": true}},
+                        {"name": "probabilities"}]}),
+        &pixels,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let outputs = answer["outputs"].as_array().unwrap();
+    assert_eq!(
+        (outputs[0]["name"].as_str(), outputs[1]["name"].as_str()),
+        (Some("logits"), Some("probabilities"))
+    );
+    assert_eq!(outputs[0]["shape"], json!([1, 2]));
+    assert_eq!(outputs[0]["parameters"]["binary_data_size"], 8);
+    assert!(outputs[0].get("data").is_none(), "{answer}");
+    assert_eq!(outputs[1]["data"], plain["outputs"][0]["data"]);
+    let logits: Vec<f32> = rest
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(logits.len(), 2);
+    // Softmax of the logits is the probabilities, and their argmax the label.
+    let exps: Vec<f64> = logits.iter().map(|&l| f64::from(l).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    for (e, p) in exps.iter().zip(&probabilities) {
+        assert!((e / total - f64::from(*p)).abs() < 1e-5);
+    }
+    let label = results(&plain["parameters"])[0]["label"].clone();
+    let argmax = if logits[1] > logits[0] {
+        "pneumonia"
+    } else {
+        "normal"
+    };
+    assert_eq!(label, argmax);
+
+    // Logits alone, as JSON: the same numbers.
+    let mut request: Value = serde_json::from_slice(&infer_body("FP32", json!(values), 5)).unwrap();
+    request["outputs"] = json!([{"name": "logits"}]);
+    let (status, only) = call(
+        &f.server,
+        "POST",
+        uri,
+        None,
+        Some(serde_json::to_vec(&request).unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{only}");
+    assert_eq!(only["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(only["outputs"][0]["name"], "logits");
+    let json_logits: Vec<f32> = serde_json::from_value(only["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(json_logits, logits);
+
+    // A rejected input under enforce gives no logits either.
+    let (values, _) = tensors("adversarial/pgd8-1.png");
+    let mut request: Value = serde_json::from_slice(&infer_body("FP32", json!(values), 1)).unwrap();
+    request["outputs"] = json!([{"name": "logits"}]);
+    let (status, body) = call(
+        &f.server,
+        "POST",
+        uri,
+        None,
+        Some(serde_json::to_vec(&request).unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.get("outputs").is_none(), "{body}");
 }
 
 #[tokio::test]
@@ -705,6 +809,7 @@ async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
     f.server = Arc::new(server.with_drift(medguard::drift::DriftConfig {
         window: 8,
         false_alarm: 0.01,
+        ..medguard::drift::DriftConfig::default()
     }));
     let (attacked, _) = tensors("adversarial/pgd8-1.png");
     let size = |f: &Fixture| f.guard.checkpoint().unwrap().0;
@@ -724,8 +829,19 @@ async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    // Eight verdicts and one drift alarm in the ledger.
-    assert_eq!(size(&f), before + 9);
+    // Eight verdicts and one drift alarm in the ledger (eight copies of one
+    // image may also move the pixel statistics' window: not counted here).
+    let kinds = entry_kinds(&f, before);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "inference").count(),
+        8,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "drift-alarm").count(),
+        1,
+        "{kinds:?}"
+    );
     let text = metrics_text(&f.server).await;
     let version = medguard_tests::bundled_model()
         .manifest()
@@ -741,6 +857,94 @@ async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
         sample(&text, "medguard_drift_alarms_total", &model),
         Some(1.0)
     );
+}
+
+/// The kinds of the ledger's entries from `from` on.
+fn entry_kinds(f: &Fixture, from: u64) -> Vec<String> {
+    let size = f.guard.checkpoint().unwrap().0;
+    (from..size)
+        .map(|i| f.guard.entry(i).unwrap().kind().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_scanner_raises_the_input_drift_alarm_in_metrics_and_ledger() {
+    // Images with their contrast scaled to 0.6: the screening statistics
+    // pass them as clean (README, "Serving"), their pixels do not.
+    let mut f = fixture(None, Limits::default());
+    let server = Arc::try_unwrap(f.server).ok().unwrap();
+    f.server = Arc::new(server.with_drift(medguard::drift::DriftConfig {
+        window: 8,
+        false_alarm: 0.01,
+        ..medguard::drift::DriftConfig::default()
+    }));
+    let bytes =
+        std::fs::read(repo_root().join("tests/adversarial/sets/corruption-contrast-0.6.npz"))
+            .unwrap();
+    let shifted = medguard::input::read_npz_images(&bytes, "images").unwrap();
+    let eight = &shifted.data[..8 * 784];
+    let before = f.guard.checkpoint().unwrap().0;
+    let body = serde_json::to_vec(&json!({
+        "parameters": {"medguard_seed": 2},
+        "inputs": [{"name": "image", "shape": [8, 1, 28, 28], "datatype": "FP32", "data": eight}],
+    }))
+    .unwrap();
+    let (status, answer) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let kinds = entry_kinds(&f, before);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "inference").count(),
+        8,
+        "{kinds:?}"
+    );
+    let alarm = (before..before + kinds.len() as u64)
+        .map(|i| f.guard.entry(i).unwrap())
+        .find(|e| e.kind() == "input-drift-alarm")
+        .expect("an input drift alarm in the ledger");
+    let medguard_ledger::entry::Entry::InputDriftAlarm {
+        statistic,
+        window,
+        mean_rank,
+        threshold,
+        ..
+    } = alarm
+    else {
+        unreachable!()
+    };
+    assert_eq!((statistic.as_str(), window), ("contrast", 8));
+    assert!(mean_rank < 0.5 - threshold, "{mean_rank} {threshold}");
+
+    let text = metrics_text(&f.server).await;
+    let version = medguard_tests::bundled_model()
+        .manifest()
+        .version
+        .to_string();
+    let contrast = format!("model=\"pneumonia-cnn\",version=\"{version}\",statistic=\"contrast\"");
+    let intensity = contrast.replace("contrast\"", "intensity\"");
+    assert_eq!(
+        sample(&text, "medguard_input_drift_alarm", &contrast),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "medguard_input_drift_alarms_total", &contrast),
+        Some(1.0)
+    );
+    // Scaling about each image's mean leaves its intensity where it was.
+    assert_eq!(
+        sample(&text, "medguard_input_drift_alarm", &intensity),
+        Some(0.0),
+        "{text}"
+    );
+    let rank = sample(&text, "medguard_input_mean_rank", &contrast).unwrap();
+    assert!((rank - mean_rank).abs() < 1e-9, "{rank} {mean_rank}");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -95,34 +95,13 @@ pub fn median_squeeze(image: &[f32], spec: &ModelSpec, window: u32) -> Vec<f32> 
     screen::median_filter(image, spec, window.max(1) as usize)
 }
 
-/// Softmax in f64 so that large logits neither overflow nor lose the small class.
+/// The screen crate's softmax, with a non-finite logit as the model's failure.
 fn softmax(logits: &[f32]) -> Result<Vec<f32>, GuestError> {
-    if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
-        return Err(GuestError::InferenceFailed(format!(
-            "model produced a non-finite logit ({bad})"
-        )));
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    Ok(exps.iter().map(|e| (e / sum) as f32).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn softmax_is_stable_for_large_logits() {
-        let p = softmax(&[1000.0, 0.0]).unwrap();
-        assert!((p[0] - 1.0).abs() < 1e-6 && p[1] >= 0.0);
-        let p = softmax(&[0.0, 0.0]).unwrap();
-        assert_eq!(p, vec![0.5, 0.5]);
-    }
-
-    #[test]
-    fn softmax_refuses_non_finite_logits() {
-        assert!(softmax(&[f32::NAN, 0.0]).is_err());
-        assert!(softmax(&[f32::INFINITY, 0.0]).is_err());
-    }
+    medguard_screen::softmax(logits).ok_or_else(|| {
+        let bad = logits.iter().find(|v| !v.is_finite()).copied();
+        GuestError::InferenceFailed(format!(
+            "model produced a non-finite logit ({})",
+            bad.unwrap_or(f32::NAN)
+        ))
+    })
 }

@@ -146,6 +146,7 @@ impl Classifier {
                         .is_some_and(|s| s.verdict == Verdict::Reject);
                 Ok(ScreenedImage {
                     probabilities: (!withheld).then_some(probabilities),
+                    logits: (!withheld).then(|| own.to_vec()),
                     statistics: values,
                     screening,
                     off_grid: off_grid(image, spec, options.source_bits),

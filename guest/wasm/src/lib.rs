@@ -138,6 +138,7 @@ impl From<ScreenedImage> for wit::ScreenedImage {
     fn from(s: ScreenedImage) -> Self {
         wit::ScreenedImage {
             probabilities: s.probabilities,
+            logits: s.logits,
             statistics: s.statistics,
             screening: s.screening.map(|s| wit::Screening {
                 verdict: match s.verdict {

@@ -66,9 +66,14 @@ pub struct ServeCmd {
     /// rate with the one calibration promised.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     drift_window: u32,
-    /// Chance that one check of a clean window raises the drift alarm.
+    /// Chance that one check of a clean window raises a drift alarm.
     #[arg(long, default_value_t = 1e-3)]
     drift_false_alarm: f64,
+    /// How far the window's mean rank of the inputs' intensity or contrast
+    /// among the calibration images' may stray from 0.5 beyond chance
+    /// before the input drift alarm goes off (0 to below 0.5).
+    #[arg(long, default_value_t = 0.05)]
+    drift_pixel_tolerance: f64,
     /// Seconds that requests in flight may take to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
@@ -80,6 +85,12 @@ impl ServeCmd {
             anyhow::bail!(
                 "--drift-false-alarm {} must be between 0 and 1",
                 self.drift_false_alarm
+            );
+        }
+        if !(0.0..0.5).contains(&self.drift_pixel_tolerance) {
+            anyhow::bail!(
+                "--drift-pixel-tolerance {} must be at least 0 and below 0.5",
+                self.drift_pixel_tolerance
             );
         }
         let Some(policy) = self.trust.policy(None)? else {
@@ -201,6 +212,7 @@ impl ServeCmd {
         let drift = DriftConfig {
             window: self.drift_window as usize,
             false_alarm: self.drift_false_alarm,
+            pixel_tolerance: self.drift_pixel_tolerance,
         };
         let server = Arc::new(
             Server::new(Arc::new(guard), models, tokens, policy, limits)

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use crate::guard::{Timings, Verdict};
 
@@ -49,6 +50,13 @@ struct FailureLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PixelLabels {
+    model: String,
+    version: String,
+    statistic: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
     model: String,
     version: String,
@@ -82,6 +90,9 @@ pub struct Metrics {
     ledger_seconds: Histogram,
     drift_alarm: Family<ModelLabels, Gauge>,
     drift_alarms: Family<ModelLabels, Counter>,
+    input_drift_alarm: Family<PixelLabels, Gauge>,
+    input_drift_alarms: Family<PixelLabels, Counter>,
+    input_mean_rank: Family<PixelLabels, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -120,6 +131,9 @@ impl Metrics {
             ledger_seconds: latency_buckets(),
             drift_alarm: Family::default(),
             drift_alarms: Family::default(),
+            input_drift_alarm: Family::default(),
+            input_drift_alarms: Family::default(),
+            input_mean_rank: Family::default(),
         };
         let r = &mut m.registry;
         let p = "medguard_";
@@ -203,6 +217,21 @@ impl Metrics {
             "Drift alarms raised",
             m.drift_alarms.clone(),
         );
+        r.register(
+            format!("{p}input_drift_alarm"),
+            "1 while the model's recent inputs' intensity or contrast disagrees with the calibration images' (input drift alarm)",
+            m.input_drift_alarm.clone(),
+        );
+        r.register(
+            format!("{p}input_drift_alarms"),
+            "Input drift alarms raised",
+            m.input_drift_alarms.clone(),
+        );
+        r.register(
+            format!("{p}input_mean_rank"),
+            "Mean rank of the last window of inputs' intensity or contrast among the calibration images' (0.5 on clean traffic)",
+            m.input_mean_rank.clone(),
+        );
         m
     }
 
@@ -275,6 +304,33 @@ impl Metrics {
         self.drift_alarm.get_or_create(model).set(i64::from(alarm));
         if raised {
             self.drift_alarms.get_or_create(model).inc();
+        }
+    }
+
+    /// The pixel monitor's state for `model`: per statistic, its window's
+    /// mean rank (once full), whether it is in alarm and whether it just
+    /// went into alarm.
+    pub fn input_drift(
+        &self,
+        model: &ModelLabels,
+        statistic: &'static str,
+        mean_rank: Option<f64>,
+        alarm: bool,
+        raised: bool,
+    ) {
+        let labels = PixelLabels {
+            model: model.model.clone(),
+            version: model.version.clone(),
+            statistic,
+        };
+        if let Some(rank) = mean_rank {
+            self.input_mean_rank.get_or_create(&labels).set(rank);
+        }
+        self.input_drift_alarm
+            .get_or_create(&labels)
+            .set(i64::from(alarm));
+        if raised {
+            self.input_drift_alarms.get_or_create(&labels).inc();
         }
     }
 

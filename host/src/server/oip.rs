@@ -47,8 +47,40 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
-/// The output tensor every inference returns: one probability per label.
+/// The output every inference returns unless others are asked for: one
+/// probability per label.
 pub const PROBABILITIES: &str = "probabilities";
+/// The model's logits, one per label, the probabilities' source: returned
+/// when asked for by name.
+pub const LOGITS: &str = "logits";
+
+/// An output the model has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Softmax probabilities.
+    Probabilities,
+    /// Logits.
+    Logits,
+}
+
+impl Output {
+    /// Its tensor name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Probabilities => PROBABILITIES,
+            Output::Logits => LOGITS,
+        }
+    }
+}
+
+/// One output of the answer, and whether it goes as bytes after the JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requested {
+    /// Which output.
+    pub output: Output,
+    /// The binary tensor data extension for it.
+    pub binary: bool,
+}
 
 impl ModelMetadata {
     /// The metadata of `manifest`, served in `versions`.
@@ -76,11 +108,14 @@ impl ModelMetadata {
                     shape: image,
                 },
             ],
-            outputs: vec![TensorMetadata {
-                name: PROBABILITIES.into(),
-                datatype: "FP32",
-                shape: vec![-1, manifest.output.labels.len() as i64],
-            }],
+            outputs: [PROBABILITIES, LOGITS]
+                .into_iter()
+                .map(|name| TensorMetadata {
+                    name: name.into(),
+                    datatype: "FP32",
+                    shape: vec![-1, manifest.output.labels.len() as i64],
+                })
+                .collect(),
         }
     }
 }
@@ -97,7 +132,8 @@ pub struct InferRequest {
     pub parameters: RequestParameters,
     /// Exactly one input: the image tensor.
     pub inputs: Vec<InferInput>,
-    /// Requested outputs; only `probabilities` exists.
+    /// Requested outputs: `probabilities`, `logits` or both; none asks for
+    /// the probabilities.
     #[serde(default)]
     pub outputs: Vec<RequestedOutput>,
 }
@@ -273,16 +309,42 @@ pub fn parse_request<'a>(
     Ok((request, binary))
 }
 
-/// Whether the response's probabilities go as bytes after the JSON: the
-/// requested output's `binary_data`, else the request's
-/// `binary_data_output`, else not.
-pub fn binary_output(request: &InferRequest) -> bool {
-    request
-        .outputs
-        .iter()
-        .find_map(|o| o.parameters.binary_data)
-        .or(request.parameters.binary_data_output)
-        .unwrap_or(false)
+/// The outputs to answer with, in the request's order: those it names
+/// (each at most once), else the probabilities. Each goes as bytes after
+/// the JSON when its own `binary_data` says so, else when the request's
+/// `binary_data_output` does.
+pub fn requested_outputs(request: &InferRequest) -> Result<Vec<Requested>, TensorError> {
+    let fallback = request.parameters.binary_data_output.unwrap_or(false);
+    if request.outputs.is_empty() {
+        return Ok(vec![Requested {
+            output: Output::Probabilities,
+            binary: fallback,
+        }]);
+    }
+    let mut requested: Vec<Requested> = Vec::with_capacity(2);
+    for o in &request.outputs {
+        let output = match o.name.as_str() {
+            PROBABILITIES => Output::Probabilities,
+            LOGITS => Output::Logits,
+            _ => {
+                return Err(TensorError(format!(
+                    "output {:?} does not exist; this model returns {PROBABILITIES:?} and {LOGITS:?}",
+                    o.name
+                )));
+            }
+        };
+        if requested.iter().any(|r| r.output == output) {
+            return Err(TensorError(format!(
+                "output {:?} is asked for twice",
+                o.name
+            )));
+        }
+        requested.push(Requested {
+            output,
+            binary: o.parameters.binary_data.unwrap_or(fallback),
+        });
+    }
+    Ok(requested)
 }
 
 /// `POST .../infer` answer.
@@ -297,7 +359,7 @@ pub struct InferResponse {
     pub id: Option<String>,
     /// medguard's verdicts, evidence, seed and receipts.
     pub parameters: BTreeMap<String, Value>,
-    /// The probabilities; empty when every image was rejected under enforce.
+    /// The outputs asked for (the probabilities unless others were named).
     pub outputs: Vec<OutputTensor>,
 }
 
@@ -346,12 +408,6 @@ pub fn batch_of(
         return bad(format!(
             "input {:?}; this model's input is {:?}",
             input.name, manifest.input.tensor
-        ));
-    }
-    if let Some(other) = request.outputs.iter().find(|o| o.name != PROBABILITIES) {
-        return bad(format!(
-            "output {:?} does not exist; this model returns {PROBABILITIES:?}",
-            other.name
         ));
     }
     let s = &manifest.input.shape;

@@ -118,10 +118,13 @@ pub(super) async fn load(
             Err(e) => return Err(guard_failed(&wanted, &e)),
         }
         let version = model.manifest().version.to_string();
-        if let Some((key, monitor)) = drift_monitor(server.drift_config, &model) {
+        {
+            // The served version's monitors go with it.
             let mut monitors = server.drift.lock().unwrap_or_else(|e| e.into_inner());
             monitors.retain(|(n, _), _| n != &wanted);
-            monitors.insert(key, monitor);
+            if let Some((key, monitor)) = drift_monitor(server.drift_config, &model) {
+                monitors.insert(key, monitor);
+            }
         }
         let mut models = server.models.write().unwrap_or_else(|e| e.into_inner());
         models.insert(wanted, vec![model]);

@@ -7,7 +7,7 @@ use std::path::Path;
 use medguard_attest::{
     AttestedModel, CalibrationSource, MANIFEST_PATH, Manifest, ScreeningSection,
 };
-use medguard_screen::{Profile, Statistic, Targets, Verdict, fit, predicted_class};
+use medguard_screen::{PixelReference, Profile, Statistic, Targets, Verdict, fit, predicted_class};
 
 use super::VendorError;
 use super::bulk::{Mode, Run, screen_all};
@@ -74,6 +74,9 @@ pub fn calibrate(
             seed: run.seed,
         },
         profile: profile.clone(),
+        pixels: Some(PixelReference::fit(images.data.chunks_exact(
+            images.shape[1..].iter().product::<u32>().max(1) as usize,
+        ))),
     });
     let per_class = (0..labels.len())
         .map(|c| samples.iter().filter(|(class, _)| *class == c).count())

@@ -209,6 +209,10 @@ fn calibration_reproduces_the_committed_profile_and_refuses_bad_data() {
         "the guest is deterministic, so recalibration must reproduce the committed profile; \
          if the statistics changed on purpose, recalibrate models/pneumonia"
     );
+    assert_eq!(
+        written["screening"]["pixels"], committed["screening"]["pixels"],
+        "the pixel statistics of the same images must be the committed ones"
+    );
     assert_eq!(written["screening"]["calibration"]["images"], 627);
 }
 

@@ -278,9 +278,19 @@ fn tritons_python_client(tls: Option<&TlsFiles>) {
                     "{sample} {transport} {label}: {have} vs the CLI's {want}"
                 );
             }
+            // The logits the probabilities came from.
+            let logits: Vec<f64> = serde_json::from_value(answer["logits"][0].clone()).unwrap();
+            let total: f64 = logits.iter().map(|l| l.exp()).sum();
+            for (l, p) in logits
+                .iter()
+                .zip(answer["probabilities"][0].as_array().unwrap())
+            {
+                let p = p.as_f64().unwrap();
+                assert!((l.exp() / total - p).abs() < 1e-5, "{sample} {transport}");
+            }
         }
         // Each request is its own ledger entry: all but the receipts agree.
-        for field in ["status", "probabilities", "verdict", "error"] {
+        for field in ["status", "probabilities", "logits", "verdict", "error"] {
             assert_eq!(got["json"][field], got["binary"][field], "{sample} {field}");
         }
     }

@@ -339,6 +339,13 @@ impl Manifest {
                 pixels
                     .validate()
                     .map_err(|e| ManifestError::Invalid(e.to_string()))?;
+                if pixels.images() > screening.calibration.images as usize {
+                    return invalid(format!(
+                        "screening.pixels holds {} images' values, calibration used {}",
+                        pixels.images(),
+                        screening.calibration.images
+                    ));
+                }
             }
         }
         if let Some(dicom) = &self.dicom {
@@ -528,10 +535,14 @@ mod tests {
             Manifest::parse(&serde_json::to_vec(&m).unwrap()).unwrap(),
             m
         );
-        let cases: [(&str, serde_json::Value); 8] = [
+        let cases: [(&str, serde_json::Value); 9] = [
             ("/screening/pixels/contrast", serde_json::json!([0.3, 0.1])),
             ("/screening/pixels/intensity", serde_json::json!([0.4])),
             ("/screening/pixels/intensity", serde_json::json!([])),
+            (
+                "/screening/pixels",
+                serde_json::json!({"intensity": vec![0.1; 5], "contrast": vec![0.1; 5]}),
+            ),
             (
                 "/screening/profile/classes/0/reference/0",
                 serde_json::json!([1.0, 0.5]),

@@ -194,10 +194,14 @@ impl DriftMonitor {
 /// z sd(S) plus the configured tolerance, z the normal quantile that leaves
 /// `false_alarm / 4` above (two statistics, two sides): on traffic
 /// exchangeable with the calibration images any one check alarms with about
-/// that chance at most, even with no tolerance (the tests measure it), and
-/// the tolerance keeps the small shifts of real clean traffic from raising
-/// it. A new scanner's lower contrast or a changed preprocessing's
-/// brightness moves S by far more.
+/// that chance at most, even with no tolerance (the tests measure it). That
+/// chance is an average over the calibration sets the vendor could have
+/// drawn; for the one it did draw it is higher if that set happens to sit
+/// off centre (about 2e-3 per statistic for one 2 sd off, against 5e-4),
+/// and the tolerance keeps that and the small shifts of real clean traffic
+/// from raising it. A new scanner's lower contrast or a changed
+/// preprocessing's brightness moves S by far more. A raised alarm clears
+/// one sd(S) inside the threshold.
 #[derive(Debug, Clone)]
 pub struct PixelMonitor {
     reference: PixelReference,
@@ -208,6 +212,10 @@ pub struct PixelMonitor {
     sums: [u64; 2],
     /// The distance of the mean rank from 1/2 at which the alarm goes off.
     threshold: f64,
+    /// sd(S): a raised alarm clears only this far inside the threshold, so
+    /// that inputs chosen to hold the window at the edge cannot flip it
+    /// (and write an alarm to the ledger) with every other image.
+    hysteresis: f64,
     alarm: [bool; 2],
 }
 
@@ -244,13 +252,26 @@ impl PixelMonitor {
         let w = config.window as f64;
         let v = ((n + 1.0).powi(2) - 1.0) / (12.0 * (n + 1.0).powi(2));
         let sd = (v * ((n + 1.0) / ((n + 2.0) * w) + 1.0 / (n + 2.0))).sqrt();
+        let threshold =
+            normal_upper_quantile(config.false_alarm / 4.0) * sd + config.pixel_tolerance;
+        // The mean rank lies in [1 / (2 (n + 1)), 1 - 1 / (2 (n + 1))]: a
+        // threshold at or past its edge would be a monitor that never goes
+        // off, so say so instead.
+        let reachable = 0.5 - 1.0 / (2.0 * (n + 1.0));
+        if threshold >= reachable {
+            return Err(DriftError::Invalid(format!(
+                "a window of {} inputs against {} calibration images cannot move the mean rank the {threshold:.3} from 1/2 the alarm needs (at most {reachable:.3}): widen the window, lower the tolerance or calibrate on more images",
+                config.window,
+                reference.images()
+            )));
+        }
         Ok(Self {
             reference: reference.clone(),
             window: config.window,
             ranks: VecDeque::with_capacity(config.window),
             sums: [0; 2],
-            threshold: normal_upper_quantile(config.false_alarm / 4.0) * sd
-                + config.pixel_tolerance,
+            threshold,
+            hysteresis: sd.min(threshold),
             alarm: [false; 2],
         })
     }
@@ -305,7 +326,12 @@ impl PixelMonitor {
         };
         let mut events = Vec::new();
         for (i, statistic) in PixelStatistic::ALL.into_iter().enumerate() {
-            let alarm = (means[i] - 0.5).abs() >= self.threshold;
+            let distance = (means[i] - 0.5).abs();
+            let alarm = if self.alarm[i] {
+                distance > self.threshold - self.hysteresis
+            } else {
+                distance >= self.threshold
+            };
             if alarm == self.alarm[i] {
                 continue;
             }
@@ -411,6 +437,72 @@ mod tests {
             events.extend(m.observe(false));
         }
         assert_eq!(events, vec![DriftEvent::Cleared]);
+    }
+
+    fn reference(n: usize) -> PixelReference {
+        let values: Vec<f64> = (0..n).map(|i| i as f64 / n as f64).collect();
+        PixelReference {
+            intensity: values.clone(),
+            contrast: values,
+        }
+    }
+
+    #[test]
+    fn the_pixel_alarm_raises_on_full_windows_and_clears_inside_the_threshold() {
+        let config = DriftConfig {
+            window: 20,
+            ..DriftConfig::default()
+        };
+        let mut m = PixelMonitor::new(config, &reference(100)).unwrap();
+        let at = |x: f64| PixelStatistics {
+            intensity: 0.5,
+            contrast: x,
+        };
+        // Mid-rank images: no event; then the flattest contrast, until the
+        // window's mean rank crosses the threshold: the contrast alarm, once.
+        for _ in 0..40 {
+            assert_eq!(m.observe(at(0.5)), vec![]);
+        }
+        let mut raised = Vec::new();
+        for _ in 0..20 {
+            raised.extend(m.observe(at(-1.0)));
+        }
+        let [PixelDriftEvent::Raised(alarm)] = raised.as_slice() else {
+            panic!("{raised:?}");
+        };
+        assert_eq!(alarm.statistic, PixelStatistic::Contrast);
+        assert!(alarm.mean_rank < 0.5 - m.threshold(), "{alarm:?}");
+        assert!(m.alarm(PixelStatistic::Contrast) && !m.alarm(PixelStatistic::Intensity));
+        // Back to mid-rank images: it clears only once the window is
+        // well inside the threshold, and then for good.
+        let mut events = Vec::new();
+        for _ in 0..20 {
+            events.extend(m.observe(at(0.5)));
+        }
+        assert_eq!(
+            events,
+            vec![PixelDriftEvent::Cleared(PixelStatistic::Contrast)]
+        );
+        let means = m.mean_ranks().unwrap();
+        assert!((means[1] - 0.5).abs() < m.threshold() - m.hysteresis);
+    }
+
+    #[test]
+    fn a_pixel_alarm_that_could_never_go_off_is_refused() {
+        let c = DriftConfig::default();
+        // Six clean images leave the mean rank within 1/14 of the edge.
+        assert!(PixelMonitor::new(c, &reference(5)).is_err());
+        let one = DriftConfig { window: 1, ..c };
+        assert!(PixelMonitor::new(one, &reference(627)).is_err());
+        let lax = DriftConfig {
+            pixel_tolerance: 0.45,
+            ..c
+        };
+        assert!(PixelMonitor::new(lax, &reference(627)).is_err());
+        assert!(PixelMonitor::new(c, &reference(627)).is_ok());
+        let t = PixelMonitor::new(c, &reference(627)).unwrap().threshold();
+        assert!((t - 0.1315).abs() < 5e-4, "{t}");
+        assert!((normal_upper_quantile(0.025) - 1.959_964).abs() < 1e-5);
     }
 
     #[test]

@@ -983,16 +983,9 @@ impl Session {
         // they came from: a client reading either sees the same answer.
         match (&a.probabilities, &a.logits) {
             (None, None) => {}
-            (Some(p), Some(l)) => {
-                let coherent = l.len() == self.classes
-                    && medguard_screen::softmax(l).is_some_and(|q| {
-                        q.iter().zip(p).all(|(q, p)| (q - p).abs() <= 1e-5)
-                            && medguard_screen::predicted_class(&q)
-                                == medguard_screen::predicted_class(p)
-                    });
-                if !coherent {
-                    return Err(malformed("the logits do not give the probabilities"));
-                }
+            (Some(p), Some(l)) if logits_give(l, p, self.classes) => {}
+            (Some(_), Some(_)) => {
+                return Err(malformed("the logits do not give the probabilities"));
             }
             _ => {
                 return Err(malformed(
@@ -1214,5 +1207,65 @@ impl ResourceLimiter for MemoryCap {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+}
+
+/// Whether `logits` are what `probabilities` came from: finite, one per
+/// class, probabilities in [0, 1], and each logit's distance below the
+/// largest equal to the log of its probability's ratio to the largest one's
+/// (within 1e-4, relative to the distance, for probabilities that f32 holds
+/// at full precision; a smaller one only needs a logit at least 80 below the
+/// top). Logits are defined up to a constant per row: that is all any
+/// softmax output can vouch for.
+fn logits_give(logits: &[f32], probabilities: &[f32], classes: usize) -> bool {
+    if logits.len() != classes
+        || probabilities.len() != classes
+        || logits.iter().any(|l| !l.is_finite())
+        || probabilities.iter().any(|p| !(0.0..=1.0).contains(p))
+    {
+        return false;
+    }
+    let top = medguard_screen::predicted_class(probabilities);
+    let (l_top, p_top) = (f64::from(logits[top]), f64::from(probabilities[top]));
+    if p_top < f64::from(f32::MIN_POSITIVE) {
+        return false;
+    }
+    logits.iter().zip(probabilities).all(|(&l, &p)| {
+        let below = f64::from(l) - l_top;
+        if p < f32::MIN_POSITIVE {
+            below <= -80.0
+        } else {
+            let expected = (f64::from(p) / p_top).ln();
+            (below - expected).abs() <= 1e-4 * (1.0 + expected.abs())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logits_give;
+
+    #[test]
+    fn logits_must_be_what_the_probabilities_came_from() {
+        let honest = [12.0f32, 0.0];
+        let p = medguard_screen::softmax(&honest).unwrap();
+        assert!(logits_give(&honest, &p, 2));
+        // A constant per row is all a softmax output fixes.
+        assert!(logits_give(&[15.0, 3.0], &p, 2));
+        // Another distance between the logits, however small its effect on
+        // the probabilities in f32: refused.
+        assert!(!logits_give(&[10_000.0, 0.0], &p, 2));
+        assert!(!logits_give(&[12.01, 0.0], &p, 2));
+        assert!(!logits_give(&[0.0, 12.0], &p, 2));
+        // Shape, finiteness and range.
+        assert!(!logits_give(&[12.0], &p, 2));
+        assert!(!logits_give(&[12.0, f32::NAN], &p, 2));
+        assert!(!logits_give(&honest, &[p[0], -p[1]], 2));
+        // A probability f32 cannot hold: the logit must be far below.
+        let far = [200.0f32, 0.0];
+        let q = medguard_screen::softmax(&far).unwrap();
+        assert_eq!(q[1], 0.0);
+        assert!(logits_give(&far, &q, 2));
+        assert!(!logits_give(&[50.0, 0.0], &q, 2));
     }
 }

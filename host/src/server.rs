@@ -47,6 +47,7 @@ use crate::guard::{
 };
 use crate::sandbox::SandboxError;
 use auth::{Caller, Denied, Tokens};
+use medguard_screen::PixelStatistic;
 use oip::{ErrorBody, InferRequest, InferResponse, ModelMetadata, OutputTensor, ServerMetadata};
 
 /// How the server runs.
@@ -207,44 +208,53 @@ impl Server {
             else {
                 return;
             };
+            // One event per monitor and request at most, from its state
+            // before and after the request's images: a batch cannot write
+            // an alarm to the ledger per image.
             if let Some(monitor) = &mut watch.verdicts {
+                let before = monitor.alarm();
+                let mut last = None;
                 for image in &classified.images {
                     let flagged = match image.verdict {
                         Verdict::Unscreened => continue,
                         Verdict::Accept => false,
                         Verdict::Flag | Verdict::Reject => true,
                     };
-                    match monitor.observe(flagged) {
-                        Some(DriftEvent::Raised(alarm)) => raised.push(alarm),
-                        Some(DriftEvent::Cleared) => {
-                            tracing::info!(model = %labels.model, version = %labels.version, "drift alarm cleared");
-                        }
-                        None => {}
+                    if let Some(DriftEvent::Raised(alarm)) = monitor.observe(flagged) {
+                        last = Some(alarm);
                     }
+                }
+                match (before, monitor.alarm()) {
+                    (false, true) => raised.extend(last),
+                    (true, false) => {
+                        tracing::info!(model = %labels.model, version = %labels.version, "drift alarm cleared");
+                    }
+                    _ => {}
                 }
                 self.metrics
                     .drift(&labels, monitor.alarm(), !raised.is_empty());
             }
             if let Some(monitor) = &mut watch.pixels {
+                let before = PixelStatistic::ALL.map(|s| monitor.alarm(s));
+                let mut last = [None; 2];
                 for image in &classified.images {
                     for event in monitor.observe(image.pixels) {
-                        match event {
-                            PixelDriftEvent::Raised(alarm) => input_raised.push(alarm),
-                            PixelDriftEvent::Cleared(statistic) => {
-                                tracing::info!(model = %labels.model, version = %labels.version, statistic = statistic.name(), "input drift alarm cleared");
-                            }
+                        if let PixelDriftEvent::Raised(alarm) = event {
+                            last[alarm.statistic as usize] = Some(alarm);
                         }
                     }
                 }
-                let means = monitor.mean_ranks();
-                for (i, statistic) in medguard_screen::PixelStatistic::ALL.into_iter().enumerate() {
-                    self.metrics.input_drift(
-                        &labels,
-                        statistic.name(),
-                        means.map(|m| m[i]),
-                        monitor.alarm(statistic),
-                        input_raised.iter().any(|a| a.statistic == statistic),
-                    );
+                for (i, statistic) in PixelStatistic::ALL.into_iter().enumerate() {
+                    let now = monitor.alarm(statistic);
+                    match (before[i], now) {
+                        (false, true) => input_raised.extend(last[i]),
+                        (true, false) => {
+                            tracing::info!(model = %labels.model, version = %labels.version, statistic = statistic.name(), "input drift alarm cleared");
+                        }
+                        _ => {}
+                    }
+                    self.metrics
+                        .input_drift(&labels, statistic.name(), now, !before[i] && now);
                 }
             }
         }
@@ -427,11 +437,19 @@ fn drift_monitor(config: DriftConfig, model: &AttestedModel) -> Option<((String,
     let verdicts = DriftMonitor::new(config, target, screening.calibration.images)
         .map_err(|e| unwatched("verdicts", e))
         .ok();
-    let pixels = screening.pixels.as_ref().and_then(|reference| {
-        PixelMonitor::new(config, reference)
-            .map_err(|e| unwatched("pixel statistics", e))
-            .ok()
-    });
+    let pixels = match &screening.pixels {
+        Some(reference) => PixelMonitor::new(config, reference)
+            .map_err(|e| unwatched("the inputs' intensity and contrast", e))
+            .ok(),
+        None => {
+            tracing::warn!(
+                "{} {}: its manifest records no pixel statistics (calibrated before they existed; recalibrate to add them); the inputs' intensity and contrast not watched",
+                manifest.name,
+                manifest.version
+            );
+            None
+        }
+    };
     if verdicts.is_none() && pixels.is_none() {
         return None;
     }

@@ -4,7 +4,7 @@ Reads a JSON job on stdin: {"url": "127.0.0.1:PORT", "model": NAME,
 "seed": S, "images": {NAME: [C*H*W floats], ...}, "ca_cert": PEM or null,
 "wrong_ca": PEM or null} and writes one JSON object to stdout: what the
 server said through the client, per image, over JSON and over the binary
-tensor data extension (the probabilities one way, the logits the other).
+tensor data extension, and mixed (binary probabilities, JSON logits).
 With "ca_cert" the client speaks https and verifies
 the server against that CA and the host name; with "wrong_ca" it also says
 whether a client trusting only that CA was refused. The Rust test
@@ -20,13 +20,12 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 
-def infer(client, model, image, shape, seed, binary):
+def infer(client, model, image, shape, seed, binary, logits_binary):
     tensor = httpclient.InferInput("image", shape, "FP32")
     tensor.set_data_from_numpy(image, binary_data=binary)
-    # The logits go the other way: one answer mixes JSON and binary outputs.
     wanted = [
         httpclient.InferRequestedOutput("probabilities", binary_data=binary),
-        httpclient.InferRequestedOutput("logits", binary_data=not binary),
+        httpclient.InferRequestedOutput("logits", binary_data=logits_binary),
     ]
     try:
         result = client.infer(
@@ -80,8 +79,13 @@ def main():
     for name, values in job["images"].items():
         image = np.asarray(values, dtype=np.float32).reshape(shape)
         out["images"][name] = {
-            "json": infer(client, model, image, shape, job["seed"], binary=False),
-            "binary": infer(client, model, image, shape, job["seed"], binary=True),
+            transport: infer(client, model, image, shape, job["seed"], binary, logits_binary)
+            for transport, binary, logits_binary in [
+                ("json", False, False),
+                ("binary", True, True),
+                # One answer with a binary output and a JSON one.
+                ("mixed", True, False),
+            ]
         }
     try:
         client.get_model_metadata("no-such-model")

@@ -211,6 +211,11 @@ fn imports_of(component: &[u8]) -> Vec<String> {
 /// Below 1024, where the guest's bump allocator never puts the host's
 /// arguments.
 fn unjudged_answer(statistics: usize, logits: [f32; 2]) -> String {
+    answer_with(statistics, true, logits)
+}
+
+/// The same answer, with or without its probabilities.
+fn answer_with(statistics: usize, probabilities_present: bool, logits: [f32; 2]) -> String {
     const BASE: u32 = 256;
     let (record, probabilities, logit_values, values) =
         (BASE + 64, BASE + 256, BASE + 272, BASE + 512);
@@ -225,7 +230,7 @@ fn unjudged_answer(statistics: usize, logits: [f32; 2]) -> String {
     put(BASE + 8, &1u32.to_le_bytes());
     // probabilities: some(list) at 0; logits: some(list) at 12; statistics:
     // list at 24; screening: none at 32 (the byte stays 0); off-grid at 64.
-    put(record, &[1]);
+    put(record, &[u8::from(probabilities_present)]);
     put(record + 4, &probabilities.to_le_bytes());
     put(record + 8, &2u32.to_le_bytes());
     put(record + 12, &[1]);
@@ -311,12 +316,21 @@ fn logits_that_do_not_give_the_probabilities_are_refused() {
         source_bits: 8,
         withhold_rejected: true,
     };
-    for logits in [[1.098_612_3f32, 0.0], [0.0, 2.0], [0.0, f32::NAN]] {
+    let cases = [
+        (true, [1.098_612_3f32, 0.0]),
+        (true, [0.0, 2.0]),
+        (true, [0.0, f32::NAN]),
+        // Far apart, though the probabilities in f32 barely tell.
+        (true, [0.0, 1.098_612_3 + 1e-2]),
+        // Logits without the probabilities they give.
+        (false, COHERENT_LOGITS),
+    ];
+    for (probabilities, logits) in cases {
         let lying = load(
             &tight_runtime(),
             hostile_screening_component(
                 "(i32.const 256)",
-                &unjudged_answer(statistics.len(), logits),
+                &answer_with(statistics.len(), probabilities, logits),
             ),
         );
         let err = lying
@@ -326,7 +340,7 @@ fn logits_that_do_not_give_the_probabilities_are_refused() {
             .expect_err("incoherent logits must not pass");
         assert!(
             matches!(err, SandboxError::MalformedScreening(ref why) if why.contains("logits")),
-            "{logits:?}: {err}"
+            "{probabilities} {logits:?}: {err}"
         );
     }
 }

@@ -111,7 +111,9 @@ impl Classifier {
                 let mut rows = logits.chunks_exact(classes);
                 let own = rows.next().unwrap_or_default();
                 let probabilities = crate::softmax(own)?;
-                let class = medguard_screen::predicted_class(own);
+                // The class the host labels the image with: the argmax of
+                // the probabilities, which two logits an ulp apart can tie.
+                let class = medguard_screen::predicted_class(&probabilities);
                 let base = margin(own, class).unwrap_or(f64::NAN);
                 let values = statistics
                     .iter()

@@ -13,7 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
 
 use crate::guard::{Timings, Verdict};
 
@@ -92,7 +91,6 @@ pub struct Metrics {
     drift_alarms: Family<ModelLabels, Counter>,
     input_drift_alarm: Family<PixelLabels, Gauge>,
     input_drift_alarms: Family<PixelLabels, Counter>,
-    input_mean_rank: Family<PixelLabels, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -133,7 +131,6 @@ impl Metrics {
             drift_alarms: Family::default(),
             input_drift_alarm: Family::default(),
             input_drift_alarms: Family::default(),
-            input_mean_rank: Family::default(),
         };
         let r = &mut m.registry;
         let p = "medguard_";
@@ -227,11 +224,6 @@ impl Metrics {
             "Input drift alarms raised",
             m.input_drift_alarms.clone(),
         );
-        r.register(
-            format!("{p}input_mean_rank"),
-            "Mean rank of the last window of inputs' intensity or contrast among the calibration images' (0.5 on clean traffic)",
-            m.input_mean_rank.clone(),
-        );
         m
     }
 
@@ -307,14 +299,14 @@ impl Metrics {
         }
     }
 
-    /// The pixel monitor's state for `model`: per statistic, its window's
-    /// mean rank (once full), whether it is in alarm and whether it just
-    /// went into alarm.
+    /// The pixel monitor's state for `model` and `statistic`: whether it
+    /// is in alarm and whether it just went into alarm. (Not the window's
+    /// mean rank: with a short window, scrapes around one request would
+    /// tell that request's image's rank to anyone who can reach /metrics.)
     pub fn input_drift(
         &self,
         model: &ModelLabels,
         statistic: &'static str,
-        mean_rank: Option<f64>,
         alarm: bool,
         raised: bool,
     ) {
@@ -323,9 +315,6 @@ impl Metrics {
             version: model.version.clone(),
             statistic,
         };
-        if let Some(rank) = mean_rank {
-            self.input_mean_rank.get_or_create(&labels).set(rank);
-        }
         self.input_drift_alarm
             .get_or_create(&labels)
             .set(i64::from(alarm));

@@ -120,11 +120,10 @@ pub(super) async fn load(
         let version = model.manifest().version.to_string();
         {
             // The served version's monitors go with it.
+            let watch = drift_monitor(server.drift_config, &model);
             let mut monitors = server.drift.lock().unwrap_or_else(|e| e.into_inner());
             monitors.retain(|(n, _), _| n != &wanted);
-            if let Some((key, monitor)) = drift_monitor(server.drift_config, &model) {
-                monitors.insert(key, monitor);
-            }
+            monitors.extend(watch);
         }
         let mut models = server.models.write().unwrap_or_else(|e| e.into_inner());
         models.insert(wanted, vec![model]);

@@ -14,6 +14,10 @@ use super::bulk::{Mode, Run, screen_all};
 use crate::input::Batch;
 use crate::sandbox::GuestProgram;
 
+/// The most calibration images whose pixel statistics go into the manifest
+/// (about 57 bytes each; the ranks' precision gains little past this).
+pub const PIXEL_REFERENCE_MAX: usize = 2_000;
+
 /// What calibration produced.
 #[derive(Debug)]
 pub struct Calibrated {
@@ -74,9 +78,14 @@ pub fn calibrate(
             seed: run.seed,
         },
         profile: profile.clone(),
-        pixels: Some(PixelReference::fit(images.data.chunks_exact(
-            images.shape[1..].iter().product::<u32>().max(1) as usize,
-        ))),
+        // The first images, in the order given (a subset that does not look
+        // at the values keeps the ranks exact): a manifest stays small.
+        pixels: Some(PixelReference::fit(
+            images
+                .data
+                .chunks_exact(images.shape[1..].iter().product::<u32>().max(1) as usize)
+                .take(PIXEL_REFERENCE_MAX),
+        )),
     });
     let per_class = (0..labels.len())
         .map(|c| samples.iter().filter(|(class, _)| *class == c).count())

@@ -254,7 +254,7 @@ fn tritons_python_client(tls: Option<&TlsFiles>) {
     assert_eq!(cli.len(), samples.len());
     for (sample, expected) in samples.iter().zip(&cli) {
         let got = &said["images"][sample];
-        for transport in ["json", "binary"] {
+        for transport in ["json", "binary", "mixed"] {
             let answer = &got[transport];
             if expected["verdict"] == "reject" {
                 // The standard client raises with the server's reason.
@@ -292,6 +292,7 @@ fn tritons_python_client(tls: Option<&TlsFiles>) {
         // Each request is its own ledger entry: all but the receipts agree.
         for field in ["status", "probabilities", "logits", "verdict", "error"] {
             assert_eq!(got["json"][field], got["binary"][field], "{sample} {field}");
+            assert_eq!(got["json"][field], got["mixed"][field], "{sample} {field}");
         }
     }
     assert!(

@@ -1,6 +1,7 @@
 //! The baseline `scripts/load-bench.sh` sets `medguard serve` against: the
 //! same guard calls the server makes for one inference request (a fresh
-//! sandbox session, screening, the ledger entry and its receipt), in a bare
+//! sandbox session from the model's prepared snapshot, screening, the ledger
+//! entry and its receipt), in a bare
 //! loop in process, on `threads` threads, with no HTTP, JSON or queue. Prints
 //! one JSON line: requests, seconds, requests per second, p50 and p99 in ms.
 //! With `--body FILE` it instead writes the Open Inference Protocol request
@@ -65,9 +66,14 @@ fn main() -> anyhow::Result<()> {
     let guest = medguard::guest::bundled()?;
     let (program, _) = Runtime::new(Limits::default())?.load_guest(&guest, None)?;
     let guard = guard.with_sandbox(program);
-    // Warm up as the server does before it listens.
-    if let Err(why) = guard.check_model_runs(&model)? {
-        bail!("the model does not run: {why}");
+    // Ready as the server is before it listens: the model's snapshot
+    // prepared, so that each request's fresh sandbox starts from it.
+    match guard.prepare(&model)? {
+        Err(why) => bail!("the model does not run: {why}"),
+        Ok(medguard::guard::Readiness::LoadedPerSession(why)) => {
+            eprintln!("serve_baseline: no snapshot ({why}); each request loads the model")
+        }
+        Ok(medguard::guard::Readiness::Prepared(_)) => {}
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let started = Instant::now();

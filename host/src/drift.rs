@@ -130,6 +130,12 @@ impl DriftMonitor {
             ));
         }
         let threshold = upper_quantile(config.window, k, n + 1.0 - k, config.false_alarm);
+        if threshold > config.window {
+            return bad(format!(
+                "no count of flags in a window of {} is unlikely enough for a false-alarm rate of {}: widen the window",
+                config.window, config.false_alarm
+            ));
+        }
         Ok(Self {
             window: config.window,
             outcomes: VecDeque::with_capacity(config.window),
@@ -201,7 +207,7 @@ impl DriftMonitor {
 /// and the tolerance keeps that and the small shifts of real clean traffic
 /// from raising it. A new scanner's lower contrast or a changed
 /// preprocessing's brightness moves S by far more. A raised alarm clears
-/// one sd(S) inside the threshold.
+/// some way inside the threshold (`hysteresis`).
 #[derive(Debug, Clone)]
 pub struct PixelMonitor {
     reference: PixelReference,
@@ -212,9 +218,10 @@ pub struct PixelMonitor {
     sums: [u64; 2],
     /// The distance of the mean rank from 1/2 at which the alarm goes off.
     threshold: f64,
-    /// sd(S): a raised alarm clears only this far inside the threshold, so
-    /// that inputs chosen to hold the window at the edge cannot flip it
-    /// (and write an alarm to the ledger) with every other image.
+    /// How far inside the threshold a raised alarm clears: sd(S), or two
+    /// images' worth of the window if more, at most half the threshold; so
+    /// that inputs chosen to hold the window at the edge need several
+    /// images to flip it (and write an alarm to the ledger).
     hysteresis: f64,
     alarm: [bool; 2],
 }
@@ -271,7 +278,9 @@ impl PixelMonitor {
             ranks: VecDeque::with_capacity(config.window),
             sums: [0; 2],
             threshold,
-            hysteresis: sd.min(threshold),
+            // At least two images' worth of the window (a short window moves
+            // more per image than sd), at most half the way back to 1/2.
+            hysteresis: sd.max(2.0 / w).min(threshold / 2.0),
             alarm: [false; 2],
         })
     }
@@ -450,41 +459,52 @@ mod tests {
     #[test]
     fn the_pixel_alarm_raises_on_full_windows_and_clears_inside_the_threshold() {
         let config = DriftConfig {
-            window: 20,
+            window: 100,
             ..DriftConfig::default()
         };
-        let mut m = PixelMonitor::new(config, &reference(100)).unwrap();
+        // 1,000 clean values 0.000..0.999: an input at x ranks about x.
+        let mut m = PixelMonitor::new(config, &reference(1000)).unwrap();
         let at = |x: f64| PixelStatistics {
             intensity: 0.5,
             contrast: x,
         };
-        // Mid-rank images: no event; then the flattest contrast, until the
-        // window's mean rank crosses the threshold: the contrast alarm, once.
-        for _ in 0..40 {
+        let (threshold, margin) = (m.threshold(), m.hysteresis);
+        assert!(margin > 0.0 && margin < threshold, "{margin} {threshold}");
+        // A window of mid-rank images: no event until it is full, none after.
+        for _ in 0..100 {
             assert_eq!(m.observe(at(0.5)), vec![]);
         }
-        let mut raised = Vec::new();
-        for _ in 0..20 {
-            raised.extend(m.observe(at(-1.0)));
+        // Then the flattest contrast: the alarm goes off on the image that
+        // takes the mean rank past the threshold, and only then.
+        let crossing = (threshold * 100.0 / 0.5).ceil() as usize;
+        for i in 1..=100 {
+            let events = m.observe(at(-1.0));
+            let mean = m.mean_ranks().unwrap()[1];
+            if i < crossing - 1 {
+                assert_eq!(events, vec![], "image {i}, mean rank {mean}");
+            }
+            if let [PixelDriftEvent::Raised(alarm)] = events.as_slice() {
+                assert_eq!(alarm.statistic, PixelStatistic::Contrast);
+                assert!((0.5 - alarm.mean_rank) >= threshold, "{alarm:?}");
+                assert!(i + 1 >= crossing, "raised early, at {i}");
+            }
         }
-        let [PixelDriftEvent::Raised(alarm)] = raised.as_slice() else {
-            panic!("{raised:?}");
-        };
-        assert_eq!(alarm.statistic, PixelStatistic::Contrast);
-        assert!(alarm.mean_rank < 0.5 - m.threshold(), "{alarm:?}");
         assert!(m.alarm(PixelStatistic::Contrast) && !m.alarm(PixelStatistic::Intensity));
-        // Back to mid-rank images: it clears only once the window is
-        // well inside the threshold, and then for good.
-        let mut events = Vec::new();
-        for _ in 0..20 {
-            events.extend(m.observe(at(0.5)));
+        // Back towards 1/2: still raised while the mean rank is inside the
+        // threshold but not yet `margin` inside it; cleared once it is.
+        let mut cleared_at = None;
+        for i in 1..=100 {
+            let events = m.observe(at(0.5));
+            let distance = 0.5 - m.mean_ranks().unwrap()[1];
+            if distance > threshold - margin + 0.01 {
+                assert_eq!(events, vec![], "cleared early at distance {distance}");
+            }
+            if events == vec![PixelDriftEvent::Cleared(PixelStatistic::Contrast)] {
+                assert!(distance <= threshold - margin, "{distance}");
+                cleared_at.get_or_insert(i);
+            }
         }
-        assert_eq!(
-            events,
-            vec![PixelDriftEvent::Cleared(PixelStatistic::Contrast)]
-        );
-        let means = m.mean_ranks().unwrap();
-        assert!((means[1] - 0.5).abs() < m.threshold() - m.hysteresis);
+        assert!(cleared_at.is_some() && !m.alarm(PixelStatistic::Contrast));
     }
 
     #[test]
@@ -517,5 +537,8 @@ mod tests {
             ..c
         };
         assert!(DriftMonitor::new(never, 0.05, 627).is_err());
+        // One input per window: a single flag is not unlikely enough.
+        let one = DriftConfig { window: 1, ..c };
+        assert!(DriftMonitor::new(one, 0.05, 627).is_err());
     }
 }

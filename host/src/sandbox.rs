@@ -1210,35 +1210,27 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Whether `logits` are what `probabilities` came from: finite, one per
-/// class, probabilities in [0, 1], and each logit's distance below the
-/// largest equal to the log of its probability's ratio to the largest one's
-/// (within 1e-4, relative to the distance, for probabilities that f32 holds
-/// at full precision; a smaller one only needs a logit at least 80 below the
-/// top). Logits are defined up to a constant per row: that is all any
-/// softmax output can vouch for.
+/// Whether `logits` are what `probabilities` came from: one per class, and
+/// their softmax (the guest's own arithmetic, in f64, rounded to f32) within
+/// two units in the last place of every probability. An honest guest's
+/// differs from the host's by at most the one-ulp disagreements of two
+/// `exp`s; a distance between logits the probabilities do not show, or
+/// probabilities that do not add up, is refused. Logits are fixed only up to
+/// a constant per row: that is all any softmax output can vouch for.
 fn logits_give(logits: &[f32], probabilities: &[f32], classes: usize) -> bool {
-    if logits.len() != classes
-        || probabilities.len() != classes
-        || logits.iter().any(|l| !l.is_finite())
-        || probabilities.iter().any(|p| !(0.0..=1.0).contains(p))
-    {
-        return false;
-    }
-    let top = medguard_screen::predicted_class(probabilities);
-    let (l_top, p_top) = (f64::from(logits[top]), f64::from(probabilities[top]));
-    if p_top < f64::from(f32::MIN_POSITIVE) {
-        return false;
-    }
-    logits.iter().zip(probabilities).all(|(&l, &p)| {
-        let below = f64::from(l) - l_top;
-        if p < f32::MIN_POSITIVE {
-            below <= -80.0
-        } else {
-            let expected = (f64::from(p) / p_top).ln();
-            (below - expected).abs() <= 1e-4 * (1.0 + expected.abs())
-        }
-    })
+    // Probabilities are never negative: the bits of non-negative floats
+    // count ulps in order (-0.0 is 0).
+    let bits = |v: f32| (v >= 0.0 && v.is_finite()).then(|| if v == 0.0 { 0 } else { v.to_bits() });
+    logits.len() == classes
+        && probabilities.len() == classes
+        && medguard_screen::softmax(logits).is_some_and(|q| {
+            q.iter()
+                .zip(probabilities)
+                .all(|(&q, &p)| match (bits(q), bits(p)) {
+                    (Some(q), Some(p)) => q.abs_diff(p) <= 2,
+                    _ => false,
+                })
+        })
 }
 
 #[cfg(test)]
@@ -1261,11 +1253,23 @@ mod tests {
         assert!(!logits_give(&[12.0], &p, 2));
         assert!(!logits_give(&[12.0, f32::NAN], &p, 2));
         assert!(!logits_give(&honest, &[p[0], -p[1]], 2));
-        // A probability f32 cannot hold: the logit must be far below.
+        // Probabilities that do not add up, whatever the logits' ratios.
+        assert!(!logits_give(&[0.0, 0.0], &[0.2, 0.2], 2));
+        assert!(!logits_give(&[5.0, 5.0], &[1.0, 1.0], 2));
+        // Within 1e-5 of the probabilities but not theirs.
+        let near = [0.0f32, 1.098_612_3 + 3e-5];
+        let honest = medguard_screen::softmax(&[0.0, 1.098_612_3]).unwrap();
+        assert!(!logits_give(&near, &honest, 2));
+        // Tiny probabilities are compared as exactly.
         let far = [200.0f32, 0.0];
         let q = medguard_screen::softmax(&far).unwrap();
         assert_eq!(q[1], 0.0);
         assert!(logits_give(&far, &q, 2));
-        assert!(!logits_give(&[50.0, 0.0], &q, 2));
+        assert!(!logits_give(&[80.0, 0.0], &q, 2));
+        let subnormal = [0.0f32, -92.1];
+        let q = medguard_screen::softmax(&subnormal).unwrap();
+        assert!(q[1] > 0.0 && q[1] < f32::MIN_POSITIVE);
+        assert!(logits_give(&subnormal, &q, 2));
+        assert!(!logits_give(&[0.0, -92.3], &q, 2));
     }
 }

@@ -208,53 +208,57 @@ impl Server {
             else {
                 return;
             };
-            // One event per monitor and request at most, from its state
-            // before and after the request's images: a batch cannot write
-            // an alarm to the ledger per image.
+            // At most one alarm per monitor (and statistic) and request, the
+            // first it raised, even if the request's later images cleared it
+            // again: a batch cannot write an alarm to the ledger per image,
+            // nor raise and clear one unseen.
             if let Some(monitor) = &mut watch.verdicts {
-                let before = monitor.alarm();
-                let mut last = None;
+                let mut first = None;
+                let mut cleared = false;
                 for image in &classified.images {
                     let flagged = match image.verdict {
                         Verdict::Unscreened => continue,
                         Verdict::Accept => false,
                         Verdict::Flag | Verdict::Reject => true,
                     };
-                    if let Some(DriftEvent::Raised(alarm)) = monitor.observe(flagged) {
-                        last = Some(alarm);
+                    match monitor.observe(flagged) {
+                        Some(DriftEvent::Raised(alarm)) => {
+                            first.get_or_insert(alarm);
+                        }
+                        Some(DriftEvent::Cleared) => cleared = true,
+                        None => {}
                     }
                 }
-                match (before, monitor.alarm()) {
-                    (false, true) => raised.extend(last),
-                    (true, false) => {
-                        tracing::info!(model = %labels.model, version = %labels.version, "drift alarm cleared");
-                    }
-                    _ => {}
+                if cleared && !monitor.alarm() {
+                    tracing::info!(model = %labels.model, version = %labels.version, "drift alarm cleared");
                 }
                 self.metrics
-                    .drift(&labels, monitor.alarm(), !raised.is_empty());
+                    .drift(&labels, monitor.alarm(), first.is_some());
+                raised.extend(first);
             }
             if let Some(monitor) = &mut watch.pixels {
-                let before = PixelStatistic::ALL.map(|s| monitor.alarm(s));
-                let mut last = [None; 2];
+                let mut first = [None; 2];
+                let mut cleared = [false; 2];
                 for image in &classified.images {
                     for event in monitor.observe(image.pixels) {
-                        if let PixelDriftEvent::Raised(alarm) = event {
-                            last[alarm.statistic as usize] = Some(alarm);
+                        match event {
+                            PixelDriftEvent::Raised(alarm) => {
+                                first[alarm.statistic as usize].get_or_insert(alarm);
+                            }
+                            PixelDriftEvent::Cleared(statistic) => {
+                                cleared[statistic as usize] = true;
+                            }
                         }
                     }
                 }
                 for (i, statistic) in PixelStatistic::ALL.into_iter().enumerate() {
                     let now = monitor.alarm(statistic);
-                    match (before[i], now) {
-                        (false, true) => input_raised.extend(last[i]),
-                        (true, false) => {
-                            tracing::info!(model = %labels.model, version = %labels.version, statistic = statistic.name(), "input drift alarm cleared");
-                        }
-                        _ => {}
+                    if cleared[i] && !now {
+                        tracing::info!(model = %labels.model, version = %labels.version, statistic = statistic.name(), "input drift alarm cleared");
                     }
                     self.metrics
-                        .input_drift(&labels, statistic.name(), now, !before[i] && now);
+                        .input_drift(&labels, statistic.name(), now, first[i].is_some());
+                    input_raised.extend(first[i]);
                 }
             }
         }

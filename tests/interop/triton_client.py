@@ -41,6 +41,12 @@ def infer(client, model, image, shape, seed, binary, logits_binary):
     parameters = response["parameters"]
     return {
         "status": 200,
+        # Which outputs came as bytes after the JSON, as the server said.
+        "binary_outputs": sorted(
+            o["name"]
+            for o in response["outputs"]
+            if "binary_data_size" in o.get("parameters", {})
+        ),
         "id": response.get("id"),
         "probabilities": result.as_numpy("probabilities").astype(float).tolist(),
         "logits": result.as_numpy("logits").astype(float).tolist(),

@@ -320,8 +320,8 @@ fn logits_that_do_not_give_the_probabilities_are_refused() {
         (true, [1.098_612_3f32, 0.0]),
         (true, [0.0, 2.0]),
         (true, [0.0, f32::NAN]),
-        // Far apart, though the probabilities in f32 barely tell.
-        (true, [0.0, 1.098_612_3 + 1e-2]),
+        // Within 1e-5 of (0.25, 0.75) after softmax, but not these logits.
+        (true, [0.0, 1.098_612_3 + 3e-5]),
         // Logits without the probabilities they give.
         (false, COHERENT_LOGITS),
     ];

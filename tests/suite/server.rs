@@ -986,6 +986,91 @@ async fn a_new_scanner_raises_the_input_drift_alarm_in_metrics_and_ledger() {
     assert!(!text.contains("mean_rank"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_writes_at_most_one_input_drift_alarm() {
+    // Window 8, one request of 32 images that takes the contrast alarm up,
+    // down, up and down again: one alarm on the record, not two.
+    let mut f = fixture(None, Limits::default());
+    let server = Arc::try_unwrap(f.server).ok().unwrap();
+    f.server = Arc::new(server.with_drift(medguard::drift::DriftConfig {
+        window: 8,
+        false_alarm: 0.01,
+        ..medguard::drift::DriftConfig::default()
+    }));
+    let bytes =
+        std::fs::read(repo_root().join("tests/adversarial/sets/corruption-contrast-0.6.npz"))
+            .unwrap();
+    let shifted = medguard::input::read_npz_images(&bytes, "images").unwrap();
+    // An image at the calibration images' median intensity and contrast:
+    // half its pixels one contrast above the mean, half one below.
+    let pixels = medguard_tests::bundled_model()
+        .manifest()
+        .screening
+        .clone()
+        .unwrap()
+        .pixels
+        .unwrap();
+    let (m, c) = (
+        pixels.intensity[pixels.images() / 2] as f32,
+        pixels.contrast[pixels.images() / 2] as f32,
+    );
+    let middle: Vec<f32> = (0..784)
+        .map(|i| if i % 2 == 0 { m + c } else { m - c })
+        .collect();
+    let mut data = Vec::new();
+    for _ in 0..2 {
+        data.extend_from_slice(&shifted.data[..8 * 784]);
+        for _ in 0..8 {
+            data.extend_from_slice(&middle);
+        }
+    }
+    let before = f.guard.checkpoint().unwrap().0;
+    let body = serde_json::to_vec(&json!({
+        "parameters": {"medguard_seed": 2},
+        "inputs": [{"name": "image", "shape": [32, 1, 28, 28], "datatype": "FP32", "data": data}],
+    }))
+    .unwrap();
+    let (status, answer) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(body),
+    )
+    .await;
+    assert!(
+        status == StatusCode::OK || status == StatusCode::UNPROCESSABLE_ENTITY,
+        "{answer}"
+    );
+    let kinds = entry_kinds(&f, before);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "inference").count(),
+        32,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "input-drift-alarm").count(),
+        1,
+        "{kinds:?}"
+    );
+    // It ended cleared, and the raise was counted.
+    let text = metrics_text(&f.server).await;
+    let version = medguard_tests::bundled_model()
+        .manifest()
+        .version
+        .to_string();
+    let contrast = format!("model=\"pneumonia-cnn\",version=\"{version}\",statistic=\"contrast\"");
+    assert_eq!(
+        sample(&text, "medguard_input_drift_alarm", &contrast),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "medguard_input_drift_alarms_total", &contrast),
+        Some(1.0)
+    );
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

@@ -80,12 +80,7 @@ pub fn calibrate(
         profile: profile.clone(),
         // The first images, in the order given (a subset that does not look
         // at the values keeps the ranks exact): a manifest stays small.
-        pixels: Some(PixelReference::fit(
-            images
-                .data
-                .chunks_exact(images.shape[1..].iter().product::<u32>().max(1) as usize)
-                .take(PIXEL_REFERENCE_MAX),
-        )),
+        pixels: Some(pixel_reference(images)),
     });
     let per_class = (0..labels.len())
         .map(|c| samples.iter().filter(|(class, _)| *class == c).count())
@@ -102,6 +97,16 @@ pub fn calibrate(
     })
 }
 
+/// The pixel reference of `images`: all of them, or every k-th image for k
+/// that leaves at most [`PIXEL_REFERENCE_MAX`] (a subset chosen by position,
+/// never by value, keeps the ranks exact, and a stride keeps a class-sorted
+/// archive's mix).
+fn pixel_reference(images: &Batch) -> PixelReference {
+    let per_image = images.shape[1..].iter().product::<u32>().max(1) as usize;
+    let step = images.len().div_ceil(PIXEL_REFERENCE_MAX).max(1);
+    PixelReference::fit(images.data.chunks_exact(per_image).step_by(step))
+}
+
 /// Replaces `dir`'s manifest atomically: a crash leaves the old or the new
 /// file, never half of one. The new manifest is re-parsed first, so an
 /// invalid one is never written.
@@ -116,4 +121,36 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(dir.join(MANIFEST_PATH)).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_sorted_archive_keeps_its_mix_in_the_pixel_reference() {
+        // 4,001 images, the dark half first (a class-sorted archive).
+        let n = 4_001usize;
+        let data: Vec<f32> = (0..n)
+            .flat_map(|i| [if i < n / 2 { 0.1 } else { 0.9 }; 4])
+            .collect();
+        let images = Batch {
+            shape: [n as u32, 1, 2, 2],
+            data,
+            source_bits: 0,
+        };
+        let reference = pixel_reference(&images);
+        assert!(reference.images() <= PIXEL_REFERENCE_MAX);
+        assert_eq!(reference.images(), n.div_ceil(3));
+        let dark = reference.intensity.iter().filter(|&&v| v < 0.5).count();
+        let share = dark as f64 / reference.images() as f64;
+        assert!((share - 0.5).abs() < 0.01, "{share}");
+        // A small archive goes in whole.
+        let few = Batch {
+            shape: [3, 1, 2, 2],
+            data: vec![0.5; 12],
+            source_bits: 0,
+        };
+        assert_eq!(pixel_reference(&few).images(), 3);
+    }
 }

@@ -266,6 +266,12 @@ fn tritons_python_client(tls: Option<&TlsFiles>) {
                 continue;
             }
             assert_eq!(answer["status"], 200, "{sample} {transport}: {answer}");
+            let binary = match transport {
+                "json" => serde_json::json!([]),
+                "binary" => serde_json::json!(["logits", "probabilities"]),
+                _ => serde_json::json!(["probabilities"]),
+            };
+            assert_eq!(answer["binary_outputs"], binary, "{sample} {transport}");
             assert_eq!(answer["verdict"], expected["verdict"], "{sample}");
             assert_eq!(answer["seed"], seed);
             assert_eq!(answer["id"], "interop");

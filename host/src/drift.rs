@@ -146,8 +146,9 @@ impl DriftMonitor {
         })
     }
 
-    /// The count of flags in a full window at which the alarm goes off
-    /// (`window + 1` when no count is unlikely enough).
+    /// The count of flags in a full window at which the alarm goes off (at
+    /// most the window: [`DriftMonitor::new`] refuses a monitor whose
+    /// threshold no window could reach).
     pub fn threshold(&self) -> usize {
         self.threshold
     }

@@ -1216,7 +1216,10 @@ impl ResourceLimiter for MemoryCap {
 /// differs from the host's by at most the one-ulp disagreements of two
 /// `exp`s; a distance between logits the probabilities do not show, or
 /// probabilities that do not add up, is refused. Logits are fixed only up to
-/// a constant per row: that is all any softmax output can vouch for.
+/// a constant per row, and only as finely as f32 probabilities resolve (a
+/// logit more than about 100 below the top gives 0 whatever it is): that is
+/// all a softmax output can vouch for. It ties the guest to this softmax
+/// (`medguard_screen::softmax`): a guest computing it otherwise is refused.
 fn logits_give(logits: &[f32], probabilities: &[f32], classes: usize) -> bool {
     // Probabilities are never negative: the bits of non-negative floats
     // count ulps in order (-0.0 is 0).

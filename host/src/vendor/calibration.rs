@@ -78,8 +78,7 @@ pub fn calibrate(
             seed: run.seed,
         },
         profile: profile.clone(),
-        // The first images, in the order given (a subset that does not look
-        // at the values keeps the ranks exact): a manifest stays small.
+        // At most PIXEL_REFERENCE_MAX images' values: a manifest stays small.
         pixels: Some(pixel_reference(images)),
     });
     let per_class = (0..labels.len())

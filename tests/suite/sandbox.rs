@@ -249,9 +249,14 @@ fn answer_with(statistics: usize, probabilities_present: bool, logits: [f32; 2])
 /// Logits whose softmax is (0.25, 0.75): 0 and ln 3.
 const COHERENT_LOGITS: [f32; 2] = [0.0, 1.098_612_3];
 
-#[test]
-fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
-    // Otherwise it would pass as "unscreened", with its label, under enforce.
+/// The bundled model, its screening statistics, its first golden sample and
+/// the screening options of the hostile-answer tests below.
+fn screening_call() -> (
+    medguard_attest::AttestedModel,
+    Vec<medguard_screen::Statistic>,
+    medguard::input::Batch,
+    ScreenOptions,
+) {
     let model = bundled_model();
     let statistics = model
         .manifest()
@@ -261,6 +266,19 @@ fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
         .profile
         .statistics
         .clone();
+    let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
+    let options = ScreenOptions {
+        seed: 1,
+        source_bits: 8,
+        withhold_rejected: true,
+    };
+    (model, statistics, batch, options)
+}
+
+#[test]
+fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
+    // Otherwise it would pass as "unscreened", with its label, under enforce.
+    let (model, statistics, batch, options) = screening_call();
     let lying = load(
         &tight_runtime(),
         hostile_screening_component(
@@ -268,12 +286,6 @@ fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
             &unjudged_answer(statistics.len(), COHERENT_LOGITS),
         ),
     );
-    let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
-    let options = ScreenOptions {
-        seed: 1,
-        source_bits: 8,
-        withhold_rejected: true,
-    };
     let err = lying
         .session(&model)
         .unwrap()
@@ -301,21 +313,7 @@ fn an_image_without_a_verdict_from_a_calibrated_detector_is_refused() {
 fn logits_that_do_not_give_the_probabilities_are_refused() {
     // A client reading the logits would see another answer than the
     // probabilities (and the recorded label) say.
-    let model = bundled_model();
-    let statistics = model
-        .manifest()
-        .screening
-        .as_ref()
-        .unwrap()
-        .profile
-        .statistics
-        .clone();
-    let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
-    let options = ScreenOptions {
-        seed: 1,
-        source_bits: 8,
-        withhold_rejected: true,
-    };
+    let (model, statistics, batch, options) = screening_call();
     let cases = [
         (true, [1.098_612_3f32, 0.0]),
         (true, [0.0, 2.0]),

@@ -13,6 +13,7 @@ use medguard::sandbox::{GuestProgram, Runtime};
 use medguard::server::auth::Tokens;
 use medguard::server::{Limits, Server, router};
 use medguard_attest::Sha256Digest;
+use medguard_ledger::entry::Entry;
 use medguard_tests::{model_dir, repo_root, shared_program_owned};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -840,8 +841,9 @@ async fn parameters_medguard_does_not_read_are_skipped() {
     assert_eq!(answer["parameters"]["medguard_seed"], 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
+/// A server whose drift windows are 8 inputs, at a false-alarm rate of
+/// 0.01: one request of 8 images fills them.
+fn drift_fixture() -> Fixture {
     let mut f = fixture(None, Limits::default());
     let server = Arc::try_unwrap(f.server).ok().unwrap();
     f.server = Arc::new(server.with_drift(medguard::drift::DriftConfig {
@@ -849,16 +851,21 @@ async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
         false_alarm: 0.01,
         ..medguard::drift::DriftConfig::default()
     }));
-    let (attacked, _) = tensors("adversarial/pgd8-1.png");
-    let size = |f: &Fixture| f.guard.checkpoint().unwrap().0;
-    let before = size(&f);
-    let eight: Vec<f32> = attacked.iter().copied().cycle().take(8 * 784).collect();
+    f
+}
+
+/// Posts `images` (784 values each) as one FP32 request with seed 2;
+/// answers the status, the body, and the ledger's entries the request added
+/// (from the size before it).
+async fn post_images(f: &Fixture, images: &[f32]) -> (StatusCode, Value, Vec<Entry>) {
+    let before = f.guard.checkpoint().unwrap().0;
     let body = serde_json::to_vec(&json!({
         "parameters": {"medguard_seed": 2},
-        "inputs": [{"name": "image", "shape": [8, 1, 28, 28], "datatype": "FP32", "data": eight}],
+        "inputs": [{"name": "image", "shape": [images.len() / 784, 1, 28, 28],
+                    "datatype": "FP32", "data": images}],
     }))
     .unwrap();
-    let (status, _) = call(
+    let (status, answer) = call(
         &f.server,
         "POST",
         "/v2/models/pneumonia-cnn/infer",
@@ -866,26 +873,47 @@ async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
         Some(body),
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    // Eight verdicts and one drift alarm in the ledger (eight copies of one
-    // image may also move the pixel statistics' window: not counted here).
-    let kinds = entry_kinds(&f, before);
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "inference").count(),
-        8,
-        "{kinds:?}"
-    );
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "drift-alarm").count(),
-        1,
-        "{kinds:?}"
-    );
-    let text = metrics_text(&f.server).await;
+    let size = f.guard.checkpoint().unwrap().0;
+    let entries = (before..size).map(|i| f.guard.entry(i).unwrap()).collect();
+    (status, answer, entries)
+}
+
+/// How many of `entries` are of `kind`.
+fn count(entries: &[Entry], kind: &str) -> usize {
+    entries.iter().filter(|e| e.kind() == kind).count()
+}
+
+/// The metric labels of the bundled model, then `extra` ones.
+fn bundled_labels(extra: &str) -> String {
     let version = medguard_tests::bundled_model()
         .manifest()
         .version
         .to_string();
-    let model = format!("model=\"pneumonia-cnn\",version=\"{version}\"");
+    format!("model=\"pneumonia-cnn\",version=\"{version}\"{extra}")
+}
+
+/// The first images of the committed contrast-0.6 corruption set.
+fn contrast_06(images: usize) -> Vec<f32> {
+    let bytes =
+        std::fs::read(repo_root().join("tests/adversarial/sets/corruption-contrast-0.6.npz"))
+            .unwrap();
+    let shifted = medguard::input::read_npz_images(&bytes, "images").unwrap();
+    shifted.data[..images * 784].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
+    let f = drift_fixture();
+    let (attacked, _) = tensors("adversarial/pgd8-1.png");
+    let eight: Vec<f32> = attacked.iter().copied().cycle().take(8 * 784).collect();
+    let (status, _, entries) = post_images(&f, &eight).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Eight verdicts and one drift alarm in the ledger (eight copies of one
+    // image may also move the pixel statistics' window: not counted here).
+    assert_eq!(count(&entries, "inference"), 8, "{entries:?}");
+    assert_eq!(count(&entries, "drift-alarm"), 1, "{entries:?}");
+    let text = metrics_text(&f.server).await;
+    let model = bundled_labels("");
     assert_eq!(
         sample(&text, "medguard_drift_alarm", &model),
         Some(1.0),
@@ -897,75 +925,32 @@ async fn a_burst_of_attacks_raises_the_drift_alarm_in_metrics_and_ledger() {
     );
 }
 
-/// The kinds of the ledger's entries from `from` on.
-fn entry_kinds(f: &Fixture, from: u64) -> Vec<String> {
-    let size = f.guard.checkpoint().unwrap().0;
-    (from..size)
-        .map(|i| f.guard.entry(i).unwrap().kind().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_scanner_raises_the_input_drift_alarm_in_metrics_and_ledger() {
     // Images with their contrast scaled to 0.6: the screening statistics
     // pass them as clean (README, "Serving"), their pixels do not.
-    let mut f = fixture(None, Limits::default());
-    let server = Arc::try_unwrap(f.server).ok().unwrap();
-    f.server = Arc::new(server.with_drift(medguard::drift::DriftConfig {
-        window: 8,
-        false_alarm: 0.01,
-        ..medguard::drift::DriftConfig::default()
-    }));
-    let bytes =
-        std::fs::read(repo_root().join("tests/adversarial/sets/corruption-contrast-0.6.npz"))
-            .unwrap();
-    let shifted = medguard::input::read_npz_images(&bytes, "images").unwrap();
-    let eight = &shifted.data[..8 * 784];
-    let before = f.guard.checkpoint().unwrap().0;
-    let body = serde_json::to_vec(&json!({
-        "parameters": {"medguard_seed": 2},
-        "inputs": [{"name": "image", "shape": [8, 1, 28, 28], "datatype": "FP32", "data": eight}],
-    }))
-    .unwrap();
-    let (status, answer) = call(
-        &f.server,
-        "POST",
-        "/v2/models/pneumonia-cnn/infer",
-        None,
-        Some(body),
-    )
-    .await;
+    let f = drift_fixture();
+    let (status, answer, entries) = post_images(&f, &contrast_06(8)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let kinds = entry_kinds(&f, before);
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "inference").count(),
-        8,
-        "{kinds:?}"
-    );
-    let alarm = (before..before + kinds.len() as u64)
-        .map(|i| f.guard.entry(i).unwrap())
-        .find(|e| e.kind() == "input-drift-alarm")
-        .expect("an input drift alarm in the ledger");
-    let medguard_ledger::entry::Entry::InputDriftAlarm {
+    assert_eq!(count(&entries, "inference"), 8, "{entries:?}");
+    let Some(Entry::InputDriftAlarm {
         statistic,
         window,
         mean_rank,
         threshold,
         ..
-    } = alarm
+    }) = entries
+        .into_iter()
+        .find(|e| e.kind() == "input-drift-alarm")
     else {
-        unreachable!()
+        panic!("no input drift alarm in the ledger");
     };
     assert_eq!((statistic.as_str(), window), ("contrast", 8));
     assert!(mean_rank < 0.5 - threshold, "{mean_rank} {threshold}");
 
     let text = metrics_text(&f.server).await;
-    let version = medguard_tests::bundled_model()
-        .manifest()
-        .version
-        .to_string();
-    let contrast = format!("model=\"pneumonia-cnn\",version=\"{version}\",statistic=\"contrast\"");
-    let intensity = contrast.replace("contrast\"", "intensity\"");
+    let contrast = bundled_labels(",statistic=\"contrast\"");
+    let intensity = bundled_labels(",statistic=\"intensity\"");
     assert_eq!(
         sample(&text, "medguard_input_drift_alarm", &contrast),
         Some(1.0),
@@ -990,17 +975,8 @@ async fn a_new_scanner_raises_the_input_drift_alarm_in_metrics_and_ledger() {
 async fn one_request_writes_at_most_one_input_drift_alarm() {
     // Window 8, one request of 32 images that takes the contrast alarm up,
     // down, up and down again: one alarm on the record, not two.
-    let mut f = fixture(None, Limits::default());
-    let server = Arc::try_unwrap(f.server).ok().unwrap();
-    f.server = Arc::new(server.with_drift(medguard::drift::DriftConfig {
-        window: 8,
-        false_alarm: 0.01,
-        ..medguard::drift::DriftConfig::default()
-    }));
-    let bytes =
-        std::fs::read(repo_root().join("tests/adversarial/sets/corruption-contrast-0.6.npz"))
-            .unwrap();
-    let shifted = medguard::input::read_npz_images(&bytes, "images").unwrap();
+    let f = drift_fixture();
+    let shifted = contrast_06(8);
     // An image at the calibration images' median intensity and contrast:
     // half its pixels one contrast above the mean, half one below.
     let pixels = medguard_tests::bundled_model()
@@ -1019,47 +995,21 @@ async fn one_request_writes_at_most_one_input_drift_alarm() {
         .collect();
     let mut data = Vec::new();
     for _ in 0..2 {
-        data.extend_from_slice(&shifted.data[..8 * 784]);
+        data.extend_from_slice(&shifted);
         for _ in 0..8 {
             data.extend_from_slice(&middle);
         }
     }
-    let before = f.guard.checkpoint().unwrap().0;
-    let body = serde_json::to_vec(&json!({
-        "parameters": {"medguard_seed": 2},
-        "inputs": [{"name": "image", "shape": [32, 1, 28, 28], "datatype": "FP32", "data": data}],
-    }))
-    .unwrap();
-    let (status, answer) = call(
-        &f.server,
-        "POST",
-        "/v2/models/pneumonia-cnn/infer",
-        None,
-        Some(body),
-    )
-    .await;
+    let (status, answer, entries) = post_images(&f, &data).await;
     assert!(
         status == StatusCode::OK || status == StatusCode::UNPROCESSABLE_ENTITY,
         "{answer}"
     );
-    let kinds = entry_kinds(&f, before);
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "inference").count(),
-        32,
-        "{kinds:?}"
-    );
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "input-drift-alarm").count(),
-        1,
-        "{kinds:?}"
-    );
+    assert_eq!(count(&entries, "inference"), 32, "{entries:?}");
+    assert_eq!(count(&entries, "input-drift-alarm"), 1, "{entries:?}");
     // It ended cleared, and the raise was counted.
     let text = metrics_text(&f.server).await;
-    let version = medguard_tests::bundled_model()
-        .manifest()
-        .version
-        .to_string();
-    let contrast = format!("model=\"pneumonia-cnn\",version=\"{version}\",statistic=\"contrast\"");
+    let contrast = bundled_labels(",statistic=\"contrast\"");
     assert_eq!(
         sample(&text, "medguard_input_drift_alarm", &contrast),
         Some(0.0),

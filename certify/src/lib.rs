@@ -1,0 +1,454 @@
+//! Certified predictions by randomized smoothing (Cohen, Rosenfeld and
+//! Kolter, ICML 2019).
+//!
+//! The smoothed classifier answers, for an image `x`, the class the base model
+//! most often gives `x + N(0, sigma² I)`. If that class has probability at
+//! least `p > 1/2` under the noise, no perturbation of L2 norm below
+//! `sigma · Φ⁻¹(p)` can change the smoothed answer (their Theorem 1, with the
+//! runner-up bounded by `1 - p`). The guest classifies [`Smoothing::samples`]
+//! noised copies and counts the votes; this crate turns the count into that
+//! radius, with `p` a one-sided Clopper-Pearson lower bound.
+//!
+//! The top class is chosen from the same votes it is bounded with, so the
+//! bound is taken at level `alpha / classes`: all the classes' bounds hold at
+//! once with probability at least `1 - alpha` (a union bound), and so does the
+//! chosen one's, whichever it is. For two classes this costs a factor two in
+//! `alpha` where Cohen's CERTIFY spends a separate selection batch.
+//!
+//! No I/O and no model runtime: the host tabulates a [`RadiusTable`] when it
+//! admits a model and looks each answer up in it.
+
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal};
+use statrs::function::beta::{beta_reg, inv_beta_reg};
+use thiserror::Error;
+
+/// Most noised copies one image may ask for: each is one inference in the
+/// guest, inside the request's deadline.
+pub const MAX_SAMPLES: u32 = 10_000;
+
+/// The manifest's randomized-smoothing parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smoothing {
+    /// Standard deviation of the Gaussian noise, in the model's input units
+    /// (the guest draws it in `f32`; the radius uses that value).
+    pub sigma: f64,
+    /// Noised copies per image (`n`), classified in one guest call.
+    pub samples: u32,
+    /// Probability that a certificate overstates its radius.
+    pub alpha: f64,
+    /// The deployment's requirement: an image whose certified L2 radius is
+    /// below it (or that has none) is flagged, and its label withheld under
+    /// the enforce policy.
+    pub required_radius_l2: f64,
+}
+
+/// Why smoothing parameters cannot be used.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SmoothingError {
+    /// A parameter is outside its range.
+    #[error("smoothing parameters: {0}")]
+    Invalid(String),
+    /// Even unanimous votes could not certify the required radius.
+    #[error(
+        "the required L2 radius {required} is unreachable: with {samples} samples, sigma {sigma} and \
+         alpha {alpha}, unanimous votes certify {largest:.4}; use at least {needed} samples or a \
+         larger sigma"
+    )]
+    Unreachable {
+        /// The manifest's requirement.
+        required: f64,
+        /// The manifest's samples.
+        samples: u32,
+        /// The manifest's sigma.
+        sigma: f64,
+        /// The manifest's alpha.
+        alpha: f64,
+        /// The radius unanimous votes certify.
+        largest: f64,
+        /// The fewest samples with which unanimous votes reach `required`.
+        needed: String,
+    },
+}
+
+/// Why a guest's votes cannot be certified.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum VoteError {
+    /// Not one count per class.
+    #[error("{got} vote counts for {classes} classes")]
+    Classes {
+        /// Counts received.
+        got: usize,
+        /// Classes the model has.
+        classes: usize,
+    },
+    /// The counts do not add up to the samples drawn.
+    #[error("votes add up to {got}, {samples} samples were drawn")]
+    Total {
+        /// Their sum (saturating).
+        got: u64,
+        /// The manifest's samples.
+        samples: u32,
+    },
+}
+
+impl Smoothing {
+    /// The noise's standard deviation as the guest draws it: `sigma` rounded
+    /// to `f32`, so that the radius belongs to the noise actually added.
+    pub fn noise_sigma(&self) -> f32 {
+        self.sigma as f32
+    }
+
+    /// Checks the ranges, and that unanimous votes reach the required radius
+    /// for a model of `classes` classes.
+    pub fn validate(&self, classes: usize) -> Result<(), SmoothingError> {
+        let invalid = |why: String| Err(SmoothingError::Invalid(why));
+        let sigma = f64::from(self.noise_sigma());
+        if !(sigma.is_finite() && sigma > 0.0 && sigma <= 16.0) {
+            return invalid(format!("sigma must be in (0, 16], got {}", self.sigma));
+        }
+        if !(1..=MAX_SAMPLES).contains(&self.samples) {
+            return invalid(format!(
+                "samples must be 1 to {MAX_SAMPLES}, got {}",
+                self.samples
+            ));
+        }
+        if !(self.alpha > 0.0 && self.alpha <= 0.5) {
+            return invalid(format!("alpha must be in (0, 0.5], got {}", self.alpha));
+        }
+        if !(self.required_radius_l2.is_finite() && self.required_radius_l2 >= 0.0) {
+            return invalid(format!(
+                "required_radius_l2 must be finite and at least 0, got {}",
+                self.required_radius_l2
+            ));
+        }
+        if !(2..=256).contains(&classes) {
+            return invalid(format!("a model of {classes} classes cannot be smoothed"));
+        }
+        let largest = self.radius(self.samples, classes).unwrap_or(0.0);
+        if largest < self.required_radius_l2 {
+            // Unanimous votes bound p by (alpha/K)^(1/n); reaching r needs
+            // that to be at least Φ(r / sigma).
+            let level = self.alpha / classes as f64;
+            let needed = standard_normal().cdf(self.required_radius_l2 / sigma);
+            let needed = if needed < 1.0 {
+                format!("{}", (level.ln() / needed.ln()).ceil())
+            } else {
+                "more".into()
+            };
+            return Err(SmoothingError::Unreachable {
+                required: self.required_radius_l2,
+                samples: self.samples,
+                sigma: self.sigma,
+                alpha: self.alpha,
+                largest,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    /// The radius certified when the top class of `classes` got `votes` of
+    /// the samples; `None` is an abstention. Call on validated parameters.
+    fn radius(&self, votes: u32, classes: usize) -> Option<f64> {
+        let n = self.samples;
+        // A lower bound above 1/2 needs more than half the votes.
+        if votes > n || 2 * u64::from(votes) <= u64::from(n) {
+            return None;
+        }
+        let p = clopper_pearson_lower(votes, n, self.alpha / classes as f64);
+        (p > 0.5).then(|| f64::from(self.noise_sigma()) * standard_normal().inverse_cdf(p))
+    }
+
+    /// Tabulates the radius of every possible vote count, once per model.
+    pub fn table(&self, classes: usize) -> Result<RadiusTable, SmoothingError> {
+        self.validate(classes)?;
+        Ok(RadiusTable {
+            smoothing: *self,
+            classes,
+            radii: (0..=self.samples)
+                .map(|votes| self.radius(votes, classes))
+                .collect(),
+        })
+    }
+}
+
+/// The radius each top-class vote count certifies, for one model's
+/// [`Smoothing`]: built by [`Smoothing::table`], so only from parameters that
+/// passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RadiusTable {
+    smoothing: Smoothing,
+    classes: usize,
+    /// Indexed by the top class's votes, `0..=samples`.
+    radii: Vec<Option<f64>>,
+}
+
+impl RadiusTable {
+    /// The parameters the table was built for.
+    pub fn smoothing(&self) -> &Smoothing {
+        &self.smoothing
+    }
+
+    /// The radius `votes` for the top class certify; `None` abstains.
+    pub fn radius(&self, votes: u32) -> Option<f64> {
+        self.radii.get(votes as usize).copied().flatten()
+    }
+
+    /// The fewest top-class votes that certify the required radius.
+    pub fn votes_required(&self) -> u32 {
+        let required = self.smoothing.required_radius_l2;
+        (0..=self.smoothing.samples)
+            .find(|&v| self.radius(v).is_some_and(|r| r >= required))
+            .unwrap_or(self.smoothing.samples)
+    }
+
+    /// The certificate of one image's vote counts (one per class, in output
+    /// order), after checking they are counts of the samples drawn.
+    pub fn certify(&self, votes: &[u32]) -> Result<Certificate, VoteError> {
+        if votes.len() != self.classes {
+            return Err(VoteError::Classes {
+                got: votes.len(),
+                classes: self.classes,
+            });
+        }
+        let total: u64 = votes.iter().map(|&v| u64::from(v)).sum();
+        if total != u64::from(self.smoothing.samples) {
+            return Err(VoteError::Total {
+                got: total,
+                samples: self.smoothing.samples,
+            });
+        }
+        // The first class with the most votes; a tie at the top never
+        // certifies (the top count is then at most half the samples).
+        let (class, top) =
+            votes.iter().copied().enumerate().fold(
+                (0, 0),
+                |(bc, bv), (c, v)| if v > bv { (c, v) } else { (bc, bv) },
+            );
+        let radius_l2 = self.radius(top);
+        let s = &self.smoothing;
+        Ok(Certificate {
+            method: Method::RandomizedSmoothing,
+            class,
+            radius_l2,
+            certified: radius_l2.is_some_and(|r| r >= s.required_radius_l2),
+            required_radius_l2: s.required_radius_l2,
+            samples: s.samples,
+            sigma: s.sigma,
+            alpha: s.alpha,
+            votes: votes.to_vec(),
+        })
+    }
+}
+
+/// How a certificate was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Gaussian randomized smoothing, L2 radius.
+    RandomizedSmoothing,
+}
+
+/// One image's robustness certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// How it was obtained.
+    pub method: Method,
+    /// The smoothed classifier's class: the most votes, the first on ties.
+    pub class: usize,
+    /// No L2 perturbation of the received image smaller than this changes
+    /// `class`, except with probability `alpha`; `None` is an abstention.
+    pub radius_l2: Option<f64>,
+    /// Whether `radius_l2` reaches `required_radius_l2`.
+    pub certified: bool,
+    /// The manifest's requirement.
+    pub required_radius_l2: f64,
+    /// Noised copies classified.
+    pub samples: u32,
+    /// Their noise's standard deviation (the manifest's value).
+    pub sigma: f64,
+    /// The certificate's error probability.
+    pub alpha: f64,
+    /// Votes per class, in output order.
+    pub votes: Vec<u32>,
+}
+
+/// The one-sided Clopper-Pearson lower bound at level `level` on a success
+/// probability after `successes` of `n` trials: the `p` with
+/// `P(Binomial(n, p) >= successes) = level`, which is the `level` quantile of
+/// Beta(successes, n - successes + 1). Nudged down until the incomplete beta
+/// function confirms it, so that rounding never makes it optimistic.
+fn clopper_pearson_lower(successes: u32, n: u32, level: f64) -> f64 {
+    if successes == 0 {
+        return 0.0;
+    }
+    let (a, b) = (f64::from(successes), f64::from(n - successes + 1));
+    let mut p = if successes == n {
+        // I_p(n, 1) = p^n exactly.
+        level.powf(1.0 / a)
+    } else {
+        inv_beta_reg(a, b, level)
+    };
+    let mut step = p * f64::EPSILON;
+    for _ in 0..128 {
+        if p <= 0.0 || beta_reg(a, b, p) <= level {
+            break;
+        }
+        p -= step;
+        step *= 2.0;
+    }
+    p.max(0.0)
+}
+
+fn standard_normal() -> Normal {
+    Normal::standard()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statrs::distribution::{Binomial, Discrete};
+
+    fn smoothing(sigma: f64, samples: u32, alpha: f64, required: f64) -> Smoothing {
+        Smoothing {
+            sigma,
+            samples,
+            alpha,
+            required_radius_l2: required,
+        }
+    }
+
+    #[test]
+    fn unanimous_votes_certify_sigma_times_the_quantile_of_the_union_bound() {
+        // The issue's arithmetic: 1.83 sigma at n = 200, alpha = 0.001 for
+        // one bound; the union over two classes halves the level.
+        let s = smoothing(0.25, 200, 0.001, 0.0);
+        let table = s.table(2).unwrap();
+        let expected = 0.25 * standard_normal().inverse_cdf(0.0005f64.powf(1.0 / 200.0));
+        assert!((table.radius(200).unwrap() - expected).abs() < 1e-12);
+        assert!((expected / 0.25 - 1.783).abs() < 1e-3, "{expected}");
+        let one = smoothing(0.25, 200, 0.001, 0.0).table(1);
+        assert!(one.is_err(), "one class is not a classifier");
+    }
+
+    #[test]
+    fn bounds_cover_the_true_probability_at_the_level() {
+        // Exact coverage: for each true p, the probability (over the votes)
+        // that the bound exceeds p is at most the level.
+        for n in [20u32, 200, 1000] {
+            let level = 0.01;
+            let bounds: Vec<f64> = (0..=n)
+                .map(|k| clopper_pearson_lower(k, n, level))
+                .collect();
+            assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "monotone in votes");
+            for i in 1..200 {
+                let p = f64::from(i) / 200.0;
+                let binomial = Binomial::new(p, u64::from(n)).unwrap();
+                let over: f64 = (0..=n)
+                    .filter(|&k| bounds[k as usize] > p)
+                    .map(|k| binomial.pmf(u64::from(k)))
+                    .sum();
+                assert!(over <= level * (1.0 + 1e-9), "n {n}, p {p}: {over}");
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_are_tight_not_just_safe() {
+        // At the bound itself the binomial tail is the level (to rounding).
+        for (k, n) in [(150u32, 200u32), (199, 200), (600, 1000), (11, 20)] {
+            let p = clopper_pearson_lower(k, n, 0.0005);
+            let tail = beta_reg(f64::from(k), f64::from(n - k + 1), p);
+            assert!((tail - 0.0005).abs() < 1e-8, "{k}/{n}: tail {tail}");
+        }
+    }
+
+    #[test]
+    fn certify_picks_the_top_class_and_abstains_without_a_majority_bound() {
+        let table = smoothing(0.5, 400, 0.001, 0.25).table(2).unwrap();
+        let c = table.certify(&[12, 388]).unwrap();
+        assert_eq!(c.class, 1);
+        let r = c.radius_l2.unwrap();
+        assert!(r > 0.25 && c.certified, "{r}");
+        assert_eq!(c.votes, vec![12, 388]);
+        let tie = table.certify(&[200, 200]).unwrap();
+        assert_eq!((tie.class, tie.radius_l2, tie.certified), (0, None, false));
+        // A majority too thin for its bound to pass 1/2 abstains too.
+        assert_eq!(table.certify(&[190, 210]).unwrap().radius_l2, None);
+        // Certified, but below the requirement.
+        let low = table.votes_required() - 1;
+        let c = table.certify(&[400 - low, low]).unwrap();
+        assert!(c.radius_l2.is_some() && !c.certified);
+        let c = table.certify(&[400 - low - 1, low + 1]).unwrap();
+        assert!(c.certified);
+    }
+
+    #[test]
+    fn votes_that_are_not_counts_of_the_samples_are_refused() {
+        let table = smoothing(0.5, 100, 0.001, 0.0).table(2).unwrap();
+        assert_eq!(
+            table.certify(&[100]),
+            Err(VoteError::Classes { got: 1, classes: 2 })
+        );
+        assert_eq!(
+            table.certify(&[60, 41]),
+            Err(VoteError::Total {
+                got: 101,
+                samples: 100
+            })
+        );
+        assert_eq!(
+            table.certify(&[u32::MAX, 101]),
+            Err(VoteError::Total {
+                got: u64::from(u32::MAX) + 101,
+                samples: 100
+            })
+        );
+    }
+
+    #[test]
+    fn parameters_out_of_range_or_unreachable_are_refused_with_the_way_out() {
+        for bad in [
+            smoothing(0.0, 100, 0.001, 0.0),
+            smoothing(f64::NAN, 100, 0.001, 0.0),
+            smoothing(0.25, 0, 0.001, 0.0),
+            smoothing(0.25, MAX_SAMPLES + 1, 0.001, 0.0),
+            smoothing(0.25, 100, 0.0, 0.0),
+            smoothing(0.25, 100, 0.6, 0.0),
+            smoothing(0.25, 100, 0.001, -0.1),
+            smoothing(0.25, 100, 0.001, f64::INFINITY),
+        ] {
+            assert!(
+                matches!(bad.validate(2), Err(SmoothingError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        // L2 0.5 at sigma 0.25 is out of reach at n = 200 (the issue's note).
+        let err = smoothing(0.25, 200, 0.001, 0.5).validate(2).unwrap_err();
+        let SmoothingError::Unreachable { needed, .. } = &err else {
+            panic!("{err}")
+        };
+        let needed: u32 = needed.parse().unwrap();
+        assert!(smoothing(0.25, needed, 0.001, 0.5).validate(2).is_ok());
+        assert!(smoothing(0.25, needed - 1, 0.001, 0.5).validate(2).is_err());
+        assert!(err.to_string().contains("use at least"), "{err}");
+    }
+
+    #[test]
+    fn the_manifest_section_is_strict_json() {
+        let s: Smoothing = serde_json::from_str(
+            r#"{"sigma":0.25,"samples":400,"alpha":0.001,"required_radius_l2":0.25}"#,
+        )
+        .unwrap();
+        assert_eq!(s, smoothing(0.25, 400, 0.001, 0.25));
+        assert!(
+            serde_json::from_str::<Smoothing>(
+                r#"{"sigma":0.25,"samples":400,"alpha":0.001,"required_radius_l2":0.25,"x":1}"#
+            )
+            .is_err()
+        );
+    }
+}

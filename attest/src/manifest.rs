@@ -47,6 +47,13 @@ pub struct Manifest {
     /// thresholds too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screening: Option<ScreeningSection>,
+    /// Certified predictions by randomized smoothing: the noise, the samples
+    /// per image, the error probability and the L2 radius the deployment
+    /// requires. A model with it returns a label only when its certificate
+    /// reaches that radius (under the enforce policy). Signed like every
+    /// field, so the requirement cannot be lowered after the fact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certification: Option<medguard_certify::Smoothing>,
     /// What the model accepts as DICOM and how a radiograph becomes its
     /// input (target size: `input.shape`). A model without it takes no
     /// DICOM. Signed like every field, so the preprocessing the model was
@@ -347,6 +354,11 @@ impl Manifest {
                     ));
                 }
             }
+        }
+        if let Some(smoothing) = &self.certification {
+            smoothing
+                .validate(labels.len())
+                .map_err(|e| ManifestError::Invalid(format!("certification: {e}")))?;
         }
         if let Some(dicom) = &self.dicom {
             let report = &dicom.report;

@@ -210,6 +210,9 @@ pub struct AttestedModel {
     model: Pinned,
     provenance: Provenance,
     manifest_digest: Option<Sha256Digest>,
+    /// The radius of every vote count, tabulated once from the manifest's
+    /// certification section.
+    radii: Option<medguard_certify::RadiusTable>,
 }
 
 /// Why the manifest itself was trusted.
@@ -241,6 +244,12 @@ impl AttestedModel {
     /// The manifest the model was attested against.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The certification radius table, when the manifest asks for
+    /// certified predictions.
+    pub fn radius_table(&self) -> Option<&medguard_certify::RadiusTable> {
+        self.radii.as_ref()
     }
 
     /// The attested model bytes: the very bytes that were hashed.
@@ -299,6 +308,10 @@ pub enum AttestError {
     /// The model's digest differs from the manifest.
     #[error("model file does not match its manifest: {0}")]
     Digest(#[from] DigestMismatch),
+    /// The manifest's certification parameters cannot be tabulated (a
+    /// manifest built in code, past the parser's validation).
+    #[error("manifest certification: {0}")]
+    Certification(String),
 }
 
 /// Attests `model_bytes` against `manifest`.
@@ -349,7 +362,15 @@ pub(crate) fn attest_hashed(
         .into());
     }
     let model = Pinned { bytes, digest };
+    let radii = match &manifest.certification {
+        None => None,
+        Some(s) => Some(
+            s.table(manifest.output.labels.len())
+                .map_err(|e| AttestError::Certification(e.to_string()))?,
+        ),
+    };
     Ok(AttestedModel {
+        radii,
         manifest_digest: canonical_digest(&manifest),
         manifest,
         model,

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use medguard_attest::{AttestedModel, Sha256Digest};
+use medguard_certify::{Certificate, RadiusTable};
 use medguard_dicom::{DicomError, DicomProfile, Radiograph};
 
 use crate::guest::GuestModule;
@@ -121,6 +122,9 @@ pub enum SandboxError {
     /// The guest's screening answer contradicts the detector it was given.
     #[error("guest returned malformed screening evidence: {0}")]
     MalformedScreening(String),
+    /// The guest's smoothing votes are not counts of the samples drawn.
+    #[error("guest returned malformed smoothing votes: {0}")]
+    MalformedVotes(#[source] medguard_certify::VoteError),
     /// The guest's DICOM answer breaks the contract (a string longer than
     /// any attribute may be): a guest that misbehaves, never the file.
     #[error("guest returned a malformed DICOM answer: {0}")]
@@ -962,6 +966,46 @@ impl Session {
         answers
             .into_iter()
             .map(|a| self.check_screened(a, options))
+            .collect()
+    }
+
+    /// Classifies `table`'s samples of Gaussian-noised copies of each image
+    /// of `[batch, channels, height, width]` values in one guest call, with
+    /// the noise seeded by `seed`, and certifies each image's votes with
+    /// `table`. The guest only counts: a count that is not one per class
+    /// adding up to the samples is refused, never certified.
+    pub fn certify(
+        &mut self,
+        shape: &[u32],
+        data: &[f32],
+        table: &RadiusTable,
+        seed: u64,
+    ) -> Result<Vec<Certificate>, SandboxError> {
+        self.fits(data)?;
+        self.arm();
+        let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
+        let smoothing = table.smoothing();
+        let options = wit::SmoothOptions {
+            sigma: smoothing.noise_sigma(),
+            samples: smoothing.samples,
+            seed,
+        };
+        let votes = bindings
+            .medguard_guest_classifier()
+            .call_smooth(&mut self.store, shape, data, options)
+            .map_err(|e| self.trapped(e))?
+            .map_err(GuestFailure::from)?;
+        let images = shape.first().copied().unwrap_or(0) as usize;
+        if votes.len() != images {
+            return Err(SandboxError::MalformedOutput {
+                got: votes.len(),
+                images,
+                classes: self.classes,
+            });
+        }
+        votes
+            .iter()
+            .map(|v| table.certify(v).map_err(SandboxError::MalformedVotes))
             .collect()
     }
 

@@ -14,11 +14,13 @@ mod error;
 mod input;
 mod runtime;
 mod screen;
+mod smooth;
 
 pub use error::GuestError;
 pub use input::{InputBatch, ModelSpec};
 pub use medguard_screen::{ScreenOptions, ScreenedImage};
 pub use screen::Detector;
+pub use smooth::SmoothOptions;
 
 /// A loaded, type-checked model ready to classify batches that match its spec.
 pub struct Classifier {

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 
 use medguard_guest_core::{
     Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions, ScreenedImage,
+    SmoothOptions,
 };
 use medguard_screen as screen;
 
@@ -68,6 +69,24 @@ impl wit::Guest for Guest {
                 .classify(&InputBatch { shape, data })
                 .map_err(to_wit)?;
             Ok(probabilities.into_iter().flatten().collect())
+        })
+    }
+
+    fn smooth(
+        shape: Vec<u32>,
+        data: Vec<f32>,
+        options: wit::SmoothOptions,
+    ) -> Result<Vec<Vec<u32>>, wit::GuestError> {
+        with_loaded(|loaded| {
+            let options = SmoothOptions {
+                sigma: options.sigma,
+                samples: options.samples,
+                seed: options.seed,
+            };
+            loaded
+                .classifier
+                .smooth(&InputBatch { shape, data }, options)
+                .map_err(to_wit)
         })
     }
 

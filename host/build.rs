@@ -17,10 +17,12 @@ fn main() {
     let host_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = host_dir.parent().expect("host/ sits in the workspace root");
     // Every input of the guest build: its crates, the crates they depend on
-    // in this workspace (screen, dicom), the lock file and the build settings.
+    // in this workspace (screen, certify, dicom), the lock file and the build
+    // settings.
     for watched in [
         "guest",
         "screen",
+        "certify",
         "dicom",
         "Cargo.lock",
         "Cargo.toml",

@@ -27,7 +27,7 @@ pub use digest::{ParseDigestError, Sha256Digest};
 pub use manifest::{
     CalibrationSource, ColorConversion, InputShape, InputSpec, MANIFEST_MAX_BYTES, Manifest,
     ManifestError, ModelFile, OutputKind, OutputSpec, PixelMapping, PixelScale, ScreeningSection,
-    ValueRange,
+    Training, TrainingInput, ValueRange,
 };
 pub use pinned::{
     AttestError, AttestedModel, DigestMismatch, Hashed, Pinned, Provenance, Signer, pin,

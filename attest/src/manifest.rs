@@ -54,6 +54,12 @@ pub struct Manifest {
     /// field, so the requirement cannot be lowered after the fact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certification: Option<medguard_certify::Smoothing>,
+    /// What the model was made from, as its training script recorded it:
+    /// the digests of the training data, the split and the script, the
+    /// seeds, library versions and measured metrics. Admission copies it into
+    /// the ledger, so an auditor can trace a result to its training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<Training>,
     /// What the model accepts as DICOM and how a radiograph becomes its
     /// input (target size: `input.shape`). A model without it takes no
     /// DICOM. Signed like every field, so the preprocessing the model was
@@ -75,6 +81,90 @@ pub struct ScreeningSection {
     /// Manifests calibrated before it existed have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pixels: Option<medguard_screen::PixelReference>,
+}
+
+/// Training provenance (see [`Manifest::training`]). Bounded, so that it
+/// always fits a ledger entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    /// The files the model was made from, each named with its role
+    /// (`data`, `splits`, `script`, ...) and its SHA-256.
+    pub inputs: Vec<TrainingInput>,
+    /// Random seeds by what they seeded.
+    pub seeds: std::collections::BTreeMap<String, u64>,
+    /// Library versions by package name.
+    pub libraries: std::collections::BTreeMap<String, String>,
+    /// Metrics measured at training time, by dotted name.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// One file a model was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingInput {
+    /// What it was for: `data`, `splits`, `script`, ...
+    pub role: String,
+    /// Its file name where it was used (no directories).
+    pub file: String,
+    /// SHA-256 of its bytes.
+    pub sha256: Sha256Digest,
+}
+
+/// Most entries in each of the training section's lists and maps.
+const TRAINING_MAX_ENTRIES: usize = 64;
+/// Longest name or value text in the training section, in bytes.
+const TRAINING_MAX_TEXT: usize = 128;
+
+impl Training {
+    fn validate(&self) -> Result<(), String> {
+        let text_ok = |t: &str| {
+            !t.is_empty() && t.len() <= TRAINING_MAX_TEXT && !t.chars().any(char::is_control)
+        };
+        if [
+            self.inputs.len(),
+            self.seeds.len(),
+            self.libraries.len(),
+            self.metrics.len(),
+        ]
+        .iter()
+        .any(|&n| n > TRAINING_MAX_ENTRIES)
+        {
+            return Err(format!(
+                "training: at most {TRAINING_MAX_ENTRIES} inputs, seeds, libraries and metrics each"
+            ));
+        }
+        let texts = self
+            .inputs
+            .iter()
+            .flat_map(|i| [i.role.as_str(), i.file.as_str()])
+            .chain(self.seeds.keys().map(String::as_str))
+            .chain(
+                self.libraries
+                    .iter()
+                    .flat_map(|(k, v)| [k.as_str(), v.as_str()]),
+            )
+            .chain(self.metrics.keys().map(String::as_str));
+        for t in texts {
+            if !text_ok(t) {
+                return Err(format!(
+                    "training: {t:?} must be 1-{TRAINING_MAX_TEXT} bytes without control characters"
+                ));
+            }
+        }
+        if let Some(i) = self.inputs.iter().find(|i| i.file.contains(['/', '\\'])) {
+            return Err(format!(
+                "training: input file {:?} must be a plain file name",
+                i.file
+            ));
+        }
+        if let Some((k, v)) = self.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!(
+                "training: metric {k} is {v}, metrics must be finite"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Provenance of a screening profile.
@@ -354,6 +444,9 @@ impl Manifest {
                     ));
                 }
             }
+        }
+        if let Some(training) = &self.training {
+            training.validate().map_err(ManifestError::Invalid)?;
         }
         if let Some(smoothing) = &self.certification {
             smoothing

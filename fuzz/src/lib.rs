@@ -141,6 +141,7 @@ pub fn sample_entries() -> Vec<Entry> {
             signer: "medguard-demo".into(),
             signer_fingerprint: digest(4),
             policy_sha256: digest(1),
+            training: None,
         },
         Entry::ModelRefused {
             time,
@@ -164,6 +165,7 @@ pub fn sample_entries() -> Vec<Entry> {
             policy: ScreeningPolicy::Enforce,
             seed: 7,
             caller: None,
+            certificate: None,
         },
         Entry::Inference {
             time,
@@ -179,6 +181,7 @@ pub fn sample_entries() -> Vec<Entry> {
             policy: ScreeningPolicy::Enforce,
             seed: 9,
             caller: Some("pacs-reader".into()),
+            certificate: None,
         },
     ]
 }

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use medguard_attest::{AttestedModel, Provenance, Sha256Digest, TrustPolicy};
+use medguard_certify::Certificate;
 use medguard_ledger::entry::{InferenceFailure, InputKey, TEXT_MAX_BYTES, bounded};
 pub use medguard_ledger::entry::{ScreeningPolicy, Verdict};
 use medguard_ledger::{Entry, GroupCommit, Ledger, LedgerError};
@@ -174,6 +175,9 @@ pub struct ImageResult {
     pub logits: Option<Vec<f32>>,
     /// Values off the source's integer grid (format integrity, reported only).
     pub off_grid: u32,
+    /// The robustness certificate, for a model whose manifest asks for
+    /// certified predictions.
+    pub certificate: Option<Certificate>,
     /// The intensity and contrast of the values the guest screened, for the
     /// server's drift alarm (never part of the verdict, never recorded).
     pub pixels: PixelStatistics,
@@ -657,6 +661,19 @@ impl Guard {
                     .collect()
             })
         };
+        // 3b. Certified models: the votes of the noised copies, in the same
+        // sandbox, with the request's seed.
+        let screened = screened.and_then(|images| match model.radius_table() {
+            None => Ok(images.into_iter().map(|i| (i, None)).collect::<Vec<_>>()),
+            Some(table) => {
+                let certificates =
+                    session.certify(&batch.shape, &batch.data, table, options.seed)?;
+                Ok(images
+                    .into_iter()
+                    .zip(certificates.into_iter().map(Some))
+                    .collect())
+            }
+        });
         drop(session);
         let compute = started.elapsed().saturating_sub(sandbox_start);
         let screened = match screened {
@@ -696,13 +713,16 @@ impl Guard {
         let mut images: Vec<Unrecorded> = Vec::with_capacity(screened.len());
         let mut pixels = Vec::with_capacity(screened.len());
         let mut entries = Vec::with_capacity(screened.len());
-        for (image, values) in screened
+        for ((image, certificate), values) in screened
             .into_iter()
             .zip(batch.data.chunks(per_image.max(1)))
         {
             // The keyed digest of the exact tensor the guest screened.
             let tensor: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let result = unrecorded(image, labels);
+            let mut result = unrecorded(image, labels);
+            if let Some(certificate) = certificate {
+                result.certify(certificate, options.policy, labels);
+            }
             pixels.push(PixelStatistics::of(values));
             entries.push(Entry::Inference {
                 time,
@@ -718,6 +738,7 @@ impl Guard {
                 policy: options.policy,
                 seed: options.seed,
                 caller: caller.map(|c| bounded(c, TEXT_MAX_BYTES)),
+                certificate: result.certificate.clone(),
             });
             images.push(result);
         }
@@ -740,6 +761,7 @@ impl Guard {
                     probabilities: u.probabilities,
                     logits: u.logits,
                     off_grid: u.off_grid,
+                    certificate: u.certificate,
                     pixels,
                     receipt,
                 })
@@ -817,6 +839,34 @@ struct Unrecorded {
     probabilities: Option<BTreeMap<String, f32>>,
     logits: Option<Vec<f32>>,
     off_grid: u32,
+    certificate: Option<Certificate>,
+}
+
+impl Unrecorded {
+    /// Adds the image's certificate to the evidence. A label the
+    /// certificate does not cover (an abstention, a radius below the
+    /// manifest's requirement, or a smoothed class other than the model's
+    /// own answer) makes an accepted image a flag, and under the enforce
+    /// policy is not returned: an adaptive attacker can talk the screening
+    /// round, not the certificate.
+    fn certify(&mut self, certificate: Certificate, policy: ScreeningPolicy, labels: &[String]) {
+        let covered = certificate.certified
+            && self
+                .label
+                .as_ref()
+                .is_none_or(|l| labels.get(certificate.class) == Some(l));
+        if !covered {
+            if self.verdict == Verdict::Accept {
+                self.verdict = Verdict::Flag;
+            }
+            if policy == ScreeningPolicy::Enforce {
+                self.label = None;
+                self.probabilities = None;
+                self.logits = None;
+            }
+        }
+        self.certificate = Some(certificate);
+    }
 }
 
 /// The guest's answer for one image as the caller sees it.
@@ -834,6 +884,7 @@ fn unrecorded(image: ScreenedImage, labels: &[String]) -> Unrecorded {
         probabilities,
         logits: image.logits,
         off_grid: image.off_grid,
+        certificate: None,
     }
 }
 
@@ -861,6 +912,7 @@ fn admitted_entry(model: &AttestedModel, policy_sha256: Sha256Digest, time: Time
         signer,
         signer_fingerprint,
         policy_sha256,
+        training: m.training.clone(),
     }
 }
 

@@ -52,6 +52,7 @@ impl<'a> Prediction<'a> {
                 model,
                 guest_sha256: guest_sha256.to_owned(),
                 dicom: classified.dicom.as_ref().map(|d| (&d.image).into()),
+                certificate: image.certificate.clone(),
             },
             structured_report: None,
             structured_report_error: None,

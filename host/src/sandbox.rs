@@ -982,31 +982,40 @@ impl Session {
         seed: u64,
     ) -> Result<Vec<Certificate>, SandboxError> {
         self.fits(data)?;
-        self.arm();
-        let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
         let smoothing = table.smoothing();
-        let options = wit::SmoothOptions {
-            sigma: smoothing.noise_sigma(),
-            samples: smoothing.samples,
-            seed,
-        };
-        let votes = bindings
-            .medguard_guest_classifier()
-            .call_smooth(&mut self.store, shape, data, options)
-            .map_err(|e| self.trapped(e))?
-            .map_err(GuestFailure::from)?;
         let images = shape.first().copied().unwrap_or(0) as usize;
-        if votes.len() != images {
-            return Err(SandboxError::MalformedOutput {
-                got: votes.len(),
-                images,
-                classes: self.classes,
-            });
+        let per_image = data.len() / images.max(1);
+        let mut one = shape.to_vec();
+        if let Some(batch) = one.first_mut() {
+            *batch = 1;
         }
-        votes
-            .iter()
-            .map(|v| table.certify(v).map_err(SandboxError::MalformedVotes))
-            .collect()
+        let mut certificates = Vec::with_capacity(images);
+        // One call per image, so that each image's samples get the whole
+        // deadline; image `i` keeps noise stream `i` of the request's seed.
+        for (i, image) in data.chunks(per_image.max(1)).enumerate() {
+            self.arm();
+            let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
+            let options = wit::SmoothOptions {
+                sigma: smoothing.noise_sigma(),
+                samples: smoothing.samples,
+                seed,
+                first_stream: i as u64,
+            };
+            let votes = bindings
+                .medguard_guest_classifier()
+                .call_smooth(&mut self.store, &one, image, options)
+                .map_err(|e| self.trapped(e))?
+                .map_err(GuestFailure::from)?;
+            let [votes] = votes.as_slice() else {
+                return Err(SandboxError::MalformedOutput {
+                    got: votes.len(),
+                    images: 1,
+                    classes: self.classes,
+                });
+            };
+            certificates.push(table.certify(votes).map_err(SandboxError::MalformedVotes)?);
+        }
+        Ok(certificates)
     }
 
     fn check_screened(

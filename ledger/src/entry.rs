@@ -69,6 +69,11 @@ pub enum Entry {
         /// Digest of the trust policy it was admitted under
         /// (`TrustPolicy::sha256`: its text and every key it resolved).
         policy_sha256: Sha256Digest,
+        /// What the model was made from, as its signed manifest says
+        /// (training data, split and script digests, seeds, libraries,
+        /// metrics); absent when the manifest does not say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        training: Option<medguard_attest::Training>,
     },
     /// A model was refused.
     ModelRefused {
@@ -127,6 +132,10 @@ pub enum Entry {
         /// token): the access record auditors ask for. None for local use.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         caller: Option<String>,
+        /// The robustness certificate (votes, radius, the parameters it was
+        /// computed with), for a model certified by randomized smoothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate: Option<medguard_certify::Certificate>,
     },
     /// An inference that produced no result: the guest refused the values,
     /// or the sandbox trapped or ran out of time or memory. Only the kind of

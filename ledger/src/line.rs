@@ -117,7 +117,8 @@ const UNSIGNED_FIELDS: [&str; 6] = [
 /// receipt proves; a bare receipt has none of them and passes.
 pub(crate) fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(), String> {
     use serde_json::{Value, json};
-    const RESULT_FIELDS: [&str; 6] = [
+    const RESULT_FIELDS: [&str; 7] = [
+        "certificate",
         "label",
         "verdict",
         "p_value",
@@ -152,6 +153,7 @@ pub(crate) fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(),
         label,
         probabilities,
         seed,
+        certificate,
         ..
     } = entry
     else {
@@ -166,6 +168,8 @@ pub(crate) fn cross_check(line: &serde_json::Value, entry: &Entry) -> Result<(),
         ("p_value", json!(p_value)),
         ("probabilities", json!(probabilities)),
         ("seed", json!(seed)),
+        // Absent and null both mean "no certificate", as the entry omits it.
+        ("certificate", json!(certificate)),
         (
             "model",
             json!({"name": model, "version": version.to_string(), "sha256": model_sha256.to_string()}),
@@ -336,6 +340,7 @@ mod tests {
             policy: ScreeningPolicy::Enforce,
             seed: 7,
             caller: None,
+            certificate: None,
         };
         let line = serde_json::json!({
             "label": "normal", "verdict": "accept", "p_value": 0.25, "seed": 7,

@@ -41,6 +41,11 @@ pub struct ResultFields {
     /// For a DICOM input: what was decoded (no patient data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dicom: Option<DicomJson>,
+    /// The robustness certificate of a certified model: method,
+    /// `radius_l2` (null when the smoothed classifier abstained), samples,
+    /// sigma, alpha and votes. Recorded in the entry, so the receipt covers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<medguard_certify::Certificate>,
 }
 
 impl ResultFields {

@@ -157,6 +157,7 @@ mod tests {
             signer: "k".into(),
             signer_fingerprint: Sha256Digest::from_bytes([0; 32]),
             policy_sha256: Sha256Digest::from_bytes([digest; 32]),
+            training: None,
         }
     }
 

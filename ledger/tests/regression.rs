@@ -22,6 +22,7 @@ fn admitted(version: &str, manifest: u8) -> Entry {
         signer: "vendor".into(),
         signer_fingerprint: Sha256Digest::of(b"key"),
         policy_sha256: Sha256Digest::of(b"policy"),
+        training: None,
     }
 }
 

@@ -11,11 +11,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def main(version: str = "1.0.0", expires: str = "2028-11-28T00:00:00Z"):
-    model = (HERE / "model.onnx").read_bytes()
+def main(
+    version: str = "1.0.0",
+    expires: str = "2028-11-28T00:00:00Z",
+    directory: Path = HERE,
+    name: str = "pneumonia-cnn",
+    extra: dict | None = None,
+):
+    """`extra` adds top-level sections (the certifiable model's
+    `certification` and `training`)."""
+    model = (directory / "model.onnx").read_bytes()
     manifest = {
         "schema": "medguard.manifest/v1",
-        "name": "pneumonia-cnn",
+        "name": name,
         "version": version,
         # Signed with the rest: a stale manifest cannot be replayed past this.
         "expires": expires,
@@ -56,7 +64,8 @@ def main(version: str = "1.0.0", expires: str = "2028-11-28T00:00:00Z"):
             },
         },
     }
-    (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest.update(extra or {})
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":

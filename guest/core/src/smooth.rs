@@ -20,10 +20,13 @@ pub struct SmoothOptions {
     pub sigma: f32,
     /// Noised copies per image.
     pub samples: u32,
-    /// Seeds the noise: image `i` of the batch uses ChaCha20 stream `i` of
-    /// this seed, so the votes can be reproduced. The host draws it fresh
-    /// per request; nothing about the input goes into it.
+    /// Seeds the noise, so the votes can be reproduced. The host draws it
+    /// fresh per request; nothing about the input goes into it. (The
+    /// screening statistics draw from ChaCha8 streams of the same seed: a
+    /// different cipher, so the two noises are unrelated.)
     pub seed: u64,
+    /// Image `i` of the batch uses ChaCha20 stream `first_stream + i`.
+    pub first_stream: u64,
 }
 
 impl Classifier {
@@ -61,7 +64,7 @@ impl Classifier {
         let mut copies = Vec::with_capacity(CHUNK * len);
         for (i, image) in batch.data.chunks_exact(len).enumerate() {
             let mut rng = ChaCha20Rng::seed_from_u64(options.seed);
-            rng.set_stream(i as u64);
+            rng.set_stream(options.first_stream.wrapping_add(i as u64));
             let mut votes = vec![0u32; classes];
             let mut left = options.samples as usize;
             while left > 0 {

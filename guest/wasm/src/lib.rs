@@ -82,6 +82,7 @@ impl wit::Guest for Guest {
                 sigma: options.sigma,
                 samples: options.samples,
                 seed: options.seed,
+                first_stream: options.first_stream,
             };
             loaded
                 .classifier

@@ -10,7 +10,7 @@ use super::{Exit, SandboxArgs, progress_bar, unsigned_or_refused};
 use crate::eval::{Estimate, plot};
 use crate::input;
 use crate::model_dir::read_capped;
-use crate::vendor::evaluation::{EvalSet, Options, Report, evaluate};
+use crate::vendor::evaluation::{CertifiedAccuracy, EvalSet, Options, Report, evaluate};
 
 /// Measure the guard: run the real guest over clean test images, attack sets
 /// and benign corruptions; write a JSON report and a ROC plot.
@@ -38,6 +38,10 @@ pub struct EvalCmd {
     /// Where to write the ROC plot (SVG).
     #[arg(long, value_name = "SVG")]
     plot: Option<PathBuf>,
+    /// Where to write the certified-accuracy curve (SVG), for a model whose
+    /// manifest asks for certified predictions.
+    #[arg(long, value_name = "SVG")]
+    certified_plot: Option<PathBuf>,
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -89,7 +93,8 @@ impl EvalCmd {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (program, _) = sandbox.start()?;
-        let total = clean_images.len()
+        let certifies = model.radius_table().is_some();
+        let total = clean_images.len() * (1 + usize::from(certifies))
             + sets
                 .iter()
                 .map(|s| match &s.flipped {
@@ -121,6 +126,28 @@ impl EvalCmd {
             plot::roc_svg(
                 path,
                 &format!("medguard screening, {}", report.model),
+                &curves,
+            )?;
+        }
+        if let (Some(path), Some(c)) = (&self.certified_plot, &report.certified) {
+            let curve = |label: String, y: &dyn Fn(&CertifiedAccuracy) -> f64| plot::Curve {
+                label,
+                points: c.curve.iter().map(|a| (a.radius_l2, y(a))).collect(),
+            };
+            let mut curves = vec![curve("balanced accuracy".into(), &|a| a.balanced_accuracy)];
+            for name in &model.manifest().output.labels {
+                curves.push(curve(format!("{name} (per-class rate)"), &|a| {
+                    a.per_class.get(name).copied().unwrap_or(0.0)
+                }));
+            }
+            let s = &c.smoothing;
+            plot::certified_svg(
+                path,
+                &format!(
+                    "{}: certified accuracy, sigma {}, n {}, alpha {}",
+                    report.model, s.sigma, s.samples, s.alpha
+                ),
+                c.curve.last().map_or(1.0, |a| a.radius_l2.max(0.01)),
                 &curves,
             )?;
         }
@@ -184,6 +211,34 @@ fn print_summary(r: &Report) {
         r.clean.accuracy_all,
         r.clean.accuracy_accepted
     );
+    if let Some(c) = &r.certified {
+        let s = &c.smoothing;
+        println!(
+            "certified (sigma {}, n {}, alpha {}): abstained {:.1}%, certified to the required \
+             L2 {} {:.1}%; {:.0} ms per image",
+            s.sigma,
+            s.samples,
+            s.alpha,
+            c.abstained * 100.0,
+            s.required_radius_l2,
+            c.certified_at_requirement * 100.0,
+            c.ms_per_image
+        );
+        for a in &c.at {
+            let classes: Vec<String> = a
+                .per_class
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.3}"))
+                .collect();
+            println!(
+                "  L2 {:<6} balanced accuracy {:.3} (accuracy {:.3}; {})",
+                a.radius_l2,
+                a.balanced_accuracy,
+                a.accuracy,
+                classes.join(", ")
+            );
+        }
+    }
     println!(
         "\n{:<10} {:>7} {:>22} {:>24} {:>24} {:>8} {:>8}",
         "attack", "flipped", "ROC-AUC [95% CI]", "TPR@1%FPR", "TPR@5%FPR", "past rej", "past flg"

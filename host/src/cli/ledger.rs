@@ -269,6 +269,7 @@ mod tests {
             policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
             seed: 1,
             caller: None,
+            certificate: None,
         };
         let shown = printable(&entry.describe());
         assert!(!shown.chars().any(char::is_control), "{shown:?}");

@@ -49,6 +49,39 @@ impl VerifyCmd {
         if let Some(expires) = m.expires {
             println!("expires: {expires}");
         }
+        if let Some(s) = &m.certification {
+            println!(
+                "certified predictions: randomized smoothing, sigma {}, {} samples, alpha {}, \
+                 required L2 radius {}",
+                s.sigma, s.samples, s.alpha, s.required_radius_l2
+            );
+        }
+        // Text from the manifest is signed, but still shown escaped.
+        if let Some(t) = &m.training {
+            for input in &t.inputs {
+                println!(
+                    "trained from: {} {} (sha256 {})",
+                    input.role.escape_debug(),
+                    input.file.escape_debug(),
+                    input.sha256
+                );
+            }
+            let pairs = |map: Vec<(String, String)>| {
+                map.into_iter()
+                    .map(|(k, v)| format!("{}={}", k.escape_debug(), v.escape_debug()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let seeds = t.seeds.iter().map(|(k, v)| (k.clone(), v.to_string()));
+            println!("training seeds: {}", pairs(seeds.collect()));
+            let libraries = t.libraries.iter().map(|(k, v)| (k.clone(), v.clone()));
+            println!("training libraries: {}", pairs(libraries.collect()));
+            let metrics = t
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), format!("{v:.4}")));
+            println!("training metrics: {}", pairs(metrics.collect()));
+        }
         println!(
             "recorded: ledger entry {} of {}",
             receipt.index,

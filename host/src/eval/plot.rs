@@ -1,20 +1,55 @@
-//! The ROC plot: the only file that touches plotters. SVG, so no font or
+//! The ROC plot and the certified-accuracy curve: the only file that
+//! touches plotters. SVG, so no font or
 //! image libraries are needed on the machine that runs the evaluation.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-/// One curve: a legend label and its (FPR, TPR) points.
+/// One curve: a legend label and its points.
 pub struct Curve {
     /// Legend text.
     pub label: String,
-    /// Points from (0, 0) to (1, 1).
+    /// (x, y) points: (FPR, TPR) from (0, 0) to (1, 1) on a ROC plot.
     pub points: Vec<(f64, f64)>,
 }
 
 /// Draws ROC curves into an SVG file at `path`.
 pub fn roc_svg(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()> {
+    let axes = Axes {
+        x_desc: "false-positive rate on clean test images",
+        y_desc: "detection rate (attacks that flipped the model)",
+        x_max: 1.0,
+        diagonal: true,
+    };
+    lines_svg(path, title, &axes, curves)
+}
+
+/// Draws certified accuracy against the L2 radius into an SVG file at
+/// `path`: one curve per measure, x from 0 to `max_radius`.
+pub fn certified_svg(
+    path: &Path,
+    title: &str,
+    max_radius: f64,
+    curves: &[Curve],
+) -> anyhow::Result<()> {
+    let axes = Axes {
+        x_desc: "L2 radius (input units, 784 pixels in [0, 1])",
+        y_desc: "certified accuracy on clean test images",
+        x_max: max_radius,
+        diagonal: false,
+    };
+    lines_svg(path, title, &axes, curves)
+}
+
+struct Axes {
+    x_desc: &'static str,
+    y_desc: &'static str,
+    x_max: f64,
+    diagonal: bool,
+}
+
+fn lines_svg(path: &Path, title: &str, axes: &Axes, curves: &[Curve]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let mut chart = ChartBuilder::on(&root)
@@ -22,17 +57,19 @@ pub fn roc_svg(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()>
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(56)
-        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+        .build_cartesian_2d(0.0..axes.x_max, 0.0..1.0)
         .map_err(plot_error)?;
     chart
         .configure_mesh()
-        .x_desc("false-positive rate on clean test images")
-        .y_desc("detection rate (attacks that flipped the model)")
+        .x_desc(axes.x_desc)
+        .y_desc(axes.y_desc)
         .draw()
         .map_err(plot_error)?;
-    chart
-        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
-        .map_err(plot_error)?;
+    if axes.diagonal {
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
+            .map_err(plot_error)?;
+    }
     for (i, curve) in curves.iter().enumerate() {
         let color = Palette99::pick(i).stroke_width(2);
         chart
@@ -45,7 +82,11 @@ pub fn roc_svg(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()>
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(if axes.diagonal {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        })
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK.mix(0.4))
         .draw()
@@ -55,5 +96,5 @@ pub fn roc_svg(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()>
 }
 
 fn plot_error<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing the ROC plot: {e}")
+    anyhow::anyhow!("drawing the plot: {e}")
 }

@@ -9,7 +9,8 @@ use medguard_screen::Statistic;
 
 use super::VendorError;
 use crate::input::Batch;
-use crate::sandbox::{GuestProgram, ScreenOptions, ScreenedImage, Session};
+use crate::sandbox::{GuestProgram, SandboxError, ScreenOptions, ScreenedImage, Session};
+use medguard_certify::Certificate;
 
 /// What the sessions screen with.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +50,63 @@ pub fn screen_all(
     run: Run<'_>,
     label: &str,
 ) -> Result<Vec<ScreenedImage>, VendorError> {
+    each_chunk(
+        program,
+        model,
+        mode,
+        batch,
+        run,
+        label,
+        "screening",
+        |session, c, seed| {
+            let options = ScreenOptions {
+                seed,
+                source_bits: c.source_bits,
+                withhold_rejected: false,
+            };
+            session.screen(&c.shape, &c.data, options)
+        },
+    )
+}
+
+/// Certifies every image of `batch` with the model's radius table, in
+/// parallel sandboxes as [`screen_all`] screens (chunk `i` with seed
+/// `run.seed + i`).
+pub fn certify_all(
+    program: &GuestProgram,
+    model: &AttestedModel,
+    batch: &Batch,
+    run: Run<'_>,
+    label: &str,
+) -> Result<Vec<Certificate>, VendorError> {
+    let table = model.radius_table().ok_or(VendorError::Missing(
+        "certification section in the manifest",
+    ))?;
+    each_chunk(
+        program,
+        model,
+        Mode::Judge,
+        batch,
+        run,
+        label,
+        "certifying",
+        |session, c, seed| session.certify(&c.shape, &c.data, table, seed),
+    )
+}
+
+/// Runs `work` on every chunk of `batch` in `run.threads` sandboxes, chunk
+/// `i` with seed `run.seed + i`, and returns the results in image order.
+#[allow(clippy::too_many_arguments)]
+fn each_chunk<T: Send>(
+    program: &GuestProgram,
+    model: &AttestedModel,
+    mode: Mode<'_>,
+    batch: &Batch,
+    run: Run<'_>,
+    label: &str,
+    doing: &str,
+    work: impl Fn(&mut Session, &Batch, u64) -> Result<Vec<T>, SandboxError> + Sync,
+) -> Result<Vec<T>, VendorError> {
     let Run {
         seed,
         threads,
@@ -57,7 +115,7 @@ pub fn screen_all(
     let chunk = CHUNK.min(model.manifest().max_batch as usize);
     let chunks: Vec<Batch> = batch.chunks(chunk).collect();
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Vec<ScreenedImage>>>> = Mutex::new(vec![None; chunks.len()]);
+    let results: Mutex<Vec<Option<Vec<T>>>> = Mutex::new((0..chunks.len()).map(|_| None).collect());
     std::thread::scope(|scope| -> Result<(), VendorError> {
         let workers: Vec<_> = (0..threads.max(1).min(chunks.len().max(1)))
             .map(|_| {
@@ -68,21 +126,14 @@ pub fn screen_all(
                         let Some(c) = chunks.get(i) else {
                             return Ok(());
                         };
-                        let options = ScreenOptions {
-                            seed: seed.wrapping_add(i as u64),
-                            source_bits: c.source_bits,
-                            withhold_rejected: false,
-                        };
-                        let screened =
-                            session
-                                .screen(&c.shape, &c.data, options)
-                                .map_err(|source| VendorError::Sandbox {
-                                    what: format!("screening {label}, images from {}", i * chunk),
-                                    source,
-                                })?;
+                        let done = work(&mut session, c, seed.wrapping_add(i as u64)).map_err(
+                            |source| VendorError::Sandbox {
+                                what: format!("{doing} {label}, images from {}", i * chunk),
+                                source,
+                            },
+                        )?;
                         progress(c.len());
-                        results.lock().map_err(|_| VendorError::WorkerPanicked)?[i] =
-                            Some(screened);
+                        results.lock().map_err(|_| VendorError::WorkerPanicked)?[i] = Some(done);
                     }
                 })
             })

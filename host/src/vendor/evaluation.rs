@@ -9,10 +9,11 @@ use medguard_screen::{Verdict, predicted_class};
 use serde::Serialize;
 
 use super::VendorError;
-use super::bulk::{Mode, Run, screen_all};
+use super::bulk::{Mode, Run, certify_all, screen_all};
 use crate::eval::{Estimate, bootstrap, plot, proportion, roc_auc, roc_curve, tpr_at_fpr};
 use crate::input::Batch;
 use crate::sandbox::{GuestProgram, ScreenedImage};
+use medguard_certify::Certificate;
 
 /// A set of images to judge besides the clean test set.
 #[derive(Debug)]
@@ -56,6 +57,52 @@ pub struct Report {
     pub bootstrap_rounds: usize,
     /// Seed of the noise draws and of the bootstrap.
     pub seed: u64,
+    /// For a model whose manifest asks for certified predictions: the
+    /// smoothed classifier on the clean test images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certified: Option<CertifiedReport>,
+}
+
+#[derive(Debug, Serialize)]
+/// Randomized smoothing on the clean test images: how often a label is
+/// certified correct, by radius. Per class, because a model that always
+/// answers the majority class would be "certified" at every radius.
+pub struct CertifiedReport {
+    /// The manifest's parameters.
+    pub smoothing: medguard_certify::Smoothing,
+    /// Images certified.
+    pub images: usize,
+    /// Fraction the smoothed classifier abstained on (no radius at all).
+    pub abstained: f64,
+    /// Fraction whose certificate reaches the manifest's required radius
+    /// (the others are flagged, their labels withheld under enforce).
+    pub certified_at_requirement: f64,
+    /// At radius 0 (the smoothed classifier's clean accuracy), 0.125, 0.25,
+    /// 0.5 and the manifest's requirement.
+    pub at: Vec<CertifiedAccuracy>,
+    /// The curve: certified balanced accuracy every 0.01 of radius up to
+    /// the largest certifiable one.
+    pub curve: Vec<CertifiedAccuracy>,
+    /// Wall time of the certification per image, with the sandboxes in
+    /// parallel (`threads` of them): time / images * threads.
+    pub ms_per_image: f64,
+    /// Sandboxes that ran in parallel.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+/// Certified accuracy at one radius: an image counts when its certified
+/// class is its true class with a radius at least this.
+pub struct CertifiedAccuracy {
+    /// The L2 radius.
+    pub radius_l2: f64,
+    /// Over all images.
+    pub accuracy: f64,
+    /// The mean of the per-class rates.
+    pub balanced_accuracy: f64,
+    /// Per true class: for the positive class its sensitivity, for the
+    /// negative one its specificity.
+    pub per_class: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +216,17 @@ pub fn evaluate(
     };
 
     let clean = run(clean_images, "clean test", options.seed)?;
+    let certified = certified_report(
+        program,
+        model,
+        clean_images,
+        labels,
+        Run {
+            seed: options.seed,
+            threads: options.threads,
+            progress,
+        },
+    )?;
     let clean_p: Vec<f64> = clean.iter().map(|s| s.p_value).collect();
     let n = clean.len();
     let correct = |s: &Judged, i: usize| s.class == labels[i] as usize;
@@ -296,8 +354,92 @@ pub fn evaluate(
         corruptions,
         bootstrap_rounds: options.bootstrap,
         seed: options.seed,
+        certified,
     };
     Ok((report, curves))
+}
+
+/// Certified accuracy of `certificates` against the true `labels` at `radius`.
+pub fn certified_accuracy(
+    certificates: &[Certificate],
+    labels: &[u8],
+    names: &[String],
+    radius: f64,
+) -> CertifiedAccuracy {
+    let hit = |c: &Certificate, label: u8| {
+        c.class == label as usize && c.radius_l2.is_some_and(|r| r >= radius)
+    };
+    let per_class: BTreeMap<String, f64> = names
+        .iter()
+        .enumerate()
+        .filter_map(|(class, name)| {
+            let of: Vec<_> = certificates
+                .iter()
+                .zip(labels)
+                .filter(|&(_, &l)| l as usize == class)
+                .collect();
+            (!of.is_empty()).then(|| {
+                let rate = of.iter().filter(|(c, l)| hit(c, **l)).count() as f64 / of.len() as f64;
+                (name.clone(), rate)
+            })
+        })
+        .collect();
+    CertifiedAccuracy {
+        radius_l2: radius,
+        accuracy: certificates
+            .iter()
+            .zip(labels)
+            .filter(|&(c, &l)| hit(c, l))
+            .count() as f64
+            / certificates.len().max(1) as f64,
+        balanced_accuracy: per_class.values().sum::<f64>() / per_class.len().max(1) as f64,
+        per_class,
+    }
+}
+
+/// Certifies the clean images and reports certified accuracy by radius.
+fn certified_report(
+    program: &GuestProgram,
+    model: &AttestedModel,
+    clean_images: &Batch,
+    labels: &[u8],
+    run: Run<'_>,
+) -> Result<Option<CertifiedReport>, VendorError> {
+    let Some(table) = model.radius_table() else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let certificates = certify_all(program, model, clean_images, run, "clean test")?;
+    let elapsed = started.elapsed();
+    let names = &model.manifest().output.labels;
+    let smoothing = *table.smoothing();
+    let n = certificates.len().max(1) as f64;
+    let mut radii = vec![0.0, 0.125, 0.25, 0.5];
+    if !radii.contains(&smoothing.required_radius_l2) {
+        radii.push(smoothing.required_radius_l2);
+        radii.sort_by(f64::total_cmp);
+    }
+    let largest = table.radius(smoothing.samples).unwrap_or(0.0);
+    let steps = (largest / 0.01).floor() as usize;
+    Ok(Some(CertifiedReport {
+        smoothing,
+        images: certificates.len(),
+        abstained: certificates
+            .iter()
+            .filter(|c| c.radius_l2.is_none())
+            .count() as f64
+            / n,
+        certified_at_requirement: certificates.iter().filter(|c| c.certified).count() as f64 / n,
+        at: radii
+            .iter()
+            .map(|&r| certified_accuracy(&certificates, labels, names, r))
+            .collect(),
+        curve: (0..=steps)
+            .map(|i| certified_accuracy(&certificates, labels, names, i as f64 * 0.01))
+            .collect(),
+        ms_per_image: elapsed.as_secs_f64() * 1000.0 / n * run.threads.max(1) as f64,
+        threads: run.threads.max(1),
+    }))
 }
 
 /// What evaluation keeps of one screened image.

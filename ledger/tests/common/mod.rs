@@ -16,6 +16,7 @@ pub fn inference(seed: u64) -> medguard_ledger::Entry {
         policy: medguard_ledger::entry::ScreeningPolicy::Enforce,
         seed,
         caller: None,
+        certificate: None,
     }
 }
 

@@ -154,7 +154,15 @@ pub fn shared_program() -> &'static GuestProgram {
 /// `screen` traps.
 /// `extra` adds helper functions the bodies may call.
 pub fn hostile_component(load_body: &str, classify_body: &str, extra: &str) -> Vec<u8> {
-    classifier_component(load_body, classify_body, "unreachable", "", extra, false)
+    classifier_component(
+        load_body,
+        classify_body,
+        "unreachable",
+        "unreachable",
+        "",
+        extra,
+        false,
+    )
 }
 
 /// A component whose `load` succeeds and whose `screen` answers whatever
@@ -165,6 +173,22 @@ pub fn hostile_screening_component(screen_body: &str, extra: &str) -> Vec<u8> {
         "(i32.const 0)",
         "unreachable",
         screen_body,
+        "unreachable",
+        "",
+        extra,
+        false,
+    )
+}
+
+/// A component whose `load` succeeds and whose `smooth` answers whatever
+/// `smooth_body` returns (a pointer to the canonical-ABI return area of
+/// `result<list<list<u32>>, guest-error>`).
+pub fn hostile_smoothing_component(smooth_body: &str, extra: &str) -> Vec<u8> {
+    classifier_component(
+        "(i32.const 0)",
+        "unreachable",
+        "unreachable",
+        smooth_body,
         "",
         extra,
         false,
@@ -179,6 +203,7 @@ pub fn component_importing_log() -> Vec<u8> {
         "unreachable",
         "unreachable",
         "unreachable",
+        "unreachable",
         r#"(import "$root" "log" (func (param i32 i32)))"#,
         "",
         true,
@@ -189,6 +214,7 @@ fn classifier_component(
     load_body: &str,
     classify_body: &str,
     screen_body: &str,
+    smooth_body: &str,
     imports: &str,
     extra: &str,
     with_log_import: bool,
@@ -223,6 +249,10 @@ fn classifier_component(
     ;; shape, data: lists; options: u64, u8, bool
     (param i32 i32 i32 i32 i64 i32 i32) (result i32)
     {screen_body})
+  (func (export "medguard:guest/classifier@0.1.0#smooth")
+    ;; shape, data: lists; options: f32, u32, u64, u64
+    (param i32 i32 i32 i32 f32 i32 i64 i64) (result i32)
+    {smooth_body})
   (func (export "medguard:guest/dicom@0.1.0#decode")
     ;; file (2) and profile (4 lists, 3 enums, 2 u32: 13) flatten to 15
     ;; values, under the canonical ABI's 16: passed flat.

@@ -7,7 +7,7 @@ use medguard::guest::GuestModule;
 use medguard::sandbox::{GuestProgram, Limits, Runtime, SandboxError, ScreenOptions};
 use medguard_tests::{
     assert_golden_pneumonia, bundled_model, golden, hostile_component, hostile_screening_component,
-    load_input, model_dir, shared_cache,
+    hostile_smoothing_component, load_input, model_dir, shared_cache,
 };
 
 const DEADLINE: Duration = Duration::from_millis(300);
@@ -341,4 +341,128 @@ fn logits_that_do_not_give_the_probabilities_are_refused() {
             "{probabilities} {logits:?}: {err}"
         );
     }
+}
+
+/// The bundled model with a certification section (vouched: these tests
+/// are about the sandbox's answer, not admission).
+fn certified_bundled_model(samples: u32) -> medguard_attest::AttestedModel {
+    let model = bundled_model();
+    let mut manifest = model.manifest().clone();
+    manifest.certification = Some(medguard_certify::Smoothing {
+        sigma: 0.25,
+        samples,
+        alpha: 0.001,
+        required_radius_l2: 0.0,
+    });
+    medguard_attest::vouch_unsigned(manifest, model.model_bytes().to_vec()).unwrap()
+}
+
+/// A `smooth` answer: `result::ok` of one vote list per entry of `images`.
+fn votes_answer(images: &[&[u32]]) -> String {
+    const BASE: u32 = 256;
+    let outer = BASE + 16;
+    let mut memory = vec![0u8; 16 + 8 * images.len()];
+    memory[4..8].copy_from_slice(&outer.to_le_bytes());
+    memory[8..12].copy_from_slice(&(images.len() as u32).to_le_bytes());
+    let mut inner = outer + 8 * images.len() as u32;
+    for (i, votes) in images.iter().enumerate() {
+        let at = 16 + 8 * i;
+        memory[at..at + 4].copy_from_slice(&inner.to_le_bytes());
+        memory[at + 4..at + 8].copy_from_slice(&(votes.len() as u32).to_le_bytes());
+        memory.extend(votes.iter().flat_map(|v| v.to_le_bytes()));
+        inner += 4 * votes.len() as u32;
+    }
+    assert!(inner < 1024, "the answer must stay below 1024");
+    let escaped: String = memory.iter().map(|b| format!("\\{b:02x}")).collect();
+    format!(r#"(data (i32.const {BASE}) "{escaped}")"#)
+}
+
+#[test]
+fn votes_that_are_not_counts_of_the_samples_are_never_certified() {
+    // A guest that inflates, splits or invents votes must not buy a radius.
+    let model = certified_bundled_model(100);
+    let table = model.radius_table().unwrap();
+    let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
+    let runtime = tight_runtime();
+    for (answer, why) in [
+        (votes_answer(&[&[60, 41]]), "one vote too many"),
+        (votes_answer(&[&[0, 99]]), "one vote short"),
+        (votes_answer(&[&[u32::MAX, 101]]), "a sum that wraps in u32"),
+        (
+            votes_answer(&[&[50, 25, 25]]),
+            "a class the model does not have",
+        ),
+        (votes_answer(&[&[100]]), "a class missing"),
+        (
+            votes_answer(&[&[0, 100], &[0, 100]]),
+            "two images' votes for one",
+        ),
+        (votes_answer(&[]), "no votes"),
+    ] {
+        let lying = load(
+            &runtime,
+            hostile_smoothing_component("(i32.const 256)", &answer),
+        );
+        let err = lying
+            .session(&model)
+            .unwrap()
+            .certify(&batch.shape, &batch.data, table, 1)
+            .expect_err(why);
+        assert!(
+            matches!(
+                err,
+                SandboxError::MalformedVotes(_) | SandboxError::MalformedOutput { .. }
+            ),
+            "{why}: {err}"
+        );
+    }
+    // The honest count of the same shape certifies.
+    let honest = load(
+        &runtime,
+        hostile_smoothing_component("(i32.const 256)", &votes_answer(&[&[0, 100]])),
+    );
+    let certificates = honest
+        .session(&model)
+        .unwrap()
+        .certify(&batch.shape, &batch.data, table, 1)
+        .unwrap();
+    assert_eq!(certificates[0].votes, vec![0, 100]);
+    assert!(certificates[0].radius_l2.is_some());
+    assert_runtime_still_serves(&runtime);
+}
+
+#[test]
+fn the_real_guest_votes_reproducibly_from_the_seed_alone() {
+    // Same seed, same votes: the noise comes from the seed alone, so a
+    // caller who replays a reported seed gets the answer back.
+    let model = certified_bundled_model(64);
+    let table = model.radius_table().unwrap();
+    let program = medguard_tests::shared_program();
+    let samples = &golden().samples;
+    let mut data = Vec::new();
+    for sample in &samples[..2] {
+        data.extend(load_input(&model, &model_dir().join(&sample.file)).data);
+    }
+    let shape = [2, 1, 28, 28];
+    let certify = |seed| {
+        program
+            .session(&model)
+            .unwrap()
+            .certify(&shape, &data, table, seed)
+            .unwrap()
+    };
+    let first = certify(7);
+    assert_eq!(first, certify(7));
+    for c in &first {
+        assert_eq!(c.votes.iter().sum::<u32>(), 64);
+        assert_eq!(c.samples, 64);
+    }
+    // Image i draws from stream i whatever else is in the batch: the
+    // first image alone gets its votes in the pair.
+    let alone = program
+        .session(&model)
+        .unwrap()
+        .certify(&[1, 1, 28, 28], &data[..784], table, 7)
+        .unwrap();
+    assert_eq!(alone[0], first[0]);
 }

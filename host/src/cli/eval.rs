@@ -30,8 +30,10 @@ pub struct EvalCmd {
     /// Directory of attack and corruption sets (tests/adversarial/sets):
     /// `corruption-*.npz` hold `images`; every other .npz holds `images` and
     /// `flipped` (only flipped images count as attacks).
+    /// Without it, only the clean images are measured (and certified, for
+    /// a certifiable model).
     #[arg(long, value_name = "DIR")]
-    sets: PathBuf,
+    sets: Option<PathBuf>,
     /// Where to write the JSON report.
     #[arg(long, value_name = "JSON")]
     out: PathBuf,
@@ -70,7 +72,11 @@ impl EvalCmd {
             .with_context(|| format!("reading {}", self.clean.display()))?;
         let (_, labels) = input::read_npz_array::<u8>(&bytes, &self.labels_array)
             .with_context(|| format!("reading labels from {}", self.clean.display()))?;
-        let sets = list_sets(&self.sets)?
+        let listed = match &self.sets {
+            Some(dir) => list_sets(dir)?,
+            None => Vec::new(),
+        };
+        let sets = listed
             .into_iter()
             .map(|set| {
                 let bytes = read_capped(&set.path, input::ARCHIVE_MAX_BYTES)?;

@@ -283,7 +283,8 @@ pub(super) fn predict_files<'o>(
                     }
                 }
             }
-            if image.verdict == Verdict::Reject {
+            // Rejected, or withheld for want of a certificate: no label.
+            if image.verdict == Verdict::Reject || image.label.is_none() {
                 exit = Exit::Refused;
             }
             match format {
@@ -341,13 +342,32 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
     } else {
         String::new()
     };
+    let certificate = match &p.result.certificate {
+        None => String::new(),
+        Some(c) => {
+            let votes: u32 = c.votes.get(c.class).copied().unwrap_or(0);
+            match c.radius_l2 {
+                Some(r) if c.certified => {
+                    format!("; certified to L2 {r:.3} ({votes}/{} votes)", c.samples)
+                }
+                Some(r) => format!(
+                    "; certified only to L2 {r:.3}, below the required {} ({votes}/{} votes)",
+                    c.required_radius_l2, c.samples
+                ),
+                None => format!(
+                    "; not certified: the noised copies disagree ({votes}/{} votes)",
+                    c.samples
+                ),
+            }
+        }
+    };
     let report = match (&p.structured_report, &p.structured_report_error) {
         (Some(path), _) => format!("  report: {path}"),
         (None, Some(why)) => format!("  no report: {why}"),
         (None, None) => String::new(),
     };
     format!(
-        "{:<width$}  {what:<46} {screening}{off_grid}  [ledger #{}]{report}",
+        "{:<width$}  {what:<46} {screening}{certificate}{off_grid}  [ledger #{}]{report}",
         p.result.input.as_deref().unwrap_or_default(),
         p.receipt.index
     )

@@ -76,10 +76,14 @@ impl VerifyCmd {
             println!("training seeds: {}", pairs(seeds.collect()));
             let libraries = t.libraries.iter().map(|(k, v)| (k.clone(), v.clone()));
             println!("training libraries: {}", pairs(libraries.collect()));
-            let metrics = t
-                .metrics
-                .iter()
-                .map(|(k, v)| (k.clone(), format!("{v:.4}")));
+            let metrics = t.metrics.iter().map(|(k, v)| {
+                let shown = if v.fract() == 0.0 && v.abs() < 1e15 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.4}")
+                };
+                (k.clone(), shown)
+            });
             println!("training metrics: {}", pairs(metrics.collect()));
         }
         println!(

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
+mod certify;
 mod commands;
 mod dicom;
 mod ledger;

@@ -1,0 +1,192 @@
+//! Certified predictions end to end (issue 15): the certificate in
+//! `predict --json`, covered by the receipt; labels the certificate does not
+//! cover flagged and withheld under enforce; requirements no vote count can
+//! meet refused at admission; the training provenance `verify` prints.
+
+use std::path::{Path, PathBuf};
+
+use crate::{json_lines, medguard, root, s, sign, text};
+
+/// The committed certifiable model.
+fn committed_smoothed_dir() -> PathBuf {
+    root().join("models/pneumonia-smoothed")
+}
+
+/// A signed copy of the certifiable model with `edit` applied to its
+/// manifest (renewed expiry, so no test depends on the committed date).
+fn smoothed_copy(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let model = dir.join("pneumonia-smoothed");
+    std::fs::create_dir_all(&model).unwrap();
+    let from = committed_smoothed_dir();
+    std::fs::copy(from.join("model.onnx"), model.join("model.onnx")).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from.join("manifest.json")).unwrap()).unwrap();
+    manifest["expires"] = medguard::signing::renewal_expiry(jiff::Timestamp::now())
+        .to_string()
+        .into();
+    edit(&mut manifest);
+    std::fs::write(
+        model.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    sign(&model, None);
+    model
+}
+
+fn sample(name: &str) -> PathBuf {
+    root().join("models/pneumonia/samples").join(name)
+}
+
+#[test]
+fn certified_predictions_carry_a_certificate_the_receipt_covers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoothed_copy(tmp.path(), |_| {});
+    let data = tmp.path().join("data");
+    let predict = || {
+        let out = medguard(&[
+            "predict",
+            "--json",
+            "--seed",
+            "3",
+            "--data-dir",
+            s(&data),
+            s(&model),
+            s(&sample("normal-2.png")),
+            s(&sample("pneumonia-1.png")),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        json_lines(&out)
+    };
+    let lines = predict();
+    assert_eq!(lines.len(), 2);
+    for (line, label) in lines.iter().zip(["normal", "pneumonia"]) {
+        let c = &line["certificate"];
+        assert_eq!(c["method"], "randomized-smoothing", "{line}");
+        assert_eq!(c["samples"], 400);
+        assert_eq!(c["sigma"], 0.375);
+        assert_eq!(c["alpha"], 0.001);
+        assert_eq!(c["required_radius_l2"], 0.25);
+        let votes: Vec<u64> = c["votes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(votes.iter().sum::<u64>(), 400);
+        // Clean samples of each class: certified beyond the requirement,
+        // the label is the certified class.
+        assert!(c["radius_l2"].as_f64().unwrap() >= 0.25, "{line}");
+        assert_eq!(c["certified"], true);
+        assert_eq!(line["label"], label);
+        assert_eq!(line["verdict"], "accept");
+    }
+    // The same seed draws the same noise: the certificate repeats.
+    let again = predict();
+    for (a, b) in lines.iter().zip(&again) {
+        assert_eq!(a["certificate"], b["certificate"]);
+    }
+
+    // The receipt covers the certificate: an edited or dropped one is refused.
+    let out = medguard(&["ledger", "key", "--data-dir", s(&data)]);
+    let key = tmp.path().join("ledger.pub");
+    std::fs::write(&key, &out.stdout).unwrap();
+    let check = |line: &serde_json::Value| {
+        let path = tmp.path().join("line.json");
+        std::fs::write(&path, serde_json::to_vec(line).unwrap()).unwrap();
+        medguard(&["ledger", "verify-receipt", s(&path), "--key", s(&key)])
+    };
+    let out = check(&lines[0]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut inflated = lines[0].clone();
+    inflated["certificate"]["radius_l2"] = 5.0.into();
+    let out = check(&inflated);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("`certificate`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut dropped = lines[0].clone();
+    dropped.as_object_mut().unwrap().remove("certificate");
+    assert_eq!(check(&dropped).status.code(), Some(1));
+
+    // Admission prints what the model was made from and what it certifies.
+    let out = medguard(&["verify", s(&model), "--data-dir", s(&data)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for want in [
+        "certified predictions: randomized smoothing, sigma 0.375, 400 samples, alpha 0.001, required L2 radius 0.25",
+        "trained from: data pneumoniamnist.npz (sha256 ",
+        "trained from: splits splits.json",
+        "training seeds: ",
+        "training libraries: ",
+        "torch=2.15.0",
+    ] {
+        assert!(shown.contains(want), "{want:?} in {shown}");
+    }
+    // And the admission entry records it.
+    let out = medguard(&["ledger", "show", "--json", "--data-dir", s(&data)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"training\":{\"inputs\":[{\"role\":\"data\""),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_label_the_certificate_does_not_cover_is_flagged_and_withheld_under_enforce() {
+    // A requirement only unanimous votes reach (they certify 0.7795):
+    // normal-1's 397 of 400 certify about 0.68, below it.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoothed_copy(tmp.path(), |m| {
+        m["certification"]["required_radius_l2"] = 0.77.into();
+    });
+    let run = |policy: &str| {
+        let out = medguard(&[
+            "predict",
+            "--json",
+            "--seed",
+            "5",
+            "--policy",
+            policy,
+            s(&model),
+            s(&sample("normal-1.png")),
+            s(&sample("pneumonia-1.png")),
+        ]);
+        (out.status.code(), json_lines(&out))
+    };
+    let (code, lines) = run("enforce");
+    assert_eq!(code, Some(1), "a withheld label is a refusal");
+    let uncovered = &lines[0];
+    assert_eq!(uncovered["verdict"], "flag", "{uncovered}");
+    assert!(uncovered["label"].is_null() && uncovered["probabilities"].is_null());
+    let c = &uncovered["certificate"];
+    assert_eq!(c["certified"], false);
+    assert!(c["radius_l2"].as_f64().unwrap() < 0.77, "{c}");
+    // The unanimous one keeps its label.
+    assert_eq!(lines[1]["label"], "pneumonia");
+    assert_eq!(lines[1]["certificate"]["certified"], true);
+
+    let (code, lines) = run("flag-only");
+    assert_eq!(code, Some(0));
+    assert_eq!(lines[0]["verdict"], "flag");
+    assert_eq!(lines[0]["label"], "normal", "flag-only shows it, flagged");
+}
+
+#[test]
+fn a_requirement_no_vote_count_can_meet_is_refused_at_admission() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoothed_copy(tmp.path(), |m| {
+        m["certification"]["required_radius_l2"] = 0.9.into();
+    });
+    let out = medguard(&["verify", s(&model)]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("unreachable") && err.contains("use at least"),
+        "{err}"
+    );
+}

@@ -231,14 +231,14 @@ impl RadiusTable {
         let s = &self.smoothing;
         Ok(Certificate {
             method: Method::RandomizedSmoothing,
-            class,
+            class: Some(class),
             radius_l2,
             certified: radius_l2.is_some_and(|r| r >= s.required_radius_l2),
             required_radius_l2: s.required_radius_l2,
             samples: s.samples,
             sigma: s.sigma,
             alpha: s.alpha,
-            votes: votes.to_vec(),
+            votes: Some(votes.to_vec()),
         })
     }
 }
@@ -258,7 +258,8 @@ pub struct Certificate {
     /// How it was obtained.
     pub method: Method,
     /// The smoothed classifier's class: the most votes, the first on ties.
-    pub class: usize,
+    /// `None` once [`Certificate::redacted`].
+    pub class: Option<usize>,
     /// No L2 perturbation of the received image smaller than this changes
     /// `class`, except with probability `alpha`; `None` is an abstention.
     pub radius_l2: Option<f64>,
@@ -272,8 +273,20 @@ pub struct Certificate {
     pub sigma: f64,
     /// The certificate's error probability.
     pub alpha: f64,
-    /// Votes per class, in output order.
-    pub votes: Vec<u32>,
+    /// Votes per class, in output order. `None` once
+    /// [`Certificate::redacted`].
+    pub votes: Option<Vec<u32>>,
+}
+
+impl Certificate {
+    /// The certificate without its class and votes, for a result whose
+    /// label is withheld: the votes are the smoothed classifier's answer,
+    /// and would give the withheld label away.
+    pub fn redacted(mut self) -> Self {
+        self.class = None;
+        self.votes = None;
+        self
+    }
 }
 
 /// The one-sided Clopper-Pearson lower bound at level `level` on a success
@@ -370,12 +383,18 @@ mod tests {
     fn certify_picks_the_top_class_and_abstains_without_a_majority_bound() {
         let table = smoothing(0.5, 400, 0.001, 0.25).table(2).unwrap();
         let c = table.certify(&[12, 388]).unwrap();
-        assert_eq!(c.class, 1);
+        assert_eq!(c.class, Some(1));
         let r = c.radius_l2.unwrap();
         assert!(r > 0.25 && c.certified, "{r}");
-        assert_eq!(c.votes, vec![12, 388]);
+        assert_eq!(c.votes, Some(vec![12, 388]));
+        let hidden = c.clone().redacted();
+        assert_eq!((hidden.class, hidden.votes), (None, None));
+        assert_eq!(hidden.radius_l2, c.radius_l2);
         let tie = table.certify(&[200, 200]).unwrap();
-        assert_eq!((tie.class, tie.radius_l2, tie.certified), (0, None, false));
+        assert_eq!(
+            (tie.class, tie.radius_l2, tie.certified),
+            (Some(0), None, false)
+        );
         // A majority too thin for its bound to pass 1/2 abstains too.
         assert_eq!(table.certify(&[190, 210]).unwrap().radius_l2, None);
         // Certified, but below the requirement.

@@ -854,7 +854,7 @@ impl Unrecorded {
             && self
                 .label
                 .as_ref()
-                .is_none_or(|l| labels.get(certificate.class) == Some(l));
+                .is_none_or(|l| certificate.class.and_then(|c| labels.get(c)) == Some(l));
         if !covered {
             if self.verdict == Verdict::Accept {
                 self.verdict = Verdict::Flag;
@@ -865,7 +865,13 @@ impl Unrecorded {
                 self.logits = None;
             }
         }
-        self.certificate = Some(certificate);
+        // A withheld label (for want of a certificate, or rejected by
+        // screening) keeps its votes to itself: they are the answer.
+        self.certificate = Some(if self.probabilities.is_none() {
+            certificate.redacted()
+        } else {
+            certificate
+        });
     }
 }
 

@@ -901,13 +901,21 @@ async fn infer_model(
         .map(|r| {
             // Under enforce a withheld prediction stays withheld: the
             // evidence (margin, per-class p-values) would rebuild it.
+            // The certificate of a withheld one carries no votes
+            // (`Certificate::redacted`): its radius says why.
             if r.probabilities.is_none() {
-                return json!({"verdict": r.verdict, "label": null, "receipt": r.receipt});
+                return json!({
+                    "verdict": r.verdict,
+                    "label": null,
+                    "certificate": r.certificate,
+                    "receipt": r.receipt,
+                });
             }
             json!({
                 "verdict": r.verdict,
                 "p_value": r.p_value,
                 "label": r.label,
+                "certificate": r.certificate,
                 "statistics": r.statistics.iter().map(|s| json!({
                     "name": s.statistic.name(),
                     "value": s.value,
@@ -937,11 +945,18 @@ async fn infer_model(
     );
     let withheld = classified.images.iter().any(|r| r.probabilities.is_none());
     if withheld {
+        let uncertified = classified.images.iter().any(|r| {
+            r.probabilities.is_none() && r.certificate.as_ref().is_some_and(|c| !c.certified)
+        });
+        let why = if worst == Verdict::Reject || !uncertified {
+            format!("input rejected by screening ({})", worst.as_str())
+        } else {
+            "no certificate reaches the radius the model's manifest requires".to_owned()
+        };
         let mut failure = Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
-                "input rejected by screening ({}): the prediction is withheld; the verdicts, evidence and receipts are in parameters.medguard_results",
-                worst.as_str()
+                "{why}: the prediction is withheld; the verdicts, evidence and receipts are in parameters.medguard_results"
             ),
         );
         failure.body.parameters = parameters;

@@ -42,6 +42,16 @@ pub enum WebError {
         /// The model's name.
         model: String,
     },
+    /// The model's manifest asks for certified predictions, which this
+    /// build does not compute yet: refused rather than run without its
+    /// certificates (its labels would reach the page uncovered).
+    #[error(
+        "{model} asks for certified predictions (randomized smoothing), which the browser build does not compute; use the server or the CLI"
+    )]
+    Uncertifiable {
+        /// The model's name.
+        model: String,
+    },
     /// The file is not an image the model takes.
     #[error("input refused: {0}")]
     Input(#[from] InputError),
@@ -150,6 +160,11 @@ impl Model {
     ) -> Result<Self, WebError> {
         let attested = admit_files(&policy.policy, files, |_| None, now)?;
         let manifest = attested.manifest();
+        if manifest.certification.is_some() {
+            return Err(WebError::Uncertifiable {
+                model: manifest.name.clone(),
+            });
+        }
         let classifier = Classifier::load(attested.model_bytes(), spec(&attested))
             .map_err(WebError::Unloadable)?;
         let detector = manifest
@@ -269,6 +284,8 @@ impl Model {
                     model: ModelRef::of(&self.attested),
                     guest_sha256: guest_sha256.to_owned(),
                     dicom: dicom.clone(),
+                    // Certifiable models are refused at admission here.
+                    certificate: None,
                 }
             })
             .collect())

@@ -186,3 +186,13 @@ fn a_servers_result_verifies_and_an_edited_one_does_not() {
     let e = verify_result(line.as_bytes(), "not a key").unwrap_err();
     assert!(matches!(e, WebError::LedgerKey(_)), "{e}");
 }
+
+#[test]
+fn a_model_that_asks_for_certificates_is_refused_not_run_uncertified() {
+    // The browser build does not smooth yet: running the certifiable model
+    // here would show labels no certificate covers.
+    let dir = repo_root().join("models/pneumonia-smoothed");
+    let e = Model::admit(&policy(), &files_in_memory(&dir), jiff::Timestamp::now()).unwrap_err();
+    assert!(matches!(e, WebError::Uncertifiable { .. }), "{e}");
+    assert!(e.to_string().contains("certified predictions"), "{e}");
+}

@@ -345,19 +345,22 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
     let certificate = match &p.result.certificate {
         None => String::new(),
         Some(c) => {
-            let votes: u32 = c.votes.get(c.class).copied().unwrap_or(0);
-            match c.radius_l2 {
-                Some(r) if c.certified => {
-                    format!("; certified to L2 {r:.3} ({votes}/{} votes)", c.samples)
-                }
-                Some(r) => format!(
-                    "; certified only to L2 {r:.3}, below the required {} ({votes}/{} votes)",
-                    c.required_radius_l2, c.samples
-                ),
-                None => format!(
-                    "; not certified: the noised copies disagree ({votes}/{} votes)",
+            // A withheld label's certificate carries no votes.
+            let votes = match (&c.votes, c.class) {
+                (Some(v), Some(class)) => format!(
+                    " ({}/{} votes)",
+                    v.get(class).copied().unwrap_or(0),
                     c.samples
                 ),
+                _ => String::new(),
+            };
+            match c.radius_l2 {
+                Some(r) if c.certified => format!("; certified to L2 {r:.3}{votes}"),
+                Some(r) => format!(
+                    "; certified only to L2 {r:.3}, below the required {}{votes}",
+                    c.required_radius_l2
+                ),
+                None => format!("; not certified: the noised copies disagree{votes}"),
             }
         }
     };

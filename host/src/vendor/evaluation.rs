@@ -367,7 +367,7 @@ pub fn certified_accuracy(
     radius: f64,
 ) -> CertifiedAccuracy {
     let hit = |c: &Certificate, label: u8| {
-        c.class == label as usize && c.radius_l2.is_some_and(|r| r >= radius)
+        c.class == Some(label as usize) && c.radius_l2.is_some_and(|r| r >= radius)
     };
     let per_class: BTreeMap<String, f64> = names
         .iter()

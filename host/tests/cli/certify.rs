@@ -165,6 +165,14 @@ fn a_label_the_certificate_does_not_cover_is_flagged_and_withheld_under_enforce(
     let c = &uncovered["certificate"];
     assert_eq!(c["certified"], false);
     assert!(c["radius_l2"].as_f64().unwrap() < 0.77, "{c}");
+    // The votes are the smoothed classifier's answer: withheld with the
+    // label, here and in the signed entry the receipt carries.
+    assert!(c["votes"].is_null() && c["class"].is_null(), "{c}");
+    let entry = uncovered["receipt"]["entry"].as_str().unwrap();
+    assert!(
+        entry.contains("\"votes\":null") && !entry.contains("\"label\":\"normal\""),
+        "{entry}"
+    );
     // The unanimous one keeps its label.
     assert_eq!(lines[1]["label"], "pneumonia");
     assert_eq!(lines[1]["certificate"]["certified"], true);
@@ -173,6 +181,10 @@ fn a_label_the_certificate_does_not_cover_is_flagged_and_withheld_under_enforce(
     assert_eq!(code, Some(0));
     assert_eq!(lines[0]["verdict"], "flag");
     assert_eq!(lines[0]["label"], "normal", "flag-only shows it, flagged");
+    assert_eq!(
+        lines[0]["certificate"]["votes"],
+        serde_json::json!([397, 3])
+    );
 }
 
 #[test]

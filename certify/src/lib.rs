@@ -27,6 +27,11 @@ use thiserror::Error;
 /// guest, inside the request's deadline.
 pub const MAX_SAMPLES: u32 = 10_000;
 
+/// The smallest error probability accepted: far below any deployment's
+/// need, and far above where the incomplete beta function's tails lose
+/// their precision.
+pub const MIN_ALPHA: f64 = 1e-12;
+
 /// The manifest's randomized-smoothing parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,8 +119,11 @@ impl Smoothing {
                 self.samples
             ));
         }
-        if !(self.alpha > 0.0 && self.alpha <= 0.5) {
-            return invalid(format!("alpha must be in (0, 0.5], got {}", self.alpha));
+        if !(MIN_ALPHA..=0.5).contains(&self.alpha) {
+            return invalid(format!(
+                "alpha must be in [{MIN_ALPHA}, 0.5], got {}",
+                self.alpha
+            ));
         }
         if !(self.required_radius_l2.is_finite() && self.required_radius_l2 >= 0.0) {
             return invalid(format!(
@@ -126,7 +134,9 @@ impl Smoothing {
         if !(2..=256).contains(&classes) {
             return invalid(format!("a model of {classes} classes cannot be smoothed"));
         }
-        let largest = self.radius(self.samples, classes).unwrap_or(0.0);
+        // Unanimous votes that still abstain (too few samples for alpha)
+        // would withhold every label, whatever the requirement.
+        let largest = self.radius(self.samples, classes).unwrap_or(-1.0);
         if largest < self.required_radius_l2 {
             // Unanimous votes bound p by (alpha/K)^(1/n); reaching r needs
             // that to be at least Φ(r / sigma).
@@ -142,7 +152,7 @@ impl Smoothing {
                 samples: self.samples,
                 sigma: self.sigma,
                 alpha: self.alpha,
-                largest,
+                largest: largest.max(0.0),
                 needed,
             });
         }
@@ -205,8 +215,9 @@ impl RadiusTable {
     }
 
     /// The certificate of one image's vote counts (one per class, in output
-    /// order), after checking they are counts of the samples drawn.
-    pub fn certify(&self, votes: &[u32]) -> Result<Certificate, VoteError> {
+    /// order) over the noise `noise` names, after checking they are counts
+    /// of the samples drawn.
+    pub fn certify(&self, votes: &[u32], noise: Noise) -> Result<Certificate, VoteError> {
         if votes.len() != self.classes {
             return Err(VoteError::Classes {
                 got: votes.len(),
@@ -239,6 +250,7 @@ impl RadiusTable {
             sigma: s.sigma,
             alpha: s.alpha,
             votes: Some(votes.to_vec()),
+            noise,
         })
     }
 }
@@ -276,9 +288,31 @@ pub struct Certificate {
     /// Votes per class, in output order. `None` once
     /// [`Certificate::redacted`].
     pub votes: Option<Vec<u32>>,
+    /// Which noise the votes were counted over: replaying it reproduces them.
+    pub noise: Noise,
+}
+
+/// The noise of one certificate: ChaCha20 stream `stream` of `seed`. The
+/// seed is drawn from the operating system for every request and never
+/// taken from a caller: noise an attacker knows in advance can be optimised
+/// against, and the certificate's probability would no longer hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noise {
+    /// The request's smoothing seed.
+    pub seed: u64,
+    /// The image's stream (its index in the request).
+    pub stream: u64,
 }
 
 impl Certificate {
+    /// Whether it covers `label` (one of `labels`, the model's output
+    /// labels; `None` when there is none to cover): the radius reaches the
+    /// requirement and the certified class is that label.
+    pub fn covers(&self, labels: &[String], label: Option<&String>) -> bool {
+        self.certified && label.is_none_or(|l| self.class.and_then(|c| labels.get(c)) == Some(l))
+    }
+
     /// The certificate without its class and votes, for a result whose
     /// label is withheld: the votes are the smoothed classifier's answer,
     /// and would give the withheld label away.
@@ -324,6 +358,12 @@ fn standard_normal() -> Normal {
 mod tests {
     use super::*;
     use statrs::distribution::{Binomial, Discrete};
+
+    impl RadiusTable {
+        fn certify_test(&self, votes: &[u32]) -> Result<Certificate, VoteError> {
+            self.certify(votes, Noise { seed: 1, stream: 0 })
+        }
+    }
 
     fn smoothing(sigma: f64, samples: u32, alpha: f64, required: f64) -> Smoothing {
         Smoothing {
@@ -382,7 +422,7 @@ mod tests {
     #[test]
     fn certify_picks_the_top_class_and_abstains_without_a_majority_bound() {
         let table = smoothing(0.5, 400, 0.001, 0.25).table(2).unwrap();
-        let c = table.certify(&[12, 388]).unwrap();
+        let c = table.certify_test(&[12, 388]).unwrap();
         assert_eq!(c.class, Some(1));
         let r = c.radius_l2.unwrap();
         assert!(r > 0.25 && c.certified, "{r}");
@@ -390,18 +430,18 @@ mod tests {
         let hidden = c.clone().redacted();
         assert_eq!((hidden.class, hidden.votes), (None, None));
         assert_eq!(hidden.radius_l2, c.radius_l2);
-        let tie = table.certify(&[200, 200]).unwrap();
+        let tie = table.certify_test(&[200, 200]).unwrap();
         assert_eq!(
             (tie.class, tie.radius_l2, tie.certified),
             (Some(0), None, false)
         );
         // A majority too thin for its bound to pass 1/2 abstains too.
-        assert_eq!(table.certify(&[190, 210]).unwrap().radius_l2, None);
+        assert_eq!(table.certify_test(&[190, 210]).unwrap().radius_l2, None);
         // Certified, but below the requirement.
         let low = table.votes_required() - 1;
-        let c = table.certify(&[400 - low, low]).unwrap();
+        let c = table.certify_test(&[400 - low, low]).unwrap();
         assert!(c.radius_l2.is_some() && !c.certified);
-        let c = table.certify(&[400 - low - 1, low + 1]).unwrap();
+        let c = table.certify_test(&[400 - low - 1, low + 1]).unwrap();
         assert!(c.certified);
     }
 
@@ -409,18 +449,18 @@ mod tests {
     fn votes_that_are_not_counts_of_the_samples_are_refused() {
         let table = smoothing(0.5, 100, 0.001, 0.0).table(2).unwrap();
         assert_eq!(
-            table.certify(&[100]),
+            table.certify_test(&[100]),
             Err(VoteError::Classes { got: 1, classes: 2 })
         );
         assert_eq!(
-            table.certify(&[60, 41]),
+            table.certify_test(&[60, 41]),
             Err(VoteError::Total {
                 got: 101,
                 samples: 100
             })
         );
         assert_eq!(
-            table.certify(&[u32::MAX, 101]),
+            table.certify_test(&[u32::MAX, 101]),
             Err(VoteError::Total {
                 got: u64::from(u32::MAX) + 101,
                 samples: 100
@@ -436,6 +476,7 @@ mod tests {
             smoothing(0.25, 0, 0.001, 0.0),
             smoothing(0.25, MAX_SAMPLES + 1, 0.001, 0.0),
             smoothing(0.25, 100, 0.0, 0.0),
+            smoothing(0.25, 100, 1e-300, 0.0),
             smoothing(0.25, 100, 0.6, 0.0),
             smoothing(0.25, 100, 0.001, -0.1),
             smoothing(0.25, 100, 0.001, f64::INFINITY),
@@ -445,6 +486,12 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // Unanimous votes of 5 samples cannot bound p above 1/2 at this
+        // alpha: every label would be withheld, even at requirement 0.
+        assert!(matches!(
+            smoothing(0.25, 5, 0.001, 0.0).validate(2),
+            Err(SmoothingError::Unreachable { .. })
+        ));
         // L2 0.5 at sigma 0.25 is out of reach at n = 200 (the note).
         let err = smoothing(0.25, 200, 0.001, 0.5).validate(2).unwrap_err();
         let SmoothingError::Unreachable { needed, .. } = &err else {

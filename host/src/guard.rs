@@ -662,12 +662,14 @@ impl Guard {
             })
         };
         // 3b. Certified models: the votes of the noised copies, in the same
-        // sandbox, with the request's seed.
+        // sandbox. Their seed is the operating system's, never the caller's
+        // (`options.seed` reproduces screening): noise known in advance can
+        // be optimised against, and the certificate would mean nothing.
         let screened = screened.and_then(|images| match model.radius_table() {
             None => Ok(images.into_iter().map(|i| (i, None)).collect::<Vec<_>>()),
             Some(table) => {
-                let certificates =
-                    session.certify(&batch.shape, &batch.data, table, options.seed)?;
+                let seed = fresh_seed().map_err(|e| SandboxError::Entropy(e.to_string()))?;
+                let certificates = session.certify(&batch.shape, &batch.data, table, seed)?;
                 Ok(images
                     .into_iter()
                     .zip(certificates.into_iter().map(Some))
@@ -850,12 +852,7 @@ impl Unrecorded {
     /// policy is not returned: an adaptive attacker can talk the screening
     /// round, not the certificate.
     fn certify(&mut self, certificate: Certificate, policy: ScreeningPolicy, labels: &[String]) {
-        let covered = certificate.certified
-            && self
-                .label
-                .as_ref()
-                .is_none_or(|l| certificate.class.and_then(|c| labels.get(c)) == Some(l));
-        if !covered {
+        if !certificate.covers(labels, self.label.as_ref()) {
             if self.verdict == Verdict::Accept {
                 self.verdict = Verdict::Flag;
             }

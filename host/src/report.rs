@@ -20,10 +20,14 @@ pub fn structured_report(
     let profile = &model.manifest().dicom.as_ref()?.report;
     let manifest = model.manifest();
     // A report is filed with the study and outlives the request: a rejected
-    // input's label never goes into one, whatever the screening policy
-    // returned to the caller.
+    // input's label, and one no certificate covers, never go into one,
+    // whatever the screening policy returned to the caller.
+    let uncovered = image
+        .certificate
+        .as_ref()
+        .is_some_and(|c| !c.covers(&manifest.output.labels, image.label.as_ref()));
     let outcome = match (&image.label, &image.probabilities) {
-        _ if image.verdict == Verdict::Reject => Outcome::Withheld,
+        _ if image.verdict == Verdict::Reject || uncovered => Outcome::Withheld,
         (Some(label), Some(probabilities)) => Outcome::Reported {
             present: *label == profile.present_label,
             probability: probabilities

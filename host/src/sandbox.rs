@@ -122,6 +122,9 @@ pub enum SandboxError {
     /// The guest's screening answer contradicts the detector it was given.
     #[error("guest returned malformed screening evidence: {0}")]
     MalformedScreening(String),
+    /// The operating system gave no randomness for the smoothing noise.
+    #[error("no randomness for the smoothing noise: {0}")]
+    Entropy(String),
     /// The guest's smoothing votes are not counts of the samples drawn.
     #[error("guest returned malformed smoothing votes: {0}")]
     MalformedVotes(#[source] medguard_certify::VoteError),
@@ -1013,7 +1016,15 @@ impl Session {
                     classes: self.classes,
                 });
             };
-            certificates.push(table.certify(votes).map_err(SandboxError::MalformedVotes)?);
+            let noise = medguard_certify::Noise {
+                seed,
+                stream: i as u64,
+            };
+            certificates.push(
+                table
+                    .certify(votes, noise)
+                    .map_err(SandboxError::MalformedVotes)?,
+            );
         }
         Ok(certificates)
     }

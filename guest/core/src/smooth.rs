@@ -61,14 +61,16 @@ impl Classifier {
         let len = spec.image_elements() as usize;
         let classes = spec.classes as usize;
         let mut all = Vec::with_capacity(images);
-        let mut copies = Vec::with_capacity(CHUNK * len);
+        let mut copies = Vec::with_capacity(CHUNK.min(spec.max_batch.max(1) as usize) * len);
         for (i, image) in batch.data.chunks_exact(len).enumerate() {
             let mut rng = ChaCha20Rng::seed_from_u64(options.seed);
             rng.set_stream(options.first_stream.wrapping_add(i as u64));
             let mut votes = vec![0u32; classes];
             let mut left = options.samples as usize;
+            // Never more copies per run than the model takes in one batch.
+            let chunk = CHUNK.min(spec.max_batch.max(1) as usize);
             while left > 0 {
-                let run = left.min(CHUNK);
+                let run = left.min(chunk);
                 copies.clear();
                 for _ in 0..run {
                     copies.extend(image.iter().map(|&v| v + normal.sample(&mut rng)));

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ndarray_npy::WriteNpyExt;
+
 use crate::{json_lines, medguard, root, s, sign, text};
 
 /// The committed certifiable model.
@@ -81,11 +83,22 @@ fn certified_predictions_carry_a_certificate_the_receipt_covers() {
         assert_eq!(line["label"], label);
         assert_eq!(line["verdict"], "accept");
     }
-    // The same seed draws the same noise: the certificate repeats.
+    // The smoothing noise is the operating system's, whatever `--seed`
+    // says (that seed reproduces screening): noise a caller could choose or
+    // predict could be optimised against. Each request records its own.
     let again = predict();
     for (a, b) in lines.iter().zip(&again) {
-        assert_eq!(a["certificate"], b["certificate"]);
+        assert_eq!(a["certificate"]["noise"]["stream"], 0, "one image per file");
+        assert_ne!(
+            a["certificate"]["noise"]["seed"], b["certificate"]["noise"]["seed"],
+            "a fresh smoothing seed per request"
+        );
+        assert_eq!(a["seed"], b["seed"], "the screening seed is the caller's");
     }
+    assert_ne!(
+        lines[0]["certificate"]["noise"]["seed"],
+        lines[1]["certificate"]["noise"]["seed"]
+    );
 
     // The receipt covers the certificate: an edited or dropped one is refused.
     let out = medguard(&["ledger", "key", "--data-dir", s(&data)]);
@@ -135,24 +148,48 @@ fn certified_predictions_carry_a_certificate_the_receipt_covers() {
     );
 }
 
+/// Normal-1 and pneumonia-1 blended half and half (0.45 of the latter),
+/// as an 8-bit .npy: near the decision boundary, so its noised copies split
+/// (about 230 to 170 of 400 when measured) and no radius reaches 0.25,
+/// whatever the noise draws.
+fn boundary_blend(dir: &Path) -> PathBuf {
+    let pixels = |name: &str| {
+        let bytes = std::fs::read(sample(name)).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(committed_smoothed_dir().join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let spec: medguard_attest::InputSpec =
+            serde_json::from_value(manifest["input"].clone()).unwrap();
+        medguard::input::decode(&bytes, &spec, 1).unwrap().data
+    };
+    let (a, b) = (pixels("normal-1.png"), pixels("pneumonia-1.png"));
+    let blend: Vec<u8> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| ((0.55 * x + 0.45 * y) * 255.0).round() as u8)
+        .collect();
+    let path = dir.join("blend.npy");
+    ndarray::Array3::from_shape_vec((1, 28, 28), blend)
+        .unwrap()
+        .write_npy(std::fs::File::create(&path).unwrap())
+        .unwrap();
+    path
+}
+
 #[test]
 fn a_label_the_certificate_does_not_cover_is_flagged_and_withheld_under_enforce() {
-    // A requirement only unanimous votes reach (they certify 0.7795):
-    // normal-1's 397 of 400 certify about 0.68, below it.
     let tmp = tempfile::tempdir().unwrap();
-    let model = smoothed_copy(tmp.path(), |m| {
-        m["certification"]["required_radius_l2"] = 0.77.into();
-    });
+    let model = smoothed_copy(tmp.path(), |_| {});
+    let blend = boundary_blend(tmp.path());
     let run = |policy: &str| {
         let out = medguard(&[
             "predict",
             "--json",
-            "--seed",
-            "5",
             "--policy",
             policy,
             s(&model),
-            s(&sample("normal-1.png")),
+            s(&blend),
             s(&sample("pneumonia-1.png")),
         ]);
         (out.status.code(), json_lines(&out))
@@ -164,27 +201,25 @@ fn a_label_the_certificate_does_not_cover_is_flagged_and_withheld_under_enforce(
     assert!(uncovered["label"].is_null() && uncovered["probabilities"].is_null());
     let c = &uncovered["certificate"];
     assert_eq!(c["certified"], false);
-    assert!(c["radius_l2"].as_f64().unwrap() < 0.77, "{c}");
+    assert!(c["radius_l2"].as_f64().unwrap_or(0.0) < 0.25, "{c}");
     // The votes are the smoothed classifier's answer: withheld with the
     // label, here and in the signed entry the receipt carries.
     assert!(c["votes"].is_null() && c["class"].is_null(), "{c}");
     let entry = uncovered["receipt"]["entry"].as_str().unwrap();
     assert!(
-        entry.contains("\"votes\":null") && !entry.contains("\"label\":\"normal\""),
+        entry.contains("\"votes\":null") && entry.contains("\"label\":null"),
         "{entry}"
     );
-    // The unanimous one keeps its label.
+    // The clean X-ray is certified and keeps its label.
     assert_eq!(lines[1]["label"], "pneumonia");
     assert_eq!(lines[1]["certificate"]["certified"], true);
 
     let (code, lines) = run("flag-only");
     assert_eq!(code, Some(0));
     assert_eq!(lines[0]["verdict"], "flag");
-    assert_eq!(lines[0]["label"], "normal", "flag-only shows it, flagged");
-    assert_eq!(
-        lines[0]["certificate"]["votes"],
-        serde_json::json!([397, 3])
-    );
+    assert!(lines[0]["label"].is_string(), "flag-only shows it, flagged");
+    let votes = lines[0]["certificate"]["votes"].as_array().unwrap();
+    assert_eq!(votes.iter().map(|v| v.as_u64().unwrap()).sum::<u64>(), 400);
 }
 
 #[test]

@@ -40,10 +40,20 @@ fn fixture_under(
     limits: Limits,
     policy: ScreeningPolicy,
 ) -> Fixture {
+    fixture_serving(&model_dir(), program, tokens, limits, policy)
+}
+
+fn fixture_serving(
+    dir: &std::path::Path,
+    program: GuestProgram,
+    tokens: Option<Tokens>,
+    limits: Limits,
+    policy: ScreeningPolicy,
+) -> Fixture {
     let data = tempfile::tempdir().unwrap();
     let guard = Guard::open(data.path(), medguard_tests::demo_policy()).unwrap();
-    let Admission::Admitted { model, .. } = guard.admit(&model_dir()).unwrap() else {
-        panic!("the bundled model is admitted");
+    let Admission::Admitted { model, .. } = guard.admit(dir).unwrap() else {
+        panic!("{} is admitted", dir.display());
     };
     let guard = Arc::new(guard.with_sandbox(program));
     let server = Arc::new(Server::new(
@@ -1419,4 +1429,64 @@ async fn a_dicom_file_that_stops_the_decoder_is_refused_and_on_the_record() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "the next file is served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certified_model_answers_422_when_no_certificate_reaches_its_radius() {
+    let f = fixture_serving(
+        &medguard_tests::repo_root().join("models/pneumonia-smoothed"),
+        shared_program_owned(),
+        None,
+        Limits::default(),
+        ScreeningPolicy::Enforce,
+    );
+    let (normal, _) = tensors("samples/normal-1.png");
+    let (pneumonia, _) = tensors("samples/pneumonia-1.png");
+    // Near the decision boundary: the noised copies split and no radius
+    // reaches the required 0.25 (host/tests/cli/certify.rs measures it).
+    let blend: Vec<f32> = normal
+        .iter()
+        .zip(&pneumonia)
+        .map(|(a, b)| ((0.55 * a + 0.45 * b) * 255.0).round() / 255.0)
+        .collect();
+    let post = |values: Vec<f32>| {
+        let server = f.server.clone();
+        async move {
+            call(
+                &server,
+                "POST",
+                "/v2/models/pneumonia-smoothed-cnn/infer",
+                None,
+                Some(infer_body("FP32", json!(values), 9)),
+            )
+            .await
+        }
+    };
+    let (status, body) = post(blend).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no certificate reaches the radius"),
+        "{body}"
+    );
+    let r = &results(&body["parameters"])[0];
+    assert_eq!(r["verdict"], "flag");
+    assert!(r["label"].is_null());
+    assert_eq!(r["certificate"]["certified"], false, "{r}");
+    assert!(
+        r["certificate"]["votes"].is_null(),
+        "the votes would give it away"
+    );
+
+    let (status, body) = post(pneumonia).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r = &results(&body["parameters"])[0];
+    assert_eq!(r["label"], "pneumonia");
+    assert_eq!(r["certificate"]["certified"], true, "{r}");
+    // The caller's medguard_seed (9) seeds screening, not the smoothing noise.
+    assert_ne!(r["certificate"]["noise"]["seed"], 9, "{r}");
+    let receipt: Receipt = serde_json::from_value(r["receipt"].clone()).unwrap();
+    receipt.verify(f.guard.verifier()).unwrap();
 }

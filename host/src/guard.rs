@@ -68,6 +68,10 @@ pub enum GuardError {
     /// The guard was opened for admission only and has no sandbox.
     #[error("this guard was opened without a sandbox; it can admit models but not classify")]
     NoSandbox,
+    /// The operating system gave no randomness for a certified model's
+    /// smoothing noise.
+    #[error("no randomness from the operating system for the smoothing noise: {0}")]
+    Entropy(String),
     /// The sandbox failed in a way that is not about one input (the model
     /// cannot be loaded at all).
     #[error("loading the model in the sandbox")]
@@ -160,8 +164,12 @@ pub fn fresh_seed() -> Result<u64, getrandom::Error> {
 /// One image's result, recorded.
 #[derive(Debug, Clone)]
 pub struct ImageResult {
-    /// The screening verdict.
+    /// The verdict: screening's, made a flag when a certificate does not
+    /// cover the label.
     pub verdict: Verdict,
+    /// Screening's own verdict, before any certificate: what the server's
+    /// drift alarm counts (its flag rate is calibrated for screening alone).
+    pub screening_verdict: Verdict,
     /// Combined p-value; none when unscreened.
     pub p_value: Option<f64>,
     /// Each statistic's value and p-value; empty when unscreened.
@@ -634,6 +642,10 @@ impl Guard {
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         let manifest = model.manifest();
         // 3.
+        let smoothing_seed = match model.radius_table() {
+            Some(_) => Some(fresh_seed().map_err(|e| GuardError::Entropy(e.to_string()))?),
+            None => None,
+        };
         let started = std::time::Instant::now();
         let mut session = program.session(model).map_err(GuardError::Sandbox)?;
         let sandbox_start = started.elapsed();
@@ -668,7 +680,9 @@ impl Guard {
         let screened = screened.and_then(|images| match model.radius_table() {
             None => Ok(images.into_iter().map(|i| (i, None)).collect::<Vec<_>>()),
             Some(table) => {
-                let seed = fresh_seed().map_err(|e| SandboxError::Entropy(e.to_string()))?;
+                // Drawn before the session started (below): a machine
+                // without randomness is the host's failure, not the input's.
+                let seed = smoothing_seed.unwrap_or_default();
                 let certificates = session.certify(&batch.shape, &batch.data, table, seed)?;
                 Ok(images
                     .into_iter()
@@ -757,6 +771,7 @@ impl Guard {
                 .zip(pixels)
                 .map(|((u, receipt), pixels)| ImageResult {
                     verdict: u.verdict,
+                    screening_verdict: u.screening_verdict,
                     p_value: u.p_value,
                     statistics: u.statistics,
                     label: u.label,
@@ -835,6 +850,7 @@ impl Guard {
 /// One image's result before the ledger recorded it.
 struct Unrecorded {
     verdict: Verdict,
+    screening_verdict: Verdict,
     p_value: Option<f64>,
     statistics: Vec<StatisticReport>,
     label: Option<String>,
@@ -881,6 +897,7 @@ fn unrecorded(image: ScreenedImage, labels: &[String]) -> Unrecorded {
     };
     Unrecorded {
         verdict,
+        screening_verdict: verdict,
         p_value,
         statistics,
         label,

@@ -122,9 +122,6 @@ pub enum SandboxError {
     /// The guest's screening answer contradicts the detector it was given.
     #[error("guest returned malformed screening evidence: {0}")]
     MalformedScreening(String),
-    /// The operating system gave no randomness for the smoothing noise.
-    #[error("no randomness for the smoothing noise: {0}")]
-    Entropy(String),
     /// The guest's smoothing votes are not counts of the samples drawn.
     #[error("guest returned malformed smoothing votes: {0}")]
     MalformedVotes(#[source] medguard_certify::VoteError),

@@ -216,7 +216,8 @@ impl Server {
                 let mut first = None;
                 let mut cleared = false;
                 for image in &classified.images {
-                    let flagged = match image.verdict {
+                    // Screening's verdict: certificate flags are not drift.
+                    let flagged = match image.screening_verdict {
                         Verdict::Unscreened => continue,
                         Verdict::Accept => false,
                         Verdict::Flag | Verdict::Reject => true,
@@ -945,9 +946,11 @@ async fn infer_model(
     );
     let withheld = classified.images.iter().any(|r| r.probabilities.is_none());
     if withheld {
-        let uncertified = classified.images.iter().any(|r| {
-            r.probabilities.is_none() && r.certificate.as_ref().is_some_and(|c| !c.certified)
-        });
+        // Withheld without a reject: only a certificate withholds a flag.
+        let uncertified = classified
+            .images
+            .iter()
+            .any(|r| r.probabilities.is_none() && r.verdict != Verdict::Reject);
         let why = if worst == Verdict::Reject || !uncertified {
             format!("input rejected by screening ({})", worst.as_str())
         } else {

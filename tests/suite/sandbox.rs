@@ -466,3 +466,47 @@ fn the_real_guest_votes_reproducibly_from_the_seed_alone() {
         .unwrap();
     assert_eq!(alone[0], first[0]);
 }
+
+#[test]
+fn the_smoothing_noise_follows_the_seed() {
+    // A guest that ignored the seed (fixed noise an attacker could learn)
+    // would vote the same under every seed. Near the decision boundary
+    // (normal-1 and pneumonia-1 blended, as the CLI test measures) the
+    // certifiable model's 400 votes split about 230 to 170: five seeds
+    // giving five identical counts would be a one-in-millions accident.
+    let model = medguard::model_dir::load_unsigned(
+        &medguard_tests::repo_root().join("models/pneumonia-smoothed"),
+    )
+    .unwrap();
+    let table = model.radius_table().unwrap();
+    let samples = &golden().samples;
+    let pixels = |label: &str| {
+        let sample = samples.iter().find(|s| s.file.ends_with(label)).unwrap();
+        load_input(&model, &model_dir().join(&sample.file)).data
+    };
+    let (normal, pneumonia) = (pixels("normal-1.png"), pixels("pneumonia-1.png"));
+    let blend: Vec<f32> = normal
+        .iter()
+        .zip(&pneumonia)
+        .map(|(a, b)| ((0.55 * a + 0.45 * b) * 255.0).round() / 255.0)
+        .collect();
+    let program = medguard_tests::shared_program();
+    let votes: Vec<_> = (1..=5)
+        .map(|seed| {
+            let c = program
+                .session(&model)
+                .unwrap()
+                .certify(&[1, 1, 28, 28], &blend, table, seed)
+                .unwrap();
+            c[0].votes.clone().unwrap()
+        })
+        .collect();
+    assert!(votes.windows(2).any(|w| w[0] != w[1]), "{votes:?}");
+    // And the same seed repeats them.
+    let again = program
+        .session(&model)
+        .unwrap()
+        .certify(&[1, 1, 28, 28], &blend, table, 1)
+        .unwrap();
+    assert_eq!(again[0].votes.as_ref(), Some(&votes[0]));
+}

@@ -642,10 +642,13 @@ impl Guard {
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         let manifest = model.manifest();
         // 3.
-        let smoothing_seed = match model.radius_table() {
-            Some(_) => Some(fresh_seed().map_err(|e| GuardError::Entropy(e.to_string()))?),
-            None => None,
-        };
+        // A certified model's smoothing seed, drawn before the session: a
+        // machine without randomness is the host's failure, not the input's.
+        let smoothing = model
+            .radius_table()
+            .map(|table| fresh_seed().map(|seed| (table, seed)))
+            .transpose()
+            .map_err(|e| GuardError::Entropy(e.to_string()))?;
         let started = std::time::Instant::now();
         let mut session = program.session(model).map_err(GuardError::Sandbox)?;
         let sandbox_start = started.elapsed();
@@ -677,12 +680,9 @@ impl Guard {
         // sandbox. Their seed is the operating system's, never the caller's
         // (`options.seed` reproduces screening): noise known in advance can
         // be optimised against, and the certificate would mean nothing.
-        let screened = screened.and_then(|images| match model.radius_table() {
+        let screened = screened.and_then(|images| match smoothing {
             None => Ok(images.into_iter().map(|i| (i, None)).collect::<Vec<_>>()),
-            Some(table) => {
-                // Drawn before the session started (below): a machine
-                // without randomness is the host's failure, not the input's.
-                let seed = smoothing_seed.unwrap_or_default();
+            Some((table, seed)) => {
                 let certificates = session.certify(&batch.shape, &batch.data, table, seed)?;
                 Ok(images
                     .into_iter()

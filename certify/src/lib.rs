@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
-use statrs::function::beta::{beta_reg, inv_beta_reg};
+use statrs::function::beta::checked_beta_reg;
 use thiserror::Error;
 
 /// Most noised copies one image may ask for: each is one inference in the
@@ -324,30 +324,36 @@ impl Certificate {
 }
 
 /// The one-sided Clopper-Pearson lower bound at level `level` on a success
-/// probability after `successes` of `n` trials: the `p` with
-/// `P(Binomial(n, p) >= successes) = level`, which is the `level` quantile of
-/// Beta(successes, n - successes + 1). Nudged down until the incomplete beta
-/// function confirms it, so that rounding never makes it optimistic.
+/// probability after `successes` of `n` trials: the largest `p` with
+/// `P(Binomial(n, p) >= successes) <= level`, i.e. the `level` quantile of
+/// Beta(successes, n - successes + 1).
+///
+/// Found by bisection on the regularised incomplete beta function, which is
+/// increasing in `p`, keeping the end where it is at most `level`: the bound
+/// is never optimistic through rounding, and the loop ends in a fixed number
+/// of steps at any (n, level) (statrs' own inverse iterates without a bound).
 fn clopper_pearson_lower(successes: u32, n: u32, level: f64) -> f64 {
     if successes == 0 {
         return 0.0;
     }
     let (a, b) = (f64::from(successes), f64::from(n - successes + 1));
-    let mut p = if successes == n {
-        // I_p(n, 1) = p^n exactly.
-        level.powf(1.0 / a)
-    } else {
-        inv_beta_reg(a, b, level)
-    };
-    let mut step = p * f64::EPSILON;
-    for _ in 0..128 {
-        if p <= 0.0 || beta_reg(a, b, p) <= level {
+    // I_0 = 0 <= level < 1 = I_1.
+    let (mut low, mut high) = (0.0_f64, 1.0_f64);
+    // Each step halves the interval; 1100 halvings pass the smallest f64.
+    for _ in 0..1100 {
+        let mid = low + (high - low) / 2.0;
+        if mid <= low || mid >= high {
             break;
         }
-        p -= step;
-        step *= 2.0;
+        // Arguments are in the function's domain (a, b > 0, 0 < mid < 1),
+        // so it cannot fail; a failure would count as above the level.
+        if checked_beta_reg(a, b, mid).is_ok_and(|i| i <= level) {
+            low = mid;
+        } else {
+            high = mid;
+        }
     }
-    p.max(0.0)
+    low
 }
 
 fn standard_normal() -> Normal {
@@ -358,6 +364,7 @@ fn standard_normal() -> Normal {
 mod tests {
     use super::*;
     use statrs::distribution::{Binomial, Discrete};
+    use statrs::function::beta::beta_reg;
 
     impl RadiusTable {
         fn certify_test(&self, votes: &[u32]) -> Result<Certificate, VoteError> {
@@ -407,6 +414,26 @@ mod tests {
                 assert!(over <= level * (1.0 + 1e-9), "n {n}, p {p}: {over}");
             }
         }
+    }
+
+    #[test]
+    fn the_extreme_corners_of_the_manifest_limits_finish_and_stay_safe() {
+        // The largest sample count at the smallest alpha, split over many
+        // classes: every bound is found, monotone, and not optimistic.
+        let n = MAX_SAMPLES;
+        let level = MIN_ALPHA / 1000.0;
+        let bounds: Vec<f64> = (0..=n)
+            .map(|k| clopper_pearson_lower(k, n, level))
+            .collect();
+        assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "monotone in votes");
+        for k in [1, 2, n / 2, n - 1, n] {
+            let p = bounds[k as usize];
+            assert!((0.0..1.0).contains(&p), "{k}: {p}");
+            assert!(beta_reg(f64::from(k), f64::from(n - k + 1), p) <= level);
+        }
+        // Unanimous votes: the closed form p^n = level.
+        let closed = level.powf(1.0 / f64::from(n));
+        assert!((bounds[n as usize] - closed).abs() < 1e-12);
     }
 
     #[test]

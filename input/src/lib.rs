@@ -107,6 +107,14 @@ pub fn read_npz_array<T: ndarray_npy::ReadableElement + Copy>(
     Ok((array.shape().to_vec(), array.iter().copied().collect()))
 }
 
+/// The names of the arrays in an `.npz` archive, for arrays that are optional.
+pub fn npz_array_names(bytes: &[u8]) -> Result<Vec<String>, InputError> {
+    let mut npz = ndarray_npy::NpzReader::new(Cursor::new(bytes))
+        .map_err(|e| InputError::Npy(format!("not an .npz archive: {e}")))?;
+    npz.names()
+        .map_err(|e| InputError::Npy(format!("listing the archive: {e}")))
+}
+
 /// Reads the uint8 array `name` of shape `[N, H, W]` from an `.npz` file
 /// (compressed or not), as calibration and evaluation data come.
 pub fn read_npz_images(bytes: &[u8], name: &str) -> Result<Batch, InputError> {

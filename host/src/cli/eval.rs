@@ -10,7 +10,7 @@ use super::{Exit, SandboxArgs, progress_bar, unsigned_or_refused};
 use crate::eval::{Estimate, plot};
 use crate::input;
 use crate::model_dir::read_capped;
-use crate::vendor::evaluation::{CertifiedAccuracy, EvalSet, Options, Report, evaluate};
+use crate::vendor::evaluation::{CertifiedAccuracy, EvalSet, FlipCount, Options, Report, evaluate};
 
 /// Measure the guard: run the real guest over clean test images, attack sets
 /// and benign corruptions; write a JSON report and a ROC plot.
@@ -82,19 +82,20 @@ impl EvalCmd {
                 let bytes = read_capped(&set.path, input::ARCHIVE_MAX_BYTES)?;
                 let read = || format!("reading {}", set.path.display());
                 let images = input::read_npz_images(&bytes, "images").with_context(read)?;
-                let flipped = if set.corruption {
-                    None
+                let (flipped, source_index) = if set.corruption {
+                    (None, None)
                 } else {
                     let (_, flipped) = input::read_npz_array::<bool>(&bytes, "flipped")
                         .with_context(|| {
                             format!("reading `flipped` from {}", set.path.display())
                         })?;
-                    Some(flipped)
+                    (Some(flipped), read_source_index(&bytes, &set.path)?)
                 };
                 Ok(EvalSet {
                     name: set.name,
                     images,
                     flipped,
+                    source_index,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -103,9 +104,11 @@ impl EvalCmd {
         let total = clean_images.len() * (1 + usize::from(certifies))
             + sets
                 .iter()
-                .map(|s| match &s.flipped {
-                    Some(f) => f.iter().filter(|&&x| x).count(),
-                    None => s.images.len(),
+                .map(|s| match (&s.flipped, &s.source_index) {
+                    // Screened and certified whole, against the clean image.
+                    (Some(_), Some(_)) if certifies => 2 * s.images.len(),
+                    (Some(f), _) => f.iter().filter(|&&x| x).count(),
+                    (None, _) => s.images.len(),
                 })
                 .sum::<usize>();
         let bar = progress_bar(total, "evaluating")?;
@@ -160,6 +163,30 @@ impl EvalCmd {
         print_summary(&report);
         Ok(Exit::Ok)
     }
+}
+
+/// The optional `source_index` of an attack set: which clean test image
+/// each attacked image was made from.
+fn read_source_index(bytes: &[u8], path: &Path) -> anyhow::Result<Option<Vec<usize>>> {
+    let names =
+        input::npz_array_names(bytes).with_context(|| format!("reading {}", path.display()))?;
+    if !names.iter().any(|n| n == "source_index") {
+        return Ok(None);
+    }
+    let (shape, index) = input::read_npz_array::<i64>(bytes, "source_index")
+        .with_context(|| format!("reading `source_index` from {}", path.display()))?;
+    if shape.len() != 1 {
+        bail!(
+            "{}: `source_index` has shape {shape:?}; expected one index per image",
+            path.display()
+        );
+    }
+    let index = index
+        .into_iter()
+        .map(usize::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: `source_index` holds a negative index", path.display()))?;
+    Ok(Some(index))
 }
 
 struct SetFile {
@@ -263,6 +290,39 @@ fn print_summary(r: &Report) {
             a.success_past_reject * 100.0,
             a.success_past_flag * 100.0,
         );
+    }
+    let guarded: Vec<_> = r
+        .attacks
+        .iter()
+        .filter_map(|a| a.guarded.as_ref().map(|g| (&a.name, g)))
+        .collect();
+    if !guarded.is_empty() {
+        println!(
+            "\nthe whole guard (screening and certificate), every attempted image:\n\
+             {:<16} {:>5} {:>8} {:>9} {:>10} {:>14} {:>20} {:>20}",
+            "attack",
+            "n",
+            "med L2",
+            "accepted",
+            "kept label",
+            "silent flips",
+            "inside radius",
+            "outside radius"
+        );
+        for (name, g) in guarded {
+            let group = |f: &FlipCount| format!("{}/{}", f.silent_flips, f.images);
+            println!(
+                "{:<16} {:>5} {:>8.3} {:>8.1}% {:>9.1}% {:>13.1}% {:>20} {:>20}",
+                name,
+                g.attempted,
+                g.median_l2,
+                g.accepted.value * 100.0,
+                g.accepted_clean_label.value * 100.0,
+                g.silent_flips.value * 100.0,
+                group(&g.inside_radius),
+                group(&g.outside_radius),
+            );
+        }
     }
     println!(
         "\n{:<28} {:>24} {:>24}",

@@ -25,6 +25,10 @@ pub struct EvalSet {
     /// For an attack set, which attacks flipped the bare model (only those
     /// count); `None` for a benign corruption set.
     pub flipped: Option<Vec<bool>>,
+    /// For an attack set: the clean test image each image was made from (an
+    /// index into the clean images). With it, a certifiable model's report
+    /// counts silent flips against the clean image's label and certificate.
+    pub source_index: Option<Vec<usize>>,
 }
 
 /// How to evaluate.
@@ -164,6 +168,51 @@ pub struct AttackReport {
     pub success_past_flag: f64,
     /// ROC-AUC of each statistic's own p-value.
     pub statistic_auc: BTreeMap<String, f64>,
+    /// For a certifiable model and a set that names its source images: the
+    /// whole guard (screening and certificate) on every attempted image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guarded: Option<GuardedReport>,
+}
+
+#[derive(Debug, Serialize)]
+/// The whole certified guard against one attack set, on every attempted
+/// image (flipped or not). An image is accepted when screening accepts it and
+/// its certificate covers the model's label; a *silent flip* is an accepted
+/// image whose label differs from the label of the clean image it was made
+/// from: the failure a radiologist would not see.
+pub struct GuardedReport {
+    /// Images attempted.
+    pub attempted: usize,
+    /// Median L2 distance to the clean image (pixels in [0, 1]).
+    pub median_l2: f64,
+    /// Accepted (with any label).
+    pub accepted: Estimate,
+    /// Accepted with the clean image's label: the attack failed and the
+    /// answer stands.
+    pub accepted_clean_label: Estimate,
+    /// Images whose smoothed class (the certificate's, whatever its radius)
+    /// is not the clean image's label.
+    pub smoothed_flipped: Estimate,
+    /// Silent flips over all attempted images.
+    pub silent_flips: Estimate,
+    /// Images within the radius the clean image's label was certified to:
+    /// there the smoothed class cannot change (up to alpha), so silent flips
+    /// must be none.
+    pub inside_radius: FlipCount,
+    /// The rest: the clean label was not certified, or the perturbation is
+    /// larger than its radius. No promise is made there.
+    pub outside_radius: FlipCount,
+}
+
+#[derive(Debug, Serialize)]
+/// Silent flips among some of the images.
+pub struct FlipCount {
+    /// Images in this group.
+    pub images: usize,
+    /// Silent flips among them.
+    pub silent_flips: usize,
+    /// Their rate, with its Wilson interval.
+    pub rate: Estimate,
 }
 
 #[derive(Debug, Serialize)]
@@ -216,7 +265,7 @@ pub fn evaluate(
     };
 
     let clean = run(clean_images, "clean test", options.seed)?;
-    let certified = certified_report(
+    let (certified, clean_certificates) = certified_report(
         program,
         model,
         clean_images,
@@ -283,10 +332,50 @@ pub fn evaluate(
             )));
         }
         let indices: Vec<usize> = (0..flipped.len()).filter(|&i| flipped[i]).collect();
-        let kept = images
-            .select(&indices)
-            .ok_or_else(|| VendorError::Data(format!("{}: bad `flipped`", set.name)))?;
-        let judged = run(&kept, &set.name, seed)?;
+        let mut guarded = None;
+        let judged = match (&clean_certificates, &set.source_index) {
+            (Some(clean_certificates), Some(source)) => {
+                // The whole guard sees every attempted image; the detection
+                // figures below keep to the flipped ones, as for any model.
+                let all = run(images, &set.name, seed)?;
+                let certificates = certify_all(
+                    program,
+                    model,
+                    images,
+                    Run {
+                        seed,
+                        threads: options.threads,
+                        progress,
+                    },
+                    &set.name,
+                )?;
+                let clean_side = CleanSide {
+                    images: clean_images,
+                    judged: &clean,
+                    certificates: clean_certificates,
+                };
+                guarded = Some(guarded_report(
+                    &model.manifest().output.labels,
+                    &set.name,
+                    images,
+                    source,
+                    &all,
+                    &certificates,
+                    &clean_side,
+                )?);
+                let mut all: Vec<Option<Judged>> = all.into_iter().map(Some).collect();
+                indices
+                    .iter()
+                    .map(|&i| all[i].take().ok_or(VendorError::Missing("screened image")))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            _ => {
+                let kept = images
+                    .select(&indices)
+                    .ok_or_else(|| VendorError::Data(format!("{}: bad `flipped`", set.name)))?;
+                run(&kept, &set.name, seed)?
+            }
+        };
         let attack_p: Vec<f64> = judged.iter().map(|s| s.p_value).collect();
         let boot = |metric: &dyn Fn(&[f64], &[f64]) -> f64| {
             bootstrap(
@@ -332,6 +421,7 @@ pub fn evaluate(
             success_past_reject: passed(&|v| v != Verdict::Reject),
             success_past_flag: passed(&|v| v == Verdict::Accept),
             statistic_auc,
+            guarded,
         };
         curves.push(plot::Curve {
             label: format!("{} (AUC {:.3})", set.name, report.roc_auc.value),
@@ -397,16 +487,17 @@ pub fn certified_accuracy(
     }
 }
 
-/// Certifies the clean images and reports certified accuracy by radius.
+/// Certifies the clean images and reports certified accuracy by radius;
+/// also returns the certificates, which attack sets are judged against.
 fn certified_report(
     program: &GuestProgram,
     model: &AttestedModel,
     clean_images: &Batch,
     labels: &[u8],
     run: Run<'_>,
-) -> Result<Option<CertifiedReport>, VendorError> {
+) -> Result<(Option<CertifiedReport>, Option<Vec<Certificate>>), VendorError> {
     let Some(table) = model.radius_table() else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let started = std::time::Instant::now();
     let certificates = certify_all(program, model, clean_images, run, "clean test")?;
@@ -421,7 +512,7 @@ fn certified_report(
     }
     let largest = table.radius(smoothing.samples).unwrap_or(0.0);
     let steps = (largest / 0.01).floor() as usize;
-    Ok(Some(CertifiedReport {
+    let report = CertifiedReport {
         smoothing,
         images: certificates.len(),
         abstained: certificates
@@ -439,7 +530,97 @@ fn certified_report(
             .collect(),
         ms_per_image: elapsed.as_secs_f64() * 1000.0 / n * run.threads.max(1) as f64,
         threads: run.threads.max(1),
-    }))
+    };
+    Ok((Some(report), Some(certificates)))
+}
+
+/// The clean side of a guarded comparison: the images, how screening judged
+/// them and their certificates.
+struct CleanSide<'a> {
+    images: &'a Batch,
+    judged: &'a [Judged],
+    certificates: &'a [Certificate],
+}
+
+/// The whole guard on one attack set, image by image against the clean
+/// image it came from (see [`GuardedReport`]).
+fn guarded_report(
+    labels: &[String],
+    name: &str,
+    images: &Batch,
+    source: &[usize],
+    judged: &[Judged],
+    certificates: &[Certificate],
+    clean: &CleanSide<'_>,
+) -> Result<GuardedReport, VendorError> {
+    let n = images.len();
+    if source.len() != n || judged.len() != n || certificates.len() != n {
+        return Err(VendorError::Data(format!(
+            "{name}: `source_index` has {} entries for {n} images",
+            source.len()
+        )));
+    }
+    if images.shape[1..] != clean.images.shape[1..] {
+        return Err(VendorError::Data(format!(
+            "{name}: images are {:?}, the clean images {:?}",
+            &images.shape[1..],
+            &clean.images.shape[1..]
+        )));
+    }
+    let per_image = images.data.len() / n.max(1);
+    let mut l2 = Vec::with_capacity(n);
+    let (mut accepted, mut kept, mut smoothed_flipped) = (0, 0, 0);
+    let (mut inside, mut outside) = ((0, 0), (0, 0));
+    for i in 0..n {
+        let j = source[i];
+        let (Some(clean_judged), Some(clean_certificate)) =
+            (clean.judged.get(j), clean.certificates.get(j))
+        else {
+            return Err(VendorError::Data(format!(
+                "{name}: `source_index` {j} is past the {} clean images",
+                clean.judged.len()
+            )));
+        };
+        let distance = images.data[i * per_image..(i + 1) * per_image]
+            .iter()
+            .zip(&clean.images.data[j * per_image..(j + 1) * per_image])
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        l2.push(distance);
+        let clean_label = clean_judged.class;
+        let label = labels.get(judged[i].class);
+        let is_accepted = judged[i].verdict == Verdict::Accept
+            && label.is_some()
+            && certificates[i].covers(labels, label);
+        let flipped = is_accepted && judged[i].class != clean_label;
+        accepted += usize::from(is_accepted);
+        kept += usize::from(is_accepted && !flipped);
+        smoothed_flipped += usize::from(certificates[i].class != Some(clean_label));
+        // Cohen et al.'s guarantee: the smoothed class is constant on the
+        // open ball of the certified radius around the clean image.
+        let within = clean_certificate.class == Some(clean_label)
+            && clean_certificate.radius_l2.is_some_and(|r| distance < r);
+        let group = if within { &mut inside } else { &mut outside };
+        group.0 += 1;
+        group.1 += usize::from(flipped);
+    }
+    l2.sort_by(f64::total_cmp);
+    let count = |(images, silent_flips): (usize, usize)| FlipCount {
+        images,
+        silent_flips,
+        rate: proportion(silent_flips, images),
+    };
+    Ok(GuardedReport {
+        attempted: n,
+        median_l2: l2.get(n / 2).copied().unwrap_or(f64::NAN),
+        accepted: proportion(accepted, n),
+        accepted_clean_label: proportion(kept, n),
+        smoothed_flipped: proportion(smoothed_flipped, n),
+        silent_flips: proportion(inside.1 + outside.1, n),
+        inside_radius: count(inside),
+        outside_radius: count(outside),
+    })
 }
 
 /// What evaluation keeps of one screened image.
@@ -471,4 +652,145 @@ fn screen(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medguard_certify::{Method, Noise};
+
+    fn certificate(class: usize, radius: Option<f64>) -> Certificate {
+        Certificate {
+            method: Method::RandomizedSmoothing,
+            class: Some(class),
+            radius_l2: radius,
+            certified: radius.is_some_and(|r| r >= 0.25),
+            required_radius_l2: 0.25,
+            samples: 400,
+            sigma: 0.375,
+            alpha: 0.001,
+            votes: None,
+            noise: Noise { seed: 1, stream: 0 },
+        }
+    }
+
+    fn judged(class: usize, verdict: Verdict) -> Judged {
+        Judged {
+            class,
+            verdict,
+            p_value: 0.5,
+            statistic_p: Vec::new(),
+        }
+    }
+
+    fn one_pixel_images(values: &[f32]) -> Batch {
+        Batch {
+            shape: [values.len() as u32, 1, 1, 1],
+            data: values.to_vec(),
+            source_bits: 8,
+        }
+    }
+
+    #[test]
+    fn silent_flips_are_split_by_the_clean_images_certified_radius() {
+        let labels = vec!["normal".to_string(), "pneumonia".to_string()];
+        // Clean image 0 is "normal", certified to 0.5; clean image 1 is
+        // "pneumonia", but its certificate is for the other class.
+        let clean_images = one_pixel_images(&[0.0, 0.0]);
+        let clean_judged = [judged(0, Verdict::Accept), judged(1, Verdict::Accept)];
+        let clean_certificates = [certificate(0, Some(0.5)), certificate(0, Some(0.5))];
+        let clean = CleanSide {
+            images: &clean_images,
+            judged: &clean_judged,
+            certificates: &clean_certificates,
+        };
+        // 0: moved 0.3 from clean 0, accepted as "pneumonia": a silent flip
+        //    inside the radius (the bound was lucky, or broken).
+        // 1: moved 0.7 from clean 0, accepted flipped: outside.
+        // 2: moved 0.1 from clean 0, flagged by screening: not silent.
+        // 3: moved 0.1 from clean 0, accepted but uncertified: flagged.
+        // 4: moved 0.1 from clean 1 (whose label is not certified), accepted
+        //    flipped: outside.
+        // 5: moved 0.1 from clean 0, accepted with the clean label.
+        let images = one_pixel_images(&[0.3, 0.7, 0.1, 0.1, 0.1, 0.1]);
+        let source = [0, 0, 0, 0, 1, 0];
+        let judged_set = [
+            judged(1, Verdict::Accept),
+            judged(1, Verdict::Accept),
+            judged(1, Verdict::Flag),
+            judged(1, Verdict::Accept),
+            judged(0, Verdict::Accept),
+            judged(0, Verdict::Accept),
+        ];
+        let certificates = [
+            certificate(1, Some(0.3)),
+            certificate(1, Some(0.3)),
+            certificate(1, Some(0.3)),
+            certificate(1, Some(0.1)),
+            certificate(0, Some(0.3)),
+            certificate(0, Some(0.3)),
+        ];
+        let report = guarded_report(
+            &labels,
+            "t",
+            &images,
+            &source,
+            &judged_set,
+            &certificates,
+            &clean,
+        )
+        .unwrap();
+        assert_eq!(report.attempted, 6);
+        assert_eq!(
+            (
+                report.inside_radius.images,
+                report.inside_radius.silent_flips
+            ),
+            (4, 1)
+        );
+        assert_eq!(
+            (
+                report.outside_radius.images,
+                report.outside_radius.silent_flips
+            ),
+            (2, 2)
+        );
+        assert!((report.silent_flips.value - 3.0 / 6.0).abs() < 1e-12);
+        assert!((report.accepted.value - 4.0 / 6.0).abs() < 1e-12);
+        assert!((report.accepted_clean_label.value - 1.0 / 6.0).abs() < 1e-12);
+        // Certificates for "pneumonia" (4 of them) or, for image 4, "normal"
+        // against the clean "pneumonia".
+        assert!((report.smoothed_flipped.value - 5.0 / 6.0).abs() < 1e-12);
+        assert!((report.median_l2 - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_source_index_past_the_clean_images_is_an_error_not_a_panic() {
+        let labels = vec!["normal".to_string(), "pneumonia".to_string()];
+        let clean_images = one_pixel_images(&[0.0]);
+        let clean_judged = [judged(0, Verdict::Accept)];
+        let clean_certificates = [certificate(0, Some(0.5))];
+        let clean = CleanSide {
+            images: &clean_images,
+            judged: &clean_judged,
+            certificates: &clean_certificates,
+        };
+        let images = one_pixel_images(&[0.1]);
+        let error = guarded_report(
+            &labels,
+            "t",
+            &images,
+            &[7],
+            &[judged(0, Verdict::Accept)],
+            &[certificate(0, Some(0.3))],
+            &clean,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("source_index` 7"), "{error}");
+        let short = guarded_report(&labels, "t", &images, &[], &[], &[], &clean).unwrap_err();
+        assert!(
+            short.to_string().contains("0 entries for 1 images"),
+            "{short}"
+        );
+    }
 }

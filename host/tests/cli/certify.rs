@@ -148,20 +148,148 @@ fn certified_predictions_carry_a_certificate_the_receipt_covers() {
     );
 }
 
+/// The 8-bit pixels of a bundled sample as the certifiable model reads them.
+fn sample_pixels(name: &str) -> Vec<u8> {
+    let bytes = std::fs::read(sample(name)).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(committed_smoothed_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let spec: medguard_attest::InputSpec =
+        serde_json::from_value(manifest["input"].clone()).unwrap();
+    medguard::input::decode(&bytes, &spec, 1)
+        .unwrap()
+        .data
+        .iter()
+        .map(|v| (v * 255.0).round() as u8)
+        .collect()
+}
+
+/// Writes an .npz of `arrays` (uint8 images [N, 28, 28] or 1-D arrays).
+fn write_npz(path: &Path, arrays: Vec<(&str, NpzArray)>) {
+    let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(path).unwrap());
+    for (name, array) in arrays {
+        match array {
+            NpzArray::Images(pixels) => npz.add_array(
+                name,
+                &ndarray::Array3::from_shape_vec((pixels.len() / 784, 28, 28), pixels).unwrap(),
+            ),
+            NpzArray::U8(v) => npz.add_array(name, &ndarray::Array1::from(v)),
+            NpzArray::I64(v) => npz.add_array(name, &ndarray::Array1::from(v)),
+            NpzArray::Bool(v) => npz.add_array(name, &ndarray::Array1::from(v)),
+        }
+        .unwrap();
+    }
+    npz.finish().unwrap();
+}
+
+enum NpzArray {
+    Images(Vec<u8>),
+    U8(Vec<u8>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+/// `medguard eval` on a certifiable model judges an attack set with the
+/// whole guard, image by image against the clean image it names: here the
+/// "attacks" are the clean images themselves (no change, inside the radius)
+/// and each clean image swapped for the other class's (accepted with the
+/// other label: silent flips, far outside any radius).
+#[test]
+fn eval_counts_silent_flips_inside_and_outside_the_certified_radius() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (normal, pneumonia) = (
+        sample_pixels("normal-1.png"),
+        sample_pixels("pneumonia-1.png"),
+    );
+    let clean = tmp.path().join("clean.npz");
+    write_npz(
+        &clean,
+        vec![
+            (
+                "test_images",
+                NpzArray::Images([normal.clone(), pneumonia.clone()].concat()),
+            ),
+            ("test_labels", NpzArray::U8(vec![0, 1])),
+        ],
+    );
+    let sets = tmp.path().join("sets");
+    std::fs::create_dir(&sets).unwrap();
+    write_npz(
+        &sets.join("swap.npz"),
+        vec![
+            (
+                "images",
+                NpzArray::Images([normal.clone(), pneumonia.clone(), normal, pneumonia].concat()),
+            ),
+            ("source_index", NpzArray::I64(vec![0, 0, 1, 1])),
+            ("flipped", NpzArray::Bool(vec![false, true, true, false])),
+        ],
+    );
+    let report_path = tmp.path().join("eval.json");
+    let out = medguard(&[
+        "eval",
+        s(&committed_smoothed_dir()),
+        "--clean",
+        s(&clean),
+        "--sets",
+        s(&sets),
+        "--out",
+        s(&report_path),
+        "--bootstrap",
+        "10",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("silent flips"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let g = &report["attacks"][0]["guarded"];
+    assert_eq!(g["attempted"], 4, "{g}");
+    assert_eq!(report["attacks"][0]["flipped"], 2);
+    assert_eq!(g["inside_radius"]["images"], 2, "{g}");
+    assert_eq!(g["inside_radius"]["silent_flips"], 0, "{g}");
+    assert_eq!(g["outside_radius"]["images"], 2, "{g}");
+    assert_eq!(g["outside_radius"]["silent_flips"], 2, "{g}");
+    assert_eq!(g["silent_flips"]["value"], 0.5);
+    assert_eq!(g["accepted_clean_label"]["value"], 0.5);
+
+    // A source index past the clean images is a clear error, not a panic.
+    write_npz(
+        &sets.join("swap.npz"),
+        vec![
+            ("images", NpzArray::Images(sample_pixels("normal-1.png"))),
+            ("source_index", NpzArray::I64(vec![2])),
+            ("flipped", NpzArray::Bool(vec![true])),
+        ],
+    );
+    let out = medguard(&[
+        "eval",
+        s(&committed_smoothed_dir()),
+        "--clean",
+        s(&clean),
+        "--sets",
+        s(&sets),
+        "--out",
+        s(&report_path),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`source_index` 2 is past the 2 clean images"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// Normal-1 and pneumonia-1 blended half and half (0.45 of the latter),
 /// as an 8-bit .npy: near the decision boundary, so its noised copies split
 /// (about 230 to 170 of 400 when measured) and no radius reaches 0.25,
 /// whatever the noise draws.
 fn boundary_blend(dir: &Path) -> PathBuf {
-    let pixels = |name: &str| {
-        let bytes = std::fs::read(sample(name)).unwrap();
-        let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(committed_smoothed_dir().join("manifest.json")).unwrap(),
-        )
-        .unwrap();
-        let spec: medguard_attest::InputSpec =
-            serde_json::from_value(manifest["input"].clone()).unwrap();
-        medguard::input::decode(&bytes, &spec, 1).unwrap().data
+    let pixels = |name: &str| -> Vec<f32> {
+        sample_pixels(name)
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect()
     };
     let (a, b) = (pixels("normal-1.png"), pixels("pneumonia-1.png"));
     let blend: Vec<u8> = a

@@ -337,7 +337,8 @@ fn clopper_pearson_lower(successes: u32, n: u32, level: f64) -> f64 {
         return 0.0;
     }
     let (a, b) = (f64::from(successes), f64::from(n - successes + 1));
-    // I_0 = 0 <= level < 1 = I_1.
+    let target = level * (1.0 - 1e-9);
+    // I_0 = 0 <= target < 1 = I_1.
     let (mut low, mut high) = (0.0_f64, 1.0_f64);
     // Each step halves the interval; 1100 halvings pass the smallest f64.
     for _ in 0..1100 {
@@ -346,8 +347,10 @@ fn clopper_pearson_lower(successes: u32, n: u32, level: f64) -> f64 {
             break;
         }
         // Arguments are in the function's domain (a, b > 0, 0 < mid < 1),
-        // so it cannot fail; a failure would count as above the level.
-        if checked_beta_reg(a, b, mid).is_ok_and(|i| i <= level) {
+        // so it cannot fail; a failure would count as above the level. The
+        // target sits a relative 1e-9 under the level: statrs' series is
+        // accurate to about 1e-10 there, and an error must not round up.
+        if checked_beta_reg(a, b, mid).is_ok_and(|i| i <= target) {
             low = mid;
         } else {
             high = mid;
@@ -388,7 +391,10 @@ mod tests {
         let s = smoothing(0.25, 200, 0.001, 0.0);
         let table = s.table(2).unwrap();
         let expected = 0.25 * standard_normal().inverse_cdf(0.0005f64.powf(1.0 / 200.0));
-        assert!((table.radius(200).unwrap() - expected).abs() < 1e-12);
+        // At most, and within the bound's 1e-9 safety margin of, the
+        // closed form.
+        let radius = table.radius(200).unwrap();
+        assert!(radius <= expected && expected - radius < 1e-9, "{radius}");
         assert!((expected / 0.25 - 1.783).abs() < 1e-3, "{expected}");
         let one = smoothing(0.25, 200, 0.001, 0.0).table(1);
         assert!(one.is_err(), "one class is not a classifier");
@@ -434,6 +440,28 @@ mod tests {
         // Unanimous votes: the closed form p^n = level.
         let closed = level.powf(1.0 / f64::from(n));
         assert!((bounds[n as usize] - closed).abs() < 1e-12);
+        // One vote: 1 - (1 - p)^n = level.
+        let one = -((-level).ln_1p() / f64::from(n)).exp_m1();
+        assert!((bounds[1] - one).abs() <= one * 1e-9, "{} {one}", bounds[1]);
+    }
+
+    #[test]
+    fn bounds_at_the_corners_match_an_independent_implementation() {
+        // scipy 1.17.1 `beta.ppf(1e-12 / 256, k, 10000 - k + 1)` (Boost's
+        // inverse incomplete beta), at the smallest alpha over 256 classes.
+        let level = MIN_ALPHA / 256.0;
+        for (k, reference) in [
+            (5100, 0.4711239850414294),
+            (6000, 0.5615336037180101),
+            (9000, 0.8750206114394785),
+            (9999, 0.9963257087922901),
+        ] {
+            let ours = clopper_pearson_lower(k, MAX_SAMPLES, level);
+            assert!(
+                (ours - reference).abs() <= reference * 1e-9,
+                "{k}: {ours} against {reference}"
+            );
+        }
     }
 
     #[test]

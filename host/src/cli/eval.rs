@@ -82,20 +82,25 @@ impl EvalCmd {
                 let bytes = read_capped(&set.path, input::ARCHIVE_MAX_BYTES)?;
                 let read = || format!("reading {}", set.path.display());
                 let images = input::read_npz_images(&bytes, "images").with_context(read)?;
-                let (flipped, source_index) = if set.corruption {
-                    (None, None)
+                let (flipped, source_index, clean_pred) = if set.corruption {
+                    (None, None, None)
                 } else {
                     let (_, flipped) = input::read_npz_array::<bool>(&bytes, "flipped")
                         .with_context(|| {
                             format!("reading `flipped` from {}", set.path.display())
                         })?;
-                    (Some(flipped), read_source_index(&bytes, &set.path)?)
+                    (
+                        Some(flipped),
+                        read_indices(&bytes, &set.path, "source_index")?,
+                        read_indices(&bytes, &set.path, "clean_pred")?,
+                    )
                 };
                 Ok(EvalSet {
                     name: set.name,
                     images,
                     flipped,
                     source_index,
+                    clean_pred,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -165,28 +170,41 @@ impl EvalCmd {
     }
 }
 
-/// The optional `source_index` of an attack set: which clean test image
-/// each attacked image was made from.
-fn read_source_index(bytes: &[u8], path: &Path) -> anyhow::Result<Option<Vec<usize>>> {
+/// An optional 1-D array of non-negative integers (of any integer type
+/// NumPy writes) in an attack set: `source_index` (which clean test image
+/// each attacked image was made from) or `clean_pred` (its class then).
+fn read_indices(bytes: &[u8], path: &Path, name: &str) -> anyhow::Result<Option<Vec<usize>>> {
     let names =
         input::npz_array_names(bytes).with_context(|| format!("reading {}", path.display()))?;
-    if !names.iter().any(|n| n == "source_index") {
+    if !names.iter().any(|n| n == name) {
         return Ok(None);
     }
-    let (shape, index) = input::read_npz_array::<i64>(bytes, "source_index")
-        .with_context(|| format!("reading `source_index` from {}", path.display()))?;
+    fn widen<T: Into<i64>>((shape, v): (Vec<usize>, Vec<T>)) -> (Vec<usize>, Vec<i64>) {
+        (shape, v.into_iter().map(Into::into).collect())
+    }
+    let (shape, values) = input::read_npz_array::<i64>(bytes, name)
+        .or_else(|_| input::read_npz_array::<i32>(bytes, name).map(widen))
+        .or_else(|_| input::read_npz_array::<u32>(bytes, name).map(widen))
+        .or_else(|_| input::read_npz_array::<u16>(bytes, name).map(widen))
+        .or_else(|_| input::read_npz_array::<u8>(bytes, name).map(widen))
+        .with_context(|| {
+            format!(
+                "reading `{name}` from {}: it must be an integer array",
+                path.display()
+            )
+        })?;
     if shape.len() != 1 {
         bail!(
-            "{}: `source_index` has shape {shape:?}; expected one index per image",
+            "{}: `{name}` has shape {shape:?}; expected one entry per image",
             path.display()
         );
     }
-    let index = index
+    let values = values
         .into_iter()
         .map(usize::try_from)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{}: `source_index` holds a negative index", path.display()))?;
-    Ok(Some(index))
+        .with_context(|| format!("{}: `{name}` holds a negative value", path.display()))?;
+    Ok(Some(values))
 }
 
 struct SetFile {

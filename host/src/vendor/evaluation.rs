@@ -29,6 +29,10 @@ pub struct EvalSet {
     /// index into the clean images). With it, a certifiable model's report
     /// counts silent flips against the clean image's label and certificate.
     pub source_index: Option<Vec<usize>>,
+    /// The class the attacked model gave each source image when the set was
+    /// made, if recorded: checked against the guard's, so a set paired with
+    /// the wrong clean archive is an error, not a report.
+    pub clean_pred: Option<Vec<usize>>,
 }
 
 /// How to evaluate.
@@ -255,6 +259,22 @@ pub fn evaluate(
             clean_images.len()
         )));
     }
+    // Pairing errors are found before hours of certification, not after.
+    for set in sets {
+        if let Some(source) = &set.source_index {
+            check_pairing(&set.name, source, set.images.len(), clean_images.len())?;
+            if set
+                .clean_pred
+                .as_ref()
+                .is_some_and(|c| c.len() != source.len())
+            {
+                return Err(VendorError::Data(format!(
+                    "{}: `clean_pred` and `source_index` differ in length",
+                    set.name
+                )));
+            }
+        }
+    }
     let run = |batch: &Batch, label: &str, seed: u64| {
         let run = Run {
             seed,
@@ -304,7 +324,9 @@ pub fn evaluate(
     let mut curves = Vec::new();
     for (k, set) in sets.iter().enumerate() {
         let images = &set.images;
-        let seed = options.seed.wrapping_add(1000 * (k as u64 + 1));
+        // Each set's chunks take seeds 2^32 apart from the others', so no
+        // two sets (or a set and the clean images) ever share noise.
+        let seed = options.seed.wrapping_add((k as u64 + 1) << 32);
         let Some(flipped) = &set.flipped else {
             let judged = run(images, &set.name, seed)?;
             let flagged = judged
@@ -354,13 +376,17 @@ pub fn evaluate(
                     judged: &clean,
                     certificates: clean_certificates,
                 };
+                let attacked = Attacked {
+                    images,
+                    source,
+                    clean_pred: set.clean_pred.as_deref(),
+                    judged: &all,
+                    certificates: &certificates,
+                };
                 guarded = Some(guarded_report(
                     &model.manifest().output.labels,
                     &set.name,
-                    images,
-                    source,
-                    &all,
-                    &certificates,
+                    &attacked,
                     &clean_side,
                 )?);
                 let mut all: Vec<Option<Judged>> = all.into_iter().map(Some).collect();
@@ -542,23 +568,71 @@ struct CleanSide<'a> {
     certificates: &'a [Certificate],
 }
 
+/// An attack set as the guard judged it, with the clean images it names.
+struct Attacked<'a> {
+    images: &'a Batch,
+    source: &'a [usize],
+    clean_pred: Option<&'a [usize]>,
+    judged: &'a [Judged],
+    certificates: &'a [Certificate],
+}
+
+/// A set's `source_index` must name one clean image per attacked image.
+fn check_pairing(
+    name: &str,
+    source: &[usize],
+    images: usize,
+    clean: usize,
+) -> Result<(), VendorError> {
+    if source.len() != images {
+        return Err(VendorError::Data(format!(
+            "{name}: `source_index` has {} entries for {images} images",
+            source.len()
+        )));
+    }
+    if let Some(&j) = source.iter().find(|&&j| j >= clean) {
+        return Err(VendorError::Data(format!(
+            "{name}: `source_index` {j} is past the {clean} clean images"
+        )));
+    }
+    Ok(())
+}
+
 /// The whole guard on one attack set, image by image against the clean
 /// image it came from (see [`GuardedReport`]).
 fn guarded_report(
     labels: &[String],
     name: &str,
-    images: &Batch,
-    source: &[usize],
-    judged: &[Judged],
-    certificates: &[Certificate],
+    attacked: &Attacked<'_>,
     clean: &CleanSide<'_>,
 ) -> Result<GuardedReport, VendorError> {
+    let Attacked {
+        images,
+        source,
+        clean_pred,
+        judged,
+        certificates,
+    } = *attacked;
     let n = images.len();
-    if source.len() != n || judged.len() != n || certificates.len() != n {
+    check_pairing(name, source, n, clean.judged.len())?;
+    if judged.len() != n || certificates.len() != n {
         return Err(VendorError::Data(format!(
-            "{name}: `source_index` has {} entries for {n} images",
-            source.len()
+            "{name}: {} verdicts and {} certificates for {n} images",
+            judged.len(),
+            certificates.len()
         )));
+    }
+    if let Some(recorded) = clean_pred {
+        let differ = (0..n)
+            .filter(|&i| recorded.get(i) != Some(&clean.judged[source[i]].class))
+            .count();
+        if differ > 0 {
+            return Err(VendorError::Data(format!(
+                "{name}: for {differ} of {n} images the clean image `source_index` names is \
+                 not classified as `clean_pred` records; is --clean the archive (and \
+                 array) the set was made from?"
+            )));
+        }
     }
     if images.shape[1..] != clean.images.shape[1..] {
         return Err(VendorError::Data(format!(
@@ -730,16 +804,14 @@ mod tests {
             certificate(0, Some(0.3)),
             certificate(0, Some(0.3)),
         ];
-        let report = guarded_report(
-            &labels,
-            "t",
-            &images,
-            &source,
-            &judged_set,
-            &certificates,
-            &clean,
-        )
-        .unwrap();
+        let attacked = Attacked {
+            images: &images,
+            source: &source,
+            clean_pred: Some(&[0, 0, 0, 0, 1, 0]),
+            judged: &judged_set,
+            certificates: &certificates,
+        };
+        let report = guarded_report(&labels, "t", &attacked, &clean).unwrap();
         assert_eq!(report.attempted, 6);
         assert_eq!(
             (
@@ -765,7 +837,7 @@ mod tests {
     }
 
     #[test]
-    fn a_source_index_past_the_clean_images_is_an_error_not_a_panic() {
+    fn a_set_paired_with_the_wrong_clean_images_is_an_error_not_a_panic() {
         let labels = vec!["normal".to_string(), "pneumonia".to_string()];
         let clean_images = one_pixel_images(&[0.0]);
         let clean_judged = [judged(0, Verdict::Accept)];
@@ -776,21 +848,26 @@ mod tests {
             certificates: &clean_certificates,
         };
         let images = one_pixel_images(&[0.1]);
-        let error = guarded_report(
-            &labels,
-            "t",
-            &images,
-            &[7],
-            &[judged(0, Verdict::Accept)],
-            &[certificate(0, Some(0.3))],
-            &clean,
-        )
-        .unwrap_err();
-        assert!(error.to_string().contains("source_index` 7"), "{error}");
-        let short = guarded_report(&labels, "t", &images, &[], &[], &[], &clean).unwrap_err();
-        assert!(
-            short.to_string().contains("0 entries for 1 images"),
-            "{short}"
-        );
+        let verdicts = [judged(0, Verdict::Accept)];
+        let certificates = [certificate(0, Some(0.3))];
+        let error = |source: &[usize], clean_pred: Option<&[usize]>| {
+            let attacked = Attacked {
+                images: &images,
+                source,
+                clean_pred,
+                judged: &verdicts,
+                certificates: &certificates,
+            };
+            guarded_report(&labels, "t", &attacked, &clean).map(|_| ())
+        };
+        let past = error(&[7], None).unwrap_err().to_string();
+        assert!(past.contains("source_index` 7"), "{past}");
+        let short = error(&[], None).unwrap_err().to_string();
+        assert!(short.contains("0 entries for 1 images"), "{short}");
+        // Paired with the wrong clean archive: the recorded clean class is
+        // not the guard's.
+        let wrong = error(&[0], Some(&[1])).unwrap_err().to_string();
+        assert!(wrong.contains("not classified as `clean_pred`"), "{wrong}");
+        assert!(error(&[0], Some(&[0])).is_ok());
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray_npy::WriteNpyExt;
 
-use crate::{json_lines, medguard, root, s, sign, text};
+use crate::{assert_one_line_error, json_lines, medguard, root, s, sign, text};
 
 /// The committed certifiable model.
 fn committed_smoothed_dir() -> PathBuf {
@@ -165,6 +165,21 @@ fn sample_pixels(name: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The pixels of [`boundary_blend`].
+fn blend_pixels() -> Vec<u8> {
+    let pixels = |name: &str| -> Vec<f32> {
+        sample_pixels(name)
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect()
+    };
+    let (a, b) = (pixels("normal-1.png"), pixels("pneumonia-1.png"));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| ((0.55 * x + 0.45 * y) * 255.0).round() as u8)
+        .collect()
+}
+
 /// Writes an .npz of `arrays` (uint8 images [N, 28, 28] or 1-D arrays).
 fn write_npz(path: &Path, arrays: Vec<(&str, NpzArray)>) {
     let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(path).unwrap());
@@ -175,6 +190,7 @@ fn write_npz(path: &Path, arrays: Vec<(&str, NpzArray)>) {
                 &ndarray::Array3::from_shape_vec((pixels.len() / 784, 28, 28), pixels).unwrap(),
             ),
             NpzArray::U8(v) => npz.add_array(name, &ndarray::Array1::from(v)),
+            NpzArray::I32(v) => npz.add_array(name, &ndarray::Array1::from(v)),
             NpzArray::I64(v) => npz.add_array(name, &ndarray::Array1::from(v)),
             NpzArray::Bool(v) => npz.add_array(name, &ndarray::Array1::from(v)),
         }
@@ -186,6 +202,7 @@ fn write_npz(path: &Path, arrays: Vec<(&str, NpzArray)>) {
 enum NpzArray {
     Images(Vec<u8>),
     U8(Vec<u8>),
+    I32(Vec<i32>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
 }
@@ -193,8 +210,9 @@ enum NpzArray {
 /// `medguard eval` on a certifiable model judges an attack set with the
 /// whole guard, image by image against the clean image it names: here the
 /// "attacks" are the clean images themselves (no change, inside the radius)
-/// and each clean image swapped for the other class's (accepted with the
-/// other label: silent flips, far outside any radius).
+/// each clean image swapped for the other class's (accepted with the other
+/// label: silent flips, far outside any radius), and the boundary blend,
+/// which screening or its certificate flags (not silent).
 #[test]
 fn eval_counts_silent_flips_inside_and_outside_the_certified_radius() {
     let tmp = tempfile::tempdir().unwrap();
@@ -220,38 +238,59 @@ fn eval_counts_silent_flips_inside_and_outside_the_certified_radius() {
         vec![
             (
                 "images",
-                NpzArray::Images([normal.clone(), pneumonia.clone(), normal, pneumonia].concat()),
+                NpzArray::Images(
+                    [
+                        normal.clone(),
+                        pneumonia.clone(),
+                        normal,
+                        pneumonia,
+                        blend_pixels(),
+                    ]
+                    .concat(),
+                ),
             ),
-            ("source_index", NpzArray::I64(vec![0, 0, 1, 1])),
-            ("flipped", NpzArray::Bool(vec![false, true, true, false])),
+            // int32, as NumPy writes on some platforms.
+            ("source_index", NpzArray::I32(vec![0, 0, 1, 1, 1])),
+            ("clean_pred", NpzArray::U8(vec![0, 0, 1, 1, 1])),
+            (
+                "flipped",
+                NpzArray::Bool(vec![false, true, true, false, true]),
+            ),
         ],
     );
     let report_path = tmp.path().join("eval.json");
-    let out = medguard(&[
-        "eval",
-        s(&committed_smoothed_dir()),
-        "--clean",
-        s(&clean),
-        "--sets",
-        s(&sets),
-        "--out",
-        s(&report_path),
-        "--bootstrap",
-        "10",
-    ]);
+    let eval = || {
+        medguard(&[
+            "eval",
+            s(&committed_smoothed_dir()),
+            "--clean",
+            s(&clean),
+            "--sets",
+            s(&sets),
+            "--out",
+            s(&report_path),
+            "--bootstrap",
+            "10",
+        ])
+    };
+    let out = eval();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("silent flips"));
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     let g = &report["attacks"][0]["guarded"];
-    assert_eq!(g["attempted"], 4, "{g}");
-    assert_eq!(report["attacks"][0]["flipped"], 2);
+    assert_eq!(g["attempted"], 5, "{g}");
+    assert_eq!(report["attacks"][0]["flipped"], 3);
     assert_eq!(g["inside_radius"]["images"], 2, "{g}");
     assert_eq!(g["inside_radius"]["silent_flips"], 0, "{g}");
-    assert_eq!(g["outside_radius"]["images"], 2, "{g}");
+    assert_eq!(g["outside_radius"]["images"], 3, "{g}");
     assert_eq!(g["outside_radius"]["silent_flips"], 2, "{g}");
-    assert_eq!(g["silent_flips"]["value"], 0.5);
-    assert_eq!(g["accepted_clean_label"]["value"], 0.5);
+    assert_eq!(g["silent_flips"]["value"], 0.4);
+    assert_eq!(
+        g["accepted"]["value"], 0.8,
+        "the blend is not accepted: {g}"
+    );
+    assert_eq!(g["accepted_clean_label"]["value"], 0.4);
 
     // A source index past the clean images is a clear error, not a panic.
     write_npz(
@@ -262,19 +301,27 @@ fn eval_counts_silent_flips_inside_and_outside_the_certified_radius() {
             ("flipped", NpzArray::Bool(vec![true])),
         ],
     );
-    let out = medguard(&[
-        "eval",
-        s(&committed_smoothed_dir()),
-        "--clean",
-        s(&clean),
-        "--sets",
-        s(&sets),
-        "--out",
-        s(&report_path),
-    ]);
+    let out = eval();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_one_line_error(&out);
     assert!(
         text(&out.stderr).contains("`source_index` 2 is past the 2 clean images"),
+        "{}",
+        text(&out.stderr)
+    );
+    write_npz(
+        &sets.join("swap.npz"),
+        vec![
+            ("images", NpzArray::Images(sample_pixels("normal-1.png"))),
+            ("source_index", NpzArray::I64(vec![-1])),
+            ("flipped", NpzArray::Bool(vec![true])),
+        ],
+    );
+    let out = eval();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_one_line_error(&out);
+    assert!(
+        text(&out.stderr).contains("`source_index` holds a negative value"),
         "{}",
         text(&out.stderr)
     );
@@ -285,20 +332,8 @@ fn eval_counts_silent_flips_inside_and_outside_the_certified_radius() {
 /// (about 230 to 170 of 400 when measured) and no radius reaches 0.25,
 /// whatever the noise draws.
 fn boundary_blend(dir: &Path) -> PathBuf {
-    let pixels = |name: &str| -> Vec<f32> {
-        sample_pixels(name)
-            .iter()
-            .map(|&v| f32::from(v) / 255.0)
-            .collect()
-    };
-    let (a, b) = (pixels("normal-1.png"), pixels("pneumonia-1.png"));
-    let blend: Vec<u8> = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| ((0.55 * x + 0.45 * y) * 255.0).round() as u8)
-        .collect();
     let path = dir.join("blend.npy");
-    ndarray::Array3::from_shape_vec((1, 28, 28), blend)
+    ndarray::Array3::from_shape_vec((1, 28, 28), blend_pixels())
         .unwrap()
         .write_npy(std::fs::File::create(&path).unwrap())
         .unwrap();

@@ -260,7 +260,9 @@ pub fn evaluate(
         )));
     }
     // Pairing errors are found before hours of certification, not after.
-    for set in sets {
+    // Only a certifiable model pairs attacked images with clean ones.
+    let pairs = model.radius_table().is_some();
+    for set in sets.iter().filter(|_| pairs) {
         if let Some(source) = &set.source_index {
             check_pairing(&set.name, source, set.images.len(), clean_images.len())?;
             if set
@@ -592,7 +594,8 @@ fn check_pairing(
     }
     if let Some(&j) = source.iter().find(|&&j| j >= clean) {
         return Err(VendorError::Data(format!(
-            "{name}: `source_index` {j} is past the {clean} clean images"
+            "{name}: `source_index` {j} is past the {clean} clean images; is --clean \
+             the archive (and array) the set was made from?"
         )));
     }
     Ok(())

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchattacks
 
 from twin import FoldedTwin, SmoothedTwin
 
@@ -182,7 +183,16 @@ def main():
         assert (verified(model, test_x, test_y, 0.0) == clean).all(), name
         row = {"clean_balanced_accuracy": balanced(clean, test_y)}
         for e in EPS:
-            row[f"verified_balanced_accuracy_linf_{e}/255"] = balanced(verified(model, test_x, test_y, e / 255), test_y)
+            ok = verified(model, test_x, test_y, e / 255)
+            row[f"verified_balanced_accuracy_linf_{e}/255"] = balanced(ok, test_y)
+            # A check on the bounds: PGD inside the same ball must not move
+            # a verified image off its class.
+            pgd = torchattacks.PGD(model, eps=e / 255, alpha=e / 255 / 4, steps=20, random_start=True)
+            adv = pgd(test_x, test_y)
+            with torch.no_grad():
+                fooled = (model(adv).argmax(1) != test_y).numpy()
+            row[f"pgd_flips_among_verified_linf_{e}/255"] = int((ok & fooled).sum())
+            assert not (ok & fooled).any(), f"{name}: PGD flipped a verified image at {e}/255"
         report["models"][name] = row
         print(name, row, flush=True)
     if args.eval.exists():

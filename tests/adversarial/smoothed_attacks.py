@@ -36,7 +36,7 @@ guest, not from this script:
 which counts silent flips (accepted with a label other than the clean
 image's) inside and outside each clean image's certified radius.
 
-Usage (about 30 minutes on 2 cores; see the sizes below):
+Usage (about 20 minutes on 2 cores; see the sizes below):
     ../venv-torch/bin/pip install -r tests/adversarial/requirements.txt
     ../venv-torch/bin/python tests/adversarial/smoothed_attacks.py --data ../shared/data/pneumoniamnist/pneumoniamnist.npz
 """
@@ -68,7 +68,7 @@ radius, smoothed_votes = smoothed_train.radius, smoothed_train.smoothed_votes
 SEED = 20261204
 IMAGES = 200
 EPS = (0.25, 0.5, 1.0)
-# Sized so that the whole run takes about 30 minutes on 2 CPU cores (the
+# Sized so that the whole run takes about 20 minutes on 2 CPU cores (the
 # guard's own n = 400 estimate of every candidate is the largest cost).
 SMOOTHADV = {"steps": 30, "noise_draws": 16, "step": "2.5 eps / steps"}
 APGD = {"steps": 50, "eot_iter": 20, "loss": "ce", "restarts": 1}

@@ -633,7 +633,7 @@ fn guarded_report(
             return Err(VendorError::Data(format!(
                 "{name}: for {differ} of {n} images the clean image `source_index` names is \
                  not classified as `clean_pred` records; is --clean the archive (and \
-                 array) the set was made from?"
+                 array) the set was made from, and was the set made against this model?"
             )));
         }
     }

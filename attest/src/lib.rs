@@ -31,7 +31,7 @@ pub use manifest::{
 };
 pub use pinned::{
     AttestError, AttestedModel, DigestMismatch, Hashed, Pinned, Provenance, Signer, pin,
-    vouch_unsigned,
+    read_hashing, vouch_unsigned,
 };
 pub use policy::{
     HighWater, POLICY_MAX_BYTES, POLICY_SCHEMA, PolicyError, Refusal, TrustPolicy, TrustedKey,

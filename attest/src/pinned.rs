@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use sha2::digest::Update;
 use thiserror::Error;
 
 use crate::{Manifest, Sha256Digest};
@@ -51,51 +52,18 @@ pub struct Hashed {
 }
 
 impl Hashed {
-    /// Reads at most `cap` bytes from `reader`, hashing as it goes. `Ok(None)`
-    /// means there was more than `cap`: the reader is not drained, so an
-    /// endless stream costs one byte past the cap. `size_hint` (a file's
-    /// length, say) sizes the buffer; with a hint and a second core, reading
-    /// and hashing overlap (the kernel's copy into fresh memory costs about
-    /// as much as SHA-256 itself), otherwise they alternate chunk by chunk.
+    /// Reads at most `cap` bytes from `reader`, hashing as it goes
+    /// ([`read_hashing`]). `Ok(None)` means there was more than `cap`.
     pub fn read(
         reader: impl std::io::Read + Send,
         cap: u64,
         size_hint: u64,
     ) -> std::io::Result<Option<Self>> {
         use sha2::Digest;
-        use std::io::Read as _;
-        const CHUNK: usize = 8 << 20;
-        let mut reader = reader.take(cap.saturating_add(1));
-        let hint = usize::try_from(size_hint.min(cap)).unwrap_or(0);
         let mut hasher = sha2::Sha256::new();
-        let parallel =
-            hint > CHUNK && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-        let mut bytes = if parallel {
-            // Zeroed allocation of this size comes from the OS as untouched
-            // pages: no zeroing pass of our own.
-            let mut bytes = vec![0u8; hint];
-            let filled = read_and_hash_overlapped(&mut reader, &mut bytes, &mut hasher, CHUNK)?;
-            bytes.truncate(filled);
-            bytes.reserve(CHUNK);
-            bytes
-        } else {
-            // Room for the last, partly filled chunk too: growing a buffer the
-            // size of the model would copy all of it.
-            Vec::with_capacity(hint.saturating_add(CHUNK))
-        };
-        // Whatever the hint did not cover (all of it when sequential).
-        loop {
-            let start = bytes.len();
-            // `read_to_end` appends into spare capacity without zeroing it first.
-            let n = (&mut reader).take(CHUNK as u64).read_to_end(&mut bytes)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&bytes[start..]);
-        }
-        if bytes.len() as u64 > cap {
+        let Some(bytes) = read_hashing(reader, cap, size_hint, &mut hasher)? else {
             return Ok(None);
-        }
+        };
         Ok(Some(Self {
             bytes: Arc::new(bytes),
             digest: Sha256Digest::from_bytes(hasher.finalize().into()),
@@ -132,16 +100,63 @@ impl std::fmt::Debug for Hashed {
     }
 }
 
+/// Reads at most `cap` bytes from `reader` into memory, feeding each byte to
+/// `hasher` (a digest or a MAC) as it arrives: one pass, so the bytes are
+/// hashed while they are still in the CPU cache. `Ok(None)` means there was
+/// more than `cap`: the reader is not drained, so an endless stream costs one
+/// byte past the cap. `size_hint` (a file's length, say) sizes the buffer;
+/// with a hint and a second core, reading and hashing overlap (the kernel's
+/// copy into fresh memory costs about as much as SHA-256 itself), otherwise
+/// they alternate chunk by chunk.
+pub fn read_hashing<H: Update>(
+    reader: impl std::io::Read + Send,
+    cap: u64,
+    size_hint: u64,
+    hasher: &mut H,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    const CHUNK: usize = 8 << 20;
+    let mut reader = reader.take(cap.saturating_add(1));
+    let hint = usize::try_from(size_hint.min(cap)).unwrap_or(0);
+    let parallel = hint > CHUNK && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    let mut bytes = if parallel {
+        // Zeroed allocation of this size comes from the OS as untouched
+        // pages: no zeroing pass of our own.
+        let mut bytes = vec![0u8; hint];
+        let filled = read_and_hash_overlapped(&mut reader, &mut bytes, hasher, CHUNK)?;
+        bytes.truncate(filled);
+        bytes.reserve(CHUNK);
+        bytes
+    } else {
+        // Room for the last, partly filled chunk too: growing a buffer the
+        // size of the input would copy all of it.
+        Vec::with_capacity(hint.saturating_add(CHUNK))
+    };
+    // Whatever the hint did not cover (all of it when sequential).
+    loop {
+        let start = bytes.len();
+        // `read_to_end` appends into spare capacity without zeroing it first.
+        let n = (&mut reader).take(CHUNK as u64).read_to_end(&mut bytes)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&bytes[start..]);
+    }
+    if bytes.len() as u64 > cap {
+        return Ok(None);
+    }
+    Ok(Some(bytes))
+}
+
 /// Fills `buf` from `reader` on a scoped thread, chunk by chunk, while this
 /// thread hashes each chunk as soon as it is full. Returns how many bytes
 /// were read (fewer than `buf.len()` at end of input).
 fn read_and_hash_overlapped(
     reader: &mut (impl std::io::Read + Send),
     buf: &mut [u8],
-    hasher: &mut sha2::Sha256,
+    hasher: &mut impl Update,
     chunk: usize,
 ) -> std::io::Result<usize> {
-    use sha2::Digest;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<&[u8]>(2);
         let filler = scope.spawn(move || -> std::io::Result<usize> {

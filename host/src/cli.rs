@@ -98,11 +98,18 @@ struct SandboxArgs {
     /// Wall-clock budget for each call into the guest, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000, value_name = "MS")]
     deadline_ms: u64,
+    /// Wall-clock budget for all the guest calls of one request (one
+    /// sandbox, however many images), in milliseconds [default: none; for
+    /// `serve`, 60000].
+    #[arg(long, global = true, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    request_budget_ms: Option<u64>,
 }
 
 impl SandboxArgs {
-    /// Pins and loads the guest in a fresh runtime.
-    fn start(&self) -> anyhow::Result<(GuestProgram, GuestLoad)> {
+    /// Pins and loads the guest in a fresh runtime; `default_budget` is the
+    /// command's request budget when `--request-budget-ms` is not given.
+    fn start(&self, default_budget: Option<Duration>) -> anyhow::Result<(GuestProgram, GuestLoad)> {
         let settings = SandboxSettings {
             limits: Limits {
                 memory_bytes: self
@@ -110,6 +117,10 @@ impl SandboxArgs {
                     .checked_mul(1 << 20)
                     .context("--memory-mib is too large")?,
                 deadline: Duration::from_millis(self.deadline_ms),
+                session_budget: self
+                    .request_budget_ms
+                    .map(Duration::from_millis)
+                    .or(default_budget),
                 ..Limits::default()
             },
             guest: self.guest.clone(),

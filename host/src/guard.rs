@@ -568,7 +568,8 @@ impl Guard {
                 e @ (SandboxError::MemoryCap { .. }
                 | SandboxError::Trap { .. }
                 | SandboxError::StackOverflow
-                | SandboxError::Deadline(_)),
+                | SandboxError::Deadline(_)
+                | SandboxError::Budget(_)),
             ) => {
                 let (failure, refusal) = match e {
                     SandboxError::MemoryCap { cap, .. } => (
@@ -579,10 +580,9 @@ impl Guard {
                             cap >> 20
                         ))),
                     ),
-                    SandboxError::Deadline(d) => (
-                        InferenceFailure::Deadline,
-                        InputRefusal::Sandbox(SandboxError::Deadline(d)),
-                    ),
+                    e @ (SandboxError::Deadline(_) | SandboxError::Budget(_)) => {
+                        (InferenceFailure::Deadline, InputRefusal::Sandbox(e))
+                    }
                     // A panic in the decoder (dicom-rs indexes out of bounds
                     // on some damaged RLE data) ends that sandbox only.
                     _ => (
@@ -699,10 +699,9 @@ impl Guard {
                     SandboxError::Guest(GuestFailure::InvalidInput(why)) => {
                         (InferenceFailure::InputRefused, InputRefusal::Guest(why))
                     }
-                    SandboxError::Deadline(d) => (
-                        InferenceFailure::Deadline,
-                        InputRefusal::Sandbox(SandboxError::Deadline(d)),
-                    ),
+                    e @ (SandboxError::Deadline(_) | SandboxError::Budget(_)) => {
+                        (InferenceFailure::Deadline, InputRefusal::Sandbox(e))
+                    }
                     other => {
                         let kind = match other {
                             SandboxError::MemoryCap { .. } => InferenceFailure::MemoryCap,

@@ -46,6 +46,13 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Wall-clock budget for one call into the guest (load or classify).
     pub deadline: Duration,
+    /// Wall-clock budget for all the calls of one session, however many
+    /// images its request holds, counted from when the sandbox is ready
+    /// (started, the model loaded); `None`
+    /// leaves each call its own deadline only. A certified model spends
+    /// about half a second per image, so without it a large request holds a
+    /// sandbox (and a server's permit) for as many deadlines as it has images.
+    pub session_budget: Option<Duration>,
     /// Cap on the native stack that wasm frames may use, in bytes.
     pub wasm_stack_bytes: usize,
 }
@@ -55,6 +62,7 @@ impl Default for Limits {
         Self {
             memory_bytes: 512 << 20,
             deadline: Duration::from_secs(10),
+            session_budget: None,
             wasm_stack_bytes: 1 << 20,
         }
     }
@@ -81,6 +89,12 @@ pub enum SandboxError {
     /// The guest exceeded its wall-clock budget and was stopped.
     #[error("guest ran past its {0:?} deadline and was stopped")]
     Deadline(Duration),
+    /// The session's calls together exceeded its budget
+    /// ([`Limits::session_budget`]) and the guest was stopped.
+    #[error(
+        "the request ran past its {0:?} time budget (all its images together) and was stopped; send fewer images per request"
+    )]
+    Budget(Duration),
     /// The guest tried to grow its memory past the cap.
     #[error("guest tried to grow its memory to {requested} bytes, over the {cap}-byte cap")]
     MemoryCap {
@@ -207,7 +221,14 @@ impl Runtime {
             // host (wasmtime docs, "deterministic execution").
             .cranelift_nan_canonicalization(true)
             .wasm_relaxed_simd(true)
-            .relaxed_simd_deterministic(true);
+            .relaxed_simd_deterministic(true)
+            // What start-up reads, checks and maps is only what the sandbox
+            // uses: no ELF symbol table (guest function names for profiles
+            // come from the wasm name section) and no native unwind tables
+            // (wasmtime walks wasm frames itself, and host panics never
+            // unwind through guest code).
+            .debug_symbols(false)
+            .native_unwind_info(false);
         // Threads and shared memory are not compiled into this wasmtime
         // (the `threads` feature is off), so a guest cannot ask for them.
         let engine = Engine::new(&config).map_err(|e| SandboxError::Config(e.into()))?;
@@ -456,7 +477,7 @@ impl GuestProgram {
         session.load(model, &detector).map_err(Cause::from)?;
         // Reading the state is calls into the guest: a full deadline of their
         // own, and room for the page each accessor call grows the memory by.
-        session.arm();
+        session.arm().map_err(Cause::from)?;
         session.store.data_mut().memory.cap = session
             .store
             .data()
@@ -518,6 +539,7 @@ impl GuestProgram {
             let (mut session, _) = self.start(&prepared.pre, model, &detector(model))?;
             self.from_snapshot.fetch_add(1, Ordering::Relaxed);
             session.loaded = true;
+            session.start_budget(self.runtime.limits().session_budget);
             return Ok(session);
         }
         self.session_with(model, detector(model))
@@ -540,6 +562,7 @@ impl GuestProgram {
     ) -> Result<Session, SandboxError> {
         let (mut session, _) = self.start(&self.pre, model, &detector)?;
         session.load(model, &detector)?;
+        session.start_budget(self.runtime.limits().session_budget);
         Ok(session)
     }
 
@@ -554,7 +577,8 @@ impl GuestProgram {
         width: u32,
     ) -> Result<Radiograph, SandboxError> {
         let (mut session, _) = self.start_bare(&self.pre, 0, 0, &[], false)?;
-        session.arm();
+        session.start_budget(self.runtime.limits().session_budget);
+        session.arm()?;
         let bindings = match (&session.bindings, session.poisoned) {
             (Some(b), false) => b,
             _ => return Err(SandboxError::Poisoned),
@@ -620,6 +644,9 @@ impl GuestProgram {
             bindings: None,
             store,
             deadline: limits.deadline,
+            // Started once the session is ready for the request's inputs.
+            budget: None,
+            budget_binds: false,
             classes,
             max_values,
             statistics: statistics.to_vec(),
@@ -627,7 +654,7 @@ impl GuestProgram {
             loaded: false,
             poisoned: false,
         };
-        session.arm();
+        session.arm()?;
         let instance = pre
             .instance_pre()
             .instantiate(&mut session.store)
@@ -873,6 +900,11 @@ pub struct Session {
     store: Store<RequestState>,
     bindings: Option<SandboxedClassifier>,
     deadline: Duration,
+    /// The session budget and when it runs out.
+    budget: Option<(Duration, Instant)>,
+    /// The budget, not the call's deadline, is what the current call can
+    /// run into.
+    budget_binds: bool,
     classes: usize,
     max_values: usize,
     statistics: Vec<Statistic>,
@@ -887,13 +919,13 @@ pub struct Session {
 impl Session {
     /// Has the guest load `model`, screening with `detector`.
     fn load(&mut self, model: &AttestedModel, detector: &Detector<'_>) -> Result<(), SandboxError> {
+        self.arm()?;
         let bindings = match (&self.bindings, self.poisoned) {
             (Some(b), false) => b,
             _ => return Err(SandboxError::Poisoned),
         };
         let spec = model_spec(model);
         let detector = detector.to_wit();
-        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
         bindings
             .medguard_guest_classifier()
             .call_load(
@@ -912,7 +944,7 @@ impl Session {
     /// probability vector per image.
     pub fn classify(&mut self, shape: &[u32], data: &[f32]) -> Result<Vec<Vec<f32>>, SandboxError> {
         self.fits(data)?;
-        self.arm();
+        self.arm()?;
         let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
         let flat = bindings
             .medguard_guest_classifier()
@@ -943,7 +975,7 @@ impl Session {
         options: ScreenOptions,
     ) -> Result<Vec<ScreenedImage>, SandboxError> {
         self.fits(data)?;
-        self.arm();
+        self.arm()?;
         let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
         let wit_options = wit::ScreenOptions {
             seed: options.seed,
@@ -993,7 +1025,7 @@ impl Session {
         // One call per image, so that each image's samples get the whole
         // deadline; image `i` keeps noise stream `i` of the request's seed.
         for (i, image) in data.chunks(per_image.max(1)).enumerate() {
-            self.arm();
+            self.arm()?;
             let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
             let options = wit::SmoothOptions {
                 sigma: smoothing.noise_sigma(),
@@ -1180,9 +1212,33 @@ impl Session {
         Ok(())
     }
 
-    /// Gives the next call a full deadline.
-    fn arm(&mut self) {
-        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
+    /// Starts the session's budget ([`Limits::session_budget`]): from here,
+    /// all calls together get at most `budget`. Starting the sandbox and
+    /// loading the model are the same for every request and are not
+    /// counted; each has its call's deadline.
+    fn start_budget(&mut self, budget: Option<Duration>) {
+        self.budget = budget.map(|budget| (budget, Instant::now() + budget));
+    }
+
+    /// Gives the next call a full deadline, or what is left of the
+    /// session's budget if that is less; a spent budget ends the session
+    /// without entering the guest.
+    fn arm(&mut self) -> Result<(), SandboxError> {
+        let mut limit = self.deadline;
+        self.budget_binds = false;
+        if let Some((budget, ends)) = self.budget {
+            let left = ends.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.poisoned = true;
+                return Err(SandboxError::Budget(budget));
+            }
+            if left < limit {
+                limit = left;
+                self.budget_binds = true;
+            }
+        }
+        self.store.set_epoch_deadline(deadline_ticks(limit));
+        Ok(())
     }
 
     /// Maps a wasmtime error to a typed one and ends the session: after a trap
@@ -1196,7 +1252,10 @@ impl Session {
             };
         }
         match e.downcast_ref::<Trap>().copied() {
-            Some(Trap::Interrupt) => SandboxError::Deadline(self.deadline),
+            Some(Trap::Interrupt) => match self.budget {
+                Some((budget, _)) if self.budget_binds => SandboxError::Budget(budget),
+                _ => SandboxError::Deadline(self.deadline),
+            },
             Some(Trap::StackOverflow) => SandboxError::StackOverflow,
             kind => SandboxError::Trap {
                 kind,

@@ -1113,11 +1113,12 @@ fn classify_failure(e: ClassifyError) -> Failure {
             why @ (medguard_dicom::DicomError::NotDicom(_)
             | medguard_dicom::DicomError::Malformed(_)),
         )) => Failure::new(StatusCode::BAD_REQUEST, format!("input refused: {why}")),
-        ClassifyError::Refused(InputRefusal::Sandbox(SandboxError::Deadline(d)))
-        | ClassifyError::Guard(GuardError::Sandbox(SandboxError::Deadline(d))) => Failure::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("the guest ran past its {d:?} deadline and was stopped"),
-        ),
+        ClassifyError::Refused(InputRefusal::Sandbox(
+            e @ (SandboxError::Deadline(_) | SandboxError::Budget(_)),
+        ))
+        | ClassifyError::Guard(GuardError::Sandbox(
+            e @ (SandboxError::Deadline(_) | SandboxError::Budget(_)),
+        )) => Failure::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         ClassifyError::Refused(why) => Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("input refused: {why}"),

@@ -432,6 +432,50 @@ fn votes_that_are_not_counts_of_the_samples_are_never_certified() {
 }
 
 #[test]
+fn a_session_budget_stops_a_long_request_and_the_next_starts_afresh() {
+    const BUDGET: Duration = Duration::from_millis(150);
+    // Each call keeps the default 10 s deadline: only the budget can stop it.
+    let runtime = Runtime::new(Limits {
+        session_budget: Some(BUDGET),
+        ..Limits::default()
+    })
+    .unwrap();
+    let guest = medguard::guest::bundled().unwrap();
+    let program = runtime.load_guest(&guest, Some(&shared_cache())).unwrap().0;
+    let model = certified_bundled_model(64);
+    let table = model.radius_table().unwrap();
+    // 32 images of 64 noised copies each: seconds of guest time, one call
+    // per image, every one of them well inside its own deadline.
+    let one = load_input(&model, &model_dir().join(&golden().samples[0].file));
+    let images = 32;
+    let data: Vec<f32> = one
+        .data
+        .iter()
+        .copied()
+        .cycle()
+        .take(images * one.data.len())
+        .collect();
+    let started = Instant::now();
+    let err = program
+        .session(&model)
+        .unwrap()
+        .certify(&[images as u32, 1, 28, 28], &data, table, 1)
+        .expect_err("the budget must stop the request");
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, SandboxError::Budget(b) if b == BUDGET),
+        "{err}"
+    );
+    assert!(err.to_string().contains("send fewer images"), "{err}");
+    assert!(
+        elapsed < BUDGET + Duration::from_millis(700),
+        "stopped late: {elapsed:?}"
+    );
+    // The budget is the session's: the next request has all of it again.
+    assert_runtime_still_serves(&runtime);
+}
+
+#[test]
 fn the_real_guest_votes_reproducibly_from_the_seed_alone() {
     // Same seed, same votes: the noise comes from the seed alone, so a
     // caller who replays a reported seed gets the answer back.

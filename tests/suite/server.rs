@@ -445,6 +445,40 @@ async fn a_guest_past_its_deadline_is_504_and_a_full_queue_is_503() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_time_budget_is_504_naming_the_budget() {
+    // Each call may run ten seconds; the request as a whole, 300 ms. The
+    // guest loads its model and then never finishes screening.
+    let runtime = Runtime::new(medguard::sandbox::Limits {
+        deadline: std::time::Duration::from_secs(10),
+        session_budget: Some(std::time::Duration::from_millis(300)),
+        ..medguard::sandbox::Limits::default()
+    })
+    .unwrap();
+    let spin = medguard_tests::hostile_screening_component("(loop $l (br $l)) unreachable", "");
+    let (program, _) = runtime
+        .load_guest(&GuestModule::hostile_for_tests(spin), None)
+        .unwrap();
+    let f = fixture_with(program, None, Limits::default());
+    let body = infer_body("FP32", json!(vec![0.5f32; 784]), 1);
+    let started = std::time::Instant::now();
+    let (status, answer) = call(
+        &f.server,
+        "POST",
+        "/v2/models/pneumonia-cnn/infer",
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("300ms time budget"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the budget, not the deadline, stopped it"
+    );
+}
+
 /// A request under the binary tensor data extension: the JSON, then the
 /// tensor's bytes; the header says where the JSON ends.
 async fn call_binary(

@@ -58,7 +58,7 @@ impl CalibrateCmd {
             return Ok(Exit::Refused);
         };
         let images = self.load_images()?;
-        let (program, _) = sandbox.start()?;
+        let (program, _) = sandbox.start(None)?;
         let targets = Targets {
             flag_fpr: self.flag_fpr,
             reject_fpr: self.reject_fpr,

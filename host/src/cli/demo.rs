@@ -110,7 +110,7 @@ impl DemoCmd {
             policy,
             model.model_digest()
         );
-        let (program, load) = sandbox.start()?;
+        let (program, load) = sandbox.start(None)?;
         let how = match load.cache {
             CacheUse::Hit => "loaded from the verified cache".to_string(),
             CacheUse::Disabled => "compiled (cache disabled)".to_string(),

@@ -104,7 +104,7 @@ impl EvalCmd {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (program, _) = sandbox.start()?;
+        let (program, _) = sandbox.start(None)?;
         let certifies = model.radius_table().is_some();
         let total = clean_images.len() * (1 + usize::from(certifies))
             + sets

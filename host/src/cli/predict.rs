@@ -164,7 +164,7 @@ pub(super) fn ready_guard(
     let Some((guard, model, _)) = trust.admitted_or_refused(data_dir, model_dir, None)? else {
         return Ok(None);
     };
-    let (program, _) = sandbox.start()?;
+    let (program, _) = sandbox.start(None)?;
     let guard = guard.with_sandbox(program);
     if !model_runs(&guard, &model, options)? {
         return Ok(None);

@@ -16,6 +16,11 @@ use crate::server::auth::Tokens;
 use crate::server::listen::{self, Connections};
 use crate::server::{self, Limits, Server};
 
+/// A request's budget when `--request-budget-ms` is not given: a certified
+/// model spends about half a second per image, so a full batch fits, and no
+/// request holds one of the server's sandboxes for longer.
+const DEFAULT_REQUEST_BUDGET: Duration = Duration::from_secs(60);
+
 /// Serve admitted models over the Open Inference Protocol (KServe v2 REST):
 /// a fresh sandbox per request, every verdict in the ledger.
 #[derive(Debug, Args)]
@@ -157,7 +162,7 @@ impl ServeCmd {
             eprintln!("medguard: refused: no model was admitted; nothing to serve");
             return Ok(Exit::Refused);
         }
-        let (program, load) = sandbox.start()?;
+        let (program, load) = sandbox.start(Some(DEFAULT_REQUEST_BUDGET))?;
         let guard = guard.with_sandbox(program);
         // Ready only once every served model loads in the sandbox, and its
         // snapshot (what each request's fresh sandbox starts from) is ready.

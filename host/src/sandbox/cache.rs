@@ -1,13 +1,19 @@
 //! A cache of compiled guests and prepared snapshots whose integrity is
 //! protected by an HMAC.
 //!
-//! `Component::deserialize` maps the bytes as executable code, so loading an
-//! artifact anyone could have written would be code execution. Each artifact
-//! is therefore stored with HMAC-SHA256 under a per-installation key (created
+//! wasmtime maps a compiled artifact as executable code, so loading one
+//! anyone could have written would be code execution. Each artifact is
+//! therefore stored with HMAC-SHA256 under a per-installation key (created
 //! once, mode 0600, in a 0700 directory) over what the entry is (the guest's
 //! digest; for a snapshot also the model's and its load inputs'), the engine's
 //! compatibility hash and the artifact. A file that fails the MAC is never
 //! deserialised; the guest is compiled afresh and the entry rewritten.
+//!
+//! An entry is the artifact as wasmtime wrote it, then a format tag and the
+//! MAC. Start-up checks the MAC over the open file, then has wasmtime map
+//! that same open file (by `/proc/self/fd`): no copy of tens of megabytes
+//! into fresh memory, and code pages come in as they are first run. Entries
+//! are written beside and renamed into place, never changed where they lie.
 //!
 //! HMAC rather than directory permissions alone: it also catches bit rot and a
 //! cache directory that was copied between machines or users.
@@ -25,10 +31,16 @@ use thiserror::Error;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8; 8] = b"MGCWASM1";
+/// Ends every entry, before its MAC: an entry is the artifact exactly as
+/// wasmtime serialised it (so that wasmtime can map the file), then this,
+/// then the tag.
+const MAGIC: &[u8; 8] = b"MGCWASM2";
 const KEY_FILE: &str = "cache.key";
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 32;
+const TRAILER_LEN: u64 = (MAGIC.len() + TAG_LEN) as u64;
+/// The buffer the MAC reads a stored artifact through.
+const MAC_CHUNK: usize = 1 << 20;
 /// A compiled tract guest is tens of MB; anything far larger is not ours.
 const ARTIFACT_MAX_BYTES: u64 = 1 << 30;
 
@@ -210,6 +222,17 @@ impl CompiledCache {
         engine: &Engine,
         artifact: &Artifact,
     ) -> Result<Option<Component>, CacheError> {
+        self.load_as(engine, artifact, true)
+    }
+
+    /// [`CompiledCache::load`]; `in_place: false` always takes the path of a
+    /// system that cannot name an open file (read into memory).
+    fn load_as(
+        &self,
+        engine: &Engine,
+        artifact: &Artifact,
+        in_place: bool,
+    ) -> Result<Option<Component>, CacheError> {
         let engine_hash = engine_hash(engine);
         let path = self.entry_path(engine, artifact);
         let file = match crate::model_dir::open_regular(&path, crate::model_dir::Links::Refuse) {
@@ -223,30 +246,94 @@ impl CompiledCache {
                 });
             }
         };
-        let mut bytes = Vec::new();
-        file.take(ARTIFACT_MAX_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|source| CacheError::Io {
-                what: "read",
-                path: path.clone(),
-                source,
-            })?;
-        let Some((tag, compiled)) = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .and_then(|rest| rest.split_at_checked(TAG_LEN))
-        else {
-            return Err(CacheError::Tampered(path));
+        let loaded = match self.verify(&file, &path, engine_hash, artifact, in_place)? {
+            // The common case: wasmtime maps the verified file itself, so
+            // start-up neither copies the artifact nor touches code it does
+            // not run.
+            Verified::InFile => map_verified(engine, &file),
+            Verified::InMemory(bytes) => deserialize(engine, &bytes),
         };
-        if self
-            .mac(engine_hash, artifact, compiled)
-            .verify_slice(tag)
-            .is_err()
-        {
-            return Err(CacheError::Tampered(path));
-        }
-        deserialize(engine, compiled)
+        loaded
             .map(Some)
             .map_err(|why| CacheError::Incompatible { path, why })
+    }
+
+    /// Checks `file`'s trailer and MAC. Where the operating system can name
+    /// the open file (`/proc/self/fd`), the MAC is taken over the file as it
+    /// is stored and the artifact stays there; elsewhere the artifact is read
+    /// into memory and the MAC taken over that copy.
+    fn verify(
+        &self,
+        file: &fs::File,
+        path: &Path,
+        engine_hash: u64,
+        artifact: &Artifact,
+        in_place: bool,
+    ) -> Result<Verified, CacheError> {
+        use std::os::unix::fs::FileExt;
+        let read_error = |source| CacheError::Io {
+            what: "read",
+            path: path.to_owned(),
+            source,
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| io_error("inspect", path, e))?
+            .len();
+        if !(TRAILER_LEN..=ARTIFACT_MAX_BYTES).contains(&size) {
+            return Err(CacheError::Tampered(path.to_owned()));
+        }
+        let body = size - TRAILER_LEN;
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        match file.read_exact_at(&mut trailer, body) {
+            Ok(()) => {}
+            // Shorter than its length said a moment ago: someone is writing it.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(CacheError::Tampered(path.to_owned()));
+            }
+            Err(e) => return Err(read_error(e)),
+        }
+        let (magic, tag) = trailer.split_at(MAGIC.len());
+        if magic != MAGIC {
+            return Err(CacheError::Tampered(path.to_owned()));
+        }
+        let mut mac = self.mac(engine_hash, artifact);
+        let verified = if in_place && open_file_path(file).is_some() {
+            // One small buffer, reused: the bytes pass through the CPU cache
+            // once, and no fresh memory is faulted in for them.
+            let mut buf = vec![0u8; MAC_CHUNK];
+            let mut at = 0;
+            while at < body {
+                let want = usize::try_from((body - at).min(MAC_CHUNK as u64)).unwrap_or(MAC_CHUNK);
+                match file.read_at(&mut buf[..want], at) {
+                    Ok(0) => return Err(CacheError::Tampered(path.to_owned())),
+                    Ok(n) => {
+                        mac.update(&buf[..n]);
+                        at += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(read_error(e)),
+                }
+            }
+            Verified::InFile
+        } else {
+            // The MAC is computed while the file is read, on a second core
+            // when there is one.
+            let bytes = medguard_attest::read_hashing(
+                io::Read::take(file, body),
+                ARTIFACT_MAX_BYTES,
+                body,
+                &mut mac,
+            )
+            .map_err(read_error)?
+            .filter(|bytes| bytes.len() as u64 == body)
+            .ok_or_else(|| CacheError::Tampered(path.to_owned()))?;
+            Verified::InMemory(bytes)
+        };
+        if mac.verify_slice(tag).is_err() {
+            return Err(CacheError::Tampered(path.to_owned()));
+        }
+        Ok(verified)
     }
 
     pub(super) fn store(
@@ -262,10 +349,9 @@ impl CompiledCache {
             path: path.clone(),
             source: io::Error::other(format!("{e:#}")),
         })?;
-        let tag = self
-            .mac(engine_hash, artifact, &compiled)
-            .finalize()
-            .into_bytes();
+        let mut mac = self.mac(engine_hash, artifact);
+        mac.update(&compiled);
+        let tag = mac.finalize().into_bytes();
         // Write beside, then rename: a reader never sees half an artifact.
         // Unique per process and call: two threads storing the same entry
         // never write one file.
@@ -282,9 +368,10 @@ impl CompiledCache {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            // The artifact first, as wasmtime maps it; what checks it after.
+            f.write_all(&compiled)?;
             f.write_all(MAGIC)?;
             f.write_all(&tag)?;
-            f.write_all(&compiled)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)
         };
@@ -298,7 +385,9 @@ impl CompiledCache {
         })
     }
 
-    fn mac(&self, engine_hash: u64, artifact: &Artifact, compiled: &[u8]) -> Hmac<Sha256> {
+    /// The MAC over what `artifact` is and the engine it was compiled by;
+    /// the caller feeds it the compiled bytes.
+    fn mac(&self, engine_hash: u64, artifact: &Artifact) -> Hmac<Sha256> {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
         match artifact {
@@ -322,17 +411,36 @@ impl CompiledCache {
             }
         }
         mac.update(&engine_hash.to_le_bytes());
-        mac.update(compiled);
         mac
     }
 }
 
-/// Identifies the engine's compiler settings; an artifact from other settings
-/// gets a different name and is never tried.
+/// Identifies the engine's compiler settings and the entry format; an
+/// artifact from other settings or an older format gets a different name and
+/// is never tried.
 fn engine_hash(engine: &Engine) -> u64 {
     let mut h = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
+    MAGIC.hash(&mut h);
     h.finish()
+}
+
+/// Where the entry's bytes are once their MAC has been checked.
+enum Verified {
+    /// In the file, which stays open: wasmtime maps it by its open
+    /// descriptor's name.
+    InFile,
+    /// Read into memory (no way to name the open file).
+    InMemory(Vec<u8>),
+}
+
+/// A path that opens the very file `file` has open, whatever has since
+/// happened to its name: the file whose bytes were checked is the file that
+/// is mapped, even if another is renamed over the entry meanwhile.
+fn open_file_path(file: &fs::File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    path.exists().then_some(path)
 }
 
 fn io_error(what: &'static str, path: &Path, source: io::Error) -> CacheError {
@@ -376,10 +484,98 @@ fn check_owner(path: &Path, meta: &fs::Metadata, forbidden: u32) -> Result<(), C
     Ok(())
 }
 
+/// Has wasmtime map `file`, whose MAC was just checked, as the compiled
+/// component.
+#[allow(unsafe_code)]
+fn map_verified(engine: &Engine, file: &fs::File) -> Result<Component, String> {
+    let path = open_file_path(file).ok_or("the open cache entry has no name to map it by")?;
+    // SAFETY: the path names the open file whose bytes passed the HMAC under
+    // this installation's private key, so it is an artifact this
+    // installation serialised; wasmtime checks the engine compatibility
+    // header itself and ignores the trailer after the ELF image. Entries are
+    // written beside and renamed into place, never rewritten, so its bytes
+    // stay as checked; only someone who can write files in this user's
+    // 0700 cache directory could change them, and they could read the key
+    // and forge a MAC as well.
+    unsafe { Component::deserialize_file(engine, &path) }.map_err(|e| format!("{e:#}"))
+}
+
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, String> {
     // SAFETY: `artifact` passed the HMAC under this installation's private key,
     // so it is bytes this installation serialised from a compiled component;
     // wasmtime checks the engine compatibility header itself.
     unsafe { Component::deserialize(engine, artifact) }.map_err(|e| format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The smallest component: a header and nothing else.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    #[test]
+    fn either_way_of_loading_takes_only_what_passes_the_mac() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = CompiledCache::open(&tmp.path().join("cache")).unwrap();
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).unwrap();
+        let artifact = Artifact::Guest(Sha256Digest::of(EMPTY_COMPONENT));
+        let component = Component::new(&engine, EMPTY_COMPONENT).unwrap();
+        cache.store(&engine, &artifact, &component).unwrap();
+        let path = cache.entry_path(&engine, &artifact);
+        let good = fs::read(&path).unwrap();
+        let damaged: Vec<(&str, Vec<u8>)> = vec![
+            ("a byte of the artifact", {
+                let mut b = good.clone();
+                b[10] ^= 1;
+                b
+            }),
+            ("a byte of the tag", {
+                let mut b = good.clone();
+                let last = b.len() - 1;
+                b[last] ^= 1;
+                b
+            }),
+            ("the format", {
+                let mut b = good.clone();
+                let at = b.len() - TRAILER_LEN as usize;
+                b[at..at + MAGIC.len()].copy_from_slice(b"MGCWASM1");
+                b
+            }),
+            ("cut short", good[..good.len() - 1].to_vec()),
+            (
+                "shorter than a trailer",
+                good[..TRAILER_LEN as usize - 1].to_vec(),
+            ),
+            ("empty", Vec::new()),
+            ("a byte more", [good.as_slice(), &[0]].concat()),
+        ];
+        // Another entry's valid bytes under this entry's name.
+        let other = Artifact::Instrumented(Sha256Digest::of(EMPTY_COMPONENT));
+        cache.store(&engine, &other, &component).unwrap();
+        let swapped = fs::read(cache.entry_path(&engine, &other)).unwrap();
+        for in_place in [true, false] {
+            fs::write(&path, &good).unwrap();
+            assert!(
+                cache
+                    .load_as(&engine, &artifact, in_place)
+                    .unwrap()
+                    .is_some(),
+                "in place: {in_place}"
+            );
+            for (what, bytes) in damaged.iter().chain([&("another entry", swapped.clone())]) {
+                fs::write(&path, bytes).unwrap();
+                let err = cache.load_as(&engine, &artifact, in_place).err();
+                assert!(
+                    matches!(err, Some(CacheError::Tampered(_))),
+                    "{what}, in place: {in_place}: {err:?}"
+                );
+            }
+        }
+    }
 }

@@ -390,6 +390,36 @@ fn a_label_the_certificate_does_not_cover_is_flagged_and_withheld_under_enforce(
 }
 
 #[test]
+fn a_request_over_its_time_budget_is_refused_and_the_next_file_still_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = smoothed_copy(tmp.path(), |_| {});
+    // 400 noised copies take hundreds of milliseconds per image; each file
+    // is a request of its own and gets the whole budget again.
+    let out = medguard(&[
+        "predict",
+        "--json",
+        "--request-budget-ms",
+        "20",
+        "--data-dir",
+        s(&tmp.path().join("data")),
+        s(&model),
+        s(&sample("normal-2.png")),
+        s(&sample("pneumonia-1.png")),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "one answer per file");
+    for line in &lines {
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(error.contains("20ms time budget"), "{line}");
+    }
+    // A budget of nothing is a usage error, not a refusal of every file.
+    let out = medguard(&["predict", "--request-budget-ms", "0", s(&model)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--request-budget-ms"));
+}
+
+#[test]
 fn a_requirement_no_vote_count_can_meet_is_refused_at_admission() {
     let tmp = tempfile::tempdir().unwrap();
     let model = smoothed_copy(tmp.path(), |m| {

@@ -107,6 +107,17 @@ struct SandboxArgs {
 }
 
 impl SandboxArgs {
+    /// Refuses `--request-budget-ms` for a command whose sandboxes each run
+    /// many inputs (a budget there would cap a whole worker's run).
+    fn without_request_budget(&self, command: &str) -> anyhow::Result<()> {
+        if self.request_budget_ms.is_some() {
+            anyhow::bail!(
+                "--request-budget-ms applies to predict, serve and pacs, where a sandbox serves one request; {command} runs many images in each sandbox"
+            );
+        }
+        Ok(())
+    }
+
     /// Pins and loads the guest in a fresh runtime; `default_budget` is the
     /// command's request budget when `--request-budget-ms` is not given.
     fn start(&self, default_budget: Option<Duration>) -> anyhow::Result<(GuestProgram, GuestLoad)> {

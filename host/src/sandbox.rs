@@ -92,7 +92,7 @@ pub enum SandboxError {
     /// The session's calls together exceeded its budget
     /// ([`Limits::session_budget`]) and the guest was stopped.
     #[error(
-        "the request ran past its {0:?} time budget (all its images together) and was stopped; send fewer images per request"
+        "the request ran past its {0:?} time budget (all its images together) and was stopped; a request with fewer images, or a larger budget, fits"
     )]
     Budget(Duration),
     /// The guest tried to grow its memory past the cap.
@@ -1155,6 +1155,9 @@ impl Session {
         let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
         let ticks = Arc::new(AtomicU64::new(0));
         let budget = deadline_ticks(self.deadline);
+        // The sampler interrupts on the call's own deadline, never the
+        // session budget's.
+        self.budget_binds = false;
         let (sink, elapsed) = (samples.clone(), ticks.clone());
         self.store.epoch_deadline_callback(move |ctx| {
             if elapsed.fetch_add(1, Ordering::Relaxed) >= budget {
@@ -1217,7 +1220,12 @@ impl Session {
     /// loading the model are the same for every request and are not
     /// counted; each has its call's deadline.
     fn start_budget(&mut self, budget: Option<Duration>) {
-        self.budget = budget.map(|budget| (budget, Instant::now() + budget));
+        // A budget past the end of time is no budget.
+        self.budget = budget.and_then(|budget| {
+            Instant::now()
+                .checked_add(budget)
+                .map(|ends| (budget, ends))
+        });
     }
 
     /// Gives the next call a full deadline, or what is left of the

@@ -54,6 +54,7 @@ struct Indices {
 
 impl CalibrateCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
+        sandbox.without_request_budget("calibrate")?;
         let Some(model) = unsigned_or_refused(&self.model_dir) else {
             return Ok(Exit::Refused);
         };

@@ -57,6 +57,7 @@ pub struct EvalCmd {
 
 impl EvalCmd {
     pub(super) fn execute(self, sandbox: &SandboxArgs) -> anyhow::Result<Exit> {
+        sandbox.without_request_budget("eval")?;
         let Some(model) = unsigned_or_refused(&self.model_dir) else {
             return Ok(Exit::Refused);
         };

@@ -276,10 +276,17 @@ impl CompiledCache {
             path: path.to_owned(),
             source,
         };
-        let size = file
-            .metadata()
-            .map_err(|e| io_error("inspect", path, e))?
-            .len();
+        let meta = file.metadata().map_err(|e| io_error("inspect", path, e))?;
+        // This user's, private, and not also reachable under another name:
+        // then only this user (who can read the key anyway) can change it.
+        check_owner(path, &meta, 0o077)?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            if meta.nlink() != 1 {
+                return Err(CacheError::Tampered(path.to_owned()));
+            }
+        }
+        let size = meta.len();
         if !(TRAILER_LEN..=ARTIFACT_MAX_BYTES).contains(&size) {
             return Err(CacheError::Tampered(path.to_owned()));
         }
@@ -298,7 +305,7 @@ impl CompiledCache {
             return Err(CacheError::Tampered(path.to_owned()));
         }
         let mut mac = self.mac(engine_hash, artifact);
-        let verified = if in_place && open_file_path(file).is_some() {
+        let verified = if in_place && maps_in_place(file) {
             // One small buffer, reused: the bytes pass through the CPU cache
             // once, and no fresh memory is faulted in for them.
             let mut buf = vec![0u8; MAC_CHUNK];
@@ -362,10 +369,11 @@ impl CompiledCache {
             STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let write = || -> io::Result<()> {
+            // A new file or nothing: never one planted at this name, nor
+            // what a link there points to.
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             // The artifact first, as wasmtime maps it; what checks it after.
@@ -434,6 +442,39 @@ enum Verified {
     InMemory(Vec<u8>),
 }
 
+/// Whether `file` can be mapped where it lies: it has a name to map it by,
+/// and it is on a local filesystem. A network or FUSE filesystem can change
+/// or drop a mapped file's pages under the process (a stale NFS handle is a
+/// SIGBUS hours later), so there the artifact is read into memory instead.
+fn maps_in_place(file: &fs::File) -> bool {
+    open_file_path(file).is_some() && on_local_filesystem(file)
+}
+
+#[cfg(target_os = "linux")]
+fn on_local_filesystem(file: &fs::File) -> bool {
+    // ext2/3/4, XFS, Btrfs, tmpfs, overlayfs, ZFS, F2FS, bcachefs.
+    const LOCAL: [u64; 8] = [
+        0xEF53,
+        0x5846_5342,
+        0x9123_683E,
+        0x0102_1994,
+        0x794C_7630,
+        0x2FC1_2FC1,
+        0xF2F5_2010,
+        0xCA45_1A4E,
+    ];
+    rustix::fs::fstatfs(file).is_ok_and(|fs| {
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let kind = fs.f_type as u64;
+        LOCAL.contains(&kind)
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn on_local_filesystem(_file: &fs::File) -> bool {
+    false
+}
+
 /// A path that opens the very file `file` has open, whatever has since
 /// happened to its name: the file whose bytes were checked is the file that
 /// is mapped, even if another is renamed over the entry meanwhile.
@@ -492,11 +533,14 @@ fn map_verified(engine: &Engine, file: &fs::File) -> Result<Component, String> {
     // SAFETY: the path names the open file whose bytes passed the HMAC under
     // this installation's private key, so it is an artifact this
     // installation serialised; wasmtime checks the engine compatibility
-    // header itself and ignores the trailer after the ELF image. Entries are
-    // written beside and renamed into place, never rewritten, so its bytes
-    // stay as checked; only someone who can write files in this user's
-    // 0700 cache directory could change them, and they could read the key
-    // and forge a MAC as well.
+    // header itself and finds every section through the ELF header, so the
+    // trailer after the image is never read. wasmtime maps the file
+    // privately and reads code from it as it runs, so its bytes must stay as
+    // checked: entries are written beside and renamed into place, never
+    // rewritten; `verify` refused it unless it is this user's, mode 0600 or
+    // stricter, with one link, and on a local filesystem. Only this user (or
+    // root) could still write it, and they could read the key and forge a
+    // MAC as well.
     unsafe { Component::deserialize_file(engine, &path) }.map_err(|e| format!("{e:#}"))
 }
 
@@ -568,6 +612,20 @@ mod tests {
                     .is_some(),
                 "in place: {in_place}"
             );
+            // Good bytes, but others could change them: not loaded.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+            let err = cache.load_as(&engine, &artifact, in_place).err();
+            assert!(
+                matches!(err, Some(CacheError::Permissions { .. })),
+                "{err:?}"
+            );
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            let link = tmp.path().join("elsewhere.cwasm");
+            fs::hard_link(&path, &link).unwrap();
+            let err = cache.load_as(&engine, &artifact, in_place).err();
+            assert!(matches!(err, Some(CacheError::Tampered(_))), "{err:?}");
+            fs::remove_file(&link).unwrap();
             for (what, bytes) in damaged.iter().chain([&("another entry", swapped.clone())]) {
                 fs::write(&path, bytes).unwrap();
                 let err = cache.load_as(&engine, &artifact, in_place).err();

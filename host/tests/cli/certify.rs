@@ -413,6 +413,20 @@ fn a_request_over_its_time_budget_is_refused_and_the_next_file_still_runs() {
         let error = line["error"].as_str().unwrap_or_default();
         assert!(error.contains("20ms time budget"), "{line}");
     }
+    // eval runs many images in each sandbox: a request budget means nothing there.
+    let out = medguard(&[
+        "eval",
+        "--request-budget-ms",
+        "5000",
+        s(&model),
+        "--clean",
+        s(&tmp.path().join("none.npz")),
+        "--out",
+        s(&tmp.path().join("eval.json")),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(&out);
+    assert!(text(&out.stderr).contains("applies to predict, serve and pacs"));
     // A budget of nothing is a usage error, not a refusal of every file.
     let out = medguard(&["predict", "--request-budget-ms", "0", s(&model)]);
     assert_eq!(out.status.code(), Some(2));

@@ -47,13 +47,15 @@ pub struct Manifest {
     /// thresholds too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screening: Option<ScreeningSection>,
-    /// Certified predictions by randomized smoothing: the noise, the samples
-    /// per image, the error probability and the L2 radius the deployment
-    /// requires. A model with it returns a label only when its certificate
-    /// reaches that radius (under the enforce policy). Signed like every
-    /// field, so the requirement cannot be lowered after the fact.
+    /// Certified predictions: by randomized smoothing (the noise, the
+    /// samples per image, the error probability and the L2 radius the
+    /// deployment requires) or by interval bound propagation (the
+    /// L-infinity radius it requires). A model with it returns a label only
+    /// when its certificate reaches that radius (under the enforce policy).
+    /// Signed like every field, so the requirement cannot be lowered after
+    /// the fact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certification: Option<medguard_certify::Smoothing>,
+    pub certification: Option<medguard_certify::Certification>,
     /// What the model was made from, as its training script recorded it:
     /// the digests of the training data, the split and the script, the
     /// seeds, library versions and measured metrics. Admission copies it into
@@ -448,8 +450,8 @@ impl Manifest {
         if let Some(training) = &self.training {
             training.validate().map_err(ManifestError::Invalid)?;
         }
-        if let Some(smoothing) = &self.certification {
-            smoothing
+        if let Some(certification) = &self.certification {
+            certification
                 .validate(labels.len())
                 .map_err(|e| ManifestError::Invalid(format!("certification: {e}")))?;
         }

@@ -225,9 +225,9 @@ pub struct AttestedModel {
     model: Pinned,
     provenance: Provenance,
     manifest_digest: Option<Sha256Digest>,
-    /// The radius of every vote count, tabulated once from the manifest's
-    /// certification section.
-    radii: Option<medguard_certify::RadiusTable>,
+    /// What certifies the model's answers, built once from the manifest's
+    /// certification section (for smoothing, the radius of every vote count).
+    certifier: Option<medguard_certify::Certifier>,
 }
 
 /// Why the manifest itself was trusted.
@@ -261,10 +261,18 @@ impl AttestedModel {
         &self.manifest
     }
 
-    /// The certification radius table, when the manifest asks for
+    /// What certifies the model's answers, when the manifest asks for
     /// certified predictions.
+    pub fn certifier(&self) -> Option<&medguard_certify::Certifier> {
+        self.certifier.as_ref()
+    }
+
+    /// The radius table, when the manifest certifies by randomized smoothing.
     pub fn radius_table(&self) -> Option<&medguard_certify::RadiusTable> {
-        self.radii.as_ref()
+        match &self.certifier {
+            Some(medguard_certify::Certifier::Smoothing(table)) => Some(table),
+            _ => None,
+        }
     }
 
     /// The attested model bytes: the very bytes that were hashed.
@@ -377,15 +385,15 @@ pub(crate) fn attest_hashed(
         .into());
     }
     let model = Pinned { bytes, digest };
-    let radii = match &manifest.certification {
+    let certifier = match &manifest.certification {
         None => None,
-        Some(s) => Some(
-            s.table(manifest.output.labels.len())
+        Some(c) => Some(
+            c.certifier(manifest.output.labels.len())
                 .map_err(|e| AttestError::Certification(e.to_string()))?,
         ),
     };
     Ok(AttestedModel {
-        radii,
+        certifier,
         manifest_digest: canonical_digest(&manifest),
         manifest,
         model,

@@ -18,6 +18,12 @@
 //! No I/O and no model runtime: the host tabulates a [`RadiusTable`] when it
 //! admits a model and looks each answer up in it.
 
+mod interval;
+
+pub use interval::{
+    Bounds, BoundsError, IntervalBounds, IntervalCertificate, IntervalError, RELATIVE_SLACK,
+};
+
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 use statrs::function::beta::checked_beta_reg;
@@ -31,6 +37,149 @@ pub const MAX_SAMPLES: u32 = 10_000;
 /// need, and far above where the incomplete beta function's tails lose
 /// their precision.
 pub const MIN_ALPHA: f64 = 1e-12;
+
+/// The manifest's `certification` section: the method that certifies the
+/// model's answers, and its parameters. In JSON, randomized smoothing's
+/// four numbers (`method` absent or `"randomized-smoothing"`), or
+/// `{"method": "interval-bound-propagation", "required_radius_linf": r}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "CertificationFields", into = "CertificationFields")]
+pub enum Certification {
+    /// Gaussian randomized smoothing, L2.
+    Smoothing(Smoothing),
+    /// Interval bound propagation, L-infinity.
+    IntervalBounds(IntervalBounds),
+}
+
+/// The section as written: one flat object, checked for the fields of the
+/// method it names and no others.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificationFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    method: Option<MethodName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sigma: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    samples: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alpha: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    required_radius_l2: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    required_radius_linf: Option<f64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MethodName {
+    RandomizedSmoothing,
+    IntervalBoundPropagation,
+}
+
+impl TryFrom<CertificationFields> for Certification {
+    type Error = String;
+
+    fn try_from(f: CertificationFields) -> Result<Self, String> {
+        match f.method.unwrap_or(MethodName::RandomizedSmoothing) {
+            MethodName::RandomizedSmoothing => {
+                if f.required_radius_linf.is_some() {
+                    return Err("required_radius_linf belongs to interval-bound-propagation, not randomized smoothing".into());
+                }
+                let need = |v: Option<f64>, name: &str| {
+                    v.ok_or_else(|| format!("randomized smoothing needs `{name}`"))
+                };
+                Ok(Self::Smoothing(Smoothing {
+                    sigma: need(f.sigma, "sigma")?,
+                    samples: f.samples.ok_or("randomized smoothing needs `samples`")?,
+                    alpha: need(f.alpha, "alpha")?,
+                    required_radius_l2: need(f.required_radius_l2, "required_radius_l2")?,
+                }))
+            }
+            MethodName::IntervalBoundPropagation => {
+                if f.sigma.is_some()
+                    || f.samples.is_some()
+                    || f.alpha.is_some()
+                    || f.required_radius_l2.is_some()
+                {
+                    return Err("interval-bound-propagation takes only `required_radius_linf`; sigma, samples, alpha and required_radius_l2 belong to randomized smoothing".into());
+                }
+                Ok(Self::IntervalBounds(IntervalBounds {
+                    required_radius_linf: f
+                        .required_radius_linf
+                        .ok_or("interval-bound-propagation needs `required_radius_linf`")?,
+                }))
+            }
+        }
+    }
+}
+
+impl From<Certification> for CertificationFields {
+    fn from(c: Certification) -> Self {
+        match c {
+            // No `method`: the form manifests had before there was a choice.
+            Certification::Smoothing(s) => Self {
+                method: None,
+                sigma: Some(s.sigma),
+                samples: Some(s.samples),
+                alpha: Some(s.alpha),
+                required_radius_l2: Some(s.required_radius_l2),
+                required_radius_linf: None,
+            },
+            Certification::IntervalBounds(i) => Self {
+                method: Some(MethodName::IntervalBoundPropagation),
+                sigma: None,
+                samples: None,
+                alpha: None,
+                required_radius_l2: None,
+                required_radius_linf: Some(i.required_radius_linf),
+            },
+        }
+    }
+}
+
+/// Why a certification section cannot be used.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum CertificationError {
+    /// Randomized smoothing's parameters.
+    #[error(transparent)]
+    Smoothing(#[from] SmoothingError),
+    /// Interval bounds' parameters.
+    #[error(transparent)]
+    Intervals(#[from] IntervalError),
+}
+
+/// What certifies one admitted model's answers: built by
+/// [`Certification::certifier`], so only from parameters that passed
+/// validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Certifier {
+    /// Randomized smoothing, its radius per vote count tabulated.
+    Smoothing(RadiusTable),
+    /// Interval bounds.
+    IntervalBounds(IntervalBounds),
+}
+
+impl Certification {
+    /// Checks the parameters for a model of `classes` classes.
+    pub fn validate(&self, classes: usize) -> Result<(), CertificationError> {
+        match self {
+            Self::Smoothing(s) => Ok(s.validate(classes)?),
+            Self::IntervalBounds(i) => Ok(i.validate()?),
+        }
+    }
+
+    /// The certifier of a model of `classes` classes, once per model.
+    pub fn certifier(&self, classes: usize) -> Result<Certifier, CertificationError> {
+        match self {
+            Self::Smoothing(s) => Ok(Certifier::Smoothing(s.table(classes)?)),
+            Self::IntervalBounds(i) => {
+                i.validate()?;
+                Ok(Certifier::IntervalBounds(*i))
+            }
+        }
+    }
+}
 
 /// The manifest's randomized-smoothing parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -240,8 +389,7 @@ impl RadiusTable {
             );
         let radius_l2 = self.radius(top);
         let s = &self.smoothing;
-        Ok(Certificate {
-            method: Method::RandomizedSmoothing,
+        Ok(Certificate::RandomizedSmoothing(SmoothedCertificate {
             class: Some(class),
             radius_l2,
             certified: radius_l2.is_some_and(|r| r >= s.required_radius_l2),
@@ -251,24 +399,50 @@ impl RadiusTable {
             alpha: s.alpha,
             votes: Some(votes.to_vec()),
             noise,
-        })
+        }))
     }
 }
 
-/// How a certificate was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Gaussian randomized smoothing, L2 radius.
-    RandomizedSmoothing,
+/// One image's robustness certificate, by the method that made it. In
+/// JSON, an object whose `method` names the method (`randomized-smoothing`,
+/// `interval-bound-propagation`), with that method's fields beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Certificate {
+    /// Gaussian randomized smoothing: an L2 radius, up to `alpha`.
+    RandomizedSmoothing(SmoothedCertificate),
+    /// Interval bound propagation: an L-infinity radius, deterministic.
+    IntervalBoundPropagation(IntervalCertificate),
 }
 
-/// One image's robustness certificate.
+/// The norm a certificate's radius is measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// Euclidean.
+    L2,
+    /// The largest change to any one input value.
+    LInf,
+}
+
+impl Norm {
+    /// The distance between two images of equal length, in `f64`.
+    pub fn distance(self, a: &[f32], b: &[f32]) -> f64 {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs());
+        match self {
+            Self::L2 => d.map(|v| v * v).sum::<f64>().sqrt(),
+            Self::LInf => d.fold(0.0, f64::max),
+        }
+    }
+}
+
+/// A randomized-smoothing certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Certificate {
-    /// How it was obtained.
-    pub method: Method,
+pub struct SmoothedCertificate {
     /// The smoothed classifier's class: the most votes, the first on ties.
     /// `None` once [`Certificate::redacted`].
     pub class: Option<usize>,
@@ -306,20 +480,78 @@ pub struct Noise {
 }
 
 impl Certificate {
+    /// The certified class, whatever its radius; `None` once redacted.
+    pub fn class(&self) -> Option<usize> {
+        match self {
+            Self::RandomizedSmoothing(c) => c.class,
+            Self::IntervalBoundPropagation(c) => c.class,
+        }
+    }
+
+    /// The norm its radius is measured in.
+    pub fn norm(&self) -> Norm {
+        match self {
+            Self::RandomizedSmoothing(_) => Norm::L2,
+            Self::IntervalBoundPropagation(_) => Norm::LInf,
+        }
+    }
+
+    /// The certified radius in [`Certificate::norm`]; `None` when there is
+    /// none (smoothing abstained, or the bounds overlap at any radius).
+    pub fn radius(&self) -> Option<f64> {
+        match self {
+            Self::RandomizedSmoothing(c) => c.radius_l2,
+            Self::IntervalBoundPropagation(c) => c.radius_linf,
+        }
+    }
+
+    /// Whether `image` is inside the region the certificate speaks for
+    /// around `received`: the open L2 ball of the radius for smoothing
+    /// (Cohen et al.'s Theorem 1), the closed L-infinity box for intervals.
+    pub fn holds_at(&self, received: &[f32], image: &[f32]) -> bool {
+        self.radius().is_some_and(|r| {
+            let d = self.norm().distance(received, image);
+            match self.norm() {
+                Norm::L2 => d < r,
+                Norm::LInf => d <= r,
+            }
+        })
+    }
+
+    /// Whether the radius reaches the manifest's requirement.
+    pub fn certified(&self) -> bool {
+        match self {
+            Self::RandomizedSmoothing(c) => c.certified,
+            Self::IntervalBoundPropagation(c) => c.certified,
+        }
+    }
+
     /// Whether it covers `label` (one of `labels`, the model's output
     /// labels; `None` when there is none to cover): the radius reaches the
     /// requirement and the certified class is that label.
     pub fn covers(&self, labels: &[String], label: Option<&String>) -> bool {
-        self.certified && label.is_none_or(|l| self.class.and_then(|c| labels.get(c)) == Some(l))
+        self.certified()
+            && label.is_none_or(|l| self.class().and_then(|c| labels.get(c)) == Some(l))
     }
 
-    /// The certificate without its class and votes, for a result whose
-    /// label is withheld: the votes are the smoothed classifier's answer,
-    /// and would give the withheld label away.
-    pub fn redacted(mut self) -> Self {
-        self.class = None;
-        self.votes = None;
-        self
+    /// The certificate without what gives the class away, for a result
+    /// whose label is withheld: the class itself, the smoothing votes (the
+    /// smoothed classifier's answer) and the interval margin.
+    pub fn redacted(self) -> Self {
+        match self {
+            Self::RandomizedSmoothing(c) => Self::RandomizedSmoothing(SmoothedCertificate {
+                class: None,
+                votes: None,
+                ..c
+            }),
+            Self::IntervalBoundPropagation(c) => {
+                Self::IntervalBoundPropagation(IntervalCertificate {
+                    class: None,
+                    margin: None,
+                    ..c
+                })
+            }
+        }
     }
 }
 
@@ -370,8 +602,16 @@ mod tests {
     use statrs::function::beta::beta_reg;
 
     impl RadiusTable {
-        fn certify_test(&self, votes: &[u32]) -> Result<Certificate, VoteError> {
+        fn certify_test(&self, votes: &[u32]) -> Result<SmoothedCertificate, VoteError> {
             self.certify(votes, Noise { seed: 1, stream: 0 })
+                .map(smoothed)
+        }
+    }
+
+    fn smoothed(c: Certificate) -> SmoothedCertificate {
+        match c {
+            Certificate::RandomizedSmoothing(c) => c,
+            other => panic!("not a smoothing certificate: {other:?}"),
         }
     }
 
@@ -482,7 +722,7 @@ mod tests {
         let r = c.radius_l2.unwrap();
         assert!(r > 0.25 && c.certified, "{r}");
         assert_eq!(c.votes, Some(vec![12, 388]));
-        let hidden = c.clone().redacted();
+        let hidden = smoothed(Certificate::RandomizedSmoothing(c.clone()).redacted());
         assert_eq!((hidden.class, hidden.votes), (None, None));
         assert_eq!(hidden.radius_l2, c.radius_l2);
         let tie = table.certify_test(&[200, 200]).unwrap();

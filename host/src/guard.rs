@@ -22,7 +22,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use medguard_attest::{AttestedModel, Provenance, Sha256Digest, TrustPolicy};
-use medguard_certify::Certificate;
+use medguard_certify::{Certificate, Certifier};
 use medguard_ledger::entry::{InferenceFailure, InputKey, TEXT_MAX_BYTES, bounded};
 pub use medguard_ledger::entry::{ScreeningPolicy, Verdict};
 use medguard_ledger::{Entry, GroupCommit, Ledger, LedgerError};
@@ -642,11 +642,14 @@ impl Guard {
         let program = self.program.as_ref().ok_or(GuardError::NoSandbox)?;
         let manifest = model.manifest();
         // 3.
-        // A certified model's smoothing seed, drawn before the session: a
+        // A smoothed model's noise seed, drawn before the session: a
         // machine without randomness is the host's failure, not the input's.
-        let smoothing = model
-            .radius_table()
-            .map(|table| fresh_seed().map(|seed| (table, seed)))
+        let certifier = model
+            .certifier()
+            .map(|certifier| match certifier {
+                Certifier::Smoothing(_) => fresh_seed().map(|seed| (certifier, seed)),
+                Certifier::IntervalBounds(_) => Ok((certifier, 0)),
+            })
             .transpose()
             .map_err(|e| GuardError::Entropy(e.to_string()))?;
         let started = std::time::Instant::now();
@@ -676,14 +679,22 @@ impl Guard {
                     .collect()
             })
         };
-        // 3b. Certified models: the votes of the noised copies, in the same
-        // sandbox. Their seed is the operating system's, never the caller's
-        // (`options.seed` reproduces screening): noise known in advance can
-        // be optimised against, and the certificate would mean nothing.
-        let screened = screened.and_then(|images| match smoothing {
+        // 3b. Certified models, in the same sandbox: the votes of the noised
+        // copies, or the interval bounds. The noise's seed is the operating
+        // system's, never the caller's (`options.seed` reproduces
+        // screening): noise known in advance can be optimised against, and
+        // the certificate would mean nothing.
+        let screened = screened.and_then(|images| match certifier {
             None => Ok(images.into_iter().map(|i| (i, None)).collect::<Vec<_>>()),
-            Some((table, seed)) => {
-                let certificates = session.certify(&batch.shape, &batch.data, table, seed)?;
+            Some((certifier, seed)) => {
+                let certificates = match certifier {
+                    Certifier::Smoothing(table) => {
+                        session.certify(&batch.shape, &batch.data, table, seed)?
+                    }
+                    Certifier::IntervalBounds(intervals) => {
+                        session.certify_intervals(&batch.shape, &batch.data, intervals)?
+                    }
+                };
                 Ok(images
                     .into_iter()
                     .zip(certificates.into_iter().map(Some))

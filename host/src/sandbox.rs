@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use medguard_attest::{AttestedModel, Sha256Digest};
-use medguard_certify::{Certificate, RadiusTable};
+use medguard_certify::{Certificate, Certifier, IntervalBounds, RadiusTable};
 use medguard_dicom::{DicomError, DicomProfile, Radiograph};
 
 use crate::guest::GuestModule;
@@ -139,6 +139,10 @@ pub enum SandboxError {
     /// The guest's smoothing votes are not counts of the samples drawn.
     #[error("guest returned malformed smoothing votes: {0}")]
     MalformedVotes(#[source] medguard_certify::VoteError),
+    /// The guest's interval bounds are not one ordered, finite pair per
+    /// class and radius.
+    #[error("guest returned malformed interval bounds: {0}")]
+    MalformedBounds(#[source] medguard_certify::BoundsError),
     /// The guest's DICOM answer breaks the contract (a string longer than
     /// any attribute may be): a guest that misbehaves, never the file.
     #[error("guest returned a malformed DICOM answer: {0}")]
@@ -926,6 +930,7 @@ impl Session {
         };
         let spec = model_spec(model);
         let detector = detector.to_wit();
+        let intervals = matches!(model.certifier(), Some(Certifier::IntervalBounds(_)));
         bindings
             .medguard_guest_classifier()
             .call_load(
@@ -933,6 +938,7 @@ impl Session {
                 model.model_bytes(),
                 &spec,
                 detector.as_ref(),
+                intervals,
             )
             .map_err(|e| self.trapped(e))?
             .map_err(GuestFailure::from)?;
@@ -1053,6 +1059,57 @@ impl Session {
                 table
                     .certify(votes, noise)
                     .map_err(SandboxError::MalformedVotes)?,
+            );
+        }
+        Ok(certificates)
+    }
+
+    /// Bounds the logits of each image of `[batch, channels, height, width]`
+    /// values over the L-infinity boxes of `intervals`' radii, one guest
+    /// call per image (so each gets the whole deadline), and certifies each
+    /// image's bounds with `intervals`. Bounds that are not one ordered,
+    /// finite pair per class and radius are refused, never certified.
+    pub fn certify_intervals(
+        &mut self,
+        shape: &[u32],
+        data: &[f32],
+        intervals: &IntervalBounds,
+    ) -> Result<Vec<Certificate>, SandboxError> {
+        self.fits(data)?;
+        let radii = intervals.radii();
+        let images = shape.first().copied().unwrap_or(0) as usize;
+        let per_image = data.len() / images.max(1);
+        let mut one = shape.to_vec();
+        if let Some(batch) = one.first_mut() {
+            *batch = 1;
+        }
+        let mut certificates = Vec::with_capacity(images);
+        for image in data.chunks(per_image.max(1)) {
+            self.arm()?;
+            let bindings = ready(&self.bindings, self.loaded, self.poisoned)?;
+            let answer = bindings
+                .medguard_guest_classifier()
+                .call_bound(&mut self.store, &one, image, &radii)
+                .map_err(|e| self.trapped(e))?
+                .map_err(GuestFailure::from)?;
+            let [per_radius] = answer.as_slice() else {
+                return Err(SandboxError::MalformedOutput {
+                    got: answer.len(),
+                    images: 1,
+                    classes: self.classes,
+                });
+            };
+            let bounds: Vec<medguard_certify::Bounds> = per_radius
+                .iter()
+                .map(|b| medguard_certify::Bounds {
+                    lower: b.lower.clone(),
+                    upper: b.upper.clone(),
+                })
+                .collect();
+            certificates.push(
+                intervals
+                    .certify(&bounds, self.classes)
+                    .map_err(SandboxError::MalformedBounds)?,
             );
         }
         Ok(certificates)

@@ -343,17 +343,27 @@ fn logits_that_do_not_give_the_probabilities_are_refused() {
     }
 }
 
+/// The smoothing certificate inside `c`.
+fn smoothed(c: &medguard_certify::Certificate) -> &medguard_certify::SmoothedCertificate {
+    match c {
+        medguard_certify::Certificate::RandomizedSmoothing(c) => c,
+        other => panic!("not a smoothing certificate: {other:?}"),
+    }
+}
+
 /// The bundled model with a certification section (vouched: these tests
 /// are about the sandbox's answer, not admission).
 fn certified_bundled_model(samples: u32) -> medguard_attest::AttestedModel {
     let model = bundled_model();
     let mut manifest = model.manifest().clone();
-    manifest.certification = Some(medguard_certify::Smoothing {
-        sigma: 0.25,
-        samples,
-        alpha: 0.001,
-        required_radius_l2: 0.0,
-    });
+    manifest.certification = Some(medguard_certify::Certification::Smoothing(
+        medguard_certify::Smoothing {
+            sigma: 0.25,
+            samples,
+            alpha: 0.001,
+            required_radius_l2: 0.0,
+        },
+    ));
     medguard_attest::vouch_unsigned(manifest, model.model_bytes().to_vec()).unwrap()
 }
 
@@ -426,8 +436,8 @@ fn votes_that_are_not_counts_of_the_samples_are_never_certified() {
         .unwrap()
         .certify(&batch.shape, &batch.data, table, 1)
         .unwrap();
-    assert_eq!(certificates[0].votes, Some(vec![0, 100]));
-    assert!(certificates[0].radius_l2.is_some());
+    assert_eq!(smoothed(&certificates[0]).votes, Some(vec![0, 100]));
+    assert!(certificates[0].radius().is_some());
     assert_runtime_still_serves(&runtime);
 }
 
@@ -498,8 +508,8 @@ fn the_real_guest_votes_reproducibly_from_the_seed_alone() {
     let first = certify(7);
     assert_eq!(first, certify(7));
     for c in &first {
-        assert_eq!(c.votes.as_ref().unwrap().iter().sum::<u32>(), 64);
-        assert_eq!(c.samples, 64);
+        assert_eq!(smoothed(c).votes.as_ref().unwrap().iter().sum::<u32>(), 64);
+        assert_eq!(smoothed(c).samples, 64);
     }
     // Image i draws from stream i whatever else is in the batch: the
     // first image alone gets its votes in the pair.
@@ -542,7 +552,7 @@ fn the_smoothing_noise_follows_the_seed() {
                 .unwrap()
                 .certify(&[1, 1, 28, 28], &blend, table, seed)
                 .unwrap();
-            c[0].votes.clone().unwrap()
+            smoothed(&c[0]).votes.clone().unwrap()
         })
         .collect();
     assert!(votes.windows(2).any(|w| w[0] != w[1]), "{votes:?}");
@@ -552,5 +562,5 @@ fn the_smoothing_noise_follows_the_seed() {
         .unwrap()
         .certify(&[1, 1, 28, 28], &blend, table, 1)
         .unwrap();
-    assert_eq!(again[0].votes.as_ref(), Some(&votes[0]));
+    assert_eq!(smoothed(&again[0]).votes.as_ref(), Some(&votes[0]));
 }

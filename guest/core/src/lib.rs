@@ -10,12 +10,14 @@
 //! [`Classifier::screen`], which also computes the screening statistics of
 //! each image and, with a calibrated [`Detector`], its verdict.
 
+mod bounds;
 mod error;
 mod input;
 mod runtime;
 mod screen;
 mod smooth;
 
+pub use bounds::{LogitBounds, MAX_RADII};
 pub use error::GuestError;
 pub use input::{InputBatch, ModelSpec};
 pub use medguard_screen::{ScreenOptions, ScreenedImage};
@@ -26,6 +28,8 @@ pub use smooth::SmoothOptions;
 pub struct Classifier {
     spec: ModelSpec,
     model: runtime::Runnable,
+    /// The model's interval form, when it was loaded for interval bounds.
+    bounds: Option<runtime::Runnable>,
 }
 
 impl Classifier {
@@ -33,8 +37,29 @@ impl Classifier {
     /// `spec`, and optimises it for a dynamic batch axis.
     pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Self, GuestError> {
         spec.validate()?;
-        let model = runtime::Runnable::load(model_bytes, &spec)?;
-        Ok(Self { spec, model })
+        let parsed = runtime::Parsed::parse(model_bytes)?;
+        let model = runtime::Runnable::load(&parsed, &spec)?;
+        Ok(Self {
+            spec,
+            model,
+            bounds: None,
+        })
+    }
+
+    /// [`Classifier::load`], and builds the model's interval form for
+    /// [`Classifier::bound`]: from the same bytes, so the bounds are the
+    /// classifying network's. Fails, naming the node, for a model with an
+    /// operator interval bounds have no rule for.
+    pub fn load_with_bounds(model_bytes: &[u8], spec: ModelSpec) -> Result<Self, GuestError> {
+        spec.validate()?;
+        let parsed = runtime::Parsed::parse(model_bytes)?;
+        let model = runtime::Runnable::load(&parsed, &spec)?;
+        let bounds = runtime::Runnable::load_bounds(&parsed, &spec)?;
+        Ok(Self {
+            spec,
+            model,
+            bounds: Some(bounds),
+        })
     }
 
     /// The spec this model was loaded with.

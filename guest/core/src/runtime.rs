@@ -7,17 +7,21 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::{GuestError, InputBatch, ModelSpec};
 
 mod checked;
+mod interval;
 mod lint;
 
-/// An optimised tract plan with a symbolic batch axis.
-pub(crate) struct Runnable {
-    plan: std::sync::Arc<TypedRunnableModel>,
+fn invalid(what: &str, e: TractError) -> GuestError {
+    GuestError::InvalidModel(format!("{what}: {e:#}"))
 }
 
-impl Runnable {
-    pub(crate) fn load(bytes: &[u8], spec: &ModelSpec) -> Result<Self, GuestError> {
-        let invalid =
-            |what: &str, e: TractError| GuestError::InvalidModel(format!("{what}: {e:#}"));
+/// The parsed and linted ONNX model, before tract builds anything from it.
+pub(crate) struct Parsed {
+    onnx: tract_onnx::Onnx,
+    proto: tract_onnx::pb::ModelProto,
+}
+
+impl Parsed {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, GuestError> {
         let mut reader = bytes;
         let mut onnx = tract_onnx::onnx();
         checked::register(&mut onnx.op_register);
@@ -25,8 +29,20 @@ impl Runnable {
             .proto_model_for_read(&mut reader)
             .map_err(|e| invalid("not a readable ONNX model", e))?;
         lint::lint(&proto).map_err(GuestError::InvalidModel)?;
+        Ok(Self { onnx, proto })
+    }
+}
+
+/// An optimised tract plan with a symbolic batch axis.
+pub(crate) struct Runnable {
+    plan: std::sync::Arc<TypedRunnableModel>,
+}
+
+impl Runnable {
+    pub(crate) fn load(parsed: &Parsed, spec: &ModelSpec) -> Result<Self, GuestError> {
+        let Parsed { onnx, proto } = parsed;
         let mut model = onnx
-            .model_for_proto_model(&proto)
+            .model_for_proto_model(proto)
             .map_err(|e| invalid("not a usable ONNX model", e))?;
         if model.inputs.len() != 1 || model.outputs.len() != 1 {
             return Err(GuestError::InvalidModel(format!(
@@ -113,6 +129,69 @@ impl Runnable {
             .and_then(|m| m.into_runnable())
             .map_err(|e| invalid("model could not be optimised", e))?;
         Ok(Self { plan })
+    }
+
+    /// The interval form of a model that [`Runnable::load`] accepted with
+    /// `spec` (`interval.rs`): inputs the lower and upper ends of a box of
+    /// images, outputs the lower and upper logits over it.
+    pub(crate) fn load_bounds(parsed: &Parsed, spec: &ModelSpec) -> Result<Self, GuestError> {
+        let proto = interval::rewrite(&parsed.proto).map_err(GuestError::InvalidModel)?;
+        let mut model = parsed
+            .onnx
+            .model_for_proto_model(&proto)
+            .map_err(|e| invalid("the interval form of the model is not usable", e))?;
+        let batch = model.symbols.sym("batch").to_dim();
+        let fact = InferenceFact::dt_shape(
+            f32::datum_type(),
+            tvec!(
+                batch,
+                (spec.channels as usize).to_dim(),
+                (spec.height as usize).to_dim(),
+                (spec.width as usize).to_dim()
+            ),
+        );
+        for input in 0..2 {
+            model
+                .set_input_fact(input, fact.clone())
+                .map_err(|e| invalid("the interval form's input does not fit the spec", e))?;
+        }
+        let plan = model
+            .into_typed()
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| invalid("the interval form of the model could not be optimised", e))?;
+        Ok(Self { plan })
+    }
+
+    /// Runs the interval form on the box `[lower, upper]` (each shaped like
+    /// a checked batch) and returns the lower and upper logits, row-major.
+    pub(crate) fn run_bounds(
+        &self,
+        shape: &[usize],
+        lower: &[f32],
+        upper: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>), GuestError> {
+        let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
+        let lower = Tensor::from_shape(shape, lower).map_err(failed)?;
+        let upper = Tensor::from_shape(shape, upper).map_err(failed)?;
+        let outputs = self
+            .plan
+            .run(tvec!(lower.into(), upper.into()))
+            .map_err(failed)?;
+        let [lo, hi] = outputs.as_slice() else {
+            return Err(GuestError::InferenceFailed(format!(
+                "the interval form returned {} outputs, not 2",
+                outputs.len()
+            )));
+        };
+        let flat = |t: &TValue| -> Result<Vec<f32>, GuestError> {
+            Ok(t.to_plain_array_view::<f32>()
+                .map_err(failed)?
+                .iter()
+                .copied()
+                .collect())
+        };
+        Ok((flat(lo)?, flat(hi)?))
     }
 
     /// Runs the checked batch and returns the logits, row-major.

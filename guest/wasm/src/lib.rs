@@ -47,8 +47,14 @@ impl wit::Guest for Guest {
         model: Vec<u8>,
         spec: wit::ModelSpec,
         detector: Option<wit::Detector>,
+        interval_bounds: bool,
     ) -> Result<(), wit::GuestError> {
-        let classifier = Classifier::load(&model, spec.into()).map_err(to_wit)?;
+        let classifier = if interval_bounds {
+            Classifier::load_with_bounds(&model, spec.into())
+        } else {
+            Classifier::load(&model, spec.into())
+        }
+        .map_err(to_wit)?;
         let detector = detector.map(Detector::from);
         if let Some(d) = &detector {
             classifier.check_detector(d).map_err(to_wit)?;
@@ -88,6 +94,31 @@ impl wit::Guest for Guest {
                 .classifier
                 .smooth(&InputBatch { shape, data }, options)
                 .map_err(to_wit)
+        })
+    }
+
+    fn bound(
+        shape: Vec<u32>,
+        data: Vec<f32>,
+        radii: Vec<f32>,
+    ) -> Result<Vec<Vec<wit::LogitBounds>>, wit::GuestError> {
+        with_loaded(|loaded| {
+            let bounds = loaded
+                .classifier
+                .bound(&InputBatch { shape, data }, &radii)
+                .map_err(to_wit)?;
+            Ok(bounds
+                .into_iter()
+                .map(|image| {
+                    image
+                        .into_iter()
+                        .map(|b| wit::LogitBounds {
+                            lower: b.lower,
+                            upper: b.upper,
+                        })
+                        .collect()
+                })
+                .collect())
         })
     }
 

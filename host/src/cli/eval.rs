@@ -147,7 +147,7 @@ impl EvalCmd {
         if let (Some(path), Some(c)) = (&self.certified_plot, &report.certified) {
             let curve = |label: String, y: &dyn Fn(&CertifiedAccuracy) -> f64| plot::Curve {
                 label,
-                points: c.curve.iter().map(|a| (a.radius_l2, y(a))).collect(),
+                points: c.curve.iter().map(|a| (a.radius(), y(a))).collect(),
             };
             let mut curves = vec![curve("balanced accuracy".into(), &|a| a.balanced_accuracy)];
             for name in &model.manifest().output.labels {
@@ -155,14 +155,11 @@ impl EvalCmd {
                     a.per_class.get(name).copied().unwrap_or(0.0)
                 }));
             }
-            let s = &c.smoothing;
             plot::certified_svg(
                 path,
-                &format!(
-                    "{}: certified accuracy, sigma {}, n {}, alpha {}",
-                    report.model, s.sigma, s.samples, s.alpha
-                ),
-                c.curve.last().map_or(1.0, |a| a.radius_l2.max(0.01)),
+                &format!("{}: certified accuracy, {}", report.model, c.method()),
+                c.norm(),
+                c.curve.last().map_or(1.0, |a| a.radius().max(0.01)),
                 &curves,
             )?;
         }
@@ -264,15 +261,12 @@ fn print_summary(r: &Report) {
         r.clean.accuracy_accepted
     );
     if let Some(c) = &r.certified {
-        let s = &c.smoothing;
         println!(
-            "certified (sigma {}, n {}, alpha {}): abstained {:.1}%, certified to the required \
-             L2 {} {:.1}%; {:.0} ms per image",
-            s.sigma,
-            s.samples,
-            s.alpha,
+            "certified ({}): no radius {:.1}%, certified to the required {} {:.1}%; {:.0} ms per \
+             image",
+            c.method(),
             c.abstained * 100.0,
-            s.required_radius_l2,
+            c.requirement(),
             c.certified_at_requirement * 100.0,
             c.ms_per_image
         );
@@ -282,9 +276,12 @@ fn print_summary(r: &Report) {
                 .iter()
                 .map(|(k, v)| format!("{k} {v:.3}"))
                 .collect();
+            let radius = match (a.radius_l2, a.radius_linf) {
+                (Some(r), _) => format!("L2 {r:<6}"),
+                (_, r) => format!("L-inf {:.2}/255", r.unwrap_or(0.0) * 255.0),
+            };
             println!(
-                "  L2 {:<6} balanced accuracy {:.3} (accuracy {:.3}; {})",
-                a.radius_l2,
+                "  {radius} balanced accuracy {:.3} (accuracy {:.3}; {})",
                 a.balanced_accuracy,
                 a.accuracy,
                 classes.join(", ")

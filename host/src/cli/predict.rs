@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use clap::{Args, ValueEnum};
 use medguard_attest::AttestedModel;
+use medguard_certify::Certificate;
 use medguard_ledger::entry::{ScreeningPolicy, Verdict};
 use serde::Serialize;
 
@@ -344,7 +345,7 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
     };
     let certificate = match &p.result.certificate {
         None => String::new(),
-        Some(c) => {
+        Some(Certificate::RandomizedSmoothing(c)) => {
             // A withheld label's certificate carries no votes.
             let votes = match (&c.votes, c.class) {
                 (Some(v), Some(class)) => format!(
@@ -363,6 +364,20 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
                 None => format!("; not certified: the noised copies disagree{votes}"),
             }
         }
+        Some(Certificate::IntervalBoundPropagation(c)) => match c.radius_linf {
+            // In grey levels of an 8-bit image for unit-interval inputs,
+            // the unit people read them in; exact values are in --json.
+            Some(r) if c.certified => format!("; certified to L-inf {}", linf(r)),
+            Some(r) => format!(
+                "; certified only to L-inf {}, below the required {}",
+                linf(r),
+                linf(c.required_radius_linf)
+            ),
+            None => format!(
+                "; not certified: the interval bounds overlap at any radius (required {})",
+                linf(c.required_radius_linf)
+            ),
+        },
     };
     let report = match (&p.structured_report, &p.structured_report_error) {
         (Some(path), _) => format!("  report: {path}"),
@@ -374,4 +389,9 @@ fn human_line(p: &Prediction<'_>, width: usize) -> String {
         p.result.input.as_deref().unwrap_or_default(),
         p.receipt.index
     )
+}
+
+/// An L-infinity radius in input units, with its 8-bit grey levels.
+fn linf(r: f64) -> String {
+    format!("{r:.5} ({:.2}/255)", r * 255.0)
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use medguard_attest::Provenance;
+use medguard_certify::Certification;
 
 use super::{Exit, StateArgs, TrustArgs};
 
@@ -49,12 +50,19 @@ impl VerifyCmd {
         if let Some(expires) = m.expires {
             println!("expires: {expires}");
         }
-        if let Some(s) = &m.certification {
-            println!(
+        match &m.certification {
+            None => {}
+            Some(Certification::Smoothing(s)) => println!(
                 "certified predictions: randomized smoothing, sigma {}, {} samples, alpha {}, \
                  required L2 radius {}",
                 s.sigma, s.samples, s.alpha, s.required_radius_l2
-            );
+            ),
+            Some(Certification::IntervalBounds(i)) => println!(
+                "certified predictions: interval bound propagation, required L-infinity radius {} \
+                 ({:.2}/255)",
+                i.required_radius_linf,
+                i.required_radius_linf * 255.0
+            ),
         }
         // Text from the manifest is signed, but still shown escaped.
         if let Some(t) = &m.training {

@@ -25,16 +25,20 @@ pub fn roc_svg(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()>
     lines_svg(path, title, &axes, curves)
 }
 
-/// Draws certified accuracy against the L2 radius into an SVG file at
-/// `path`: one curve per measure, x from 0 to `max_radius`.
+/// Draws certified accuracy against the radius in `norm` into an SVG file
+/// at `path`: one curve per measure, x from 0 to `max_radius`.
 pub fn certified_svg(
     path: &Path,
     title: &str,
+    norm: medguard_certify::Norm,
     max_radius: f64,
     curves: &[Curve],
 ) -> anyhow::Result<()> {
     let axes = Axes {
-        x_desc: "L2 radius (input units, 784 pixels in [0, 1])",
+        x_desc: match norm {
+            medguard_certify::Norm::L2 => "L2 radius (input units, 784 pixels in [0, 1])",
+            medguard_certify::Norm::LInf => "L-infinity radius (input units, pixels in [0, 1])",
+        },
         y_desc: "certified accuracy on clean test images",
         x_max: max_radius,
         diagonal: false,

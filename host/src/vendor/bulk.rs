@@ -10,7 +10,7 @@ use medguard_screen::Statistic;
 use super::VendorError;
 use crate::input::Batch;
 use crate::sandbox::{GuestProgram, SandboxError, ScreenOptions, ScreenedImage, Session};
-use medguard_certify::Certificate;
+use medguard_certify::{Certificate, Certifier};
 
 /// What the sessions screen with.
 #[derive(Debug, Clone, Copy)]
@@ -69,9 +69,9 @@ pub fn screen_all(
     )
 }
 
-/// Certifies every image of `batch` with the model's radius table, in
+/// Certifies every image of `batch` with the model's certifier, in
 /// parallel sandboxes as [`screen_all`] screens (chunk `i` with seed
-/// `run.seed + i`).
+/// `run.seed + i`, which smoothing's noise uses).
 pub fn certify_all(
     program: &GuestProgram,
     model: &AttestedModel,
@@ -79,7 +79,7 @@ pub fn certify_all(
     run: Run<'_>,
     label: &str,
 ) -> Result<Vec<Certificate>, VendorError> {
-    let table = model.radius_table().ok_or(VendorError::Missing(
+    let certifier = model.certifier().ok_or(VendorError::Missing(
         "certification section in the manifest",
     ))?;
     each_chunk(
@@ -90,7 +90,12 @@ pub fn certify_all(
         run,
         label,
         "certifying",
-        |session, c, seed| session.certify(&c.shape, &c.data, table, seed),
+        |session, c, seed| match certifier {
+            Certifier::Smoothing(table) => session.certify(&c.shape, &c.data, table, seed),
+            Certifier::IntervalBounds(intervals) => {
+                session.certify_intervals(&c.shape, &c.data, intervals)
+            }
+        },
     )
 }
 

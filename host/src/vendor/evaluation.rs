@@ -13,7 +13,7 @@ use super::bulk::{Mode, Run, certify_all, screen_all};
 use crate::eval::{Estimate, bootstrap, plot, proportion, roc_auc, roc_curve, tpr_at_fpr};
 use crate::input::Batch;
 use crate::sandbox::{GuestProgram, ScreenedImage};
-use medguard_certify::Certificate;
+use medguard_certify::{Certificate, Certifier, Norm};
 
 /// A set of images to judge besides the clean test set.
 #[derive(Debug)]
@@ -76,20 +76,28 @@ pub struct Report {
 /// certified correct, by radius. Per class, because a model that always
 /// answers the majority class would be "certified" at every radius.
 pub struct CertifiedReport {
-    /// The manifest's parameters.
-    pub smoothing: medguard_certify::Smoothing,
+    /// The manifest's smoothing parameters, for a smoothed model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoothing: Option<medguard_certify::Smoothing>,
+    /// The manifest's interval-bound parameters, for an interval-certified
+    /// model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_bounds: Option<medguard_certify::IntervalBounds>,
     /// Images certified.
     pub images: usize,
-    /// Fraction the smoothed classifier abstained on (no radius at all).
+    /// Fraction with no radius at all: the smoothed classifier abstained,
+    /// or the interval bounds overlap even at the smallest radius.
     pub abstained: f64,
     /// Fraction whose certificate reaches the manifest's required radius
     /// (the others are flagged, their labels withheld under enforce).
     pub certified_at_requirement: f64,
-    /// At radius 0 (the smoothed classifier's clean accuracy), 0.125, 0.25,
-    /// 0.5 and the manifest's requirement.
+    /// At radius 0 (the certified classifier's clean accuracy), then L2
+    /// 0.125, 0.25 and 0.5 for smoothing, L-infinity 1/255, 2/255 and
+    /// 4/255 for intervals, and the manifest's requirement.
     pub at: Vec<CertifiedAccuracy>,
-    /// The curve: certified balanced accuracy every 0.01 of radius up to
-    /// the largest certifiable one.
+    /// The curve: certified balanced accuracy every 0.01 of L2 radius up to
+    /// the largest certifiable one, or every quarter grey level (1/1020) of
+    /// L-infinity radius up to the largest radius the bounds are taken at.
     pub curve: Vec<CertifiedAccuracy>,
     /// Wall time of the certification per image, with the sandboxes in
     /// parallel (`threads` of them): time / images * threads.
@@ -102,8 +110,12 @@ pub struct CertifiedReport {
 /// Certified accuracy at one radius: an image counts when its certified
 /// class is its true class with a radius at least this.
 pub struct CertifiedAccuracy {
-    /// The L2 radius.
-    pub radius_l2: f64,
+    /// The L2 radius, for smoothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub radius_l2: Option<f64>,
+    /// The L-infinity radius, for intervals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub radius_linf: Option<f64>,
     /// Over all images.
     pub accuracy: f64,
     /// The mean of the per-class rates.
@@ -477,15 +489,53 @@ pub fn evaluate(
     Ok((report, curves))
 }
 
-/// Certified accuracy of `certificates` against the true `labels` at `radius`.
+impl CertifiedReport {
+    /// The method and its parameters, for titles.
+    pub fn method(&self) -> String {
+        match (&self.smoothing, &self.interval_bounds) {
+            (Some(s), _) => format!("sigma {}, n {}, alpha {}", s.sigma, s.samples, s.alpha),
+            (None, Some(_)) => "interval bound propagation".into(),
+            (None, None) => "no method".into(),
+        }
+    }
+
+    /// The manifest's required radius, with its norm.
+    pub fn requirement(&self) -> String {
+        match (&self.smoothing, &self.interval_bounds) {
+            (Some(s), _) => format!("L2 {}", s.required_radius_l2),
+            (None, Some(i)) => format!("L-inf {:.2}/255", i.required_radius_linf * 255.0),
+            (None, None) => "radius".into(),
+        }
+    }
+
+    /// The norm its radii are in.
+    pub fn norm(&self) -> Norm {
+        if self.interval_bounds.is_some() {
+            Norm::LInf
+        } else {
+            Norm::L2
+        }
+    }
+}
+
+impl CertifiedAccuracy {
+    /// The radius, in whichever norm it has.
+    pub fn radius(&self) -> f64 {
+        self.radius_l2.or(self.radius_linf).unwrap_or(0.0)
+    }
+}
+
+/// Certified accuracy of `certificates` against the true `labels` at
+/// `radius` in `norm` (the certificates').
 pub fn certified_accuracy(
     certificates: &[Certificate],
     labels: &[u8],
     names: &[String],
+    norm: Norm,
     radius: f64,
 ) -> CertifiedAccuracy {
     let hit = |c: &Certificate, label: u8| {
-        c.class == Some(label as usize) && c.radius_l2.is_some_and(|r| r >= radius)
+        c.class() == Some(label as usize) && c.radius().is_some_and(|r| r >= radius)
     };
     let per_class: BTreeMap<String, f64> = names
         .iter()
@@ -503,7 +553,8 @@ pub fn certified_accuracy(
         })
         .collect();
     CertifiedAccuracy {
-        radius_l2: radius,
+        radius_l2: (norm == Norm::L2).then_some(radius),
+        radius_linf: (norm == Norm::LInf).then_some(radius),
         accuracy: certificates
             .iter()
             .zip(labels)
@@ -524,37 +575,56 @@ fn certified_report(
     labels: &[u8],
     run: Run<'_>,
 ) -> Result<(Option<CertifiedReport>, Option<Vec<Certificate>>), VendorError> {
-    let Some(table) = model.radius_table() else {
+    let Some(certifier) = model.certifier() else {
         return Ok((None, None));
     };
     let started = std::time::Instant::now();
     let certificates = certify_all(program, model, clean_images, run, "clean test")?;
     let elapsed = started.elapsed();
     let names = &model.manifest().output.labels;
-    let smoothing = *table.smoothing();
     let n = certificates.len().max(1) as f64;
-    let mut radii = vec![0.0, 0.125, 0.25, 0.5];
-    if !radii.contains(&smoothing.required_radius_l2) {
-        radii.push(smoothing.required_radius_l2);
-        radii.sort_by(f64::total_cmp);
-    }
-    let largest = table.radius(smoothing.samples).unwrap_or(0.0);
-    let steps = (largest / 0.01).floor() as usize;
+    // The radii to report at, and the curve's step and end.
+    let (norm, mut radii, step, largest) = match certifier {
+        Certifier::Smoothing(table) => {
+            let s = table.smoothing();
+            let largest = table.radius(s.samples).unwrap_or(0.0);
+            let at = vec![0.0, 0.125, 0.25, 0.5, s.required_radius_l2];
+            (Norm::L2, at, 0.01, largest)
+        }
+        Certifier::IntervalBounds(i) => {
+            let grid = i.radii();
+            let largest = grid.last().copied().map_or(0.0, f64::from);
+            let at = vec![
+                0.0,
+                1.0 / 255.0,
+                2.0 / 255.0,
+                4.0 / 255.0,
+                f64::from(i.required()),
+            ];
+            (Norm::LInf, at, 1.0 / 1020.0, largest)
+        }
+    };
+    radii.sort_by(f64::total_cmp);
+    radii.dedup();
+    let steps = (largest / step + 1e-9).floor() as usize;
     let report = CertifiedReport {
-        smoothing,
+        smoothing: match certifier {
+            Certifier::Smoothing(table) => Some(*table.smoothing()),
+            Certifier::IntervalBounds(_) => None,
+        },
+        interval_bounds: match certifier {
+            Certifier::IntervalBounds(i) => Some(*i),
+            Certifier::Smoothing(_) => None,
+        },
         images: certificates.len(),
-        abstained: certificates
-            .iter()
-            .filter(|c| c.radius_l2.is_none())
-            .count() as f64
-            / n,
-        certified_at_requirement: certificates.iter().filter(|c| c.certified).count() as f64 / n,
+        abstained: certificates.iter().filter(|c| c.radius().is_none()).count() as f64 / n,
+        certified_at_requirement: certificates.iter().filter(|c| c.certified()).count() as f64 / n,
         at: radii
             .iter()
-            .map(|&r| certified_accuracy(&certificates, labels, names, r))
+            .map(|&r| certified_accuracy(&certificates, labels, names, norm, r))
             .collect(),
         curve: (0..=steps)
-            .map(|i| certified_accuracy(&certificates, labels, names, i as f64 * 0.01))
+            .map(|i| certified_accuracy(&certificates, labels, names, norm, i as f64 * step))
             .collect(),
         ms_per_image: elapsed.as_secs_f64() * 1000.0 / n * run.threads.max(1) as f64,
         threads: run.threads.max(1),
@@ -658,13 +728,9 @@ fn guarded_report(
                 clean.judged.len()
             )));
         };
-        let distance = images.data[i * per_image..(i + 1) * per_image]
-            .iter()
-            .zip(&clean.images.data[j * per_image..(j + 1) * per_image])
-            .map(|(a, b)| f64::from(a - b).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        l2.push(distance);
+        let attacked_image = &images.data[i * per_image..(i + 1) * per_image];
+        let clean_image = &clean.images.data[j * per_image..(j + 1) * per_image];
+        l2.push(Norm::L2.distance(attacked_image, clean_image));
         let clean_label = clean_judged.class;
         let label = labels.get(judged[i].class);
         let is_accepted = judged[i].verdict == Verdict::Accept
@@ -673,11 +739,11 @@ fn guarded_report(
         let flipped = is_accepted && judged[i].class != clean_label;
         accepted += usize::from(is_accepted);
         kept += usize::from(is_accepted && !flipped);
-        smoothed_flipped += usize::from(certificates[i].class != Some(clean_label));
-        // Cohen et al.'s guarantee: the smoothed class is constant on the
-        // open ball of the certified radius around the clean image.
-        let within = clean_certificate.class == Some(clean_label)
-            && clean_certificate.radius_l2.is_some_and(|r| distance < r);
+        smoothed_flipped += usize::from(certificates[i].class() != Some(clean_label));
+        // The certificate's guarantee: its class is constant on the region
+        // of its radius around the clean image.
+        let within = clean_certificate.class() == Some(clean_label)
+            && clean_certificate.holds_at(clean_image, attacked_image);
         let group = if within { &mut inside } else { &mut outside };
         group.0 += 1;
         group.1 += usize::from(flipped);
@@ -734,11 +800,10 @@ fn screen(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medguard_certify::{Method, Noise};
+    use medguard_certify::{Noise, SmoothedCertificate};
 
     fn certificate(class: usize, radius: Option<f64>) -> Certificate {
-        Certificate {
-            method: Method::RandomizedSmoothing,
+        Certificate::RandomizedSmoothing(SmoothedCertificate {
             class: Some(class),
             radius_l2: radius,
             certified: radius.is_some_and(|r| r >= 0.25),
@@ -748,7 +813,7 @@ mod tests {
             alpha: 0.001,
             votes: None,
             noise: Noise { seed: 1, stream: 0 },
-        }
+        })
     }
 
     fn judged(class: usize, verdict: Verdict) -> Judged {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
+mod bounds;
 mod lint;
 mod load;
 mod screen;

@@ -1,0 +1,108 @@
+//! Interval bounds on the logits over L-infinity boxes around each image:
+//! what the host turns into a certified radius (medguard-certify). As with
+//! smoothing, the guest only computes; it never decides what a bound
+//! certifies.
+
+use crate::{Classifier, GuestError, InputBatch};
+
+/// Most radii one image may be bounded at in one call: each is one image of
+/// the interval form's batch.
+pub const MAX_RADII: usize = 64;
+
+/// The logits' elementwise bounds over one box.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogitBounds {
+    /// No image in the box gives a logit below these (one per class).
+    pub lower: Vec<f32>,
+    /// No image in the box gives a logit above these.
+    pub upper: Vec<f32>,
+}
+
+impl Classifier {
+    /// Checks `batch` and, for each image and each radius `r` of `radii`,
+    /// bounds the logits over the box of images within `r` of it in every
+    /// element, clipped to the spec's value range. Returns, per image, one
+    /// [`LogitBounds`] per radius in `radii`'s order. Needs a model loaded
+    /// by [`Classifier::load_with_bounds`].
+    pub fn bound(
+        &self,
+        batch: &InputBatch,
+        radii: &[f32],
+    ) -> Result<Vec<Vec<LogitBounds>>, GuestError> {
+        let images = batch.check(&self.spec)?;
+        let plan = self.bounds.as_ref().ok_or_else(|| {
+            GuestError::InvalidInput("the model was loaded without interval bounds".into())
+        })?;
+        if radii.is_empty() || radii.len() > MAX_RADII {
+            return Err(GuestError::InvalidInput(format!(
+                "interval bounds take 1 to {MAX_RADII} radii, got {}",
+                radii.len()
+            )));
+        }
+        if let Some(r) = radii.iter().find(|r| !(r.is_finite() && **r >= 0.0)) {
+            return Err(GuestError::InvalidInput(format!(
+                "a radius must be finite and at least 0, got {r}"
+            )));
+        }
+        let spec = &self.spec;
+        let len = spec.image_elements() as usize;
+        let classes = spec.classes as usize;
+        let shape = [
+            radii.len(),
+            spec.channels as usize,
+            spec.height as usize,
+            spec.width as usize,
+        ];
+        let (mut lower, mut upper) = (
+            Vec::with_capacity(radii.len() * len),
+            Vec::with_capacity(radii.len() * len),
+        );
+        let mut all = Vec::with_capacity(images);
+        for image in batch.data.chunks_exact(len) {
+            lower.clear();
+            upper.clear();
+            for &r in radii {
+                // Rounded outwards, so that the box holds every image within
+                // `r` in real arithmetic, then clipped to the inputs there
+                // are. Radius 0 is the image itself, exactly.
+                let exact = r == 0.0;
+                lower.extend(image.iter().map(|&v| {
+                    let l = v - r;
+                    if exact { l } else { l.next_down() }.max(spec.min_value)
+                }));
+                upper.extend(image.iter().map(|&v| {
+                    let u = v + r;
+                    if exact { u } else { u.next_up() }.min(spec.max_value)
+                }));
+            }
+            let (lo, hi) = plan.run_bounds(&shape, &lower, &upper)?;
+            if lo.len() != radii.len() * classes || hi.len() != lo.len() {
+                return Err(GuestError::InferenceFailed(format!(
+                    "the interval form returned {} and {} values for {} boxes of {classes} classes",
+                    lo.len(),
+                    hi.len(),
+                    radii.len()
+                )));
+            }
+            if let Some((l, h)) = lo
+                .iter()
+                .zip(&hi)
+                .find(|(l, h)| !(l.is_finite() && h.is_finite() && l <= h))
+            {
+                return Err(GuestError::InferenceFailed(format!(
+                    "the interval form produced the bounds [{l}, {h}]"
+                )));
+            }
+            all.push(
+                lo.chunks_exact(classes)
+                    .zip(hi.chunks_exact(classes))
+                    .map(|(l, h)| LogitBounds {
+                        lower: l.to_vec(),
+                        upper: h.to_vec(),
+                    })
+                    .collect(),
+            );
+        }
+        Ok(all)
+    }
+}

@@ -1,0 +1,19 @@
+{
+  "dsseEnvelope": {
+    "payload": "eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjEiLCJzdWJqZWN0IjpbeyJuYW1lIjoicG5ldW1vbmlhLWlicCIsImRpZ2VzdCI6eyJzaGEyNTYiOiI3MzkxZjRmNTMyNzJjZGM5MzdiYzE1MGZlNWRjMzNlMWM2ZmM4NzA2ZmIzNzA0MDc5YTZkMzEwNGIxNTE4NjIxIn19XSwicHJlZGljYXRlVHlwZSI6Imh0dHBzOi8vbW9kZWxfc2lnbmluZy9zaWduYXR1cmUvdjEuMCIsInByZWRpY2F0ZSI6eyJyZXNvdXJjZXMiOlt7ImRpZ2VzdCI6ImQ5NmNmOGI2ZGFkYWJjYWE2ZWJmODEzMTU4MjU0Mjk0YTIwMWY5OGU2ZWZlOTEyMzlhN2IzYmQzMWE2OGM2MmMiLCJuYW1lIjoibWFuaWZlc3QuanNvbiIsImFsZ29yaXRobSI6InNoYTI1NiJ9LHsiZGlnZXN0IjoiNDdlODVjYWM3ODY2MmNmODUzNWNkODk5Yzc4ODU0NjYwN2QzM2IxN2M5YmI2MDZkMTA3MGRmN2Y3MGU4OTJkNiIsIm5hbWUiOiJtZXRyaWNzLmpzb24iLCJhbGdvcml0aG0iOiJzaGEyNTYifSx7ImRpZ2VzdCI6IjRmMWVjYzE3Mjc4ZmIwNWRiODMxMGM2ZWViZmZkMzFmOTdjMDlkY2UzZDU4MGZhYjNmY2RjMTNjZTIwYTYwNWUiLCJuYW1lIjoibW9kZWwub25ueCIsImFsZ29yaXRobSI6InNoYTI1NiJ9LHsiZGlnZXN0IjoiNWNjZDcwMTFlODkwYjEwNTBhMzliYmVhZDJjMWMxYWY3MDFjMzJjMTVlNGMyZjdhYzc1Y2E2N2E0OWZlN2Y1OSIsIm5hbWUiOiJyZXF1aXJlbWVudHMudHh0IiwiYWxnb3JpdGhtIjoic2hhMjU2In0seyJkaWdlc3QiOiIxMTlmNDI3MDU2Njc2MDYxYzVmNmRhMWVkMDk5YTBhYTYyODU3ZjVjOGQzOGJiZTAzNTZkZmY1YTE4MWY0MzBmIiwibmFtZSI6InNwbGl0cy5qc29uIiwiYWxnb3JpdGhtIjoic2hhMjU2In0seyJkaWdlc3QiOiI0NzRhMjQ1MzE1ZTllYjVkMzM5MmZmMTViNjVkNDcwOTdjOTcwYzNhNmJhZWJkYjIyMWU1MzQ1NDQ2YzgzMWEwIiwibmFtZSI6InRyYWluLnB5IiwiYWxnb3JpdGhtIjoic2hhMjU2In1dLCJzZXJpYWxpemF0aW9uIjp7ImFsbG93X3N5bWxpbmtzIjpmYWxzZSwiaGFzaF90eXBlIjoic2hhMjU2IiwiaWdub3JlX3BhdGhzIjpbIi5naXRhdHRyaWJ1dGVzIiwiLmdpdGlnbm9yZSIsIi5naXRodWIiLCIuZ2l0IiwibW9kZWwuc2lnIl0sIm1ldGhvZCI6ImZpbGVzIn19fQ==",
+    "payloadType": "application/vnd.in-toto+json",
+    "signatures": [
+      {
+        "keyid": "",
+        "sig": "MEUCIAE5Bd3na8CEQQu0ryQEFMKupfGyC7jZxMM2//6cBxqwAiEAvAl/QxOLrxpKIBowkmZSFllvyC2fzKcNktf/QdrWZgI="
+      }
+    ]
+  },
+  "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+  "verificationMaterial": {
+    "publicKey": {
+      "hint": "49e03891f0cdbcb6d0166257ffabfc618dc40571ed9d71fc67c0171aed5aa70e"
+    },
+    "tlogEntries": []
+  }
+}

@@ -812,4 +812,193 @@ mod tests {
             .is_err()
         );
     }
+
+    #[test]
+    fn the_certification_section_names_one_method_with_its_fields_only() {
+        let parse = |json: &str| serde_json::from_str::<Certification>(json);
+        // Smoothing keeps the form manifests had before there was a
+        // choice, both ways: signed manifests and their digests stay valid.
+        let old = r#"{"sigma":0.25,"samples":400,"alpha":0.001,"required_radius_l2":0.25}"#;
+        let c = parse(old).unwrap();
+        assert_eq!(
+            c,
+            Certification::Smoothing(smoothing(0.25, 400, 0.001, 0.25))
+        );
+        assert_eq!(serde_json::to_string(&c).unwrap(), old);
+        let named = r#"{"method":"randomized-smoothing","sigma":0.25,"samples":400,"alpha":0.001,"required_radius_l2":0.25}"#;
+        assert_eq!(parse(named).unwrap(), c);
+        let ibp = r#"{"method":"interval-bound-propagation","required_radius_linf":0.01}"#;
+        let c = parse(ibp).unwrap();
+        assert_eq!(
+            c,
+            Certification::IntervalBounds(IntervalBounds {
+                required_radius_linf: 0.01
+            })
+        );
+        assert_eq!(serde_json::to_string(&c).unwrap(), ibp);
+        for (bad, why) in [
+            (
+                r#"{"method":"interval-bound-propagation","required_radius_linf":0.01,"sigma":0.25}"#,
+                "belong to randomized smoothing",
+            ),
+            (
+                r#"{"method":"interval-bound-propagation"}"#,
+                "needs `required_radius_linf`",
+            ),
+            (
+                r#"{"sigma":0.25,"samples":400,"alpha":0.001,"required_radius_l2":0.25,"required_radius_linf":0.01}"#,
+                "belongs to interval-bound-propagation",
+            ),
+            (
+                r#"{"sigma":0.25,"samples":400,"alpha":0.001}"#,
+                "needs `required_radius_l2`",
+            ),
+            (
+                r#"{"method":"ibp","required_radius_linf":0.01}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"method":"interval-bound-propagation","required_radius_linf":0.01,"x":1}"#,
+                "unknown field",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        for r in [-0.01, f64::NAN, f64::INFINITY, 1e300] {
+            let c = Certification::IntervalBounds(IntervalBounds {
+                required_radius_linf: r,
+            });
+            assert!(c.validate(2).is_err() && c.certifier(2).is_err(), "{r}");
+        }
+    }
+
+    /// Bounds at `ibp`'s radii whose margin for class 0 is `margins[k]`
+    /// at radius `k` (class 0's lower bound, class 1's upper bound 0).
+    fn bounds_with_margins(margins: &[f32]) -> Vec<Bounds> {
+        margins
+            .iter()
+            .map(|&m| Bounds {
+                lower: vec![m, -1.0],
+                upper: vec![m + 2.0, 0.0],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn interval_certificates_take_the_radius_where_the_margin_first_fails() {
+        let ibp = IntervalBounds {
+            required_radius_linf: 2.0 / 255.0,
+        };
+        let radii = ibp.radii();
+        assert_eq!(radii.len(), 33);
+        assert_eq!(radii[0], 0.0);
+        assert!(f64::from(radii[8]) >= 2.0 / 255.0 && radii[8] == ibp.required());
+        assert!(radii.windows(2).all(|w| w[0] < w[1]));
+        let certify = |margins: &[f32]| match ibp.certify(&bounds_with_margins(margins), 2) {
+            Ok(Certificate::IntervalBoundPropagation(c)) => c,
+            other => panic!("{other:?}"),
+        };
+        // Holding through the 12th radius (1.5 times the requirement).
+        let mut margins = vec![1.0f32; 33];
+        for m in &mut margins[13..] {
+            *m = -1.0;
+        }
+        let c = certify(&margins);
+        assert_eq!(c.class, Some(0));
+        assert_eq!(c.radius_linf, Some(f64::from(radii[12])));
+        assert!(c.certified);
+        assert_eq!(c.margin, Some(1.0));
+        // A failure below the requirement ends the radius there, even if a
+        // larger box happens to pass.
+        margins[5] = -1.0;
+        let c = certify(&margins);
+        assert_eq!(c.radius_linf, Some(f64::from(radii[4])));
+        assert!(!c.certified);
+        // A margin inside the slack is no margin.
+        let c = certify(&[5e-4; 33]);
+        assert_eq!((c.radius_linf, c.certified), (None, false));
+        // The class is the network's own answer on the image (radius 0).
+        let mut flipped = bounds_with_margins(&[1.0; 33]);
+        flipped[0] = Bounds {
+            lower: vec![-1.0, 3.0],
+            upper: vec![-1.0, 3.0],
+        };
+        match ibp.certify(&flipped, 2).unwrap() {
+            Certificate::IntervalBoundPropagation(c) => {
+                assert_eq!(c.class, Some(1));
+                assert!(!c.certified, "class 1 loses at every other radius");
+            }
+            other => panic!("{other:?}"),
+        }
+        let hidden = Certificate::IntervalBoundPropagation(certify(&[1.0; 33])).redacted();
+        match hidden {
+            Certificate::IntervalBoundPropagation(c) => {
+                assert_eq!((c.class, c.margin), (None, None));
+                assert!(c.certified && c.radius_linf.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bounds_that_are_not_ordered_finite_pairs_per_class_and_radius_are_refused() {
+        let ibp = IntervalBounds {
+            required_radius_linf: 0.01,
+        };
+        let good = bounds_with_margins(&[1.0; 33]);
+        assert!(ibp.certify(&good, 2).is_ok());
+        assert_eq!(
+            ibp.certify(&good[..32], 2),
+            Err(BoundsError::Radii { got: 32, radii: 33 })
+        );
+        for edit in [
+            (|b: &mut Bounds| b.lower.push(0.0)) as fn(&mut Bounds),
+            |b| b.upper.pop().map(drop).unwrap_or(()),
+            |b| b.lower[0] = f32::NAN,
+            |b| b.upper[1] = f32::INFINITY,
+            |b| b.lower[1] = b.upper[1] + 1.0,
+        ] {
+            let mut bad = good.clone();
+            edit(&mut bad[7]);
+            assert!(
+                matches!(ibp.certify(&bad, 2), Err(BoundsError::Malformed { .. })),
+                "{bad:?}"
+            );
+        }
+        // A requirement of 0 bounds the image alone.
+        let zero = IntervalBounds {
+            required_radius_linf: 0.0,
+        };
+        assert_eq!(zero.radii(), vec![0.0]);
+        assert!(zero.certify(&good[..1], 2).unwrap().certified());
+    }
+
+    #[test]
+    fn certificates_are_tagged_by_method_and_strict() {
+        let ibp = IntervalBounds {
+            required_radius_linf: 0.01,
+        };
+        let c = ibp.certify(&bounds_with_margins(&[1.0; 33]), 2).unwrap();
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["method"], "interval-bound-propagation");
+        assert_eq!(
+            serde_json::from_value::<Certificate>(json.clone()).unwrap(),
+            c
+        );
+        let mut extra = json;
+        extra["votes"] = serde_json::json!([1, 2]);
+        assert!(serde_json::from_value::<Certificate>(extra).is_err());
+        let table = smoothing(0.5, 400, 0.001, 0.25).table(2).unwrap();
+        let c = table
+            .certify(&[12, 388], Noise { seed: 1, stream: 0 })
+            .unwrap();
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["method"], "randomized-smoothing");
+        assert_eq!(serde_json::from_value::<Certificate>(json).unwrap(), c);
+        assert_eq!(c.norm(), Norm::L2);
+        let (a, b) = ([0.0f32, 0.0], [0.3f32, 0.4]);
+        assert!((Norm::L2.distance(&a, &b) - 0.5).abs() < 1e-7);
+        assert!((Norm::LInf.distance(&a, &b) - 0.4).abs() < 1e-7);
+    }
 }

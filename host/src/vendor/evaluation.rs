@@ -599,7 +599,7 @@ fn certified_report(
                 1.0 / 255.0,
                 2.0 / 255.0,
                 4.0 / 255.0,
-                f64::from(i.required()),
+                i.required_radius_linf,
             ];
             (Norm::LInf, at, 1.0 / 1020.0, largest)
         }

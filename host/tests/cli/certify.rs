@@ -17,9 +17,19 @@ fn committed_smoothed_dir() -> PathBuf {
 /// A signed copy of the certifiable model with `edit` applied to its
 /// manifest (renewed expiry, so no test depends on the committed date).
 fn smoothed_copy(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let model = dir.join("pneumonia-smoothed");
+    certified_copy(dir, "pneumonia-smoothed", edit)
+}
+
+/// A signed copy of the committed model directory `models/<name>` with
+/// `edit` applied to its manifest (renewed expiry).
+pub(crate) fn certified_copy(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let model = dir.join(name);
     std::fs::create_dir_all(&model).unwrap();
-    let from = committed_smoothed_dir();
+    let from = root().join("models").join(name);
     std::fs::copy(from.join("model.onnx"), model.join("model.onnx")).unwrap();
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(from.join("manifest.json")).unwrap()).unwrap();
@@ -36,7 +46,7 @@ fn smoothed_copy(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathB
     model
 }
 
-fn sample(name: &str) -> PathBuf {
+pub(crate) fn sample(name: &str) -> PathBuf {
     root().join("models/pneumonia/samples").join(name)
 }
 
@@ -149,7 +159,7 @@ fn certified_predictions_carry_a_certificate_the_receipt_covers() {
 }
 
 /// The 8-bit pixels of a bundled sample as the certifiable model reads them.
-fn sample_pixels(name: &str) -> Vec<u8> {
+pub(crate) fn sample_pixels(name: &str) -> Vec<u8> {
     let bytes = std::fs::read(sample(name)).unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(committed_smoothed_dir().join("manifest.json")).unwrap(),
@@ -181,7 +191,7 @@ fn blend_pixels() -> Vec<u8> {
 }
 
 /// Writes an .npz of `arrays` (uint8 images [N, 28, 28] or 1-D arrays).
-fn write_npz(path: &Path, arrays: Vec<(&str, NpzArray)>) {
+pub(crate) fn write_npz(path: &Path, arrays: Vec<(&str, NpzArray)>) {
     let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(path).unwrap());
     for (name, array) in arrays {
         match array {
@@ -199,7 +209,7 @@ fn write_npz(path: &Path, arrays: Vec<(&str, NpzArray)>) {
     npz.finish().unwrap();
 }
 
-enum NpzArray {
+pub(crate) enum NpzArray {
     Images(Vec<u8>),
     U8(Vec<u8>),
     I32(Vec<i32>),

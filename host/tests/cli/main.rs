@@ -10,6 +10,7 @@
 mod certify;
 mod commands;
 mod dicom;
+mod intervals;
 mod ledger;
 // Shared with the benchmarks (medguard-tests), which cannot be a dependency here.
 #[path = "../../../tests/src/orthanc.rs"]

@@ -1524,3 +1524,64 @@ async fn a_certified_model_answers_422_when_no_certificate_reaches_its_radius() 
     let receipt: Receipt = serde_json::from_value(r["receipt"].clone()).unwrap();
     receipt.verify(f.guard.verifier()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_certified_model_answers_with_its_l_infinity_certificate_or_422() {
+    let f = fixture_serving(
+        &medguard_tests::repo_root().join("models/pneumonia-ibp"),
+        shared_program_owned(),
+        None,
+        Limits::default(),
+        ScreeningPolicy::Enforce,
+    );
+    let (normal, _) = tensors("samples/normal-1.png");
+    let (pneumonia, _) = tensors("samples/pneumonia-1.png");
+    // The same blend: its interval bounds hold to half a grey level, short
+    // of the required two (host/tests/cli/intervals.rs's neighbours).
+    let blend: Vec<f32> = normal
+        .iter()
+        .zip(&pneumonia)
+        .map(|(a, b)| ((0.55 * a + 0.45 * b) * 255.0).round() / 255.0)
+        .collect();
+    let post = |values: Vec<f32>| {
+        let server = f.server.clone();
+        async move {
+            call(
+                &server,
+                "POST",
+                "/v2/models/pneumonia-ibp-cnn/infer",
+                None,
+                Some(infer_body("FP32", json!(values), 9)),
+            )
+            .await
+        }
+    };
+    let (status, body) = post(blend).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no certificate reaches the radius"),
+        "{body}"
+    );
+    let r = &results(&body["parameters"])[0];
+    assert!(r["label"].is_null());
+    let c = &r["certificate"];
+    assert_eq!(c["method"], "interval-bound-propagation", "{r}");
+    assert_eq!(c["certified"], false, "{r}");
+    assert!(c["radius_linf"].as_f64().unwrap() < 2.0 / 255.0, "{r}");
+    assert!(
+        c["class"].is_null() && c["margin"].is_null(),
+        "they would give it away: {r}"
+    );
+
+    let (status, body) = post(pneumonia).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r = &results(&body["parameters"])[0];
+    assert_eq!(r["label"], "pneumonia");
+    assert_eq!(r["certificate"]["certified"], true, "{r}");
+    assert_eq!(r["certificate"]["class"], 1, "{r}");
+    let receipt: Receipt = serde_json::from_value(r["receipt"].clone()).unwrap();
+    receipt.verify(f.guard.verifier()).unwrap();
+}

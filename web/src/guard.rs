@@ -10,8 +10,11 @@ use jiff::Timestamp;
 use medguard_attest::{
     AdmitError, AttestedModel, PolicyError, Provenance, Sha256Digest, TrustPolicy, admit_files,
 };
+use medguard_certify::{Bounds, Certificate, Certifier, Noise};
 use medguard_dicom::DicomError;
-use medguard_guest_core::{Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions};
+use medguard_guest_core::{
+    Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions, SmoothOptions,
+};
 use medguard_input::{Batch, InputError};
 use medguard_ledger::entry::Verdict;
 use medguard_ledger::result::{DicomJson, Integrity, ModelRef, ResultFields};
@@ -42,16 +45,13 @@ pub enum WebError {
         /// The model's name.
         model: String,
     },
-    /// The model's manifest asks for certified predictions, which this
-    /// build does not compute yet: refused rather than run without its
-    /// certificates (its labels would reach the page uncovered).
-    #[error(
-        "{model} asks for certified predictions (randomized smoothing), which the browser build does not compute; use the server or the CLI"
-    )]
-    Uncertifiable {
-        /// The model's name.
-        model: String,
-    },
+    /// No randomness for a smoothed model's noise: the page's Web Crypto
+    /// API failed. Nothing is labelled without it.
+    #[error("no randomness for the smoothing noise: {0}")]
+    Entropy(String),
+    /// The inference core's certificate evidence did not check out.
+    #[error("certificate refused: {0}")]
+    Certificate(String),
     /// The file is not an image the model takes.
     #[error("input refused: {0}")]
     Input(#[from] InputError),
@@ -160,13 +160,13 @@ impl Model {
     ) -> Result<Self, WebError> {
         let attested = admit_files(&policy.policy, files, |_| None, now)?;
         let manifest = attested.manifest();
-        if manifest.certification.is_some() {
-            return Err(WebError::Uncertifiable {
-                model: manifest.name.clone(),
-            });
+        let classifier = match attested.certifier() {
+            Some(Certifier::IntervalBounds(_)) => {
+                Classifier::load_with_bounds(attested.model_bytes(), spec(&attested))
+            }
+            _ => Classifier::load(attested.model_bytes(), spec(&attested)),
         }
-        let classifier = Classifier::load(attested.model_bytes(), spec(&attested))
-            .map_err(WebError::Unloadable)?;
+        .map_err(WebError::Unloadable)?;
         let detector = manifest
             .screening
             .as_ref()
@@ -233,21 +233,24 @@ impl Model {
             model: manifest.name.clone(),
         })?;
         let (batch, dicom) = self.decode(bytes)?;
+        let source_bits = batch.source_bits;
+        let batch = InputBatch {
+            shape: batch.shape.to_vec(),
+            data: batch.data,
+        };
         let screened = self
             .classifier
             .screen(
-                &InputBatch {
-                    shape: batch.shape.to_vec(),
-                    data: batch.data,
-                },
+                &batch,
                 detector,
                 ScreenOptions {
                     seed,
-                    source_bits: batch.source_bits,
+                    source_bits,
                     withhold_rejected: true,
                 },
             )
             .map_err(WebError::Inference)?;
+        let mut certificates = self.certify(&batch)?.into_iter();
         let labels = &manifest.output.labels;
         let many = screened.len() > 1;
         Ok(screened
@@ -263,7 +266,7 @@ impl Model {
                         ResultFields::statistics_by_name(&s.statistics),
                     ),
                 };
-                Prediction {
+                let mut prediction = Prediction {
                     input: input.map(|name| {
                         if many {
                             format!("{name}[{i}]")
@@ -277,18 +280,80 @@ impl Model {
                     p_value,
                     statistics,
                     integrity: Integrity {
-                        source_bits: batch.source_bits,
+                        source_bits,
                         off_grid: image.off_grid,
                     },
                     seed,
                     model: ModelRef::of(&self.attested),
                     guest_sha256: guest_sha256.to_owned(),
                     dicom: dicom.clone(),
-                    // Certifiable models are refused at admission here.
                     certificate: None,
+                };
+                if let Some(certificate) = certificates.next() {
+                    cover(&mut prediction, certificate, labels);
                 }
+                prediction
             })
             .collect())
+    }
+
+    /// Each image's certificate, for a certified model (none otherwise):
+    /// the votes of noised copies under a seed drawn here, never the
+    /// page's (noise a caller knows can be optimised against), or the
+    /// interval bounds. The same crates and checks as the host's guard.
+    fn certify(&self, batch: &InputBatch) -> Result<Vec<Certificate>, WebError> {
+        let refused = |e: &dyn std::fmt::Display| WebError::Certificate(e.to_string());
+        match self.attested.certifier() {
+            None => Ok(Vec::new()),
+            Some(Certifier::Smoothing(table)) => {
+                let mut bytes = [0u8; 8];
+                getrandom_02::getrandom(&mut bytes)
+                    .map_err(|e| WebError::Entropy(e.to_string()))?;
+                let seed = u64::from_le_bytes(bytes);
+                let s = table.smoothing();
+                let options = SmoothOptions {
+                    sigma: s.noise_sigma(),
+                    samples: s.samples,
+                    seed,
+                    first_stream: 0,
+                };
+                let votes = self
+                    .classifier
+                    .smooth(batch, options)
+                    .map_err(WebError::Inference)?;
+                votes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, votes)| {
+                        let noise = Noise {
+                            seed,
+                            stream: i as u64,
+                        };
+                        table.certify(votes, noise).map_err(|e| refused(&e))
+                    })
+                    .collect()
+            }
+            Some(Certifier::IntervalBounds(intervals)) => {
+                let classes = self.attested.manifest().output.labels.len();
+                let bounds = self
+                    .classifier
+                    .bound(batch, &intervals.radii())
+                    .map_err(WebError::Inference)?;
+                bounds
+                    .into_iter()
+                    .map(|image| {
+                        let image: Vec<Bounds> = image
+                            .into_iter()
+                            .map(|b| Bounds {
+                                lower: b.lower,
+                                upper: b.upper,
+                            })
+                            .collect();
+                        intervals.certify(&image, classes).map_err(|e| refused(&e))
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// The first image of `bytes` as the model sees it, and its
@@ -352,6 +417,26 @@ impl Model {
             Some(DicomJson::from(&s)),
         ))
     }
+}
+
+/// Adds `certificate` to `prediction` as the host's guard does under the
+/// enforce policy (the browser's only one): a label the certificate does
+/// not cover makes an accepted image a flag and is not shown; a withheld
+/// label's certificate is redacted, since its class, votes or margin would
+/// give the label away.
+fn cover(prediction: &mut Prediction, certificate: Certificate, labels: &[String]) {
+    if !certificate.covers(labels, prediction.label.as_ref()) {
+        if prediction.verdict == Verdict::Accept {
+            prediction.verdict = Verdict::Flag;
+        }
+        prediction.label = None;
+        prediction.probabilities = None;
+    }
+    prediction.certificate = Some(if prediction.probabilities.is_none() {
+        certificate.redacted()
+    } else {
+        certificate
+    });
 }
 
 /// The manifest's input and output, as the inference core checks them.

@@ -57,8 +57,11 @@ fn a_tampered_or_expired_directory_is_refused_with_the_reason() {
     assert!(e.to_string().contains("expired"), "{e}");
 }
 
-/// The host's guard with the bundled model admitted, in a fresh data directory.
-fn host_guard() -> (
+/// The host's guard with the model of `dir` admitted, in a fresh data
+/// directory.
+fn host_guard(
+    dir: &Path,
+) -> (
     tempfile::TempDir,
     Guard,
     Box<medguard_attest::AttestedModel>,
@@ -67,7 +70,7 @@ fn host_guard() -> (
     let guard = Guard::open(data.path(), demo_policy())
         .unwrap()
         .with_sandbox(shared_program_owned());
-    let model = match guard.admit(&model_dir()).unwrap() {
+    let model = match guard.admit(dir).unwrap() {
         medguard::guard::Admission::Admitted { model, .. } => model,
         other => panic!("{other:?}"),
     };
@@ -83,9 +86,10 @@ fn enforce(seed: u64) -> ClassifyOptions {
 }
 
 /// Every field `predict --json` prints but the receipt and the guest's
-/// digest, from the host's guard running the sandboxed guest.
-fn host_answers(file: &Path, seed: u64) -> Vec<serde_json::Value> {
-    let (_data, guard, model) = host_guard();
+/// digest, from the host's guard running the sandboxed guest on the model
+/// of `dir`.
+fn host_answers_of(dir: &Path, file: &Path, seed: u64) -> Vec<serde_json::Value> {
+    let (_data, guard, model) = host_guard(dir);
     let options = enforce(seed);
     let classified = guard
         .classify(&model, &std::fs::read(file).unwrap(), options)
@@ -99,6 +103,24 @@ fn host_answers(file: &Path, seed: u64) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("receipt");
             o.remove("guest_sha256");
+            v
+        })
+        .collect()
+}
+
+fn host_answers(file: &Path, seed: u64) -> Vec<serde_json::Value> {
+    host_answers_of(&model_dir(), file, seed)
+}
+
+/// The browser's answers without the wasm module's digest.
+fn web_answers(model: &Model, bytes: &[u8], seed: u64) -> Vec<serde_json::Value> {
+    model
+        .classify(None, bytes, seed, "")
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(p).unwrap();
+            v.as_object_mut().unwrap().remove("guest_sha256");
             v
         })
         .collect()
@@ -152,7 +174,7 @@ fn bad_inputs_are_refused_each_with_its_reason() {
 
 #[test]
 fn a_servers_result_verifies_and_an_edited_one_does_not() {
-    let (_data, guard, model) = host_guard();
+    let (_data, guard, model) = host_guard(&model_dir());
     let options = enforce(3);
     let png = std::fs::read(model_dir().join("samples/normal-2.png")).unwrap();
     let classified = guard.classify(&model, &png, options).unwrap();
@@ -187,12 +209,96 @@ fn a_servers_result_verifies_and_an_edited_one_does_not() {
     assert!(matches!(e, WebError::LedgerKey(_)), "{e}");
 }
 
+/// Normal-1 and pneumonia-1 blended 0.55 to 0.45, rounded to 8 bits, as
+/// an .npy: near the decision boundary, so neither method certifies it.
+fn boundary_blend() -> Vec<u8> {
+    let pixels = |name: &str| {
+        let png = std::fs::read(model_dir().join("samples").join(name)).unwrap();
+        let manifest = files_in_memory(&model_dir());
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&manifest["manifest.json"]).unwrap();
+        let spec: medguard_attest::InputSpec =
+            serde_json::from_value(manifest["input"].clone()).unwrap();
+        medguard_input::decode(&png, &spec, 1).unwrap().data
+    };
+    let (a, b) = (pixels("normal-1.png"), pixels("pneumonia-1.png"));
+    let blend: Vec<u8> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| ((0.55 * x + 0.45 * y) * 255.0).round() as u8)
+        .collect();
+    let mut npy = Vec::new();
+    ndarray_npy::WriteNpyExt::write_npy(
+        &ndarray::Array3::from_shape_vec((1, 28, 28), blend).unwrap(),
+        &mut npy,
+    )
+    .unwrap();
+    npy
+}
+
 #[test]
-fn a_model_that_asks_for_certificates_is_refused_not_run_uncertified() {
-    // The browser build does not smooth yet: running the certifiable model
-    // here would show labels no certificate covers.
+fn interval_certificates_equal_the_sandboxed_guests() {
+    // No noise: the browser's certificates are the host's, field for field.
+    let dir = repo_root().join("models/pneumonia-ibp");
+    let model = Model::admit(&policy(), &files_in_memory(&dir), jiff::Timestamp::now()).unwrap();
+    let blend = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(blend.path(), boundary_blend()).unwrap();
+    for (seed, file) in [
+        model_dir().join("samples/normal-1.png"),
+        model_dir().join("samples/pneumonia-1.png"),
+        blend.path().to_owned(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = seed as u64 + 11;
+        let web = web_answers(&model, &std::fs::read(file).unwrap(), seed);
+        assert_eq!(web, host_answers_of(&dir, file, seed), "{}", file.display());
+        let c = &web[0]["certificate"];
+        assert_eq!(c["method"], "interval-bound-propagation", "{c}");
+    }
+    // The blend is not certified: flagged, its label and margin withheld.
+    let web = web_answers(&model, &boundary_blend(), 3);
+    assert_eq!(web[0]["verdict"], "flag", "{}", web[0]);
+    assert!(web[0]["label"].is_null() && web[0]["certificate"]["margin"].is_null());
+}
+
+#[test]
+fn smoothed_models_are_certified_with_noise_the_page_does_not_choose() {
     let dir = repo_root().join("models/pneumonia-smoothed");
-    let e = Model::admit(&policy(), &files_in_memory(&dir), jiff::Timestamp::now()).unwrap_err();
-    assert!(matches!(e, WebError::Uncertifiable { .. }), "{e}");
-    assert!(e.to_string().contains("certified predictions"), "{e}");
+    let model = Model::admit(&policy(), &files_in_memory(&dir), jiff::Timestamp::now()).unwrap();
+    let png = std::fs::read(model_dir().join("samples/pneumonia-1.png")).unwrap();
+    let first = web_answers(&model, &png, 9);
+    let again = web_answers(&model, &png, 9);
+    for answer in [&first[0], &again[0]] {
+        let c = &answer["certificate"];
+        assert_eq!(c["method"], "randomized-smoothing", "{c}");
+        assert_eq!(c["certified"], true, "{c}");
+        assert_eq!(answer["label"], "pneumonia");
+        let votes: u64 = c["votes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(votes, 400);
+    }
+    // Fresh noise per request, whatever seed the page passes (that one
+    // reproduces screening).
+    assert_ne!(
+        first[0]["certificate"]["noise"]["seed"],
+        again[0]["certificate"]["noise"]["seed"]
+    );
+    assert_eq!(first[0]["seed"], 9);
+    // The same model in the host's guard: the same label, certified too.
+    let host = host_answers_of(&dir, &model_dir().join("samples/pneumonia-1.png"), 9);
+    assert_eq!(host[0]["label"], first[0]["label"]);
+    assert_eq!(host[0]["certificate"]["certified"], true);
+    // Near the boundary the copies split: flagged, label and votes withheld.
+    let blend = web_answers(&model, &boundary_blend(), 9);
+    assert_eq!(blend[0]["verdict"], "flag", "{}", blend[0]);
+    assert!(blend[0]["label"].is_null());
+    assert!(
+        blend[0]["certificate"]["votes"].is_null() && blend[0]["certificate"]["class"].is_null()
+    );
 }

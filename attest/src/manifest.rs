@@ -454,6 +454,11 @@ impl Manifest {
             certification
                 .validate(labels.len())
                 .map_err(|e| ManifestError::Invalid(format!("certification: {e}")))?;
+            if let medguard_certify::Certification::IntervalBounds(i) = certification {
+                let range = f64::from(self.input.range.max) - f64::from(self.input.range.min);
+                i.validate_for(range)
+                    .map_err(|e| ManifestError::Invalid(format!("certification: {e}")))?;
+            }
         }
         if let Some(dicom) = &self.dicom {
             let report = &dicom.report;

@@ -16,10 +16,14 @@ const STEPS: u32 = 8;
 /// How far past the requirement the grid reaches, in requirements.
 const REACH: u32 = 4;
 
-/// A bound certifies only with this much to spare, relative to the logits'
-/// scale: the guest computes in `f32`, and the certificate speaks of the
-/// network in real arithmetic. Rounding in a few hundred accumulations per
-/// output is far smaller.
+/// A bound certifies only with this much to spare, relative to the largest
+/// magnitude of any bound in the network (the guest reports it): the guest
+/// computes in `f32`, and the certificate speaks of the network in real
+/// arithmetic. A guard band, not a proof: the rounding of a dot product of
+/// `n` terms is at most about `n * 6e-8` times the sum of its terms'
+/// magnitudes, far below this for the bundled models' few hundred terms
+/// per output, and a network that cancels large values (the way rounding
+/// is attacked) raises the scale with them.
 pub const RELATIVE_SLACK: f64 = 1e-3;
 
 /// The manifest's interval-bound parameters.
@@ -39,6 +43,15 @@ pub enum IntervalError {
     /// The requirement is not a usable radius.
     #[error("required_radius_linf must be finite and at least 0, got {0}")]
     Radius(f64),
+    /// The requirement exceeds the input range: a box that wide holds
+    /// every input there is.
+    #[error("required_radius_linf {required} is wider than the input range {range}")]
+    Wider {
+        /// The manifest's requirement.
+        required: f64,
+        /// The width of the manifest's input range.
+        range: f64,
+    },
 }
 
 /// Why a guest's bounds cannot be certified.
@@ -52,8 +65,8 @@ pub enum BoundsError {
         /// Radii asked for.
         radii: usize,
     },
-    /// A pair is not one finite, ordered bound per class.
-    #[error("bounds for radius {radius} are not {classes} finite intervals")]
+    /// A pair is not one ordered bound per class (finite at radius 0).
+    #[error("bounds for radius {radius} are not {classes} ordered intervals")]
     Malformed {
         /// The radius they were for.
         radius: f32,
@@ -65,10 +78,14 @@ pub enum BoundsError {
 /// One box's bounds on the logits, as the guest reports them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bounds {
-    /// Lower bound per class.
+    /// Lower bound per class; negative infinity where the guest found no
+    /// bound.
     pub lower: Vec<f32>,
-    /// Upper bound per class.
+    /// Upper bound per class; infinity where the guest found no bound.
     pub upper: Vec<f32>,
+    /// The largest magnitude of any bound in the network (infinite with
+    /// no bound).
+    pub scale: f32,
 }
 
 /// An interval-bound certificate.
@@ -102,6 +119,18 @@ impl IntervalBounds {
         } else {
             Err(IntervalError::Radius(r))
         }
+    }
+
+    /// Checks the requirement against the width of the model's input range.
+    pub fn validate_for(&self, range: f64) -> Result<(), IntervalError> {
+        self.validate()?;
+        if self.required_radius_linf > range {
+            return Err(IntervalError::Wider {
+                required: self.required_radius_linf,
+                range,
+            });
+        }
+        Ok(())
     }
 
     /// The requirement in `f32`, rounded up, so that the box the guest
@@ -144,12 +173,17 @@ impl IntervalBounds {
             });
         }
         for (b, &radius) in bounds.iter().zip(&radii) {
+            // No NaN anywhere; infinities only as "no bound", never at
+            // radius 0, where the box is the image and the bounds its logits.
+            let finite = |v: f32| v.is_finite() || (radius > 0.0 && v.is_infinite());
             let ordered = b.lower.len() == classes
                 && b.upper.len() == classes
                 && b.lower
                     .iter()
                     .zip(&b.upper)
-                    .all(|(l, u)| l.is_finite() && u.is_finite() && l <= u);
+                    .all(|(&l, &u)| finite(l) && finite(u) && l <= u)
+                && finite(b.scale)
+                && b.scale >= 0.0;
             if !ordered || classes == 0 {
                 return Err(BoundsError::Malformed { radius, classes });
             }
@@ -177,8 +211,8 @@ impl IntervalBounds {
                 .iter()
                 .chain(&b.upper)
                 .map(|v| f64::from(v.abs()))
-                .fold(1.0, f64::max);
-            margin(b) > RELATIVE_SLACK * scale
+                .fold(f64::from(b.scale).max(1.0), f64::max);
+            scale.is_finite() && margin(b) > RELATIVE_SLACK * scale
         };
         // The radius is where the first failure stops the grid: a larger
         // box that happens to pass beyond a failure proves nothing here.

@@ -881,6 +881,7 @@ mod tests {
             .map(|&m| Bounds {
                 lower: vec![m, -1.0],
                 upper: vec![m + 2.0, 0.0],
+                scale: 1.0,
             })
             .collect()
     }
@@ -915,14 +916,38 @@ mod tests {
         let c = certify(&margins);
         assert_eq!(c.radius_linf, Some(f64::from(radii[4])));
         assert!(!c.certified);
-        // A margin inside the slack is no margin.
+        // A margin inside the slack is no margin, and the slack grows with
+        // the largest bound anywhere in the network.
         let c = certify(&[5e-4; 33]);
         assert_eq!((c.radius_linf, c.certified), (None, false));
+        let mut loud = bounds_with_margins(&[1.0; 33]);
+        loud[3].scale = 2000.0;
+        match ibp.certify(&loud, 2).unwrap() {
+            Certificate::IntervalBoundPropagation(c) => {
+                assert_eq!(c.radius_linf, Some(f64::from(radii[2])));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Where the guest found no bound (it overflowed), the radius ends.
+        let mut lost = bounds_with_margins(&[1.0; 33]);
+        lost[6] = Bounds {
+            lower: vec![f32::NEG_INFINITY; 2],
+            upper: vec![f32::INFINITY; 2],
+            scale: f32::INFINITY,
+        };
+        match ibp.certify(&lost, 2).unwrap() {
+            Certificate::IntervalBoundPropagation(c) => {
+                assert_eq!(c.radius_linf, Some(f64::from(radii[5])));
+                assert!(!c.certified);
+            }
+            other => panic!("{other:?}"),
+        }
         // The class is the network's own answer on the image (radius 0).
         let mut flipped = bounds_with_margins(&[1.0; 33]);
         flipped[0] = Bounds {
             lower: vec![-1.0, 3.0],
             upper: vec![-1.0, 3.0],
+            scale: 3.0,
         };
         match ibp.certify(&flipped, 2).unwrap() {
             Certificate::IntervalBoundPropagation(c) => {
@@ -956,7 +981,8 @@ mod tests {
             (|b: &mut Bounds| b.lower.push(0.0)) as fn(&mut Bounds),
             |b| b.upper.pop().map(drop).unwrap_or(()),
             |b| b.lower[0] = f32::NAN,
-            |b| b.upper[1] = f32::INFINITY,
+            |b| b.scale = f32::NAN,
+            |b| b.scale = -1.0,
             |b| b.lower[1] = b.upper[1] + 1.0,
         ] {
             let mut bad = good.clone();
@@ -966,6 +992,13 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // At radius 0 the bounds are the image's logits: never infinite.
+        let mut bad = good.clone();
+        bad[0].upper[1] = f32::INFINITY;
+        assert!(matches!(
+            ibp.certify(&bad, 2),
+            Err(BoundsError::Malformed { .. })
+        ));
         // A requirement of 0 bounds the image alone.
         let zero = IntervalBounds {
             required_radius_linf: 0.0,

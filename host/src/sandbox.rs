@@ -1104,6 +1104,7 @@ impl Session {
                 .map(|b| medguard_certify::Bounds {
                     lower: b.lower.clone(),
                     upper: b.upper.clone(),
+                    scale: b.scale,
                 })
                 .collect();
             certificates.push(

@@ -1,7 +1,9 @@
 //! What a certified prediction costs (issue 15): randomized smoothing of one
 //! image with the certifiable model's manifest parameters (its `samples`
 //! noised copies in one guest call), against one bare inference of the same
-//! model in the same sandbox, and against the same smoothing in native tract.
+//! model in the same sandbox, and against the same smoothing in native tract;
+//! and interval bounds of one image with the interval-certified model (its
+//! 33 radii in one guest call) against one bare inference of that model.
 //! Interleaved rounds, so that machine noise hits every side; the figures are
 //! ratios and medians of one run.
 //!
@@ -99,6 +101,12 @@ fn main() {
         certify / bare,
         certify / native
     );
+    let (intervals, intervals_bare) = interval_costs(&program, &images);
+    println!(
+        "interval certificate, 33 radii: guest {intervals:.2} ms per image ({:.1}x one bare \
+         inference of {intervals_bare:.2} ms; medians of {ROUNDS} interleaved rounds)",
+        intervals / intervals_bare
+    );
     let figures = serde_json::json!([
         {"name": "certified prediction per image, guest", "value": certify, "unit": "ms"},
         {"name": "bare inference per image, guest", "value": bare, "unit": "ms"},
@@ -106,6 +114,9 @@ fn main() {
         {"name": "certified / bare inference, guest", "value": certify / bare, "unit": "ratio"},
         {"name": "certified prediction, guest / native", "value": certify / native, "unit": "ratio"},
         {"name": "smoothing samples", "value": smoothing.samples, "unit": "count"},
+        {"name": "interval certificate per image, guest", "value": intervals, "unit": "ms"},
+        {"name": "bare inference per image, interval-certified model, guest", "value": intervals_bare, "unit": "ms"},
+        {"name": "interval certificate / bare inference, guest", "value": intervals / intervals_bare, "unit": "ratio"},
     ]);
     let path = std::env::var_os("MEDGUARD_BENCH_JSON")
         .map(std::path::PathBuf::from)
@@ -115,4 +126,34 @@ fn main() {
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&figures).expect("JSON")).expect("write");
     println!("figures written to {}", path.display());
+}
+
+/// Medians of an interval certificate and of a bare inference of the
+/// interval-certified model, interleaved, on the same images.
+fn interval_costs(
+    program: &medguard::sandbox::GuestProgram,
+    images: &[medguard::input::Batch],
+) -> (f64, f64) {
+    let model = medguard::model_dir::load_unsigned(&repo_root().join("models/pneumonia-ibp"))
+        .expect("the interval-certified model attests");
+    let Some(medguard_certify::Certifier::IntervalBounds(intervals)) = model.certifier() else {
+        panic!("its manifest asks for interval bounds");
+    };
+    program.prepare(&model).expect("snapshot");
+    let (mut certify, mut bare) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let image = &images[round % images.len()];
+        let mut session = program.session(&model).expect("session");
+        let t = Instant::now();
+        session
+            .certify_intervals(&image.shape, &image.data, intervals)
+            .expect("certify");
+        certify.push(t.elapsed());
+        let t = Instant::now();
+        session
+            .classify(&image.shape, &image.data)
+            .expect("classify");
+        bare.push(t.elapsed());
+    }
+    (median(certify), median(bare))
 }

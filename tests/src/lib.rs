@@ -253,6 +253,10 @@ fn classifier_component(
     ;; shape, data: lists; options: f32, u32, u64, u64
     (param i32 i32 i32 i32 f32 i32 i64 i64) (result i32)
     {smooth_body})
+  (func (export "medguard:guest/classifier@0.1.0#bound")
+    ;; shape, data, radii: lists
+    (param i32 i32 i32 i32 i32 i32) (result i32)
+    unreachable)
   (func (export "medguard:guest/dicom@0.1.0#decode")
     ;; file (2) and profile (4 lists, 3 enums, 2 u32: 13) flatten to 15
     ;; values, under the canonical ABI's 16: passed flat.

@@ -250,7 +250,15 @@ impl Model {
                 },
             )
             .map_err(WebError::Inference)?;
-        let mut certificates = self.certify(&batch)?.into_iter();
+        let certificates = self.certify(&batch)?;
+        if self.attested.certifier().is_some() && certificates.len() != screened.len() {
+            return Err(WebError::Certificate(format!(
+                "{} certificates for {} images",
+                certificates.len(),
+                screened.len()
+            )));
+        }
+        let mut certificates = certificates.into_iter();
         let labels = &manifest.output.labels;
         let many = screened.len() > 1;
         Ok(screened
@@ -347,6 +355,7 @@ impl Model {
                             .map(|b| Bounds {
                                 lower: b.lower,
                                 upper: b.upper,
+                                scale: b.scale,
                             })
                             .collect();
                         intervals.certify(&image, classes).map_err(|e| refused(&e))
@@ -421,9 +430,11 @@ impl Model {
 
 /// Adds `certificate` to `prediction` as the host's guard does under the
 /// enforce policy (the browser's only one): a label the certificate does
-/// not cover makes an accepted image a flag and is not shown; a withheld
-/// label's certificate is redacted, since its class, votes or margin would
-/// give the label away.
+/// not cover makes an accepted image a flag and is not shown, nor is the
+/// screening evidence that would rebuild it (the statistics are calibrated
+/// per predicted class, as the server withholds them); a withheld label's
+/// certificate is redacted, since its class, votes or margin would give the
+/// label away.
 fn cover(prediction: &mut Prediction, certificate: Certificate, labels: &[String]) {
     if !certificate.covers(labels, prediction.label.as_ref()) {
         if prediction.verdict == Verdict::Accept {
@@ -431,6 +442,8 @@ fn cover(prediction: &mut Prediction, certificate: Certificate, labels: &[String
         }
         prediction.label = None;
         prediction.probabilities = None;
+        prediction.p_value = None;
+        prediction.statistics.clear();
     }
     prediction.certificate = Some(if prediction.probabilities.is_none() {
         certificate.redacted()

@@ -16,14 +16,20 @@ pub struct LogitBounds {
     pub lower: Vec<f32>,
     /// No image in the box gives a logit above these.
     pub upper: Vec<f32>,
+    /// The largest magnitude of any bound in the network: the scale its
+    /// `f32` rounding is measured against. Infinite, with the bounds
+    /// infinite too, when some bound overflowed or was lost (NaN): the box
+    /// is then bounded by nothing.
+    pub scale: f32,
 }
 
 impl Classifier {
     /// Checks `batch` and, for each image and each radius `r` of `radii`,
     /// bounds the logits over the box of images within `r` of it in every
     /// element, clipped to the spec's value range. Returns, per image, one
-    /// [`LogitBounds`] per radius in `radii`'s order. Needs a model loaded
-    /// by [`Classifier::load_with_bounds`].
+    /// [`LogitBounds`] per radius in `radii`'s order: vacuous (infinite)
+    /// where some bound in the network overflowed. Needs a model loaded by
+    /// [`Classifier::load_with_bounds`].
     pub fn bound(
         &self,
         batch: &InputBatch,
@@ -47,21 +53,22 @@ impl Classifier {
         let spec = &self.spec;
         let len = spec.image_elements() as usize;
         let classes = spec.classes as usize;
+        // One box per run: an operator reading across the batch axis would
+        // otherwise mix one box's bounds into another's (and a batch of
+        // one is what each certificate speaks of).
         let shape = [
-            radii.len(),
+            1,
             spec.channels as usize,
             spec.height as usize,
             spec.width as usize,
         ];
-        let (mut lower, mut upper) = (
-            Vec::with_capacity(radii.len() * len),
-            Vec::with_capacity(radii.len() * len),
-        );
+        let (mut lower, mut upper) = (Vec::with_capacity(len), Vec::with_capacity(len));
         let mut all = Vec::with_capacity(images);
         for image in batch.data.chunks_exact(len) {
-            lower.clear();
-            upper.clear();
+            let mut per_radius = Vec::with_capacity(radii.len());
             for &r in radii {
+                lower.clear();
+                upper.clear();
                 // Rounded outwards, so that the box holds every image within
                 // `r` in real arithmetic, then clipped to the inputs there
                 // are. Radius 0 is the image itself, exactly.
@@ -74,34 +81,34 @@ impl Classifier {
                     let u = v + r;
                     if exact { u } else { u.next_up() }.min(spec.max_value)
                 }));
+                let (lo, hi, check, scale) = plan.run_bounds(&shape, &lower, &upper)?;
+                if lo.len() != classes || hi.len() != classes {
+                    return Err(GuestError::InferenceFailed(format!(
+                        "the interval form returned {} and {} values for {classes} classes",
+                        lo.len(),
+                        hi.len()
+                    )));
+                }
+                per_radius.push(if check.is_finite() && scale.is_finite() {
+                    if let Some((l, h)) = lo.iter().zip(&hi).find(|(l, h)| l > h) {
+                        return Err(GuestError::InferenceFailed(format!(
+                            "the interval form produced the bounds [{l}, {h}]"
+                        )));
+                    }
+                    LogitBounds {
+                        lower: lo,
+                        upper: hi,
+                        scale,
+                    }
+                } else {
+                    LogitBounds {
+                        lower: vec![f32::NEG_INFINITY; classes],
+                        upper: vec![f32::INFINITY; classes],
+                        scale: f32::INFINITY,
+                    }
+                });
             }
-            let (lo, hi) = plan.run_bounds(&shape, &lower, &upper)?;
-            if lo.len() != radii.len() * classes || hi.len() != lo.len() {
-                return Err(GuestError::InferenceFailed(format!(
-                    "the interval form returned {} and {} values for {} boxes of {classes} classes",
-                    lo.len(),
-                    hi.len(),
-                    radii.len()
-                )));
-            }
-            if let Some((l, h)) = lo
-                .iter()
-                .zip(&hi)
-                .find(|(l, h)| !(l.is_finite() && h.is_finite() && l <= h))
-            {
-                return Err(GuestError::InferenceFailed(format!(
-                    "the interval form produced the bounds [{l}, {h}]"
-                )));
-            }
-            all.push(
-                lo.chunks_exact(classes)
-                    .zip(hi.chunks_exact(classes))
-                    .map(|(l, h)| LogitBounds {
-                        lower: l.to_vec(),
-                        upper: h.to_vec(),
-                    })
-                    .collect(),
-            );
+            all.push(per_radius);
         }
         Ok(all)
     }

@@ -164,13 +164,14 @@ impl Runnable {
     }
 
     /// Runs the interval form on the box `[lower, upper]` (each shaped like
-    /// a checked batch) and returns the lower and upper logits, row-major.
+    /// a checked batch) and returns the lower and upper logits, row-major,
+    /// then the sum and the largest of every bound's magnitude.
     pub(crate) fn run_bounds(
         &self,
         shape: &[usize],
         lower: &[f32],
         upper: &[f32],
-    ) -> Result<(Vec<f32>, Vec<f32>), GuestError> {
+    ) -> Result<(Vec<f32>, Vec<f32>, f32, f32), GuestError> {
         let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
         let lower = Tensor::from_shape(shape, lower).map_err(failed)?;
         let upper = Tensor::from_shape(shape, upper).map_err(failed)?;
@@ -178,9 +179,9 @@ impl Runnable {
             .plan
             .run(tvec!(lower.into(), upper.into()))
             .map_err(failed)?;
-        let [lo, hi] = outputs.as_slice() else {
+        let [lo, hi, check, scale] = outputs.as_slice() else {
             return Err(GuestError::InferenceFailed(format!(
-                "the interval form returned {} outputs, not 2",
+                "the interval form returned {} outputs, not 4",
                 outputs.len()
             )));
         };
@@ -191,7 +192,16 @@ impl Runnable {
                 .copied()
                 .collect())
         };
-        Ok((flat(lo)?, flat(hi)?))
+        let scalar = |t: &TValue| -> Result<f32, GuestError> {
+            match flat(t)?.as_slice() {
+                [v] => Ok(*v),
+                other => Err(GuestError::InferenceFailed(format!(
+                    "the interval form's check has {} values, not 1",
+                    other.len()
+                ))),
+            }
+        };
+        Ok((flat(lo)?, flat(hi)?, scalar(check)?, scalar(scale)?))
     }
 
     /// Runs the checked batch and returns the logits, row-major.

@@ -115,6 +115,7 @@ impl wit::Guest for Guest {
                         .map(|b| wit::LogitBounds {
                             lower: b.lower,
                             upper: b.upper,
+                            scale: b.scale,
                         })
                         .collect()
                 })

@@ -338,6 +338,14 @@ fn print_summary(r: &Report) {
                 group(&g.inside_radius),
                 group(&g.outside_radius),
             );
+            // Inside the radius, a changed certified class is the
+            // certificate's failure, flagged or not: never silent here.
+            if g.inside_radius.class_changed > 0 {
+                println!(
+                    "  {name}: {} image(s) inside the certified radius changed their certified class",
+                    g.inside_radius.class_changed
+                );
+            }
         }
     }
     println!(

@@ -229,6 +229,11 @@ pub struct FlipCount {
     pub silent_flips: usize,
     /// Their rate, with its Wilson interval.
     pub rate: Estimate,
+    /// Images whose certified class differs from the clean image's,
+    /// whatever screening decided: inside the radius each is a certificate
+    /// proven wrong (interval bounds) or the alpha-rare miss (smoothing),
+    /// even where screening happened to hide it.
+    pub class_changed: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -606,7 +611,9 @@ fn certified_report(
     };
     radii.sort_by(f64::total_cmp);
     radii.dedup();
-    let steps = (largest / step + 1e-9).floor() as usize;
+    // At most 2,000 points: a radius the manifest allows can be far past
+    // what any image reaches.
+    let steps = ((largest / step + 1e-9).floor() as usize).min(2_000);
     let report = CertifiedReport {
         smoothing: match certifier {
             Certifier::Smoothing(table) => Some(*table.smoothing()),
@@ -717,7 +724,7 @@ fn guarded_report(
     let per_image = images.data.len() / n.max(1);
     let mut l2 = Vec::with_capacity(n);
     let (mut accepted, mut kept, mut smoothed_flipped) = (0, 0, 0);
-    let (mut inside, mut outside) = ((0, 0), (0, 0));
+    let (mut inside, mut outside) = ((0, 0, 0), (0, 0, 0));
     for i in 0..n {
         let j = source[i];
         let (Some(clean_judged), Some(clean_certificate)) =
@@ -747,12 +754,14 @@ fn guarded_report(
         let group = if within { &mut inside } else { &mut outside };
         group.0 += 1;
         group.1 += usize::from(flipped);
+        group.2 += usize::from(certificates[i].class() != Some(clean_label));
     }
     l2.sort_by(f64::total_cmp);
-    let count = |(images, silent_flips): (usize, usize)| FlipCount {
+    let count = |(images, silent_flips, class_changed): (usize, usize, usize)| FlipCount {
         images,
         silent_flips,
         rate: proportion(silent_flips, images),
+        class_changed,
     };
     Ok(GuardedReport {
         attempted: n,

@@ -223,6 +223,8 @@ fn eval_finds_no_silent_flip_inside_the_interval_radius() {
     let g = &report["attacks"][0]["guarded"];
     assert_eq!(g["inside_radius"]["images"], 2, "{g}");
     assert_eq!(g["inside_radius"]["silent_flips"], 0, "{g}");
+    assert_eq!(g["inside_radius"]["class_changed"], 0, "{g}");
+    assert_eq!(g["outside_radius"]["class_changed"], 2, "{g}");
     assert_eq!(g["outside_radius"]["images"], 2, "{g}");
     assert_eq!(g["outside_radius"]["silent_flips"], 2, "{g}");
     assert_eq!(g["accepted_clean_label"]["value"], 0.5, "{g}");

@@ -26,9 +26,14 @@ const PREFIX: &str = "medguard/ibp/";
 /// ONNX `TensorProto.DataType.FLOAT`.
 const FLOAT: i32 = 1;
 
+/// ONNX `AttributeProto.AttributeType.INT`.
+const INT: i32 = 2;
+
 /// Rewrites `model` (linted, one input, one output) into its interval
-/// form: inputs `lower`, `upper` shaped like the model's input, outputs the
-/// lower and upper logits, in that order.
+/// form: inputs `lower`, `upper` shaped like the model's input; outputs the
+/// lower and upper logits, then two scalars over the bounds of every value
+/// in the graph: the sum of their magnitudes (finite exactly when every
+/// bound is) and the largest magnitude.
 pub(crate) fn rewrite(model: &ModelProto) -> Result<ModelProto, String> {
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let mut rewrite = Rewrite::new(graph)?;
@@ -79,6 +84,31 @@ impl<'a> Rewrite<'a> {
             ));
         }
         let constant: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+        // tract wires every reader to the last definition of a name, this
+        // rewrite to the one before it: a name defined twice could make the
+        // bounds describe another network. (An input that is also an
+        // initializer is ONNX's old way of giving a default: one value.)
+        let mut defined = HashSet::new();
+        let definitions = graph
+            .initializer
+            .iter()
+            .map(|t| &t.name)
+            .chain(
+                graph
+                    .input
+                    .iter()
+                    .map(|i| &i.name)
+                    .filter(|n| !constant.contains(*n)),
+            )
+            .chain(graph.node.iter().flat_map(|n| &n.output))
+            .filter(|n| !n.is_empty());
+        for name in definitions {
+            if !defined.insert(name) {
+                return Err(format!(
+                    "the model defines {name:?} more than once; interval bounds need each value defined once"
+                ));
+            }
+        }
         let inputs: Vec<&ValueInfoProto> = graph
             .input
             .iter()
@@ -156,6 +186,24 @@ impl<'a> Rewrite<'a> {
                 node.name
             ))
         };
+        // Subgraphs read the enclosing graph's names on tract's terms, not
+        // this rewrite's: no rule covers them.
+        if node
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+        {
+            return refuse("has a subgraph");
+        }
+        // Every input defined by an earlier node: the order tract reads
+        // them in is then the order they are rewritten in.
+        if let Some(unknown) = node
+            .input
+            .iter()
+            .find(|i| !i.is_empty() && !self.bounded.contains(*i) && !self.constant.contains(*i))
+        {
+            return refuse(&format!("reads {unknown:?}, which no earlier node defines"));
+        }
         let bounded: Vec<usize> = (0..node.input.len())
             .filter(|&k| self.bounded.contains(&node.input[k]))
             .collect();
@@ -164,13 +212,6 @@ impl<'a> Rewrite<'a> {
             self.nodes.push(node.clone());
             self.constant.extend(node.output.iter().cloned());
             return Ok(());
-        }
-        if let Some(unknown) = node
-            .input
-            .iter()
-            .find(|i| !i.is_empty() && !self.bounded.contains(*i) && !self.constant.contains(*i))
-        {
-            return refuse(&format!("reads {unknown:?}, which no earlier node defines"));
         }
         let [out] = node.output.as_slice() else {
             return refuse(&format!(
@@ -330,11 +371,48 @@ impl<'a> Rewrite<'a> {
         self.emit(&node.op_type, &inputs, node.attribute.clone())
     }
 
-    fn finish(self) -> Result<GraphProto, String> {
-        let [output] = self.graph.output.as_slice() else {
+    /// Two scalars over the bounds of every value: the sum of their
+    /// magnitudes, finite exactly when all of them are (a sum carries NaN
+    /// and infinity on, where the engine's max and ReLU turn NaN into a
+    /// number), and the largest magnitude, the scale the host measures
+    /// rounding against.
+    fn watch(&mut self) -> (String, String) {
+        let mut values: Vec<String> = self.bounded.iter().cloned().collect();
+        values.sort();
+        let all_axes = || {
+            vec![AttributeProto {
+                name: "keepdims".into(),
+                i: 0,
+                r#type: INT,
+                ..AttributeProto::default()
+            }]
+        };
+        let (mut check, mut scale) = (None::<String>, None::<String>);
+        for value in values {
+            for end in [lower(&value), upper(&value)] {
+                let magnitude = self.emit("Abs", &[&end], vec![]);
+                let sum = self.emit("ReduceSum", &[&magnitude], all_axes());
+                let max = self.emit("ReduceMax", &[&magnitude], all_axes());
+                check = Some(match check {
+                    None => sum,
+                    Some(c) => self.emit("Add", &[&c, &sum], vec![]),
+                });
+                scale = Some(match scale {
+                    None => max,
+                    Some(m) => self.emit("Max", &[&m, &max], vec![]),
+                });
+            }
+        }
+        // `finish` checked that the output is bounded, so both exist.
+        (check.unwrap_or_default(), scale.unwrap_or_default())
+    }
+
+    fn finish(mut self) -> Result<GraphProto, String> {
+        let graph = self.graph;
+        let [output] = graph.output.as_slice() else {
             return Err(format!(
                 "interval bounds need one output, the model has {}",
-                self.graph.output.len()
+                graph.output.len()
             ));
         };
         if !self.bounded.contains(&output.name) {
@@ -343,9 +421,14 @@ impl<'a> Rewrite<'a> {
                 output.name
             ));
         }
+        let (check, scale) = self.watch();
         let renamed = |info: &ValueInfoProto, name: String| ValueInfoProto {
             name,
             ..info.clone()
+        };
+        let scalar = |name: String| ValueInfoProto {
+            name,
+            ..ValueInfoProto::default()
         };
         let mut initializer = self.graph.initializer.clone();
         initializer.push(TensorProto {
@@ -365,6 +448,8 @@ impl<'a> Rewrite<'a> {
             output: vec![
                 renamed(output, lower(&output.name)),
                 renamed(output, upper(&output.name)),
+                scalar(check),
+                scalar(scale),
             ],
             ..GraphProto::default()
         })

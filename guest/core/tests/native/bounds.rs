@@ -7,7 +7,10 @@ use medguard_screen::Statistic;
 use prost::Message;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
-use tract_onnx::pb::{ModelProto, NodeProto};
+use tract_onnx::pb::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+};
 use tract_onnx::prelude::Framework;
 
 use crate::{model_bytes, spec};
@@ -69,9 +72,17 @@ fn at_radius_zero_the_bounds_meet_at_the_models_logits() {
         let got = c.bound(&batch, &[0.0]).unwrap();
         assert_eq!(got.len(), 3);
         for (bounds, want) in got.iter().zip(&want) {
-            let [LogitBounds { lower, upper }] = bounds.as_slice() else {
+            let [
+                LogitBounds {
+                    lower,
+                    upper,
+                    scale,
+                },
+            ] = bounds.as_slice()
+            else {
                 panic!("one radius, one bound")
             };
+            assert!(scale.is_finite() && *scale > 0.0, "{name}: {scale}");
             for ((l, u), w) in lower.iter().zip(upper).zip(want) {
                 // The same network on the same image, rewired: equal up to
                 // the order the engine sums in.
@@ -211,4 +222,142 @@ fn a_model_using_the_reserved_prefix_is_refused() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("a model shadowing the rewrite's names was loaded"),
     }
+}
+
+#[test]
+fn a_name_defined_twice_is_refused() {
+    // tract reads the last definition of a name, the rewrite the one
+    // before it: with two, the bounds could describe another network.
+    let mut model = proto();
+    let graph = model.graph.as_mut().unwrap();
+    let first_output = graph.node[0].output[0].clone();
+    let mut shadow = graph.initializer[0].clone();
+    shadow.name = first_output;
+    graph.initializer.push(shadow);
+    match Classifier::load_with_bounds(&model.encode_to_vec(), spec()) {
+        Err(GuestError::InvalidModel(why)) => assert!(why.contains("more than once"), "{why}"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a model defining a name twice was loaded for bounds"),
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|&i| i.into()).collect(),
+        output: vec![output.into()],
+        name: output.into(),
+        op_type: op.into(),
+        attribute,
+        ..NodeProto::default()
+    }
+}
+
+fn tensor(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: values,
+        ..TensorProto::default()
+    }
+}
+
+/// A network whose value never depends on the input (`x * 1e30 - x * 1e30`
+/// is 0), but whose bounds overflow at any radius: infinity, then NaN in
+/// the first dense layer, which the ReLU after it would turn into a tight
+/// [0, 0] if nothing watched for it.
+fn overflowing_model() -> Vec<u8> {
+    let w1: Vec<f32> = (0..784 * 4)
+        .map(|i| if i % 2 == 0 { 1e-3 } else { -1e-3 })
+        .collect();
+    let graph = GraphProto {
+        node: vec![
+            node("Mul", &["image", "big"], "a", vec![]),
+            node("Sub", &["a", "a"], "b", vec![]),
+            node("Mul", &["b", "bigger"], "c", vec![]),
+            node("Relu", &["c"], "d", vec![]),
+            node(
+                "Flatten",
+                &["d"],
+                "e",
+                vec![AttributeProto {
+                    name: "axis".into(),
+                    i: 1,
+                    r#type: 2,
+                    ..AttributeProto::default()
+                }],
+            ),
+            node("Gemm", &["e", "w1", "b1"], "f", vec![]),
+            node("Relu", &["f"], "g", vec![]),
+            node("Gemm", &["g", "w2", "b2"], "logits", vec![]),
+        ],
+        name: "overflow".into(),
+        initializer: vec![
+            tensor("big", &[], vec![1e30]),
+            tensor("bigger", &[], vec![1e12]),
+            tensor("w1", &[784, 4], w1),
+            tensor("b1", &[4], vec![0.0; 4]),
+            tensor(
+                "w2",
+                &[4, 2],
+                vec![1.0, -1.0, -1.0, 1.0, 0.5, 0.5, 0.0, 0.0],
+            ),
+            tensor("b2", &[2], vec![3.0, -3.0]),
+        ],
+        input: vec![ValueInfoProto {
+            name: "image".into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto {
+                        dim: ["batch", "1", "28", "28"]
+                            .map(|d| tensor_shape_proto::Dimension {
+                                value: Some(match d.parse::<i64>() {
+                                    Ok(n) => tensor_shape_proto::dimension::Value::DimValue(n),
+                                    Err(_) => {
+                                        tensor_shape_proto::dimension::Value::DimParam(d.into())
+                                    }
+                                }),
+                                ..Default::default()
+                            })
+                            .to_vec(),
+                    }),
+                })),
+                ..TypeProto::default()
+            }),
+            ..ValueInfoProto::default()
+        }],
+        output: vec![ValueInfoProto {
+            name: "logits".into(),
+            ..ValueInfoProto::default()
+        }],
+        ..GraphProto::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(graph),
+        ..ModelProto::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn bounds_that_overflow_anywhere_in_the_network_bound_nothing() {
+    let c = Classifier::load_with_bounds(&overflowing_model(), spec()).unwrap();
+    let bounds = c
+        .bound(&one(vec![0.5; 784]), &[0.0, 1.0 / 255.0])
+        .unwrap()
+        .remove(0);
+    // The image itself: the network's logits, its bias.
+    assert_eq!(bounds[0].lower, vec![3.0, -3.0]);
+    assert_eq!(bounds[0].upper, vec![3.0, -3.0]);
+    // Any box: no bound at all, not the tight [3, 3] a laundered NaN gives.
+    let b = &bounds[1];
+    assert!(b.lower.iter().all(|v| *v == f32::NEG_INFINITY), "{b:?}");
+    assert!(b.upper.iter().all(|v| *v == f32::INFINITY), "{b:?}");
+    assert_eq!(b.scale, f32::INFINITY);
 }

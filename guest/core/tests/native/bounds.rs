@@ -270,8 +270,8 @@ fn overflowing_model() -> Vec<u8> {
     let w1: Vec<f32> = (0..784 * 4)
         .map(|i| if i % 2 == 0 { 1e-3 } else { -1e-3 })
         .collect();
-    let graph = GraphProto {
-        node: vec![
+    graph_model(
+        vec![
             node("Mul", &["image", "big"], "a", vec![]),
             node("Sub", &["a", "a"], "b", vec![]),
             node("Mul", &["b", "bigger"], "c", vec![]),
@@ -291,8 +291,7 @@ fn overflowing_model() -> Vec<u8> {
             node("Relu", &["f"], "g", vec![]),
             node("Gemm", &["g", "w2", "b2"], "logits", vec![]),
         ],
-        name: "overflow".into(),
-        initializer: vec![
+        vec![
             tensor("big", &[], vec![1e30]),
             tensor("bigger", &[], vec![1e12]),
             tensor("w1", &[784, 4], w1),
@@ -304,6 +303,16 @@ fn overflowing_model() -> Vec<u8> {
             ),
             tensor("b2", &[2], vec![3.0, -3.0]),
         ],
+    )
+}
+
+/// A model of `nodes` and `initializers` from input `image` (f32
+/// `[batch, 1, 28, 28]`) to output `logits`, at operator set 17.
+fn graph_model(node: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
+    let graph = GraphProto {
+        node,
+        name: "test".into(),
+        initializer,
         input: vec![ValueInfoProto {
             name: "image".into(),
             r#type: Some(TypeProto {
@@ -360,4 +369,305 @@ fn bounds_that_overflow_anywhere_in_the_network_bound_nothing() {
     assert!(b.lower.iter().all(|v| *v == f32::NEG_INFINITY), "{b:?}");
     assert!(b.upper.iter().all(|v| *v == f32::INFINITY), "{b:?}");
     assert_eq!(b.scale, f32::INFINITY);
+}
+
+fn int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        i,
+        r#type: 2,
+        ..AttributeProto::default()
+    }
+}
+
+fn ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        ints: ints.to_vec(),
+        r#type: 7,
+        ..AttributeProto::default()
+    }
+}
+
+fn float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        f,
+        r#type: 1,
+        ..AttributeProto::default()
+    }
+}
+
+fn int64s(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: 7,
+        int64_data: values.to_vec(),
+        ..TensorProto::default()
+    }
+}
+
+/// `body` (from `image` to `out`, `channels` channels of any size) and a
+/// head that pools, flattens and maps to two logits with weights of both
+/// signs.
+fn headed(mut body: Vec<NodeProto>, mut initializer: Vec<TensorProto>, channels: i64) -> Vec<u8> {
+    body.push(node("GlobalAveragePool", &["out"], "pooled", vec![]));
+    body.push(node("Flatten", &["pooled"], "flat", vec![int("axis", 1)]));
+    body.push(node(
+        "Gemm",
+        &["flat", "head", "head_bias"],
+        "logits",
+        vec![],
+    ));
+    let head: Vec<f32> = (0..channels * 2)
+        .map(|i| if i % 3 == 0 { -1.5 } else { 2.0 })
+        .collect();
+    initializer.push(tensor("head", &[channels, 2], head));
+    initializer.push(tensor("head_bias", &[2], vec![0.25, -0.5]));
+    graph_model(body, initializer)
+}
+
+/// One small graph per interval rule the bundled models do not exercise.
+fn rule_models() -> Vec<(&'static str, Vec<u8>)> {
+    let scalar = |name: &str, v: f32| tensor(name, &[], vec![v]);
+    let unary = |op: &str, attribute: Vec<AttributeProto>| {
+        headed(vec![node(op, &["image"], "out", attribute)], vec![], 1)
+    };
+    let pixels: Vec<f32> = (0..784)
+        .map(|i| ((i * 37) % 11) as f32 / 5.0 - 1.0)
+        .collect();
+    let square: Vec<f32> = (0..784)
+        .map(|i| ((i * 13) % 7) as f32 / 7.0 - 0.5)
+        .collect();
+    vec![
+        ("Neg", unary("Neg", vec![])),
+        ("Sigmoid", unary("Sigmoid", vec![])),
+        ("Tanh", unary("Tanh", vec![])),
+        ("Exp", unary("Exp", vec![])),
+        ("LeakyRelu", unary("LeakyRelu", vec![float("alpha", 0.1)])),
+        (
+            "Transpose",
+            unary("Transpose", vec![ints("perm", &[0, 1, 3, 2])]),
+        ),
+        (
+            "MaxPool",
+            unary(
+                "MaxPool",
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            ),
+        ),
+        (
+            "constant - x",
+            headed(
+                vec![node("Sub", &["k", "image"], "out", vec![])],
+                vec![scalar("k", 0.3)],
+                1,
+            ),
+        ),
+        (
+            "x * negative",
+            headed(
+                vec![node("Mul", &["k", "image"], "out", vec![])],
+                vec![scalar("k", -2.0)],
+                1,
+            ),
+        ),
+        (
+            "x * per-pixel signs",
+            headed(
+                vec![node("Mul", &["image", "k"], "out", vec![])],
+                vec![tensor("k", &[1, 1, 28, 28], pixels)],
+                1,
+            ),
+        ),
+        (
+            "x / negative",
+            headed(
+                vec![node("Div", &["image", "k"], "out", vec![])],
+                vec![scalar("k", -4.0)],
+                1,
+            ),
+        ),
+        (
+            "x + x",
+            headed(
+                vec![node("Add", &["image", "image"], "out", vec![])],
+                vec![],
+                1,
+            ),
+        ),
+        (
+            "x - relu(x)",
+            headed(
+                vec![
+                    node("Relu", &["image"], "r", vec![]),
+                    node("Sub", &["image", "r"], "out", vec![]),
+                ],
+                vec![],
+                1,
+            ),
+        ),
+        (
+            "Clip",
+            headed(
+                vec![node("Clip", &["image", "lo", "hi"], "out", vec![])],
+                vec![scalar("lo", 0.2), scalar("hi", 0.7)],
+                1,
+            ),
+        ),
+        (
+            "BatchNormalization, negative scale",
+            headed(
+                vec![node(
+                    "BatchNormalization",
+                    &["image", "s", "b", "m", "v"],
+                    "out",
+                    vec![float("epsilon", 1e-3)],
+                )],
+                vec![
+                    tensor("s", &[1], vec![-2.0]),
+                    tensor("b", &[1], vec![0.1]),
+                    tensor("m", &[1], vec![0.4]),
+                    tensor("v", &[1], vec![0.25]),
+                ],
+                1,
+            ),
+        ),
+        (
+            "MatMul, bounded on the right",
+            headed(
+                vec![node("MatMul", &["a", "image"], "out", vec![])],
+                vec![tensor("a", &[28, 28], square)],
+                1,
+            ),
+        ),
+        (
+            "Concat of x and -x",
+            headed(
+                vec![
+                    node("Neg", &["image"], "n", vec![]),
+                    node("Concat", &["image", "n"], "out", vec![int("axis", 1)]),
+                ],
+                vec![],
+                2,
+            ),
+        ),
+        (
+            "Pad",
+            headed(
+                vec![node("Pad", &["image", "pads", "value"], "out", vec![])],
+                vec![
+                    int64s("pads", &[0, 0, 1, 2, 0, 0, 3, 1]),
+                    scalar("value", 0.9),
+                ],
+                1,
+            ),
+        ),
+        (
+            "Slice",
+            headed(
+                vec![node(
+                    "Slice",
+                    &["image", "starts", "ends", "axes"],
+                    "out",
+                    vec![],
+                )],
+                vec![
+                    int64s("starts", &[3, 5]),
+                    int64s("ends", &[20, 27]),
+                    int64s("axes", &[2, 3]),
+                ],
+                1,
+            ),
+        ),
+        (
+            "ReduceMax",
+            headed(
+                vec![node(
+                    "ReduceMax",
+                    &["image"],
+                    "out",
+                    vec![ints("axes", &[2, 3])],
+                )],
+                vec![],
+                1,
+            ),
+        ),
+        (
+            "Gemm, negative alpha, transposed weights",
+            graph_model(
+                vec![
+                    node("Flatten", &["image"], "flat", vec![int("axis", 1)]),
+                    node(
+                        "Gemm",
+                        &["flat", "w", "c"],
+                        "logits",
+                        vec![float("alpha", -0.5), int("transB", 1)],
+                    ),
+                ],
+                vec![
+                    tensor(
+                        "w",
+                        &[2, 784],
+                        (0..1568)
+                            .map(|i| ((i * 7) % 5) as f32 / 10.0 - 0.2)
+                            .collect(),
+                    ),
+                    tensor("c", &[2], vec![0.5, -0.5]),
+                ],
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn every_interval_rule_bounds_every_image_in_the_box() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let radii = [0.0, 2.0 / 255.0, 16.0 / 255.0];
+    for (name, bytes) in rule_models() {
+        let c =
+            Classifier::load_with_bounds(&bytes, spec()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let centre = image(&mut rng);
+        let bounds = c.bound(&one(centre.clone()), &radii).unwrap().remove(0);
+        let at_centre = logits(&c, &one(centre.clone())).remove(0);
+        for (k, w) in at_centre.iter().enumerate() {
+            let slack = 1e-4 * (1.0 + w.abs());
+            assert!(
+                (bounds[0].lower[k] - w).abs() <= slack && (bounds[0].upper[k] - w).abs() <= slack,
+                "{name}: at radius 0 [{}, {}] for {w}",
+                bounds[0].lower[k],
+                bounds[0].upper[k]
+            );
+        }
+        for (r, b) in radii.iter().zip(&bounds).skip(1) {
+            let points: Vec<f32> = (0..64)
+                .flat_map(|k| {
+                    centre
+                        .iter()
+                        .map(|&v| {
+                            let u = rng.next_u32() as f32 / u32::MAX as f32;
+                            let t = if k % 2 == 0 {
+                                if u > 0.5 { 1.0 } else { -1.0 }
+                            } else {
+                                u * 2.0 - 1.0
+                            };
+                            (v + t * r).clamp(0.0, 1.0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for l in logits(&c, &one(points)) {
+                for (k, v) in l.iter().enumerate() {
+                    let slack = 1e-4 * (1.0 + v.abs());
+                    assert!(
+                        b.lower[k] - slack <= *v && *v <= b.upper[k] + slack,
+                        "{name} at {r}: logit {k} is {v}, bounds [{}, {}]",
+                        b.lower[k],
+                        b.upper[k]
+                    );
+                }
+            }
+        }
+    }
 }

@@ -14,6 +14,19 @@ fn invalid(what: &str, e: TractError) -> GuestError {
     GuestError::InvalidModel(format!("{what}: {e:#}"))
 }
 
+/// An f32 `[batch, channels, height, width]` input as `spec` describes it.
+fn image_fact(batch: TDim, spec: &ModelSpec) -> InferenceFact {
+    InferenceFact::dt_shape(
+        f32::datum_type(),
+        tvec!(
+            batch,
+            (spec.channels as usize).to_dim(),
+            (spec.height as usize).to_dim(),
+            (spec.width as usize).to_dim()
+        ),
+    )
+}
+
 /// The parsed and linted ONNX model, before tract builds anything from it.
 pub(crate) struct Parsed {
     onnx: tract_onnx::Onnx,
@@ -96,17 +109,8 @@ impl Runnable {
             Some(symbolic) => symbolic,
             None => model.symbols.sym("batch").to_dim(),
         };
-        let fact = InferenceFact::dt_shape(
-            f32::datum_type(),
-            tvec!(
-                batch,
-                (spec.channels as usize).to_dim(),
-                (spec.height as usize).to_dim(),
-                (spec.width as usize).to_dim()
-            ),
-        );
         model
-            .set_input_fact(0, fact)
+            .set_input_fact(0, image_fact(batch, spec))
             .map_err(|e| invalid("input does not fit the spec", e))?;
         let typed = model
             .into_typed()
@@ -140,16 +144,9 @@ impl Runnable {
             .onnx
             .model_for_proto_model(&proto)
             .map_err(|e| invalid("the interval form of the model is not usable", e))?;
-        let batch = model.symbols.sym("batch").to_dim();
-        let fact = InferenceFact::dt_shape(
-            f32::datum_type(),
-            tvec!(
-                batch,
-                (spec.channels as usize).to_dim(),
-                (spec.height as usize).to_dim(),
-                (spec.width as usize).to_dim()
-            ),
-        );
+        // One box per run (`Classifier::bound`): a batch of exactly one,
+        // which tract also optimises for.
+        let fact = image_fact(1.to_dim(), spec);
         for input in 0..2 {
             model
                 .set_input_fact(input, fact.clone())

@@ -124,7 +124,9 @@ impl IntervalBounds {
     /// Checks the requirement against the width of the model's input range.
     pub fn validate_for(&self, range: f64) -> Result<(), IntervalError> {
         self.validate()?;
-        if self.required_radius_linf > range {
+        // The grid reaches REACH times the requirement, in f32.
+        let farthest = self.required() * REACH as f32;
+        if self.required_radius_linf > range || !farthest.is_finite() {
             return Err(IntervalError::Wider {
                 required: self.required_radius_linf,
                 range,

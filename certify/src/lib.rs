@@ -865,6 +865,17 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+        // No wider than the input range, and the grid's farthest radius
+        // must exist in f32.
+        let ibp = |r| IntervalBounds {
+            required_radius_linf: r,
+        };
+        assert!(ibp(0.5).validate_for(1.0).is_ok());
+        assert!(matches!(
+            ibp(1.5).validate_for(1.0),
+            Err(IntervalError::Wider { .. })
+        ));
+        assert!(ibp(1e38).validate_for(f64::from(f32::MAX) * 2.0).is_err());
         for r in [-0.01, f64::NAN, f64::INFINITY, 1e300] {
             let c = Certification::IntervalBounds(IntervalBounds {
                 required_radius_linf: r,

@@ -65,6 +65,16 @@ impl Classifier {
         let (mut lower, mut upper) = (Vec::with_capacity(len), Vec::with_capacity(len));
         let mut all = Vec::with_capacity(images);
         for image in batch.data.chunks_exact(len) {
+            // The image is in every box: the classifying plan's logits for
+            // it, alone, must lie within every finite bound. A tripwire for
+            // any way the interval form could describe another network.
+            let own = self.logits(
+                &InputBatch {
+                    shape: vec![1, spec.channels, spec.height, spec.width],
+                    data: image.to_vec(),
+                },
+                1,
+            )?;
             let mut per_radius = Vec::with_capacity(radii.len());
             for &r in radii {
                 lower.clear();
@@ -93,6 +103,21 @@ impl Classifier {
                     if let Some((l, h)) = lo.iter().zip(&hi).find(|(l, h)| l > h) {
                         return Err(GuestError::InferenceFailed(format!(
                             "the interval form produced the bounds [{l}, {h}]"
+                        )));
+                    }
+                    // Equal to rounding: the same weights, rewired, summed
+                    // in another order.
+                    if let Some(((l, h), v)) = lo
+                        .iter()
+                        .zip(&hi)
+                        .zip(&own)
+                        .find(|((l, h), v)| {
+                            let slack = 1e-4 * (1.0 + v.abs());
+                            **l > **v + slack || **h < **v - slack
+                        })
+                    {
+                        return Err(GuestError::InferenceFailed(format!(
+                            "the interval form's bounds [{l}, {h}] at radius {r} do not hold the model's own logit {v}: it does not describe this network"
                         )));
                     }
                     LogitBounds {

@@ -144,9 +144,11 @@ impl Runnable {
             .onnx
             .model_for_proto_model(&proto)
             .map_err(|e| invalid("the interval form of the model is not usable", e))?;
-        // One box per run (`Classifier::bound`): a batch of exactly one,
-        // which tract also optimises for.
-        let fact = image_fact(1.to_dim(), spec);
+        // A symbolic batch, as the classifying plan has: tract decides some
+        // shapes by whether an axis is exactly 1, and the two plans must
+        // make the same decisions. `Classifier::bound` runs one box at a
+        // time.
+        let fact = image_fact(model.symbols.sym("batch").to_dim(), spec);
         for input in 0..2 {
             model
                 .set_input_fact(input, fact.clone())

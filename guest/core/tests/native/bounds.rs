@@ -641,6 +641,8 @@ fn every_interval_rule_bounds_every_image_in_the_box() {
             );
         }
         for (r, b) in radii.iter().zip(&bounds).skip(1) {
+            // A bound, not a vacuous pass.
+            assert!(b.scale.is_finite(), "{name} at {r}: no bound");
             let points: Vec<f32> = (0..64)
                 .flat_map(|k| {
                     centre
@@ -670,4 +672,30 @@ fn every_interval_rule_bounds_every_image_in_the_box() {
             }
         }
     }
+}
+
+#[test]
+fn each_box_is_bounded_alone_whatever_else_is_asked() {
+    // `x - mean over the batch` is 0 for one image: an operator reading
+    // across the batch axis. Were the boxes of one call run as one batch,
+    // each would be centred on the others.
+    let model = headed(
+        vec![
+            node("ReduceMean", &["image"], "m", vec![ints("axes", &[0])]),
+            node("Sub", &["image", "m"], "out", vec![]),
+        ],
+        vec![],
+        1,
+    );
+    let c = Classifier::load_with_bounds(&model, spec()).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let image = one(image(&mut rng));
+    let radii = [0.0, 2.0 / 255.0, 16.0 / 255.0];
+    let together = c.bound(&image, &radii).unwrap().remove(0);
+    for (r, bounds) in radii.iter().zip(&together) {
+        let alone = c.bound(&image, &[*r]).unwrap().remove(0).remove(0);
+        assert_eq!(bounds, &alone, "radius {r}");
+    }
+    // At radius 0 the difference is exactly 0: the logits are the head's bias.
+    assert_eq!(together[0].lower, together[0].upper);
 }

@@ -113,33 +113,49 @@ fn every_image_in_the_box_has_logits_within_its_bounds() {
             }
         }
         for (r, b) in radii.iter().zip(&bounds) {
-            // Corners (each pixel at one end of its range) and points inside.
-            let points: Vec<f32> = (0..64)
-                .flat_map(|k| {
-                    let corner = k % 2 == 0;
-                    centre
-                        .iter()
-                        .map(|&v| {
-                            let u = rng.next_u32() as f32 / u32::MAX as f32;
-                            let t = if corner {
-                                (u > 0.5) as u8 as f32 * 2.0 - 1.0
-                            } else {
-                                u * 2.0 - 1.0
-                            };
-                            (v + t * r).clamp(0.0, 1.0)
-                        })
-                        .collect::<Vec<_>>()
+            assert_holds(&c, &centre, *r, b, name, &mut rng);
+        }
+    }
+}
+
+/// 64 images within `r` of `centre` (every other one a corner, each pixel
+/// at one end of its range), clipped to the pixel range: the model's logits
+/// for each lie within `bounds`, to rounding.
+fn assert_holds(
+    c: &Classifier,
+    centre: &[f32],
+    r: f32,
+    bounds: &LogitBounds,
+    name: &str,
+    rng: &mut ChaCha8Rng,
+) {
+    let points: Vec<f32> = (0..64)
+        .flat_map(|k| {
+            centre
+                .iter()
+                .map(|&v| {
+                    let u = rng.next_u32() as f32 / u32::MAX as f32;
+                    let t = match (k % 2 == 0, u > 0.5) {
+                        (true, true) => 1.0,
+                        (true, false) => -1.0,
+                        (false, _) => u * 2.0 - 1.0,
+                    };
+                    (v + t * r).clamp(0.0, 1.0)
                 })
-                .collect();
-            for l in logits(&c, &one(points)) {
-                for (k, (v, (lo, hi))) in l.iter().zip(b.lower.iter().zip(&b.upper)).enumerate() {
-                    let slack = 1e-4 * (1.0 + v.abs());
-                    assert!(
-                        lo - slack <= *v && *v <= hi + slack,
-                        "{name} at {r}: logit {k} is {v}, bounds [{lo}, {hi}]"
-                    );
-                }
-            }
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for l in logits(c, &one(points)) {
+        for (k, (v, (lo, hi))) in l
+            .iter()
+            .zip(bounds.lower.iter().zip(&bounds.upper))
+            .enumerate()
+        {
+            let slack = 1e-4 * (1.0 + v.abs());
+            assert!(
+                lo - slack <= *v && *v <= hi + slack,
+                "{name} at {r}: logit {k} is {v}, bounds [{lo}, {hi}]"
+            );
         }
     }
 }
@@ -643,33 +659,7 @@ fn every_interval_rule_bounds_every_image_in_the_box() {
         for (r, b) in radii.iter().zip(&bounds).skip(1) {
             // A bound, not a vacuous pass.
             assert!(b.scale.is_finite(), "{name} at {r}: no bound");
-            let points: Vec<f32> = (0..64)
-                .flat_map(|k| {
-                    centre
-                        .iter()
-                        .map(|&v| {
-                            let u = rng.next_u32() as f32 / u32::MAX as f32;
-                            let t = if k % 2 == 0 {
-                                if u > 0.5 { 1.0 } else { -1.0 }
-                            } else {
-                                u * 2.0 - 1.0
-                            };
-                            (v + t * r).clamp(0.0, 1.0)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            for l in logits(&c, &one(points)) {
-                for (k, v) in l.iter().enumerate() {
-                    let slack = 1e-4 * (1.0 + v.abs());
-                    assert!(
-                        b.lower[k] - slack <= *v && *v <= b.upper[k] + slack,
-                        "{name} at {r}: logit {k} is {v}, bounds [{}, {}]",
-                        b.lower[k],
-                        b.upper[k]
-                    );
-                }
-            }
+            assert_holds(&c, &centre, *r, b, name, &mut rng);
         }
     }
 }

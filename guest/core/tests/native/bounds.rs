@@ -257,7 +257,12 @@ fn a_name_defined_twice_is_refused() {
     }
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+pub(crate) fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|&i| i.into()).collect(),
         output: vec![output.into()],
@@ -396,7 +401,7 @@ fn int(name: &str, i: i64) -> AttributeProto {
     }
 }
 
-fn ints(name: &str, ints: &[i64]) -> AttributeProto {
+pub(crate) fn ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         ints: ints.to_vec(),
@@ -427,7 +432,11 @@ fn int64s(name: &str, values: &[i64]) -> TensorProto {
 /// `body` (from `image` to `out`, `channels` channels of any size) and a
 /// head that pools, flattens and maps to two logits with weights of both
 /// signs.
-fn headed(mut body: Vec<NodeProto>, mut initializer: Vec<TensorProto>, channels: i64) -> Vec<u8> {
+pub(crate) fn headed(
+    mut body: Vec<NodeProto>,
+    mut initializer: Vec<TensorProto>,
+    channels: i64,
+) -> Vec<u8> {
     body.push(node("GlobalAveragePool", &["out"], "pooled", vec![]));
     body.push(node("Flatten", &["pooled"], "flat", vec![int("axis", 1)]));
     body.push(node(

@@ -2,6 +2,7 @@
 
 use medguard_guest_core::{Classifier, GuestError, InputBatch, ModelSpec};
 
+use crate::bounds::{headed, ints, node};
 use crate::{model_bytes, spec};
 
 #[test]
@@ -93,4 +94,71 @@ fn the_guest_onnx_fuzz_seeds_load_or_are_refused() {
     }
     // Seeds that load and seeds the lint refuses (fuzz/examples/seeds.rs).
     assert!(seeds >= 6 && loaded >= 4, "{loaded} of {seeds} loaded");
+}
+
+#[test]
+fn an_images_answer_does_not_depend_on_the_rest_of_its_batch() {
+    // `x - mean over the batch`: an operator reading across the batch
+    // axis, which a signed model may contain. Run as one batch, each
+    // image's logits would move with its companions; run one image at a
+    // time, the mean of one image is the image and every image gets the
+    // head's bias alone.
+    let model = headed(
+        vec![
+            node("ReduceMean", &["image"], "m", vec![ints("axes", &[0])]),
+            node("Sub", &["image", "m"], "out", vec![]),
+        ],
+        vec![],
+        1,
+    );
+    let c = Classifier::load(&model, spec()).unwrap();
+    let batch = |pixels: &[f32]| InputBatch {
+        shape: vec![pixels.len() as u32, 1, 28, 28],
+        data: pixels.iter().flat_map(|&v| [v; 784]).collect(),
+    };
+    let alone = c.classify(&batch(&[0.2])).unwrap();
+    let together = c.classify(&batch(&[0.2, 0.9, 0.0])).unwrap();
+    assert_eq!(together.len(), 3);
+    for probs in &together {
+        assert_eq!(probs, &alone[0]);
+    }
+
+    // And the bundled model: the same bits for an image, alone or in
+    // any batch.
+    let c = Classifier::load(&model_bytes(), spec()).unwrap();
+    let images: Vec<f32> = (0..5 * 784)
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect();
+    let all = c
+        .classify(&InputBatch {
+            shape: vec![5, 1, 28, 28],
+            data: images.clone(),
+        })
+        .unwrap();
+    for (image, probs) in images.chunks_exact(784).zip(&all) {
+        let alone = c
+            .classify(&InputBatch {
+                shape: vec![1, 1, 28, 28],
+                data: image.to_vec(),
+            })
+            .unwrap();
+        assert_eq!(probs, &alone[0]);
+    }
+}
+
+#[test]
+fn a_batch_axis_that_is_not_one_symbol_is_refused() {
+    let mut model = headed(vec![node("Relu", &["image"], "out", vec![])], vec![], 1);
+    // The graph declares its batch as the dim_param "batch"; make it an
+    // expression tract parses as one.
+    let at = model
+        .windows(5)
+        .position(|w| w == b"batch")
+        .expect("the graph names its batch");
+    model.splice(at..at + 5, b"2*bat".iter().copied());
+    let err = Classifier::load(&model, spec()).err().expect("refused");
+    assert!(
+        matches!(&err, GuestError::InvalidModel(m) if m.contains("batch axis")),
+        "{err:?}"
+    );
 }

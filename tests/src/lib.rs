@@ -332,3 +332,45 @@ pub fn assert_golden_pneumonia(
         probabilities[index]
     );
 }
+
+/// Asserts that two JSON answers are the same: equal strings, booleans,
+/// keys and shapes, and numbers within `rel * (1 + |expected|)` of each
+/// other. For answers computed by tract's native kernels on one side and
+/// its wasm kernels on the other, which agree to rounding, not to the bit.
+pub fn assert_json_close(
+    actual: &serde_json::Value,
+    expected: &serde_json::Value,
+    rel: f64,
+    what: &str,
+) {
+    use serde_json::Value;
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(e)) => {
+            let (a, e) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                e.as_f64().unwrap_or(f64::NAN),
+            );
+            assert!(
+                (a - e).abs() <= rel * (1.0 + e.abs()),
+                "{what}: {a}, expected {e}"
+            );
+        }
+        (Value::Object(a), Value::Object(e)) => {
+            assert_eq!(
+                a.keys().collect::<Vec<_>>(),
+                e.keys().collect::<Vec<_>>(),
+                "{what}"
+            );
+            for (k, v) in a {
+                assert_json_close(v, &e[k], rel, &format!("{what}.{k}"));
+            }
+        }
+        (Value::Array(a), Value::Array(e)) => {
+            assert_eq!(a.len(), e.len(), "{what}: lengths");
+            for (i, (a, e)) in a.iter().zip(e).enumerate() {
+                assert_json_close(a, e, rel, &format!("{what}[{i}]"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{what}"),
+    }
+}

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use medguard_tests::{model_dir, repo_root};
+use medguard_tests::{assert_json_close, model_dir, repo_root};
 use serde_json::Value;
 
 /// `target/<profile>/medguard`, which `cargo test --workspace` builds.
@@ -60,26 +60,6 @@ fn predict(file: &Path, seed: u64) -> Value {
     // Exit 1 for a flagged or rejected input: the line is the answer.
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
-fn close(a: &Value, b: &Value, what: &str) {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-6, "{what}: page {x}, CLI {y}");
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            assert_eq!(
-                x.keys().collect::<Vec<_>>(),
-                y.keys().collect::<Vec<_>>(),
-                "{what}"
-            );
-            for (k, v) in x {
-                close(v, &y[k], &format!("{what}.{k}"));
-            }
-        }
-        _ => assert_eq!(a, b, "{what}"),
-    }
 }
 
 #[test]
@@ -206,7 +186,7 @@ fn the_demo_page_answers_as_the_cli_and_sends_nothing() {
             "model",
             "dicom",
         ] {
-            close(&page[field], &cli[field], &format!("{name}: {field}"));
+            assert_json_close(&page[field], &cli[field], 1e-6, &format!("{name}: {field}"));
         }
         if page["verdict"] == "reject" {
             assert_eq!(page["label"], Value::Null);

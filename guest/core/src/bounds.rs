@@ -53,15 +53,9 @@ impl Classifier {
         let spec = &self.spec;
         let len = spec.image_elements() as usize;
         let classes = spec.classes as usize;
-        // One box per run: an operator reading across the batch axis would
-        // otherwise mix one box's bounds into another's (and a batch of
-        // one is what each certificate speaks of).
-        let shape = [
-            1,
-            spec.channels as usize,
-            spec.height as usize,
-            spec.width as usize,
-        ];
+        // One box per run (the interval plan takes one): an operator
+        // reading across the batch axis would otherwise mix one box's
+        // bounds into another's.
         let (mut lower, mut upper) = (Vec::with_capacity(len), Vec::with_capacity(len));
         let mut all = Vec::with_capacity(images);
         for image in batch.data.chunks_exact(len) {
@@ -91,7 +85,7 @@ impl Classifier {
                     let u = v + r;
                     if exact { u } else { u.next_up() }.min(spec.max_value)
                 }));
-                let (lo, hi, check, scale) = plan.run_bounds(&shape, &lower, &upper)?;
+                let (lo, hi, check, scale) = plan.run_bounds(&lower, &upper)?;
                 if lo.len() != classes || hi.len() != classes {
                     return Err(GuestError::InferenceFailed(format!(
                         "the interval form returned {} and {} values for {classes} classes",

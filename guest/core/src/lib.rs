@@ -34,7 +34,8 @@ pub struct Classifier {
 
 impl Classifier {
     /// Parses `model_bytes` as ONNX, checks that its input and output agree with
-    /// `spec`, and optimises it for a dynamic batch axis.
+    /// `spec` with a dynamic batch axis, and optimises it for one image at a
+    /// time: a batch runs image by image.
     pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Self, GuestError> {
         spec.validate()?;
         let parsed = runtime::Parsed::parse(model_bytes)?;

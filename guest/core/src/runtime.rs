@@ -2,7 +2,6 @@
 //! change to this file alone.
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::plan::SimpleState;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::{GuestError, InputBatch, ModelSpec};
@@ -55,10 +54,10 @@ impl Parsed {
 /// - an image's answer cannot depend on the other images of its request,
 ///   whatever the model does across the batch axis;
 /// - a fixed shape lets tract pick its lazy im2col for the convolutions,
-///   which never materialises the patch matrix: 1.3x faster natively at
-///   batch 1 and 2.4x at batch 16 (run image by image) than the symbolic
-///   plan's eager im2col, with bit-identical logits, and more in the guest
-///   (README, Measurements).
+///   which never materialises the patch matrix (README, Measurements).
+///
+/// Each image gets a fresh tract state, so nothing an operator keeps
+/// between runs can carry one image into the next.
 pub(crate) struct Runnable {
     plan: std::sync::Arc<TypedRunnableModel>,
     /// The shape of one input of the plan, `[1, C, H, W]`.
@@ -68,13 +67,52 @@ pub(crate) struct Runnable {
 }
 
 /// Fixes the batch symbol `batch` of a model that type-checked with it to
-/// 1, then optimises it: see [`Runnable`].
+/// 1, then optimises it: see [`Runnable`]. The plan must take exactly one
+/// `image` per input and give `outputs` per output, or it is not the plan
+/// the per-image runs need (a substitution that did not take, or a model
+/// whose output at a batch of one is not one row).
 fn plan_at_batch_one(
     typed: TypedModel,
     batch: &Symbol,
+    image: &[usize],
+    outputs: &[&[usize]],
 ) -> TractResult<std::sync::Arc<TypedRunnableModel>> {
     let one = std::collections::HashMap::from([(batch.clone(), 1.to_dim())]);
-    typed.set_symbols(&one)?.into_optimized()?.into_runnable()
+    let plan = typed.set_symbols(&one)?.into_optimized()?;
+    let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(<[usize]>::to_vec);
+    for input in 0..plan.inputs.len() {
+        let fact = plan.input_fact(input)?;
+        tract_onnx::tract_core::internal::ensure!(
+            concrete(fact).as_deref() == Some(image),
+            "at a batch of one, input {input} is {:?}, not {image:?}",
+            fact.shape
+        );
+    }
+    tract_onnx::tract_core::internal::ensure!(
+        plan.outputs.len() == outputs.len(),
+        "the plan has {} outputs, not {}",
+        plan.outputs.len(),
+        outputs.len()
+    );
+    for (output, wanted) in outputs.iter().enumerate() {
+        let fact = plan.output_fact(output)?;
+        tract_onnx::tract_core::internal::ensure!(
+            concrete(fact).as_deref() == Some(*wanted),
+            "at a batch of one, output {output} is {:?}, not {wanted:?}",
+            fact.shape
+        );
+    }
+    plan.into_runnable()
+}
+
+/// `[1, C, H, W]`: one image of `spec`.
+fn one_image(spec: &ModelSpec) -> [usize; 4] {
+    [
+        1,
+        spec.channels as usize,
+        spec.height as usize,
+        spec.width as usize,
+    ]
 }
 
 impl Runnable {
@@ -159,19 +197,22 @@ impl Runnable {
                 output, spec.classes
             )));
         }
-        let plan = plan_at_batch_one(typed, &batch)
-            .map_err(|e| invalid("model could not be optimised", e))?;
-        let image = [
-            1,
-            spec.channels as usize,
-            spec.height as usize,
-            spec.width as usize,
-        ];
-        Ok(Self {
+        let plan = plan_at_batch_one(
+            typed,
+            &batch,
+            &one_image(spec),
+            &[&[1, spec.classes as usize]],
+        )
+        .map_err(|e| invalid("model could not be planned for one image", e))?;
+        Ok(Self::new(plan, spec))
+    }
+
+    fn new(plan: std::sync::Arc<TypedRunnableModel>, spec: &ModelSpec) -> Self {
+        Self {
             plan,
-            image,
+            image: one_image(spec),
             classes: spec.classes as usize,
-        })
+        }
     }
 
     /// The interval form of a model that [`Runnable::load`] accepted with
@@ -196,33 +237,25 @@ impl Runnable {
         }
         let plan = model
             .into_typed()
-            .and_then(|m| plan_at_batch_one(m, &batch))
+            .and_then(|m| {
+                let logits: &[usize] = &[1, spec.classes as usize];
+                plan_at_batch_one(m, &batch, &one_image(spec), &[logits, logits, &[], &[]])
+            })
             .map_err(|e| invalid("the interval form of the model could not be optimised", e))?;
-        let image = [
-            1,
-            spec.channels as usize,
-            spec.height as usize,
-            spec.width as usize,
-        ];
-        Ok(Self {
-            plan,
-            image,
-            classes: spec.classes as usize,
-        })
+        Ok(Self::new(plan, spec))
     }
 
-    /// Runs the interval form on the box `[lower, upper]` (each shaped like
-    /// a checked batch) and returns the lower and upper logits, row-major,
-    /// then the sum and the largest of every bound's magnitude.
+    /// Runs the interval form on the box `[lower, upper]` around one image
+    /// (each end shaped like one image) and returns the lower and upper
+    /// logits, then the sum and the largest of every bound's magnitude.
     pub(crate) fn run_bounds(
         &self,
-        shape: &[usize],
         lower: &[f32],
         upper: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>, f32, f32), GuestError> {
         let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
-        let lower = Tensor::from_shape(shape, lower).map_err(failed)?;
-        let upper = Tensor::from_shape(shape, upper).map_err(failed)?;
+        let lower = Tensor::from_shape(&self.image, lower).map_err(failed)?;
+        let upper = Tensor::from_shape(&self.image, upper).map_err(failed)?;
         let outputs = self
             .plan
             .run(tvec!(lower.into(), upper.into()))
@@ -252,30 +285,35 @@ impl Runnable {
         Ok((flat(lo)?, flat(hi)?, scalar(check)?, scalar(scale)?))
     }
 
-    /// The checked batch's images, one input of the plan each.
-    fn images<'a>(
-        &self,
-        batch: &'a InputBatch,
-    ) -> impl Iterator<Item = Result<TValue, GuestError>> + 'a {
-        let image = self.image;
+    /// The checked batch's images, one input of the plan each; an error if
+    /// its data is not a whole number of images.
+    fn images(&self, batch: &InputBatch) -> Result<Vec<TValue>, GuestError> {
+        let len: usize = self.image.iter().product();
+        if batch.data.len() % len != 0 {
+            return Err(GuestError::InvalidInput(format!(
+                "{} values are not a whole number of {len}-value images",
+                batch.data.len()
+            )));
+        }
         batch
             .data
-            .chunks_exact(image.iter().product())
-            .map(move |pixels| {
-                Tensor::from_shape(&image, pixels)
+            .chunks_exact(len)
+            .map(|pixels| {
+                Tensor::from_shape(&self.image, pixels)
                     .map(TValue::from)
                     .map_err(|e| GuestError::InferenceFailed(format!("{e:#}")))
             })
+            .collect()
     }
 
     /// Runs the checked batch, one image at a time, and returns the
     /// logits, row-major.
     pub(crate) fn run(&self, batch: &InputBatch) -> Result<Vec<f32>, GuestError> {
         let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
-        let mut state = SimpleState::new(&self.plan).map_err(failed)?;
         let mut logits = Vec::new();
-        for image in self.images(batch) {
-            let outputs = state.run(tvec!(image?)).map_err(failed)?;
+        for image in self.images(batch)? {
+            // A fresh state per image (what `run` makes): see `Runnable`.
+            let outputs = self.plan.run(tvec!(image)).map_err(failed)?;
             let output = outputs.first().ok_or_else(|| {
                 GuestError::InferenceFailed("the model returned no output".into())
             })?;
@@ -300,13 +338,13 @@ impl Runnable {
         runs: usize,
     ) -> Result<Vec<(String, String, std::time::Duration)>, GuestError> {
         let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
-        let images = self.images(batch).collect::<Result<Vec<_>, _>>()?;
+        let images = self.images(batch)?;
         let nodes = self.plan.model().nodes();
         let mut times = vec![std::time::Duration::ZERO; nodes.len()];
-        let mut state = SimpleState::new(&self.plan).map_err(failed)?;
         for _ in 0..runs {
             for image in &images {
-                state
+                tract_onnx::tract_core::plan::SimpleState::new(&self.plan)
+                    .map_err(failed)?
                     .run_plan_with_eval(tvec!(image.clone()), |ctx, op_state, node, inputs| {
                         let started = std::time::Instant::now();
                         let outputs =

@@ -1,8 +1,9 @@
 //! Screening: the statistics of one input and of the model's response to it.
 //!
 //! Every model input a statistic needs (the image, its squeezed version, its
-//! noisy versions) goes into one batch and one model run, so screening costs
-//! one call however many statistics there are.
+//! noisy versions) goes into one call of the model, which runs each of them
+//! alone, so screening costs one guest call however many statistics there
+//! are.
 
 use medguard_screen::{Profile, ScreenOptions, ScreenedImage, Statistic, Verdict, margin};
 use rand_chacha::ChaCha8Rng;

@@ -273,7 +273,7 @@ pub(crate) fn node(
     }
 }
 
-fn tensor(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
+pub(crate) fn tensor(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
     TensorProto {
         name: name.into(),
         dims: dims.to_vec(),
@@ -329,7 +329,7 @@ fn overflowing_model() -> Vec<u8> {
 
 /// A model of `nodes` and `initializers` from input `image` (f32
 /// `[batch, 1, 28, 28]`) to output `logits`, at operator set 17.
-fn graph_model(node: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
+pub(crate) fn graph_model(node: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
     let graph = GraphProto {
         node,
         name: "test".into(),
@@ -392,7 +392,7 @@ fn bounds_that_overflow_anywhere_in_the_network_bound_nothing() {
     assert_eq!(b.scale, f32::INFINITY);
 }
 
-fn int(name: &str, i: i64) -> AttributeProto {
+pub(crate) fn int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         i,

@@ -2,7 +2,7 @@
 
 use medguard_guest_core::{Classifier, GuestError, InputBatch, ModelSpec};
 
-use crate::bounds::{headed, ints, node};
+use crate::bounds::{graph_model, headed, int, ints, node, tensor};
 use crate::{model_bytes, spec};
 
 #[test]
@@ -158,7 +158,32 @@ fn a_batch_axis_that_is_not_one_symbol_is_refused() {
     model.splice(at..at + 5, b"2*bat".iter().copied());
     let err = Classifier::load(&model, spec()).err().expect("refused");
     assert!(
-        matches!(&err, GuestError::InvalidModel(m) if m.contains("batch axis")),
+        matches!(&err, GuestError::InvalidModel(m) if m.contains("one symbol")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_model_whose_output_at_a_batch_of_one_is_not_one_row_is_refused() {
+    // logits [batch + 1, 2]: a constant row appended. It type-checks with
+    // a symbolic batch (rank 2, two classes), and run image by image it
+    // would hand two rows to each image; at a batch of one it is [2, 2].
+    let model = graph_model(
+        vec![
+            node("GlobalAveragePool", &["image"], "pooled", vec![]),
+            node("Flatten", &["pooled"], "flat", vec![int("axis", 1)]),
+            node("Gemm", &["flat", "head", "head_bias"], "z", vec![]),
+            node("Concat", &["z", "extra"], "logits", vec![int("axis", 0)]),
+        ],
+        vec![
+            tensor("head", &[1, 2], vec![1.0, -1.0]),
+            tensor("head_bias", &[2], vec![0.25, -0.5]),
+            tensor("extra", &[1, 2], vec![9.0, -9.0]),
+        ],
+    );
+    let err = Classifier::load(&model, spec()).err().expect("refused");
+    assert!(
+        matches!(&err, GuestError::InvalidModel(m) if m.contains("batch of one")),
         "{err:?}"
     );
 }

@@ -687,14 +687,7 @@ impl Guard {
         let screened = screened.and_then(|images| match certifier {
             None => Ok(images.into_iter().map(|i| (i, None)).collect::<Vec<_>>()),
             Some((certifier, seed)) => {
-                let certificates = match certifier {
-                    Certifier::Smoothing(table) => {
-                        session.certify(&batch.shape, &batch.data, table, seed)?
-                    }
-                    Certifier::IntervalBounds(intervals) => {
-                        session.certify_intervals(&batch.shape, &batch.data, intervals)?
-                    }
-                };
+                let certificates = session.certify(&batch.shape, &batch.data, certifier, seed)?;
                 Ok(images
                     .into_iter()
                     .zip(certificates.into_iter().map(Some))

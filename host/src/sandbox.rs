@@ -1007,12 +1007,29 @@ impl Session {
             .collect()
     }
 
+    /// Certifies each image of `[batch, channels, height, width]` values
+    /// by the model's `certifier`: [`Session::certify_smoothed`] with the
+    /// noise seeded by `seed`, or [`Session::certify_intervals`] (which
+    /// takes no seed).
+    pub fn certify(
+        &mut self,
+        shape: &[u32],
+        data: &[f32],
+        certifier: &Certifier,
+        seed: u64,
+    ) -> Result<Vec<Certificate>, SandboxError> {
+        match certifier {
+            Certifier::Smoothing(table) => self.certify_smoothed(shape, data, table, seed),
+            Certifier::IntervalBounds(intervals) => self.certify_intervals(shape, data, intervals),
+        }
+    }
+
     /// Classifies `table`'s samples of Gaussian-noised copies of each image
     /// of `[batch, channels, height, width]` values in one guest call, with
     /// the noise seeded by `seed`, and certifies each image's votes with
     /// `table`. The guest only counts: a count that is not one per class
     /// adding up to the samples is refused, never certified.
-    pub fn certify(
+    pub fn certify_smoothed(
         &mut self,
         shape: &[u32],
         data: &[f32],

@@ -75,7 +75,7 @@ fn main() {
         let mut session = program.session(&model).expect("session");
         let t = Instant::now();
         session
-            .certify(&image.shape, &image.data, table, round as u64)
+            .certify_smoothed(&image.shape, &image.data, table, round as u64)
             .expect("certify");
         certify.push(t.elapsed());
         let t = Instant::now();

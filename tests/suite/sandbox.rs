@@ -416,7 +416,7 @@ fn votes_that_are_not_counts_of_the_samples_are_never_certified() {
         let err = lying
             .session(&model)
             .unwrap()
-            .certify(&batch.shape, &batch.data, table, 1)
+            .certify_smoothed(&batch.shape, &batch.data, table, 1)
             .expect_err(why);
         assert!(
             matches!(
@@ -434,7 +434,7 @@ fn votes_that_are_not_counts_of_the_samples_are_never_certified() {
     let certificates = honest
         .session(&model)
         .unwrap()
-        .certify(&batch.shape, &batch.data, table, 1)
+        .certify_smoothed(&batch.shape, &batch.data, table, 1)
         .unwrap();
     assert_eq!(smoothed(&certificates[0]).votes, Some(vec![0, 100]));
     assert!(certificates[0].radius().is_some());
@@ -469,7 +469,7 @@ fn a_session_budget_stops_a_long_request_and_the_next_starts_afresh() {
     let err = program
         .session(&model)
         .unwrap()
-        .certify(&[images as u32, 1, 28, 28], &data, table, 1)
+        .certify_smoothed(&[images as u32, 1, 28, 28], &data, table, 1)
         .expect_err("the budget must stop the request");
     let elapsed = started.elapsed();
     assert!(
@@ -502,7 +502,7 @@ fn the_real_guest_votes_reproducibly_from_the_seed_alone() {
         program
             .session(&model)
             .unwrap()
-            .certify(&shape, &data, table, seed)
+            .certify_smoothed(&shape, &data, table, seed)
             .unwrap()
     };
     let first = certify(7);
@@ -516,7 +516,7 @@ fn the_real_guest_votes_reproducibly_from_the_seed_alone() {
     let alone = program
         .session(&model)
         .unwrap()
-        .certify(&[1, 1, 28, 28], &data[..784], table, 7)
+        .certify_smoothed(&[1, 1, 28, 28], &data[..784], table, 7)
         .unwrap();
     assert_eq!(alone[0], first[0]);
 }
@@ -550,7 +550,7 @@ fn the_smoothing_noise_follows_the_seed() {
             let c = program
                 .session(&model)
                 .unwrap()
-                .certify(&[1, 1, 28, 28], &blend, table, seed)
+                .certify_smoothed(&[1, 1, 28, 28], &blend, table, seed)
                 .unwrap();
             smoothed(&c[0]).votes.clone().unwrap()
         })
@@ -560,7 +560,7 @@ fn the_smoothing_noise_follows_the_seed() {
     let again = program
         .session(&model)
         .unwrap()
-        .certify(&[1, 1, 28, 28], &blend, table, 1)
+        .certify_smoothed(&[1, 1, 28, 28], &blend, table, 1)
         .unwrap();
     assert_eq!(smoothed(&again[0]).votes.as_ref(), Some(&votes[0]));
 }

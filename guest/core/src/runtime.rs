@@ -289,7 +289,7 @@ impl Runnable {
     /// its data is not a whole number of images.
     fn images(&self, batch: &InputBatch) -> Result<Vec<TValue>, GuestError> {
         let len: usize = self.image.iter().product();
-        if batch.data.len() % len != 0 {
+        if !batch.data.len().is_multiple_of(len) {
             return Err(GuestError::InvalidInput(format!(
                 "{} values are not a whole number of {len}-value images",
                 batch.data.len()

@@ -10,7 +10,7 @@ use medguard_screen::Statistic;
 use super::VendorError;
 use crate::input::Batch;
 use crate::sandbox::{GuestProgram, SandboxError, ScreenOptions, ScreenedImage, Session};
-use medguard_certify::{Certificate, Certifier};
+use medguard_certify::Certificate;
 
 /// What the sessions screen with.
 #[derive(Debug, Clone, Copy)]
@@ -90,12 +90,7 @@ pub fn certify_all(
         run,
         label,
         "certifying",
-        |session, c, seed| match certifier {
-            Certifier::Smoothing(table) => session.certify(&c.shape, &c.data, table, seed),
-            Certifier::IntervalBounds(intervals) => {
-                session.certify_intervals(&c.shape, &c.data, intervals)
-            }
-        },
+        |session, c, seed| session.certify(&c.shape, &c.data, certifier, seed),
     )
 }
 

@@ -451,14 +451,10 @@ impl Manifest {
             training.validate().map_err(ManifestError::Invalid)?;
         }
         if let Some(certification) = &self.certification {
+            let range = f64::from(self.input.range.max) - f64::from(self.input.range.min);
             certification
-                .validate(labels.len())
+                .validate(labels.len(), range)
                 .map_err(|e| ManifestError::Invalid(format!("certification: {e}")))?;
-            if let medguard_certify::Certification::IntervalBounds(i) = certification {
-                let range = f64::from(self.input.range.max) - f64::from(self.input.range.min);
-                i.validate_for(range)
-                    .map_err(|e| ManifestError::Invalid(format!("certification: {e}")))?;
-            }
         }
         if let Some(dicom) = &self.dicom {
             let report = &dicom.report;

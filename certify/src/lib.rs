@@ -161,11 +161,12 @@ pub enum Certifier {
 }
 
 impl Certification {
-    /// Checks the parameters for a model of `classes` classes.
-    pub fn validate(&self, classes: usize) -> Result<(), CertificationError> {
+    /// Checks the parameters for a model of `classes` classes whose inputs
+    /// span `input_range` (an interval requirement may not exceed it).
+    pub fn validate(&self, classes: usize, input_range: f64) -> Result<(), CertificationError> {
         match self {
             Self::Smoothing(s) => Ok(s.validate(classes)?),
-            Self::IntervalBounds(i) => Ok(i.validate()?),
+            Self::IntervalBounds(i) => Ok(i.validate_for(input_range)?),
         }
     }
 
@@ -875,12 +876,19 @@ mod tests {
             ibp(1.5).validate_for(1.0),
             Err(IntervalError::Wider { .. })
         ));
-        assert!(ibp(1e38).validate_for(f64::from(f32::MAX) * 2.0).is_err());
+        // Inside the range, but the grid's farthest radius overflows f32.
+        assert!(matches!(
+            ibp(1e38).validate_for(f64::from(f32::MAX) * 2.0),
+            Err(IntervalError::Wider { .. })
+        ));
         for r in [-0.01, f64::NAN, f64::INFINITY, 1e300] {
             let c = Certification::IntervalBounds(IntervalBounds {
                 required_radius_linf: r,
             });
-            assert!(c.validate(2).is_err() && c.certifier(2).is_err(), "{r}");
+            assert!(
+                c.validate(2, 1.0).is_err() && c.certifier(2).is_err(),
+                "{r}"
+            );
         }
     }
 

@@ -1086,7 +1086,7 @@ impl Session {
     /// call per image (so each gets the whole deadline), and certifies each
     /// image's bounds with `intervals`. Bounds that are not one ordered,
     /// finite pair per class and radius are refused, never certified.
-    pub fn certify_intervals(
+    fn certify_intervals(
         &mut self,
         shape: &[u32],
         data: &[f32],

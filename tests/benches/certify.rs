@@ -69,20 +69,8 @@ fn main() {
         }
     });
 
-    let (mut certify, mut bare, mut native) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let image = &images[round % images.len()];
-        let mut session = program.session(&model).expect("session");
-        let t = Instant::now();
-        session
-            .certify_smoothed(&image.shape, &image.data, table, round as u64)
-            .expect("certify");
-        certify.push(t.elapsed());
-        let t = Instant::now();
-        session
-            .classify(&image.shape, &image.data)
-            .expect("classify");
-        bare.push(t.elapsed());
+    let mut native = Vec::new();
+    let (certify, bare) = guest_costs(&program, &model, &images, |image| {
         to_native
             .send(InputBatch {
                 shape: image.shape.to_vec(),
@@ -90,8 +78,8 @@ fn main() {
             })
             .expect("native thread alive");
         native.push(from_native.recv().expect("native answers"));
-    }
-    let (certify, bare, native) = (median(certify), median(bare), median(native));
+    });
+    let native = median(native);
     println!(
         "certified prediction, {} samples at sigma {}: guest {certify:.1} ms per image \
          ({:.0}x one bare inference of {bare:.2} ms); native tract {native:.1} ms: \
@@ -136,17 +124,37 @@ fn interval_costs(
 ) -> (f64, f64) {
     let model = medguard::model_dir::load_unsigned(&repo_root().join("models/pneumonia-ibp"))
         .expect("the interval-certified model attests");
-    let Some(medguard_certify::Certifier::IntervalBounds(intervals)) = model.certifier() else {
-        panic!("its manifest asks for interval bounds");
-    };
+    assert!(
+        matches!(
+            model.certifier(),
+            Some(medguard_certify::Certifier::IntervalBounds(_))
+        ),
+        "its manifest asks for interval bounds"
+    );
     program.prepare(&model).expect("snapshot");
+    guest_costs(program, &model, images, |_| {})
+}
+
+/// Medians of a certificate (by the model's own method, round `r`'s noise
+/// seeded with `r`) and of a bare inference, in one fresh sandbox per
+/// round, on the images in turn; `beside` runs after each round with its
+/// image, so that what it times is interleaved with the guest.
+fn guest_costs(
+    program: &medguard::sandbox::GuestProgram,
+    model: &medguard_attest::AttestedModel,
+    images: &[medguard::input::Batch],
+    mut beside: impl FnMut(&medguard::input::Batch),
+) -> (f64, f64) {
+    let certifier = model
+        .certifier()
+        .expect("its manifest asks for certification");
     let (mut certify, mut bare) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let image = &images[round % images.len()];
-        let mut session = program.session(&model).expect("session");
+        let mut session = program.session(model).expect("session");
         let t = Instant::now();
         session
-            .certify_intervals(&image.shape, &image.data, intervals)
+            .certify(&image.shape, &image.data, certifier, round as u64)
             .expect("certify");
         certify.push(t.elapsed());
         let t = Instant::now();
@@ -154,6 +162,7 @@ fn interval_costs(
             .classify(&image.shape, &image.data)
             .expect("classify");
         bare.push(t.elapsed());
+        beside(image);
     }
     (median(certify), median(bare))
 }

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use medguard_attest::{
     AdmitError, AttestedModel, PolicyError, Provenance, Sha256Digest, TrustPolicy, admit_files,
 };
-use medguard_certify::{Bounds, Certificate, Certifier, Noise};
+use medguard_certify::{Certificate, Certifier, Noise};
 use medguard_dicom::DicomError;
 use medguard_guest_core::{
     Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions, SmoothOptions,
@@ -349,17 +349,7 @@ impl Model {
                     .map_err(WebError::Inference)?;
                 bounds
                     .into_iter()
-                    .map(|image| {
-                        let image: Vec<Bounds> = image
-                            .into_iter()
-                            .map(|b| Bounds {
-                                lower: b.lower,
-                                upper: b.upper,
-                                scale: b.scale,
-                            })
-                            .collect();
-                        intervals.certify(&image, classes).map_err(|e| refused(&e))
-                    })
+                    .map(|image| intervals.certify(&image, classes).map_err(|e| refused(&e)))
                     .collect()
             }
         }

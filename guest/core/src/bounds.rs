@@ -3,25 +3,13 @@
 //! smoothing, the guest only computes; it never decides what a bound
 //! certifies.
 
+use medguard_certify::Bounds as LogitBounds;
+
 use crate::{Classifier, GuestError, InputBatch};
 
-/// Most radii one image may be bounded at in one call: each is one image of
-/// the interval form's batch.
+/// Most radii one image may be bounded at in one call: each is one run of
+/// the interval form.
 pub const MAX_RADII: usize = 64;
-
-/// The logits' elementwise bounds over one box.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogitBounds {
-    /// No image in the box gives a logit below these (one per class).
-    pub lower: Vec<f32>,
-    /// No image in the box gives a logit above these.
-    pub upper: Vec<f32>,
-    /// The largest magnitude of any bound in the network: the scale its
-    /// `f32` rounding is measured against. Infinite, with the bounds
-    /// infinite too, when some bound overflowed or was lost (NaN): the box
-    /// is then bounded by nothing.
-    pub scale: f32,
-}
 
 impl Classifier {
     /// Checks `batch` and, for each image and each radius `r` of `radii`,
@@ -58,17 +46,16 @@ impl Classifier {
         // bounds into another's.
         let (mut lower, mut upper) = (Vec::with_capacity(len), Vec::with_capacity(len));
         let mut all = Vec::with_capacity(images);
-        for image in batch.data.chunks_exact(len) {
-            // The image is in every box: the classifying plan's logits for
-            // it, alone, must lie within every finite bound. A tripwire for
-            // any way the interval form could describe another network.
-            let own = self.logits(
-                &InputBatch {
-                    shape: vec![1, spec.channels, spec.height, spec.width],
-                    data: image.to_vec(),
-                },
-                1,
-            )?;
+        // The image is in every box: the classifying plan's logits for it
+        // (each image runs alone) must lie within every finite bound. A
+        // tripwire for any way the interval form could describe another
+        // network.
+        let logits = self.logits(batch, images)?;
+        for (image, own) in batch
+            .data
+            .chunks_exact(len)
+            .zip(logits.chunks_exact(classes))
+        {
             let mut per_radius = Vec::with_capacity(radii.len());
             for &r in radii {
                 lower.clear();
@@ -104,7 +91,7 @@ impl Classifier {
                     if let Some(((l, h), v)) = lo
                         .iter()
                         .zip(&hi)
-                        .zip(&own)
+                        .zip(own)
                         .find(|((l, h), v)| {
                             let slack = 1e-4 * (1.0 + v.abs());
                             **l > **v + slack || **h < **v - slack

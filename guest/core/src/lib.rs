@@ -17,9 +17,12 @@ mod runtime;
 mod screen;
 mod smooth;
 
-pub use bounds::{LogitBounds, MAX_RADII};
+pub use bounds::MAX_RADII;
 pub use error::GuestError;
 pub use input::{InputBatch, ModelSpec};
+/// The logits' elementwise bounds over one box: the certify crate's own
+/// type, which the host certifies.
+pub use medguard_certify::Bounds as LogitBounds;
 pub use medguard_screen::{ScreenOptions, ScreenedImage};
 pub use screen::Detector;
 pub use smooth::SmoothOptions;

@@ -9,14 +9,6 @@ use rand_distr::{Distribution, Normal};
 
 use crate::{Classifier, GuestError, InputBatch};
 
-/// Noised copies classified per model run: one. A model whose operators
-/// read across the batch axis could otherwise make copies vote for each
-/// other (every copy answering as the first does is unanimous), and the
-/// smoothed classifier is defined over single images. Batching bought
-/// little here: the guest took 1.38 ms per copy in runs of 50 and 1.39 ms
-/// for one bare inference.
-const CHUNK: usize = 1;
-
 /// What one smoothing call draws.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SmoothOptions {
@@ -65,35 +57,28 @@ impl Classifier {
         let len = spec.image_elements() as usize;
         let classes = spec.classes as usize;
         let mut all = Vec::with_capacity(images);
-        let mut copies = Vec::with_capacity(CHUNK.min(spec.max_batch.max(1) as usize) * len);
+        // One copy per call: every image runs alone anyway (a model
+        // reading across the batch axis cannot make copies vote for each
+        // other), and a copy at a time keeps one image's memory.
+        let mut copy = InputBatch {
+            shape: vec![1, spec.channels, spec.height, spec.width],
+            data: Vec::with_capacity(len),
+        };
         for (i, image) in batch.data.chunks_exact(len).enumerate() {
             let mut rng = ChaCha20Rng::seed_from_u64(options.seed);
             rng.set_stream(options.first_stream.wrapping_add(i as u64));
             let mut votes = vec![0u32; classes];
-            let mut left = options.samples as usize;
-            // Never more copies per run than the model takes in one batch.
-            let chunk = CHUNK.min(spec.max_batch.max(1) as usize);
-            while left > 0 {
-                let run = left.min(chunk);
-                copies.clear();
-                for _ in 0..run {
-                    copies.extend(image.iter().map(|&v| v + normal.sample(&mut rng)));
+            for _ in 0..options.samples {
+                copy.data.clear();
+                copy.data
+                    .extend(image.iter().map(|&v| v + normal.sample(&mut rng)));
+                let logits = self.logits(&copy, 1)?;
+                if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
+                    return Err(GuestError::InferenceFailed(format!(
+                        "model produced a non-finite logit ({bad}) on a noised copy"
+                    )));
                 }
-                let noised = InputBatch {
-                    shape: vec![run as u32, spec.channels, spec.height, spec.width],
-                    data: std::mem::take(&mut copies),
-                };
-                let logits = self.logits(&noised, run)?;
-                copies = noised.data;
-                for row in logits.chunks_exact(classes) {
-                    if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
-                        return Err(GuestError::InferenceFailed(format!(
-                            "model produced a non-finite logit ({bad}) on a noised copy"
-                        )));
-                    }
-                    votes[medguard_screen::predicted_class(row)] += 1;
-                }
-                left -= run;
+                votes[medguard_screen::predicted_class(&logits)] += 1;
             }
             all.push(votes);
         }

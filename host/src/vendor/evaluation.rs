@@ -723,7 +723,7 @@ fn guarded_report(
     }
     let per_image = images.data.len() / n.max(1);
     let mut l2 = Vec::with_capacity(n);
-    let (mut accepted, mut kept, mut smoothed_flipped) = (0, 0, 0);
+    let (mut accepted, mut kept) = (0, 0);
     let (mut inside, mut outside) = ((0, 0, 0), (0, 0, 0));
     for i in 0..n {
         let j = source[i];
@@ -746,7 +746,6 @@ fn guarded_report(
         let flipped = is_accepted && judged[i].class != clean_label;
         accepted += usize::from(is_accepted);
         kept += usize::from(is_accepted && !flipped);
-        smoothed_flipped += usize::from(certificates[i].class() != Some(clean_label));
         // The certificate's guarantee: its class is constant on the region
         // of its radius around the clean image.
         let within = clean_certificate.class() == Some(clean_label)
@@ -768,7 +767,7 @@ fn guarded_report(
         median_l2: l2.get(n / 2).copied().unwrap_or(f64::NAN),
         accepted: proportion(accepted, n),
         accepted_clean_label: proportion(kept, n),
-        smoothed_flipped: proportion(smoothed_flipped, n),
+        smoothed_flipped: proportion(inside.2 + outside.2, n),
         silent_flips: proportion(inside.1 + outside.1, n),
         inside_radius: count(inside),
         outside_radius: count(outside),

@@ -401,7 +401,7 @@ pub(crate) fn int(name: &str, i: i64) -> AttributeProto {
     }
 }
 
-pub(crate) fn ints(name: &str, ints: &[i64]) -> AttributeProto {
+fn ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         ints: ints.to_vec(),
@@ -673,20 +673,24 @@ fn every_interval_rule_bounds_every_image_in_the_box() {
     }
 }
 
-#[test]
-fn each_box_is_bounded_alone_whatever_else_is_asked() {
-    // `x - mean over the batch` is 0 for one image: an operator reading
-    // across the batch axis. Were the boxes of one call run as one batch,
-    // each would be centred on the others.
-    let model = headed(
+/// `x - mean over the batch`, then the head: an operator reading across
+/// the batch axis, 0 for an image run alone.
+pub(crate) fn batch_mean_model() -> Vec<u8> {
+    headed(
         vec![
             node("ReduceMean", &["image"], "m", vec![ints("axes", &[0])]),
             node("Sub", &["image", "m"], "out", vec![]),
         ],
         vec![],
         1,
-    );
-    let c = Classifier::load_with_bounds(&model, spec()).unwrap();
+    )
+}
+
+#[test]
+fn each_box_is_bounded_alone_whatever_else_is_asked() {
+    // Were the boxes of one call run as one batch, each would be centred
+    // on the others.
+    let c = Classifier::load_with_bounds(&batch_mean_model(), spec()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let image = one(image(&mut rng));
     let radii = [0.0, 2.0 / 255.0, 16.0 / 255.0];
@@ -696,5 +700,6 @@ fn each_box_is_bounded_alone_whatever_else_is_asked() {
         assert_eq!(bounds, &alone, "radius {r}");
     }
     // At radius 0 the difference is exactly 0: the logits are the head's bias.
-    assert_eq!(together[0].lower, together[0].upper);
+    assert_eq!(together[0].lower, [0.25, -0.5]);
+    assert_eq!(together[0].upper, [0.25, -0.5]);
 }

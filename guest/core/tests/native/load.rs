@@ -2,7 +2,7 @@
 
 use medguard_guest_core::{Classifier, GuestError, InputBatch, ModelSpec};
 
-use crate::bounds::{graph_model, headed, int, ints, node, tensor};
+use crate::bounds::{batch_mean_model, graph_model, headed, int, node, tensor};
 use crate::{model_bytes, spec};
 
 #[test]
@@ -98,20 +98,11 @@ fn the_guest_onnx_fuzz_seeds_load_or_are_refused() {
 
 #[test]
 fn an_images_answer_does_not_depend_on_the_rest_of_its_batch() {
-    // `x - mean over the batch`: an operator reading across the batch
-    // axis, which a signed model may contain. Run as one batch, each
-    // image's logits would move with its companions; run one image at a
-    // time, the mean of one image is the image and every image gets the
-    // head's bias alone.
-    let model = headed(
-        vec![
-            node("ReduceMean", &["image"], "m", vec![ints("axes", &[0])]),
-            node("Sub", &["image", "m"], "out", vec![]),
-        ],
-        vec![],
-        1,
-    );
-    let c = Classifier::load(&model, spec()).unwrap();
+    // A signed model may read across the batch axis. Run as one batch,
+    // each image's logits would move with its companions; run one image
+    // at a time, the mean of one image is the image and every image gets
+    // the head's bias alone.
+    let c = Classifier::load(&batch_mean_model(), spec()).unwrap();
     let batch = |pixels: &[f32]| InputBatch {
         shape: vec![pixels.len() as u32, 1, 28, 28],
         data: pixels.iter().flat_map(|&v| [v; 784]).collect(),

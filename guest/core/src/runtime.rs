@@ -8,6 +8,8 @@ use crate::{GuestError, InputBatch, ModelSpec};
 
 mod checked;
 mod interval;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod kernel;
 mod lint;
 
 fn invalid(what: &str, e: TractError) -> GuestError {
@@ -35,6 +37,8 @@ pub(crate) struct Parsed {
 
 impl Parsed {
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, GuestError> {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        kernel::keep_linked();
         let mut reader = bytes;
         let mut onnx = tract_onnx::onnx();
         checked::register(&mut onnx.op_register);

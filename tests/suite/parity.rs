@@ -150,3 +150,165 @@ fn screening_in_the_sandbox_matches_screening_natively() {
         assert!((gs.p_value - ts.p_value).abs() <= 1e-3, "{}", sample.file);
     }
 }
+
+/// A chain of convolutions whose matrix products take every path of the
+/// guest's own wasm kernel (guest/core/src/runtime/kernel.rs): depths `k`
+/// below its four-step unrolling (1, 3), at each remainder past it (6, 9,
+/// 10, 11) and a multiple of it (16); output channels that fill no tile,
+/// part of one or more than one (2 to 11 of 8 rows); images whose positions
+/// end inside a tile (28 x 27, 27 x 26); and a bias and a ReLU, which tract
+/// fuses into the kernel after the product.
+fn awkward_convolutions() -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+        TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261205);
+    // (output channels, kernel height, kernel width, ReLU after).
+    let layers = [
+        (3, 1, 1, true),
+        (5, 1, 1, false),
+        (6, 1, 2, true),
+        (9, 1, 1, false),
+        (4, 1, 1, true),
+        (11, 2, 2, false),
+        (2, 1, 1, false),
+    ];
+    let (mut nodes, mut initializer) = (Vec::new(), Vec::new());
+    let (mut input, mut channels) = ("image".to_string(), 1i64);
+    for (i, &(out, kh, kw, relu)) in layers.iter().enumerate() {
+        let mut tensor = |name: String, dims: Vec<i64>| {
+            let n = dims.iter().product::<i64>() as usize;
+            let float_data = (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+            initializer.push(TensorProto {
+                name: name.clone(),
+                dims,
+                data_type: 1,
+                float_data,
+                ..TensorProto::default()
+            });
+            name
+        };
+        let (w, b) = (
+            tensor(format!("w{i}"), vec![out, channels, kh, kw]),
+            tensor(format!("b{i}"), vec![out]),
+        );
+        let conv = format!("conv{i}");
+        nodes.push(NodeProto {
+            op_type: "Conv".into(),
+            input: vec![input, w, b],
+            output: vec![conv.clone()],
+            attribute: vec![AttributeProto {
+                name: "kernel_shape".into(),
+                r#type: 7, // INTS
+                ints: vec![kh, kw],
+                ..AttributeProto::default()
+            }],
+            ..NodeProto::default()
+        });
+        input = conv;
+        if relu {
+            let out = format!("relu{i}");
+            nodes.push(NodeProto {
+                op_type: "Relu".into(),
+                input: vec![input],
+                output: vec![out.clone()],
+                ..NodeProto::default()
+            });
+            input = out;
+        }
+        channels = out;
+    }
+    for (op, output) in [("GlobalAveragePool", "pooled"), ("Flatten", "logits")] {
+        nodes.push(NodeProto {
+            op_type: op.into(),
+            input: vec![input],
+            output: vec![output.into()],
+            ..NodeProto::default()
+        });
+        input = output.into();
+    }
+    let dim = |d: &str| tensor_shape_proto::Dimension {
+        value: Some(match d.parse::<i64>() {
+            Ok(n) => tensor_shape_proto::dimension::Value::DimValue(n),
+            Err(_) => tensor_shape_proto::dimension::Value::DimParam(d.into()),
+        }),
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        node: nodes,
+        name: "awkward".into(),
+        initializer,
+        input: vec![ValueInfoProto {
+            name: "image".into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto {
+                        dim: ["batch", "1", "28", "28"].map(dim).to_vec(),
+                    }),
+                })),
+                ..TypeProto::default()
+            }),
+            ..ValueInfoProto::default()
+        }],
+        output: vec![ValueInfoProto {
+            name: "logits".into(),
+            ..ValueInfoProto::default()
+        }],
+        ..GraphProto::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(graph),
+        ..ModelProto::default()
+    }
+    .encode_to_vec()
+}
+
+/// The bundled model's manifest, describing `bytes` instead.
+fn vouched(bytes: Vec<u8>) -> medguard_attest::AttestedModel {
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap())
+            .unwrap();
+    manifest["model"]["sha256"] = medguard_attest::Sha256Digest::of(&bytes)
+        .to_string()
+        .into();
+    manifest["model"]["size"] = bytes.len().into();
+    let manifest =
+        medguard_attest::Manifest::parse(&serde_json::to_vec(&manifest).unwrap()).unwrap();
+    medguard_attest::vouch_unsigned(manifest, bytes).expect("the manifest describes the model")
+}
+
+#[test]
+fn the_guests_matrix_product_kernel_matches_native_tract_on_awkward_shapes() {
+    let model = vouched(awkward_convolutions());
+    let native = native(&model);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let n = 3usize;
+    let data: Vec<f32> = (0..n * 28 * 28).map(|_| rng.random_range(0.0..=1.0)).collect();
+    let shape = [n as u32, 1, 28, 28];
+    let guest = shared_program()
+        .session(&model)
+        .expect("the sandbox loads the model")
+        .classify(&shape, &data)
+        .expect("the guest classifies");
+    let tract = native
+        .classify(&InputBatch {
+            shape: shape.to_vec(),
+            data,
+        })
+        .expect("native tract classifies");
+    assert_eq!(guest.len(), n);
+    for (g, t) in guest.iter().flatten().zip(tract.iter().flatten()) {
+        assert!(
+            (g - t).abs() <= 1e-5 * (1.0 + t.abs()),
+            "guest {g} vs native tract {t}: {guest:?} vs {tract:?}"
+        );
+    }
+}

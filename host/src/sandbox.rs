@@ -222,8 +222,14 @@ impl Runtime {
             .epoch_interruption(true)
             .max_wasm_stack(limits.wasm_stack_bytes)
             // Determinism: the same input gives bit-identical output on every
-            // host (wasmtime docs, "deterministic execution").
-            .cranelift_nan_canonicalization(true)
+            // host (wasmtime docs, "deterministic execution"). The one part
+            // of wasm arithmetic that differs between CPUs is the bits of a
+            // NaN it makes. The guest fixes them itself, after every
+            // operator and in everything it returns
+            // (guest/core/src/runtime.rs, `execute`); wasmtime's own
+            // canonicalisation, after every float instruction, would halve
+            // the speed of the matrix products (README, Measurements).
+            .cranelift_nan_canonicalization(false)
             .wasm_relaxed_simd(true)
             .relaxed_simd_deterministic(true)
             // What start-up reads, checks and maps is only what the sandbox

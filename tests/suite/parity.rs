@@ -159,11 +159,7 @@ fn screening_in_the_sandbox_matches_screening_natively() {
 /// end inside a tile (28 x 27, 27 x 26); and a bias and a ReLU, which tract
 /// fuses into the kernel after the product.
 fn awkward_convolutions() -> Vec<u8> {
-    use prost::Message;
-    use tract_onnx::pb::{
-        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-        TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
-    };
+    use tract_onnx::pb::TensorProto;
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261205);
     // (output channels, kernel height, kernel width, ReLU after).
     let layers = [
@@ -195,40 +191,64 @@ fn awkward_convolutions() -> Vec<u8> {
             tensor(format!("b{i}"), vec![out]),
         );
         let conv = format!("conv{i}");
-        nodes.push(NodeProto {
-            op_type: "Conv".into(),
-            input: vec![input, w, b],
-            output: vec![conv.clone()],
-            attribute: vec![AttributeProto {
-                name: "kernel_shape".into(),
-                r#type: 7, // INTS
-                ints: vec![kh, kw],
-                ..AttributeProto::default()
-            }],
-            ..NodeProto::default()
-        });
+        nodes.push(node(
+            "Conv",
+            &[&input, &w, &b],
+            &conv,
+            vec![ints("kernel_shape", &[kh, kw])],
+        ));
         input = conv;
         if relu {
             let out = format!("relu{i}");
-            nodes.push(NodeProto {
-                op_type: "Relu".into(),
-                input: vec![input],
-                output: vec![out.clone()],
-                ..NodeProto::default()
-            });
+            nodes.push(node("Relu", &[&input], &out, vec![]));
             input = out;
         }
         channels = out;
     }
     for (op, output) in [("GlobalAveragePool", "pooled"), ("Flatten", "logits")] {
-        nodes.push(NodeProto {
-            op_type: op.into(),
-            input: vec![input],
-            output: vec![output.into()],
-            ..NodeProto::default()
-        });
+        nodes.push(node(op, &[&input], output, vec![]));
         input = output.into();
     }
+    onnx_model(nodes, initializer)
+}
+
+/// A node of `op` from `inputs` to `output`.
+fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<tract_onnx::pb::AttributeProto>,
+) -> tract_onnx::pb::NodeProto {
+    tract_onnx::pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|i| i.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// An attribute of integers.
+fn ints(name: &str, ints: &[i64]) -> tract_onnx::pb::AttributeProto {
+    tract_onnx::pb::AttributeProto {
+        name: name.into(),
+        r#type: 7, // INTS
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A model of `nodes` and `initializer` from `image` (f32 `[batch, 1, 28,
+/// 28]`) to `logits`, at operator set 17.
+fn onnx_model(
+    node: Vec<tract_onnx::pb::NodeProto>,
+    initializer: Vec<tract_onnx::pb::TensorProto>,
+) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{
+        GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+        tensor_shape_proto, type_proto,
+    };
     let dim = |d: &str| tensor_shape_proto::Dimension {
         value: Some(match d.parse::<i64>() {
             Ok(n) => tensor_shape_proto::dimension::Value::DimValue(n),
@@ -237,8 +257,8 @@ fn awkward_convolutions() -> Vec<u8> {
         ..Default::default()
     };
     let graph = GraphProto {
-        node: nodes,
-        name: "awkward".into(),
+        node,
+        name: "test".into(),
         initializer,
         input: vec![ValueInfoProto {
             name: "image".into(),
@@ -274,11 +294,8 @@ fn awkward_convolutions() -> Vec<u8> {
 /// The bundled model's manifest, describing `bytes` instead.
 fn vouched(bytes: Vec<u8>) -> medguard_attest::AttestedModel {
     let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap())
-            .unwrap();
-    manifest["model"]["sha256"] = medguard_attest::Sha256Digest::of(&bytes)
-        .to_string()
-        .into();
+        serde_json::from_slice(&std::fs::read(model_dir().join("manifest.json")).unwrap()).unwrap();
+    manifest["model"]["sha256"] = medguard_attest::Sha256Digest::of(&bytes).to_string().into();
     manifest["model"]["size"] = bytes.len().into();
     let manifest =
         medguard_attest::Manifest::parse(&serde_json::to_vec(&manifest).unwrap()).unwrap();
@@ -291,7 +308,9 @@ fn the_guests_matrix_product_kernel_matches_native_tract_on_awkward_shapes() {
     let native = native(&model);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let n = 3usize;
-    let data: Vec<f32> = (0..n * 28 * 28).map(|_| rng.random_range(0.0..=1.0)).collect();
+    let data: Vec<f32> = (0..n * 28 * 28)
+        .map(|_| rng.random_range(0.0..=1.0))
+        .collect();
     let shape = [n as u32, 1, 28, 28];
     let guest = shared_program()
         .session(&model)

@@ -11,6 +11,7 @@
 //! each image and, with a calibrated [`Detector`], its verdict.
 
 mod bounds;
+mod canonical;
 mod error;
 mod input;
 mod runtime;
@@ -18,6 +19,7 @@ mod screen;
 mod smooth;
 
 pub use bounds::MAX_RADII;
+pub use canonical::Canonical;
 pub use error::GuestError;
 pub use input::{InputBatch, ModelSpec};
 /// The logits' elementwise bounds over one box: the certify crate's own

@@ -4,7 +4,7 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use crate::{GuestError, InputBatch, ModelSpec};
+use crate::{Canonical, GuestError, InputBatch, ModelSpec};
 
 mod checked;
 mod interval;
@@ -61,7 +61,8 @@ impl Parsed {
 ///   which never materialises the patch matrix (README, Measurements).
 ///
 /// Each image gets a fresh tract state, so nothing an operator keeps
-/// between runs can carry one image into the next.
+/// between runs can carry one image into the next, and every run makes
+/// its NaNs canonical operator by operator ([`execute`]).
 pub(crate) struct Runnable {
     plan: std::sync::Arc<TypedRunnableModel>,
     /// The shape of one input of the plan, `[1, C, H, W]`.
@@ -107,6 +108,68 @@ fn plan_at_batch_one(
         );
     }
     plan.into_runnable()
+}
+
+/// Runs `plan` on `inputs` with a fresh tract state (see [`Runnable`]),
+/// every NaN an operator outputs made the canonical one.
+///
+/// Why: the sandbox's engine leaves NaN canonicalisation to the guest
+/// (host/src/sandbox.rs). In wasm, the sign and payload of a NaN that
+/// arithmetic makes differ between CPUs, and they are the only part of a
+/// wasm computation that does; wasmtime's own canonicalisation fixes them
+/// after every float instruction, at half the speed of the matrix
+/// products (README, Measurements). Here they are fixed after every
+/// operator instead: no operator sees a NaN another made other than as
+/// the canonical one, so tract's reductions that order NaNs by their sign
+/// bit (`f32::total_cmp`) give the same answer on every host.
+fn execute(
+    plan: &std::sync::Arc<TypedRunnableModel>,
+    inputs: TVec<TValue>,
+) -> TractResult<TVec<TValue>> {
+    tract_onnx::tract_core::plan::SimpleState::new(plan)?.run_plan_with_eval(
+        inputs,
+        |ctx, op_state, node, inputs| {
+            tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)?
+                .into_iter()
+                .map(canonical_nans)
+                .collect::<TractResult<TVec<TValue>>>()
+        },
+    )
+}
+
+/// `value` with every NaN of a float tensor replaced by the canonical NaN
+/// ([`crate::Canonical`]); other values,
+/// and tensors that are not plain memory (packed weights), as they are.
+fn canonical_nans(value: TValue) -> TractResult<TValue> {
+    fn replace<T: Datum + Copy>(
+        value: TValue,
+        is_nan: fn(&T) -> bool,
+        canonical: T,
+    ) -> TractResult<TValue> {
+        if !value.is_plain_ram()
+            || !value
+                .try_as_plain_ram()?
+                .as_slice::<T>()?
+                .iter()
+                .any(is_nan)
+        {
+            return Ok(value);
+        }
+        let mut tensor = value.into_tensor();
+        for v in tensor.try_as_plain_ram_mut()?.as_slice_mut::<T>()? {
+            if is_nan(v) {
+                *v = canonical;
+            }
+        }
+        Ok(tensor.into_tvalue())
+    }
+    match value.datum_type() {
+        DatumType::F32 => replace(value, |v: &f32| v.is_nan(), f32::NAN.canonical()),
+        DatumType::F64 => replace(value, |v: &f64| v.is_nan(), f64::NAN.canonical()),
+        // wasm's canonical NaN, at half precision.
+        DatumType::F16 => replace(value, |v: &f16| v.is_nan(), f16::from_bits(0x7e00)),
+        _ => Ok(value),
+    }
 }
 
 /// `[1, C, H, W]`: one image of `spec`.
@@ -260,10 +323,7 @@ impl Runnable {
         let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
         let lower = Tensor::from_shape(&self.image, lower).map_err(failed)?;
         let upper = Tensor::from_shape(&self.image, upper).map_err(failed)?;
-        let outputs = self
-            .plan
-            .run(tvec!(lower.into(), upper.into()))
-            .map_err(failed)?;
+        let outputs = execute(&self.plan, tvec!(lower.into(), upper.into())).map_err(failed)?;
         let [lo, hi, check, scale] = outputs.as_slice() else {
             return Err(GuestError::InferenceFailed(format!(
                 "the interval form returned {} outputs, not 4",
@@ -316,8 +376,7 @@ impl Runnable {
         let failed = |e: TractError| GuestError::InferenceFailed(format!("{e:#}"));
         let mut logits = Vec::new();
         for image in self.images(batch)? {
-            // A fresh state per image (what `run` makes): see `Runnable`.
-            let outputs = self.plan.run(tvec!(image)).map_err(failed)?;
+            let outputs = execute(&self.plan, tvec!(image)).map_err(failed)?;
             let output = outputs.first().ok_or_else(|| {
                 GuestError::InferenceFailed("the model returned no output".into())
             })?;
@@ -364,5 +423,77 @@ impl Runnable {
             .zip(times)
             .map(|(node, time)| (node.op().name().into_owned(), node.name.clone(), time))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::math;
+
+    /// `0 / 0` for every input value, as a plan that runs it and returns
+    /// the raw bits of its output.
+    fn zero_by_zero(dt: DatumType, input: Tensor) -> Vec<u64> {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", dt.fact(input.shape())).unwrap();
+        let zero = model.wire_node("zero", math::sub(), &[x, x]).unwrap();
+        let nan = model
+            .wire_node("nan", math::div(), &[zero[0], zero[0]])
+            .unwrap();
+        model.select_output_outlets(&nan).unwrap();
+        let plan = model.into_runnable().unwrap();
+        let out = execute(&plan, tvec!(input.into())).unwrap();
+        let view = out[0].try_as_plain_ram().unwrap();
+        match dt {
+            DatumType::F32 => view
+                .as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits() as u64)
+                .collect(),
+            DatumType::F64 => view
+                .as_slice::<f64>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect(),
+            _ => view
+                .as_slice::<f16>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits() as u64)
+                .collect(),
+        }
+    }
+
+    /// The NaN of `0 / 0` is negative on x86, where these tests run: the
+    /// run must hand on the canonical one whatever the CPU made.
+    #[test]
+    fn a_nan_an_operator_makes_leaves_it_canonical() {
+        assert_eq!(
+            zero_by_zero(DatumType::F32, tensor1(&[1f32, -2.0, 3.5])),
+            [0x7fc0_0000; 3]
+        );
+        assert_eq!(
+            zero_by_zero(DatumType::F64, tensor1(&[1f64, 7.0])),
+            [0x7ff8_0000_0000_0000; 2]
+        );
+        assert_eq!(
+            zero_by_zero(DatumType::F16, tensor1(&[f16::from_f32(1.0)])),
+            [0x7e00]
+        );
+    }
+
+    #[test]
+    fn values_that_are_not_nan_pass_unchanged() {
+        for value in [
+            tensor1(&[0f32, -0.0, 1.5, f32::INFINITY, f32::NEG_INFINITY]),
+            tensor1(&[3i64, -4]),
+        ] {
+            let out = canonical_nans(value.clone().into_tvalue()).unwrap();
+            assert_eq!(*out, value);
+            let bits = |t: &Tensor| t.as_bytes().to_vec();
+            assert_eq!(bits(&out), bits(&value));
+        }
     }
 }

@@ -8,8 +8,8 @@
 use std::cell::RefCell;
 
 use medguard_guest_core::{
-    Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions, ScreenedImage,
-    SmoothOptions,
+    Canonical, Classifier, Detector, GuestError, InputBatch, ModelSpec, ScreenOptions,
+    ScreenedImage, SmoothOptions,
 };
 use medguard_screen as screen;
 
@@ -74,7 +74,11 @@ impl wit::Guest for Guest {
                 .classifier
                 .classify(&InputBatch { shape, data })
                 .map_err(to_wit)?;
-            Ok(probabilities.into_iter().flatten().collect())
+            Ok(probabilities
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .canonical())
         })
     }
 
@@ -113,9 +117,9 @@ impl wit::Guest for Guest {
                     image
                         .into_iter()
                         .map(|b| wit::LogitBounds {
-                            lower: b.lower,
-                            upper: b.upper,
-                            scale: b.scale,
+                            lower: b.lower.canonical(),
+                            upper: b.upper.canonical(),
+                            scale: b.scale.canonical(),
                         })
                         .collect()
                 })
@@ -189,22 +193,22 @@ impl From<wit::Detector> for Detector {
 impl From<ScreenedImage> for wit::ScreenedImage {
     fn from(s: ScreenedImage) -> Self {
         wit::ScreenedImage {
-            probabilities: s.probabilities,
-            logits: s.logits,
-            statistics: s.statistics,
+            probabilities: s.probabilities.canonical(),
+            logits: s.logits.canonical(),
+            statistics: s.statistics.canonical(),
             screening: s.screening.map(|s| wit::Screening {
                 verdict: match s.verdict {
                     screen::Verdict::Accept => wit::Verdict::Accept,
                     screen::Verdict::Flag => wit::Verdict::Flag,
                     screen::Verdict::Reject => wit::Verdict::Reject,
                 },
-                p_value: s.p_value,
+                p_value: s.p_value.canonical(),
                 statistics: s
                     .statistics
                     .into_iter()
                     .map(|r| wit::StatisticReport {
-                        value: r.value,
-                        p_value: r.p_value,
+                        value: r.value.canonical(),
+                        p_value: r.p_value.canonical(),
                     })
                     .collect(),
             }),
@@ -280,7 +284,7 @@ impl wit_dicom::Guest for Guest {
             })?;
         let (s, i) = (radiograph.source, radiograph.identity);
         Ok(wit_dicom::Radiograph {
-            pixels: radiograph.pixels,
+            pixels: radiograph.pixels.canonical(),
             height: radiograph.height,
             width: radiograph.width,
             source: wit_dicom::SourceImage {

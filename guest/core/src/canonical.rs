@@ -30,6 +30,16 @@ impl Canonical for f64 {
     }
 }
 
+impl Canonical for tract_onnx::prelude::f16 {
+    fn canonical(self) -> Self {
+        if self.is_nan() {
+            Self::from_bits(0x7e00)
+        } else {
+            self
+        }
+    }
+}
+
 impl<T: Canonical> Canonical for Vec<T> {
     fn canonical(self) -> Self {
         self.into_iter().map(Canonical::canonical).collect()

@@ -141,35 +141,45 @@ fn execute(
 /// ([`crate::Canonical`]); other values,
 /// and tensors that are not plain memory (packed weights), as they are.
 fn canonical_nans(value: TValue) -> TractResult<TValue> {
-    fn replace<T: Datum + Copy>(
+    fn replace<T: Datum + Copy + Canonical>(
         value: TValue,
-        is_nan: fn(&T) -> bool,
-        canonical: T,
+        any_nan: impl Fn(&[T]) -> bool,
     ) -> TractResult<TValue> {
-        if !value.is_plain_ram()
-            || !value
-                .try_as_plain_ram()?
-                .as_slice::<T>()?
-                .iter()
-                .any(is_nan)
-        {
+        if !value.is_plain_ram() || !any_nan(value.try_as_plain_ram()?.as_slice::<T>()?) {
             return Ok(value);
         }
         let mut tensor = value.into_tensor();
         for v in tensor.try_as_plain_ram_mut()?.as_slice_mut::<T>()? {
-            if is_nan(v) {
-                *v = canonical;
-            }
+            *v = v.canonical();
         }
         Ok(tensor.into_tvalue())
     }
     match value.datum_type() {
-        DatumType::F32 => replace(value, |v: &f32| v.is_nan(), f32::NAN.canonical()),
-        DatumType::F64 => replace(value, |v: &f64| v.is_nan(), f64::NAN.canonical()),
-        // wasm's canonical NaN, at half precision.
-        DatumType::F16 => replace(value, |v: &f16| v.is_nan(), f16::from_bits(0x7e00)),
+        DatumType::F32 => replace(value, any_nan_f32),
+        DatumType::F64 => replace(value, |s: &[f64]| s.iter().any(|v| v.is_nan())),
+        DatumType::F16 => replace(value, |s: &[f16]| s.iter().any(|v| v.is_nan())),
         _ => Ok(value),
     }
+}
+
+/// Whether `values` hold a NaN. It scans every activation of every run, so
+/// on wasm it compares four values at a time, as written, whatever LLVM's
+/// vectoriser makes of the plain loop.
+fn any_nan_f32(values: &[f32]) -> bool {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use std::arch::wasm32::{f32x4, f32x4_ne, u32x4_splat, v128_any_true, v128_or};
+        let chunks = values.chunks_exact(4);
+        let tail = chunks.remainder();
+        let mut any = u32x4_splat(0);
+        for c in chunks {
+            let v = f32x4(c[0], c[1], c[2], c[3]);
+            any = v128_or(any, f32x4_ne(v, v));
+        }
+        v128_any_true(any) || tail.iter().any(|v| v.is_nan())
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    values.iter().any(|v| v.is_nan())
 }
 
 /// `[1, C, H, W]`: one image of `spec`.

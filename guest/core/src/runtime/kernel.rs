@@ -27,11 +27,17 @@
 use std::arch::wasm32::*;
 use std::sync::LazyLock;
 
+use product::product;
+
 use tract_linalg::isa::{Arch, IsaSet};
 use tract_linalg::mmm::{DynKernel, FusedKerSpec, OutputStoreKer, Query, Suitable};
 use tract_linalg::mmm_routines::MmmRoutine;
 use tract_linalg::mmm_tiers::MmmTier;
 use tract_onnx::prelude::DatumType;
+
+// The arithmetic alone, without tract: `scripts/kernel-probe.sh` compiles
+// the same file into its microbenchmark.
+mod product;
 
 /// The kernel's name in tract's dispatch.
 const NAME: &str = "medguard_wasm_f32_8x8";
@@ -107,62 +113,4 @@ unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
         item_size: 4,
     });
     unsafe { tract(&rewritten[..ops.len()]) }
-}
-
-#[cfg(target_feature = "relaxed-simd")]
-#[inline(always)]
-fn madd(acc: v128, a: v128, b: v128) -> v128 {
-    f32x4_relaxed_madd(a, b, acc)
-}
-
-#[cfg(not(target_feature = "relaxed-simd"))]
-#[inline(always)]
-fn madd(acc: v128, a: v128, b: v128) -> v128 {
-    f32x4_add(acc, f32x4_mul(a, b))
-}
-
-/// One k step of four rows: `c[2r]`, `c[2r + 1]` += A's row `r` of this
-/// half times B's 8 columns.
-///
-/// # Safety
-/// `a` and `b` point at step `i`'s values of A's half and of B.
-#[inline(always)]
-unsafe fn step(c: &mut [v128; 8], a: *const v128, b: *const v128) {
-    let (a, lo, hi) = unsafe { (v128_load(a), v128_load(b), v128_load(b.add(1))) };
-    let s = i32x4_shuffle::<0, 0, 0, 0>(a, a);
-    c[0] = madd(c[0], s, lo);
-    c[1] = madd(c[1], s, hi);
-    let s = i32x4_shuffle::<1, 1, 1, 1>(a, a);
-    c[2] = madd(c[2], s, lo);
-    c[3] = madd(c[3], s, hi);
-    let s = i32x4_shuffle::<2, 2, 2, 2>(a, a);
-    c[4] = madd(c[4], s, lo);
-    c[5] = madd(c[5], s, hi);
-    let s = i32x4_shuffle::<3, 3, 3, 3>(a, a);
-    c[6] = madd(c[6], s, lo);
-    c[7] = madd(c[7], s, hi);
-}
-
-/// `tile` (8 rows of two vectors) = A B over `k`, A and B packed as tract's
-/// 8x8 kernel packs them: per k step, A's 8 rows, then B's 8 columns.
-///
-/// # Safety
-/// `pa` and `pb` hold `2 * k` vectors each.
-unsafe fn product(k: usize, pa: *const v128, pb: *const v128, tile: &mut [v128; 16]) {
-    for half in 0..2 {
-        let mut c = [f32x4_splat(0.0); 8];
-        let mut i = 0;
-        // Four steps per iteration, each followed by its exit test (see the
-        // module's documentation for why the tests stay).
-        'steps: while i < k {
-            for _ in 0..4 {
-                unsafe { step(&mut c, pa.add(2 * i + half), pb.add(2 * i)) };
-                i += 1;
-                if i == k {
-                    break 'steps;
-                }
-            }
-        }
-        tile[8 * half..8 * half + 8].copy_from_slice(&c);
-    }
 }

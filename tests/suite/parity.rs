@@ -331,3 +331,34 @@ fn the_guests_matrix_product_kernel_matches_native_tract_on_awkward_shapes() {
         );
     }
 }
+
+/// The matrix products run in the guest's own kernel
+/// (guest/core/src/runtime/kernel.rs), seen in the guest's sampled call
+/// stacks. Were its registration lost (dropped by the linker, or outranked
+/// by a tier of a newer tract), tract would quietly run its own kernel: the
+/// same answers at half the speed, which no parity test can tell.
+#[test]
+fn the_guests_own_kernel_does_the_matrix_products() {
+    let model = bundled_model();
+    let batch = load_input(&model, &model_dir().join(&golden().samples[0].file));
+    let samples = shared_program()
+        .session(&model)
+        .expect("session")
+        .profile_classify(&batch.shape, &batch.data, 100)
+        .expect("the guest profiles");
+    let in_kernel = samples
+        .iter()
+        .filter(|stack| {
+            stack.iter().any(|f| {
+                format!("{:#}", rustc_demangle::demangle(f))
+                    .starts_with("medguard_guest_core::runtime::kernel::")
+            })
+        })
+        .count();
+    assert!(samples.len() >= 20, "only {} samples", samples.len());
+    assert!(
+        2 * in_kernel >= samples.len(),
+        "{in_kernel} of {} samples in the guest's kernel",
+        samples.len()
+    );
+}

@@ -83,7 +83,8 @@ fn plan_at_batch_one(
     outputs: &[&[usize]],
 ) -> TractResult<std::sync::Arc<TypedRunnableModel>> {
     let one = std::collections::HashMap::from([(batch.clone(), 1.to_dim())]);
-    let plan = typed.set_symbols(&one)?.into_optimized()?;
+    let mut plan = typed.set_symbols(&one)?.into_optimized()?;
+    canonical_constants(&mut plan)?;
     let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(<[usize]>::to_vec);
     for input in 0..plan.inputs.len() {
         let fact = plan.input_fact(input)?;
@@ -110,6 +111,29 @@ fn plan_at_batch_one(
     plan.into_runnable()
 }
 
+/// Makes every NaN in the plan's constants canonical. tract folds a model's
+/// constants while it optimises it, with no operator boundary for
+/// [`execute`] to fix what that arithmetic makes; the folded constants are
+/// its outputs. (Constants that fused operators hold inside them reach
+/// values only through those operators' outputs, which `execute` fixes.)
+fn canonical_constants(model: &mut TypedModel) -> TractResult<()> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    for node in model.nodes_mut() {
+        let Some(constant) = node.op_as::<Const>() else {
+            continue;
+        };
+        let canonical = canonical_nans(TValue::from_const(constant.val().clone()))?;
+        // `canonical_nans` hands back the same tensor when it holds no NaN.
+        let unchanged = canonical
+            .as_arc_tensor()
+            .is_some_and(|t| std::sync::Arc::ptr_eq(t, constant.val()));
+        if !unchanged {
+            node.op = Box::new(Const::new(canonical.into_arc_tensor())?);
+        }
+    }
+    Ok(())
+}
+
 /// Runs `plan` on `inputs` with a fresh tract state (see [`Runnable`]),
 /// every NaN an operator outputs made the canonical one.
 ///
@@ -126,13 +150,27 @@ fn execute(
     plan: &std::sync::Arc<TypedRunnableModel>,
     inputs: TVec<TValue>,
 ) -> TractResult<TVec<TValue>> {
+    execute_with(plan, inputs, |_, _| {})
+}
+
+/// [`execute`], calling `around(node, false)` before each node runs and
+/// `around(node, true)` once its outputs are canonical: the profile times
+/// nodes by it.
+fn execute_with(
+    plan: &std::sync::Arc<TypedRunnableModel>,
+    inputs: TVec<TValue>,
+    mut around: impl FnMut(usize, bool),
+) -> TractResult<TVec<TValue>> {
     tract_onnx::tract_core::plan::SimpleState::new(plan)?.run_plan_with_eval(
         inputs,
         |ctx, op_state, node, inputs| {
-            tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)?
+            around(node.id, false);
+            let outputs = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)?
                 .into_iter()
                 .map(canonical_nans)
-                .collect::<TractResult<TVec<TValue>>>()
+                .collect::<TractResult<TVec<TValue>>>();
+            around(node.id, true);
+            outputs
         },
     )
 }
@@ -416,16 +454,15 @@ impl Runnable {
         let mut times = vec![std::time::Duration::ZERO; nodes.len()];
         for _ in 0..runs {
             for image in &images {
-                tract_onnx::tract_core::plan::SimpleState::new(&self.plan)
-                    .map_err(failed)?
-                    .run_plan_with_eval(tvec!(image.clone()), |ctx, op_state, node, inputs| {
-                        let started = std::time::Instant::now();
-                        let outputs =
-                            tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                        times[node.id] += started.elapsed();
-                        outputs
-                    })
-                    .map_err(failed)?;
+                let mut started = std::time::Instant::now();
+                execute_with(&self.plan, tvec!(image.clone()), |node, done| {
+                    if done {
+                        times[node] += started.elapsed();
+                    } else {
+                        started = std::time::Instant::now();
+                    }
+                })
+                .map_err(failed)?;
             }
         }
         Ok(nodes
@@ -439,27 +476,26 @@ impl Runnable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_core::ops::math;
 
-    /// `0 / 0` for every input value, as a plan that runs it and returns
-    /// the raw bits of its output.
-    fn zero_by_zero(dt: DatumType, input: Tensor) -> Vec<u64> {
+    /// `op(x, x)` over `input`, run by `execute`: the raw bits of the output.
+    fn bits_of(op: TypedBinOp, input: Tensor) -> Vec<u64> {
         let mut model = TypedModel::default();
-        let x = model.add_source("x", dt.fact(input.shape())).unwrap();
-        let zero = model.wire_node("zero", math::sub(), &[x, x]).unwrap();
-        let nan = model
-            .wire_node("nan", math::div(), &[zero[0], zero[0]])
+        let x = model
+            .add_source("x", input.datum_type().fact(input.shape()))
             .unwrap();
-        model.select_output_outlets(&nan).unwrap();
+        let y = model.wire_node("y", op, &[x, x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
         let plan = model.into_runnable().unwrap();
         let out = execute(&plan, tvec!(input.into())).unwrap();
         let view = out[0].try_as_plain_ram().unwrap();
-        match dt {
+        match out[0].datum_type() {
             DatumType::F32 => view
                 .as_slice::<f32>()
                 .unwrap()
                 .iter()
-                .map(|v| v.to_bits() as u64)
+                .map(|v| v.to_bits().into())
                 .collect(),
             DatumType::F64 => view
                 .as_slice::<f64>()
@@ -471,26 +507,81 @@ mod tests {
                 .as_slice::<f16>()
                 .unwrap()
                 .iter()
-                .map(|v| v.to_bits() as u64)
+                .map(|v| v.to_bits().into())
                 .collect(),
         }
     }
 
-    /// The NaN of `0 / 0` is negative on x86, where these tests run: the
-    /// run must hand on the canonical one whatever the CPU made.
+    /// A NaN with its sign bit and a payload set, in each float type.
+    const NEGATIVE_F32: u32 = 0xffc0_0001;
+    const NEGATIVE_F64: u64 = 0xfff8_0000_0000_0001;
+    const NEGATIVE_F16: u16 = 0xfe01;
+
+    /// Addition passes a NaN operand's sign and payload on, on every CPU:
+    /// the run must hand on the canonical NaN, and every other value as it
+    /// is.
+    #[test]
+    fn a_nan_an_operator_outputs_leaves_it_canonical() {
+        let f32_in = tensor1(&[f32::from_bits(NEGATIVE_F32), 1.5, -0.0]);
+        assert_eq!(
+            bits_of(math::add(), f32_in),
+            [
+                0x7fc0_0000,
+                3.0f32.to_bits().into(),
+                (-0.0f32).to_bits().into()
+            ]
+        );
+        let f64_in = tensor1(&[f64::from_bits(NEGATIVE_F64), 2.0]);
+        assert_eq!(
+            bits_of(math::add(), f64_in),
+            [0x7ff8_0000_0000_0000, 4.0f64.to_bits()]
+        );
+        let f16_in = tensor1(&[f16::from_bits(NEGATIVE_F16)]);
+        assert_eq!(bits_of(math::add(), f16_in), [0x7e00]);
+    }
+
+    /// `0 / 0` makes a NaN whose sign is the CPU's (negative on x86).
     #[test]
     fn a_nan_an_operator_makes_leaves_it_canonical() {
         assert_eq!(
-            zero_by_zero(DatumType::F32, tensor1(&[1f32, -2.0, 3.5])),
-            [0x7fc0_0000; 3]
+            bits_of(math::div(), tensor1(&[0f32, 0.0])),
+            [0x7fc0_0000; 2]
         );
-        assert_eq!(
-            zero_by_zero(DatumType::F64, tensor1(&[1f64, 7.0])),
-            [0x7ff8_0000_0000_0000; 2]
-        );
-        assert_eq!(
-            zero_by_zero(DatumType::F16, tensor1(&[f16::from_f32(1.0)])),
-            [0x7e00]
+    }
+
+    /// The plan's constants are outputs of tract's folding, which no
+    /// operator boundary follows.
+    #[test]
+    fn the_plans_constants_hold_canonical_nans() {
+        use tract_onnx::tract_core::ops::konst::Const;
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([2])).unwrap();
+        let nan = tensor1(&[f32::from_bits(NEGATIVE_F32), -0.0]);
+        let c = model.add_const("c", nan).unwrap();
+        let kept = tensor1(&[1f32, 2.0]);
+        let k = model.add_const("k", kept.clone()).unwrap();
+        let y = model.wire_node("y", math::add(), &[x, c]).unwrap();
+        let z = model.wire_node("z", math::add(), &[y[0], k]).unwrap();
+        model.select_output_outlets(&z).unwrap();
+        let before = model.node(k.node).op_as::<Const>().unwrap().val().clone();
+        canonical_constants(&mut model).unwrap();
+        let value = |outlet: OutletId| -> Vec<u32> {
+            let op = model.node(outlet.node).op_as::<Const>().unwrap();
+            op.val()
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(value(c), [0x7fc0_0000, (-0.0f32).to_bits()]);
+        assert_eq!(value(k), [1f32.to_bits(), 2f32.to_bits()]);
+        let after = model.node(k.node).op_as::<Const>().unwrap().val();
+        assert!(
+            std::sync::Arc::ptr_eq(&before, after),
+            "a constant without NaN is kept as it is"
         );
     }
 

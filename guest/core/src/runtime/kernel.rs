@@ -16,12 +16,12 @@
 //! loop's end (where the operands of four steps would be live at once).
 //! The accumulators then go through memory once per four steps.
 //!
-//! The product goes into an 8x8 tile, which tract's kernel adds to its
-//! freshly cleared accumulators (`AddUnicast`) in place of the `AddMatMul`
-//! it was given; every other fused operation stays tract's. Each value is
-//! the same chain of fused multiply-adds from zero in the same k order as
-//! in tract's kernel, and zero plus a value is that value, so the results
-//! are the same bits.
+//! The product goes into an 8x8 tile, which tract's kernel loads as its
+//! accumulators (`LoadTile`) in place of the `AddMatMul` it was given;
+//! every other fused operation stays tract's. Each value is the same chain
+//! of fused multiply-adds from zero in the same k order as in tract's
+//! kernel, loaded as it is (a negative zero included), so the results are
+//! the same bits.
 #![allow(unsafe_code)] // SIMD intrinsics over tract's packed panels, as its own kernels.
 
 use std::arch::wasm32::*;
@@ -30,7 +30,7 @@ use std::sync::LazyLock;
 use product::product;
 
 use tract_linalg::isa::{Arch, IsaSet};
-use tract_linalg::mmm::{DynKernel, FusedKerSpec, OutputStoreKer, Query, Suitable};
+use tract_linalg::mmm::{DynKernel, FusedKerSpec, Query, Suitable};
 use tract_linalg::mmm_routines::MmmRoutine;
 use tract_linalg::mmm_tiers::MmmTier;
 use tract_onnx::prelude::DatumType;
@@ -82,9 +82,9 @@ pub(super) fn keep_linked() {
 const MAX_OPS: usize = 32;
 
 /// The kernel: the first `AddMatMul` of `ops`, if only `Clear`s come before
-/// it, computed here and replaced by the addition of its tile; then tract's
-/// 8x8 kernel on the result. Anything else is tract's kernel alone: a
-/// product onto accumulators that are not zero would round differently.
+/// it, computed here and replaced by loading its tile; then tract's 8x8
+/// kernel on the result. Anything else is tract's kernel alone: a product
+/// onto accumulators that are not zero would round differently.
 unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
     let first = ops.iter().position(|op| !matches!(op, FusedKerSpec::Clear));
@@ -102,15 +102,15 @@ unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     };
     let mut tile = [f32x4_splat(0.0); 16];
     // SAFETY: tract packs `k` steps of 8 values of A and of B for this
-    // kernel's format (the one of its 8x8 kernel), each 16-byte aligned.
+    // kernel's format (the one of its 8x8 kernel, packing 0); `product`
+    // reads them with unaligned loads, as tract's kernel does.
     unsafe { product(k, pa as *const v128, pb as *const v128, &mut tile) };
     let mut rewritten = [FusedKerSpec::Done; MAX_OPS];
     rewritten[..ops.len()].copy_from_slice(ops);
-    rewritten[at] = FusedKerSpec::AddUnicast(OutputStoreKer {
-        ptr: tile.as_mut_ptr() as *mut u8,
-        row_byte_stride: 32,
-        col_byte_stride: 4,
-        item_size: 4,
-    });
+    // tract's wasm 8x8 kernel loads a tile from the second pointer, row by
+    // row, two vectors a row: `tile`'s layout (and alignment, as an array
+    // of `v128`). It does not read the first (column-major) one.
+    let rows = tile.as_ptr() as *const f32;
+    rewritten[at] = FusedKerSpec::LoadTile(rows, rows);
     unsafe { tract(&rewritten[..ops.len()]) }
 }

@@ -141,11 +141,11 @@ fn canonical_constants(model: &mut TypedModel) -> TractResult<()> {
 /// (host/src/sandbox.rs). In wasm, the sign and payload of a NaN that
 /// arithmetic makes differ between CPUs, and they are the only part of a
 /// wasm computation that does; wasmtime's own canonicalisation fixes them
-/// after every float instruction, at half the speed of the matrix
-/// products (README, Measurements). Here they are fixed after every
-/// operator instead: no operator sees a NaN another made other than as
-/// the canonical one, so tract's reductions that order NaNs by their sign
-/// bit (`f32::total_cmp`) give the same answer on every host.
+/// after every float instruction, at little more than half the speed of
+/// the guest's matrix-product kernel (README, Measurements). Here they are
+/// fixed after every operator instead: no operator sees a NaN another made
+/// other than as the canonical one, so tract's reductions that order NaNs
+/// by their sign bit (`f32::total_cmp`) give the same answer on every host.
 fn execute(
     plan: &std::sync::Arc<TypedRunnableModel>,
     inputs: TVec<TValue>,

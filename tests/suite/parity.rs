@@ -4,6 +4,11 @@ use medguard_guest_core::{Classifier, InputBatch};
 use medguard_tests::{bundled_model, golden, load_input, model_dir, native_spec, shared_program};
 use rand::{Rng, SeedableRng};
 
+/// The guest core tests' ONNX builders (one place builds test models).
+#[allow(dead_code)] // Not every builder is used here.
+#[path = "../../guest/core/tests/native/onnx.rs"]
+mod onnx;
+
 fn native(model: &medguard_attest::AttestedModel) -> Classifier {
     Classifier::load(model.model_bytes(), native_spec(model)).expect("native tract loads the model")
 }
@@ -159,7 +164,7 @@ fn screening_in_the_sandbox_matches_screening_natively() {
 /// end inside a tile (28 x 27, 27 x 26); and a bias and a ReLU, which tract
 /// fuses into the kernel after the product.
 fn awkward_convolutions() -> Vec<u8> {
-    use tract_onnx::pb::TensorProto;
+    use onnx::{graph_model, ints, node, tensor};
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261205);
     // (output channels, kernel height, kernel width, ReLU after).
     let layers = [
@@ -174,21 +179,15 @@ fn awkward_convolutions() -> Vec<u8> {
     let (mut nodes, mut initializer) = (Vec::new(), Vec::new());
     let (mut input, mut channels) = ("image".to_string(), 1i64);
     for (i, &(out, kh, kw, relu)) in layers.iter().enumerate() {
-        let mut tensor = |name: String, dims: Vec<i64>| {
+        let mut random = |name: String, dims: Vec<i64>| {
             let n = dims.iter().product::<i64>() as usize;
-            let float_data = (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-            initializer.push(TensorProto {
-                name: name.clone(),
-                dims,
-                data_type: 1,
-                float_data,
-                ..TensorProto::default()
-            });
+            let values = (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+            initializer.push(tensor(&name, &dims, values));
             name
         };
         let (w, b) = (
-            tensor(format!("w{i}"), vec![out, channels, kh, kw]),
-            tensor(format!("b{i}"), vec![out]),
+            random(format!("w{i}"), vec![out, channels, kh, kw]),
+            random(format!("b{i}"), vec![out]),
         );
         let conv = format!("conv{i}");
         nodes.push(node(
@@ -209,86 +208,7 @@ fn awkward_convolutions() -> Vec<u8> {
         nodes.push(node(op, &[&input], output, vec![]));
         input = output.into();
     }
-    onnx_model(nodes, initializer)
-}
-
-/// A node of `op` from `inputs` to `output`.
-fn node(
-    op: &str,
-    inputs: &[&str],
-    output: &str,
-    attribute: Vec<tract_onnx::pb::AttributeProto>,
-) -> tract_onnx::pb::NodeProto {
-    tract_onnx::pb::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|i| i.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
-    }
-}
-
-/// An attribute of integers.
-fn ints(name: &str, ints: &[i64]) -> tract_onnx::pb::AttributeProto {
-    tract_onnx::pb::AttributeProto {
-        name: name.into(),
-        r#type: 7, // INTS
-        ints: ints.to_vec(),
-        ..Default::default()
-    }
-}
-
-/// A model of `nodes` and `initializer` from `image` (f32 `[batch, 1, 28,
-/// 28]`) to `logits`, at operator set 17.
-fn onnx_model(
-    node: Vec<tract_onnx::pb::NodeProto>,
-    initializer: Vec<tract_onnx::pb::TensorProto>,
-) -> Vec<u8> {
-    use prost::Message;
-    use tract_onnx::pb::{
-        GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
-        tensor_shape_proto, type_proto,
-    };
-    let dim = |d: &str| tensor_shape_proto::Dimension {
-        value: Some(match d.parse::<i64>() {
-            Ok(n) => tensor_shape_proto::dimension::Value::DimValue(n),
-            Err(_) => tensor_shape_proto::dimension::Value::DimParam(d.into()),
-        }),
-        ..Default::default()
-    };
-    let graph = GraphProto {
-        node,
-        name: "test".into(),
-        initializer,
-        input: vec![ValueInfoProto {
-            name: "image".into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: 1,
-                    shape: Some(TensorShapeProto {
-                        dim: ["batch", "1", "28", "28"].map(dim).to_vec(),
-                    }),
-                })),
-                ..TypeProto::default()
-            }),
-            ..ValueInfoProto::default()
-        }],
-        output: vec![ValueInfoProto {
-            name: "logits".into(),
-            ..ValueInfoProto::default()
-        }],
-        ..GraphProto::default()
-    };
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(graph),
-        ..ModelProto::default()
-    }
-    .encode_to_vec()
+    graph_model(nodes, initializer)
 }
 
 /// The bundled model's manifest, describing `bytes` instead.

@@ -7,12 +7,10 @@ use medguard_screen::Statistic;
 use prost::Message;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
-use tract_onnx::pb::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
-};
+use tract_onnx::pb::{AttributeProto, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::Framework;
 
+use crate::onnx::{float, graph_model, int, int64s, ints, node, tensor};
 use crate::{model_bytes, spec};
 
 /// The bundled networks: the demo model (convolutions, batch-norm, max
@@ -257,32 +255,6 @@ fn a_name_defined_twice_is_refused() {
     }
 }
 
-pub(crate) fn node(
-    op: &str,
-    inputs: &[&str],
-    output: &str,
-    attribute: Vec<AttributeProto>,
-) -> NodeProto {
-    NodeProto {
-        input: inputs.iter().map(|&i| i.into()).collect(),
-        output: vec![output.into()],
-        name: output.into(),
-        op_type: op.into(),
-        attribute,
-        ..NodeProto::default()
-    }
-}
-
-pub(crate) fn tensor(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: 1,
-        float_data: values,
-        ..TensorProto::default()
-    }
-}
-
 /// A network whose value never depends on the input (`x * 1e30 - x * 1e30`
 /// is 0), but whose bounds overflow at any radius: infinity, then NaN in
 /// the first dense layer, which the ReLU after it would turn into a tight
@@ -327,54 +299,6 @@ fn overflowing_model() -> Vec<u8> {
     )
 }
 
-/// A model of `nodes` and `initializers` from input `image` (f32
-/// `[batch, 1, 28, 28]`) to output `logits`, at operator set 17.
-pub(crate) fn graph_model(node: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
-    let graph = GraphProto {
-        node,
-        name: "test".into(),
-        initializer,
-        input: vec![ValueInfoProto {
-            name: "image".into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: 1,
-                    shape: Some(TensorShapeProto {
-                        dim: ["batch", "1", "28", "28"]
-                            .map(|d| tensor_shape_proto::Dimension {
-                                value: Some(match d.parse::<i64>() {
-                                    Ok(n) => tensor_shape_proto::dimension::Value::DimValue(n),
-                                    Err(_) => {
-                                        tensor_shape_proto::dimension::Value::DimParam(d.into())
-                                    }
-                                }),
-                                ..Default::default()
-                            })
-                            .to_vec(),
-                    }),
-                })),
-                ..TypeProto::default()
-            }),
-            ..ValueInfoProto::default()
-        }],
-        output: vec![ValueInfoProto {
-            name: "logits".into(),
-            ..ValueInfoProto::default()
-        }],
-        ..GraphProto::default()
-    };
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(graph),
-        ..ModelProto::default()
-    }
-    .encode_to_vec()
-}
-
 #[test]
 fn bounds_that_overflow_anywhere_in_the_network_bound_nothing() {
     let c = Classifier::load_with_bounds(&overflowing_model(), spec()).unwrap();
@@ -390,43 +314,6 @@ fn bounds_that_overflow_anywhere_in_the_network_bound_nothing() {
     assert!(b.lower.iter().all(|v| *v == f32::NEG_INFINITY), "{b:?}");
     assert!(b.upper.iter().all(|v| *v == f32::INFINITY), "{b:?}");
     assert_eq!(b.scale, f32::INFINITY);
-}
-
-pub(crate) fn int(name: &str, i: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        i,
-        r#type: 2,
-        ..AttributeProto::default()
-    }
-}
-
-fn ints(name: &str, ints: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        ints: ints.to_vec(),
-        r#type: 7,
-        ..AttributeProto::default()
-    }
-}
-
-fn float(name: &str, f: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        f,
-        r#type: 1,
-        ..AttributeProto::default()
-    }
-}
-
-fn int64s(name: &str, values: &[i64]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: vec![values.len() as i64],
-        data_type: 7,
-        int64_data: values.to_vec(),
-        ..TensorProto::default()
-    }
 }
 
 /// `body` (from `image` to `out`, `channels` channels of any size) and a

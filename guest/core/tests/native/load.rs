@@ -2,7 +2,8 @@
 
 use medguard_guest_core::{Classifier, GuestError, InputBatch, ModelSpec};
 
-use crate::bounds::{batch_mean_model, graph_model, headed, int, node, tensor};
+use crate::bounds::{batch_mean_model, headed};
+use crate::onnx::{graph_model, int, node, tensor};
 use crate::{model_bytes, spec};
 
 #[test]

@@ -6,6 +6,7 @@
 mod bounds;
 mod lint;
 mod load;
+mod onnx;
 mod screen;
 
 use medguard_guest_core::{Classifier, ModelSpec};

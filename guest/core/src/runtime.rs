@@ -176,8 +176,8 @@ fn execute_with(
 }
 
 /// `value` with every NaN of a float tensor replaced by the canonical NaN
-/// ([`crate::Canonical`]); other values,
-/// and tensors that are not plain memory (packed weights), as they are.
+/// ([`crate::Canonical`]); other values, and tensors that are not plain
+/// memory (packed weights), as they are.
 fn canonical_nans(value: TValue) -> TractResult<TValue> {
     fn replace<T: Datum + Copy + Canonical>(
         value: TValue,

@@ -71,8 +71,8 @@ fn preferred(_: &IsaSet, dt: DatumType, query: &Query, _: &[Suitable]) -> Option
     (dt == DatumType::F32 && query.n != Some(1)).then_some(NAME)
 }
 
-/// wasm-ld drops an object nothing references, registry entries included:
-/// parsing a model calls this so that the entries above stay in.
+/// wasm-ld may drop an object nothing references, registry entries
+/// included: parsing a model calls this so that the entries stay in.
 pub(super) fn keep_linked() {
     std::hint::black_box(run as *const ());
 }

@@ -271,14 +271,17 @@ fn the_guests_own_kernel_does_the_matrix_products() {
         .filter(|stack| {
             stack.iter().any(|f| {
                 format!("{:#}", rustc_demangle::demangle(f))
-                    .starts_with("medguard_guest_core::runtime::kernel::")
+                    .starts_with("medguard_guest_core::runtime::kernel::product::")
             })
         })
         .count();
     assert!(samples.len() >= 20, "only {} samples", samples.len());
+    // The tile product itself, not only the dispatch into it: `run` is on
+    // the stack also when it hands the whole op list to tract. It has about
+    // two thirds of the samples (README, Measurements).
     assert!(
-        2 * in_kernel >= samples.len(),
-        "{in_kernel} of {} samples in the guest's kernel",
+        5 * in_kernel >= 2 * samples.len(),
+        "{in_kernel} of {} samples in the guest's tile product",
         samples.len()
     );
 }

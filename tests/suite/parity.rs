@@ -252,6 +252,97 @@ fn the_guests_matrix_product_kernel_matches_native_tract_on_awkward_shapes() {
     }
 }
 
+/// Max poolings of 2x2 windows that the guest runs itself
+/// (guest/core/src/runtime/pool.rs), four windows at a time where stride 2
+/// allows and one at a time elsewhere: stride 2 with and without padding,
+/// stride 3 in one axis, and `ceil_mode`. Pixels of exactly 0.5 become NaN
+/// before the pooling, which passes over them (a window of NaNs alone gives
+/// `f32::MIN`). Every pooled value reaches the logits through random
+/// weights.
+fn pooled_windows() -> Vec<u8> {
+    use onnx::{graph_model, int, ints, node, tensor};
+    let mut nodes = vec![
+        node("Sub", &["image", "half"], "centred", vec![]),
+        node("Div", &["centred", "centred"], "ones", vec![]),
+        node("Mul", &["centred", "ones"], "holed", vec![]),
+    ];
+    // (strides, pads, ceil_mode, values per image out).
+    let pools: [([i64; 2], [i64; 4], i64, usize); 4] = [
+        ([2, 2], [0, 0, 0, 0], 0, 14 * 14),
+        ([2, 2], [1, 1, 1, 1], 0, 15 * 15),
+        ([2, 3], [0, 1, 0, 0], 0, 14 * 10),
+        ([3, 2], [0, 0, 0, 0], 1, 10 * 14),
+    ];
+    let mut flat = Vec::new();
+    for (i, (strides, pads, ceil, _)) in pools.iter().enumerate() {
+        let (pooled, out) = (format!("pooled{i}"), format!("flat{i}"));
+        let attributes = vec![
+            ints("kernel_shape", &[2, 2]),
+            ints("strides", strides),
+            ints("pads", pads),
+            int("ceil_mode", *ceil),
+        ];
+        nodes.push(node("MaxPool", &["holed"], &pooled, attributes));
+        nodes.push(node("Flatten", &[&pooled], &out, vec![]));
+        flat.push(out);
+    }
+    let flat: Vec<&str> = flat.iter().map(String::as_str).collect();
+    nodes.push(node("Concat", &flat, "all", vec![int("axis", 1)]));
+    // A window whose taps are all NaN pools to f32::MIN, whose products
+    // would overflow the logits: floored at -10 first.
+    nodes.push(node("Max", &["all", "floor"], "floored", vec![]));
+    nodes.push(node("MatMul", &["floored", "weights"], "logits", vec![]));
+    let width: usize = pools.iter().map(|p| p.3).sum();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261205);
+    let weights = (0..width * 2)
+        .map(|_| rng.random_range(-0.5f32..0.5))
+        .collect();
+    graph_model(
+        nodes,
+        vec![
+            tensor("half", &[], vec![0.5]),
+            tensor("floor", &[], vec![-10.0]),
+            tensor("weights", &[width as i64, 2], weights),
+        ],
+    )
+}
+
+#[test]
+fn the_guests_max_pooling_matches_native_tract() {
+    let model = vouched(pooled_windows());
+    let native = native(&model);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let n = 3usize;
+    let data: Vec<f32> = (0..n * 28 * 28)
+        .map(|_| {
+            if rng.random_range(0..10) == 0 {
+                0.5
+            } else {
+                rng.random_range(0.0..=1.0)
+            }
+        })
+        .collect();
+    let shape = [n as u32, 1, 28, 28];
+    let tract = native
+        .classify(&InputBatch {
+            shape: shape.to_vec(),
+            data: data.clone(),
+        })
+        .expect("native tract classifies");
+    let guest = shared_program()
+        .session(&model)
+        .expect("the sandbox loads the model")
+        .classify(&shape, &data)
+        .expect("the guest classifies");
+    assert_eq!(guest.len(), n);
+    for (g, t) in guest.iter().flatten().zip(tract.iter().flatten()) {
+        assert!(
+            g.is_finite() && (g - t).abs() <= 1e-5 * (1.0 + t.abs()),
+            "guest {g} vs native tract {t}: {guest:?} vs {tract:?}"
+        );
+    }
+}
+
 /// The matrix products run in the guest's own kernel
 /// (guest/core/src/runtime/kernel.rs), seen in the guest's sampled call
 /// stacks. Were its registration lost (dropped by the linker, or outranked

@@ -11,6 +11,8 @@ mod interval;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod kernel;
 mod lint;
+#[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
+mod pool;
 
 fn invalid(what: &str, e: TractError) -> GuestError {
     GuestError::InvalidModel(format!("{what}: {e:#}"))
@@ -84,6 +86,8 @@ fn plan_at_batch_one(
 ) -> TractResult<std::sync::Arc<TypedRunnableModel>> {
     let one = std::collections::HashMap::from([(batch.clone(), 1.to_dim())]);
     let mut plan = typed.set_symbols(&one)?.into_optimized()?;
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    pool::replace_max_pools(&mut plan)?;
     canonical_constants(&mut plan)?;
     let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(<[usize]>::to_vec);
     for input in 0..plan.inputs.len() {

@@ -53,6 +53,10 @@ trap 'rm -rf "$example_data"' EXIT
 model=$(cat target/renewed-models/current)
 target/release/examples/classify "$example_data" models/trust/demo-policy.toml \
   "$model" "$model/samples/normal-1.png"
+# The kernel microbenchmark's module, its two kernels compared bit for bit
+# under the sandbox's engine settings (README, Measurements), so that it
+# cannot rot unnoticed.
+KERNEL_PROBE_BIN=target/release/examples/kernel_probe scripts/kernel-probe.sh --check
 # Every fuzz target but the guest's, a few seconds each from the committed
 # seeds (fuzz/README.md; installs a nightly toolchain and cargo-fuzz).
 scripts/fuzz.sh

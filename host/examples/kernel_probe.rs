@@ -2,7 +2,8 @@
 //! matrix-product kernel against tract's wasm 8x8 loop, compiled by
 //! wasmtime under the sandbox's engine settings and two variations of them.
 //! Run it with `scripts/kernel-probe.sh`, which builds the wasm module
-//! (`tests/kernel-probe`) first.
+//! (`tests/kernel-probe`) first; `--check` compares the kernels' tiles bit
+//! for bit and times nothing (CI runs it so).
 
 use std::time::Instant;
 
@@ -28,9 +29,12 @@ const DEPTHS: [u32; 4] = [144, 288, 576, 1152];
 const WORK: u64 = 40_000_000;
 
 fn main() -> Result<()> {
-    let path = std::env::args()
-        .nth(1)
-        .context("usage: kernel_probe MODULE.wasm (scripts/kernel-probe.sh builds it)")?;
+    let mut args = std::env::args().skip(1);
+    let path = args
+        .next()
+        .context("usage: kernel_probe MODULE.wasm [--check] (scripts/kernel-probe.sh builds it)")?;
+    // CI runs the bit checks alone: timings there mean nothing.
+    let check_only = args.any(|a| a == "--check");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
     for (engine_name, deadline, canonical_nans) in ENGINES {
         let mut config = Config::new();
@@ -50,25 +54,39 @@ fn main() -> Result<()> {
         instance
             .get_typed_func::<(), ()>(&mut store, "init")?
             .call(&mut store, ())?;
-        let run = instance.get_typed_func::<(u32, u32, u32), f32>(&mut store, "run")?;
+        let run = instance.get_typed_func::<(u32, u32, u32), u64>(&mut store, "run")?;
         println!("{engine_name}");
+        // Every remainder of the guest's four-step loop, and depths past it,
+        // bit for bit, before any timing.
+        for k in (0..=20).chain(DEPTHS) {
+            let [tract, guest] = [0, 1].map(|variant| run.call(&mut store, (variant, k, 1)));
+            let (tract, guest) = (tract?, guest?);
+            ensure!(
+                tract == guest,
+                "k = {k}: the kernels' tiles differ (hashes {tract:#x} and {guest:#x})"
+            );
+        }
+        if check_only {
+            println!("  tiles agree bit for bit for k = 0 to 20 and {DEPTHS:?}");
+            continue;
+        }
         for k in DEPTHS {
             let reps = u32::try_from(WORK / (64 * u64::from(k)))?;
             let mut best = [f64::MAX; KERNELS.len()];
-            let mut sums = [0f32; KERNELS.len()];
+            let mut hashes = [0u64; KERNELS.len()];
             // Interleaved, best of 7: the machine's noise only ever slows a run.
             for _ in 0..7 {
-                for (variant, (best, sum)) in best.iter_mut().zip(&mut sums).enumerate() {
+                for (variant, (best, hash)) in best.iter_mut().zip(&mut hashes).enumerate() {
                     let started = Instant::now();
-                    *sum = run.call(&mut store, (u32::try_from(variant)?, k, reps))?;
+                    *hash = run.call(&mut store, (u32::try_from(variant)?, k, reps))?;
                     *best = best.min(started.elapsed().as_secs_f64());
                 }
             }
             ensure!(
-                sums[0].to_bits() == sums[1].to_bits(),
-                "k = {k}: the kernels disagree ({} against {})",
-                sums[0],
-                sums[1]
+                hashes[0] == hashes[1],
+                "k = {k}: the kernels' tiles differ (hashes {:#x} and {:#x})",
+                hashes[0],
+                hashes[1]
             );
             let flops = 2.0 * WORK as f64;
             let rates = best.map(|t| flops / t / 1e9);

@@ -589,6 +589,36 @@ mod tests {
         );
     }
 
+    /// The plan the load paths build (`plan_at_batch_one`) holds its
+    /// constants canonical: a negative NaN the model carries stays a
+    /// constant of the optimised plan, as the canonical NaN.
+    #[test]
+    fn the_planned_models_constants_hold_canonical_nans() {
+        use tract_onnx::tract_core::ops::konst::Const;
+        let mut model = TypedModel::default();
+        let batch = model.symbols.sym("batch");
+        let x = model
+            .add_source("x", f32::fact([batch.to_dim(), 2.to_dim()]))
+            .unwrap();
+        let nan = tensor2(&[[f32::from_bits(NEGATIVE_F32), -0.0]]);
+        let c = model.add_const("c", nan).unwrap();
+        let y = model.wire_node("y", math::add(), &[x, c]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = plan_at_batch_one(model, &batch, &[1, 2], &[&[1, 2]]).unwrap();
+        let nans: Vec<u32> = plan
+            .model()
+            .nodes()
+            .iter()
+            .filter_map(|node| node.op_as::<Const>())
+            .flat_map(|c| {
+                let values = c.val().try_as_plain_ram().unwrap();
+                let values = values.as_slice::<f32>().unwrap().to_vec();
+                values.into_iter().filter(|v| v.is_nan()).map(f32::to_bits)
+            })
+            .collect();
+        assert_eq!(nans, [0x7fc0_0000], "{:#?}", plan.model());
+    }
+
     #[test]
     fn values_that_are_not_nan_pass_unchanged() {
         for value in [

@@ -38,6 +38,12 @@ MEDGUARD_WEB_SITE=$(scripts/web.sh build)
   export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
   export CHROMEDRIVER=/usr/bin/chromedriver
   cargo test --locked --package medguard-web --target wasm32-unknown-unknown --profile web --test wasm
+  # The guest core's wasm-only code (its matrix-product kernel, the max
+  # pooling's vector path, the NaN scan) against tract, in wasm, under
+  # Node (no configure! in that crate: Node is the runner's default), with
+  # the relaxed SIMD the repository's wasm flags enable.
+  NODE_ARGS=--experimental-wasm-relaxed-simd \
+    cargo test --locked --package medguard-guest-core --target wasm32-unknown-unknown --profile web --lib
 )
 # `medguard pacs` round-trips a study through a real Orthanc with its
 # DICOMweb plugin (Debian packages, scripts/system-packages.sh).

@@ -334,7 +334,7 @@ fn the_guests_max_pooling_matches_native_tract() {
         .expect("the sandbox loads the model")
         .classify(&shape, &data)
         .expect("the guest classifies");
-    assert_eq!(guest.len(), n);
+    assert_eq!((guest.len(), tract.len()), (n, n));
     for (g, t) in guest.iter().flatten().zip(tract.iter().flatten()) {
         assert!(
             g.is_finite() && (g - t).abs() <= 1e-5 * (1.0 + t.abs()),

@@ -524,7 +524,8 @@ mod tests {
     /// Addition passes a NaN operand's sign and payload on, on every CPU:
     /// the run must hand on the canonical NaN, and every other value as it
     /// is.
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_nan_an_operator_outputs_leaves_it_canonical() {
         let f32_in = tensor1(&[f32::from_bits(NEGATIVE_F32), 1.5, -0.0]);
         assert_eq!(
@@ -545,7 +546,8 @@ mod tests {
     }
 
     /// `0 / 0` makes a NaN whose sign is the CPU's (negative on x86).
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_nan_an_operator_makes_leaves_it_canonical() {
         assert_eq!(
             bits_of(math::div(), tensor1(&[0f32, 0.0])),
@@ -555,7 +557,8 @@ mod tests {
 
     /// The plan's constants are outputs of tract's folding, which no
     /// operator boundary follows.
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_plans_constants_hold_canonical_nans() {
         use tract_onnx::tract_core::ops::konst::Const;
         let mut model = TypedModel::default();
@@ -592,7 +595,8 @@ mod tests {
     /// The plan the load paths build (`plan_at_batch_one`) holds its
     /// constants canonical: a negative NaN the model carries stays a
     /// constant of the optimised plan, as the canonical NaN.
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_planned_models_constants_hold_canonical_nans() {
         use tract_onnx::tract_core::ops::konst::Const;
         let mut model = TypedModel::default();
@@ -617,6 +621,24 @@ mod tests {
             })
             .collect();
         assert_eq!(nans, [0x7fc0_0000], "{:#?}", plan.model());
+    }
+
+    /// The scan finds a NaN of either sign at every position of every
+    /// length around its four-value chunks (its vector path on wasm).
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn the_nan_scan_finds_a_nan_anywhere() {
+        for len in 0..=13 {
+            let plain = vec![f32::INFINITY; len];
+            assert!(!any_nan_f32(&plain), "{len}");
+            for at in 0..len {
+                for nan in [f32::NAN, f32::from_bits(NEGATIVE_F32)] {
+                    let mut values = vec![-0.0; len];
+                    values[at] = nan;
+                    assert!(any_nan_f32(&values), "{len} {at}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -114,3 +114,90 @@ unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     rewritten[at] = FusedKerSpec::LoadTile(rows, rows);
     unsafe { tract(&rewritten[..ops.len()]) }
 }
+
+/// `run` against tract's own 8x8 kernel, in wasm (scripts/test.sh runs
+/// these under Node with wasm-bindgen-test).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_linalg::mmm::OutputStoreKer;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    /// Ordinary values, zeros of both signs, infinities, NaNs and
+    /// subnormals, at positions `seed` shifts.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        const SPECIAL: [f32; 6] = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40];
+        (0..len)
+            .map(|i| match (i * 7 + seed * 13) % 41 {
+                j @ 0..6 => SPECIAL[j],
+                j => (j as f32 - 20.0) / 8.0 * if i % 3 == 0 { -1.0 } else { 1.0 },
+            })
+            .collect()
+    }
+
+    /// The 64 values `kernel` stores for `ops` (with the store appended).
+    fn stored(
+        kernel: unsafe fn(&[FusedKerSpec<f32>]) -> isize,
+        ops: &[FusedKerSpec<f32>],
+    ) -> Vec<f32> {
+        let mut out = vec![f32::from_bits(0x7f80_dead); 64];
+        let store = OutputStoreKer {
+            ptr: out.as_mut_ptr() as *mut u8,
+            row_byte_stride: 32,
+            col_byte_stride: 4,
+            item_size: 4,
+        };
+        let mut ops = ops.to_vec();
+        ops.extend([FusedKerSpec::Store(store), FusedKerSpec::Done]);
+        // SAFETY: every pointer in `ops` is to live buffers of the sizes the
+        // 8x8 kernel reads (`check` below), and `out` holds its 64 values.
+        assert_eq!(unsafe { kernel(&ops) }, 0);
+        out
+    }
+
+    fn same(a: f32, b: f32) -> bool {
+        // NaN bits are made canonical after every operator (runtime.rs), so
+        // which NaN a kernel makes does not matter; everything else must be
+        // the same bits, a zero's sign included.
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[wasm_bindgen_test]
+    fn the_kernel_stores_what_tracts_kernel_stores() {
+        let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
+        let bias = values(8, 99);
+        for k in 0..=17 {
+            let (a, b) = (values(8 * k.max(1), k), values(8 * k.max(1), k + 1));
+            let product = FusedKerSpec::AddMatMul {
+                k,
+                pa: a.as_ptr() as *const u8,
+                pb: b.as_ptr() as *const u8,
+                packing: 0,
+            };
+            let lists: [Vec<FusedKerSpec<f32>>; 6] = [
+                vec![FusedKerSpec::Clear, product],
+                vec![product],
+                vec![FusedKerSpec::Clear, FusedKerSpec::Clear, product],
+                vec![
+                    FusedKerSpec::Clear,
+                    product,
+                    FusedKerSpec::PerRowAdd(bias.as_ptr()),
+                    FusedKerSpec::ScalarMax(0.0),
+                ],
+                // A second product onto accumulators that are not zero:
+                // `run` computes the first only.
+                vec![FusedKerSpec::Clear, product, product],
+                vec![FusedKerSpec::Clear, FusedKerSpec::ScalarAdd(1.0), product],
+            ];
+            for (l, ops) in lists.iter().enumerate() {
+                let (theirs, ours) = (stored(tract, ops), stored(run, ops));
+                for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
+                    assert!(
+                        same(*t, *o),
+                        "k {k}, list {l}, value {i}: tract {t:e}, ours {o:e}"
+                    );
+                }
+            }
+        }
+    }
+}

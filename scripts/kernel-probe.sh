@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1
 # The repository's cargo configuration builds wasm32 with the guest's
-# flags (+simd128,+relaxed-simd).
+# flags (+simd128; relaxed SIMD on the kernels' own functions).
 cargo build --quiet --release --manifest-path tests/kernel-probe/Cargo.toml \
   --target wasm32-unknown-unknown --target-dir target/kernel-probe
 # KERNEL_PROBE_BIN: an already built `kernel_probe` example (scripts/test.sh

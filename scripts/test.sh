@@ -41,7 +41,7 @@ MEDGUARD_WEB_SITE=$(scripts/web.sh build)
   # The guest core's wasm-only code (its matrix-product kernel, the max
   # pooling's vector path, the NaN scan) against tract, in wasm, under
   # Node (no configure! in that crate: Node is the runner's default), with
-  # the relaxed SIMD the repository's wasm flags enable.
+  # relaxed SIMD for the kernel's fused multiply-add.
   NODE_ARGS=--experimental-wasm-relaxed-simd \
     cargo test --locked --package medguard-guest-core --target wasm32-unknown-unknown --profile web --lib
 )

@@ -376,3 +376,33 @@ fn the_guests_own_kernel_does_the_matrix_products() {
         samples.len()
     );
 }
+
+/// Relaxed SIMD appears in the guest only where its source asks for it:
+/// the matrix-product kernel's fused multiply-add. With relaxed SIMD on
+/// for the whole build, LLVM compiled tract's NaN-dropping `f32x4.pmax`
+/// reductions to `f32x4.relaxed_max`, which under wasmtime's deterministic
+/// relaxed SIMD passes NaNs on with a sign that differs between CPUs
+/// (.cargo/config.toml).
+#[test]
+fn the_guest_has_no_relaxed_simd_but_its_kernels_fused_multiply_add() {
+    use wasmparser::{Operator, Parser, Payload};
+    let guest = medguard::guest::bundled().expect("the bundled guest");
+    let (mut madds, mut others) = (0usize, Vec::new());
+    for payload in Parser::new(0).parse_all(guest.bytes()) {
+        let Payload::CodeSectionEntry(body) = payload.expect("the guest parses") else {
+            continue;
+        };
+        let mut reader = body.get_operators_reader().expect("a function body");
+        while !reader.eof() {
+            let op = reader.read().expect("an instruction");
+            let name = format!("{op:?}");
+            if matches!(op, Operator::F32x4RelaxedMadd) {
+                madds += 1;
+            } else if name.contains("Relaxed") && others.len() < 10 {
+                others.push(name);
+            }
+        }
+    }
+    assert!(others.is_empty(), "relaxed SIMD in the guest: {others:?}");
+    assert!(madds >= 8, "the kernel's fused multiply-adds: {madds}");
+}

@@ -31,6 +31,7 @@ pub extern "C" fn init() {
 /// tract-linalg 0.23.9's `kernel_f32_8x8` `AddMatMul` loop (src/wasm/mmm_f32_gemm.rs),
 /// with relaxed-SIMD fused multiply-add as the guest builds it.
 #[inline(never)]
+#[target_feature(enable = "relaxed-simd")]
 unsafe fn tract_8x8(k: usize, a: *const v128, b: *const v128, tile: &mut [v128; 16]) {
     let mut c = [f32x4_splat(0.0); 16];
     for i in 0..k {

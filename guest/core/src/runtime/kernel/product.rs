@@ -6,16 +6,14 @@
 
 use std::arch::wasm32::*;
 
-#[cfg(target_feature = "relaxed-simd")]
-#[inline(always)]
+// Relaxed SIMD is enabled on these functions alone, not for the whole
+// guest (.cargo/config.toml says why): fused multiply-add, which wasmtime
+// runs in its deterministic mode.
+
+#[target_feature(enable = "relaxed-simd")]
+#[inline]
 fn madd(acc: v128, a: v128, b: v128) -> v128 {
     f32x4_relaxed_madd(a, b, acc)
-}
-
-#[cfg(not(target_feature = "relaxed-simd"))]
-#[inline(always)]
-fn madd(acc: v128, a: v128, b: v128) -> v128 {
-    f32x4_add(acc, f32x4_mul(a, b))
 }
 
 /// One k step of four rows: `c[2r]`, `c[2r + 1]` += A's row `r` of this
@@ -23,7 +21,8 @@ fn madd(acc: v128, a: v128, b: v128) -> v128 {
 ///
 /// # Safety
 /// `a` and `b` point at step `i`'s values of A's half and of B.
-#[inline(always)]
+#[target_feature(enable = "relaxed-simd")]
+#[inline]
 unsafe fn step(c: &mut [v128; 8], a: *const v128, b: *const v128) {
     let (a, lo, hi) = unsafe { (v128_load(a), v128_load(b), v128_load(b.add(1))) };
     let s = i32x4_shuffle::<0, 0, 0, 0>(a, a);
@@ -45,6 +44,7 @@ unsafe fn step(c: &mut [v128; 8], a: *const v128, b: *const v128) {
 ///
 /// # Safety
 /// `pa` and `pb` hold `2 * k` vectors each.
+#[target_feature(enable = "relaxed-simd")]
 pub(crate) unsafe fn product(k: usize, pa: *const v128, pb: *const v128, tile: &mut [v128; 16]) {
     for half in 0..2 {
         let mut c = [f32x4_splat(0.0); 8];

@@ -21,7 +21,8 @@ if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]]; the
 fi
 
 # 128-bit wasm SIMD, as the sandbox guest: tract's wasm kernels need it, and
-# every browser medguard supports has it (the worker says so when one lacks it).
+# relaxed SIMD, which the guest core's matrix-product kernel enables on its
+# own functions (the worker says so when a browser lacks either).
 # Set for this target only, so native builds are untouched.
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128"
 cargo build --locked --package medguard-web --target wasm32-unknown-unknown --profile web >&2

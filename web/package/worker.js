@@ -10,6 +10,14 @@ const SIMD_PROBE = new Uint8Array([
   15, 253, 98, 11,
 ]);
 
+// (module (func (result v128) i32.const 0 i8x16.splat (twice more)
+// f32x4.relaxed_madd)): validates only where relaxed SIMD is supported, which
+// the guest core's matrix-product kernel uses for its fused multiply-add.
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 19, 1, 17, 0, 65, 0, 253,
+  15, 65, 0, 253, 15, 65, 0, 253, 15, 253, 133, 2, 11,
+]);
+
 let model = null;
 
 const ops = {
@@ -18,6 +26,12 @@ const ops = {
       throw new Error(
         "this browser lacks WebAssembly SIMD (128-bit), which medguard's inference needs: " +
           "use a current Chrome, Edge, Firefox or Safari (16.4 or later)",
+      );
+    }
+    if (!WebAssembly.validate(RELAXED_SIMD_PROBE)) {
+      throw new Error(
+        "this browser lacks WebAssembly relaxed SIMD, whose fused multiply-add " +
+          "medguard's matrix-product kernel uses: use a current Chrome or Edge (114 or later)",
       );
     }
     // A restarted worker gets the bytes the first one fetched: the module

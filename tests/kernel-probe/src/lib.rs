@@ -29,7 +29,8 @@ pub extern "C" fn init() {
 }
 
 /// tract-linalg 0.23.9's `kernel_f32_8x8` `AddMatMul` loop (src/wasm/mmm_f32_gemm.rs),
-/// with relaxed-SIMD fused multiply-add as the guest builds it.
+/// fused as tract builds it with relaxed SIMD (the guest's build has it on
+/// its own kernel's functions alone, so tract's loop in the guest is not).
 #[inline(never)]
 #[target_feature(enable = "relaxed-simd")]
 unsafe fn tract_8x8(k: usize, a: *const v128, b: *const v128, tile: &mut [v128; 16]) {

@@ -18,10 +18,10 @@
 //!
 //! The product goes into an 8x8 tile, which tract's kernel loads as its
 //! accumulators (`LoadTile`) in place of the `AddMatMul` it was given;
-//! every other fused operation stays tract's. Each value is the same chain
-//! of fused multiply-adds from zero in the same k order as in tract's
-//! kernel, loaded as it is (a negative zero included), so the results are
-//! the same bits.
+//! every other fused operation stays tract's. Each value is the chain of
+//! fused multiply-adds from zero in k order that tract's kernel computes
+//! when built with relaxed SIMD, loaded as it is (a negative zero
+//! included): the bits of scalar fused multiply-adds (the tests below).
 #![allow(unsafe_code)] // SIMD intrinsics over tract's packed panels, as its own kernels.
 
 use std::arch::wasm32::*;
@@ -185,8 +185,24 @@ mod tests {
     /// (tract's own loop fuses them only where the whole build has relaxed
     /// SIMD, which the guest's has not: .cargo/config.toml), and what
     /// tract's kernel stores for lists it does not take over.
+    /// Whether this engine fuses `relaxed_madd`: wasmtime's deterministic
+    /// mode always does, V8 only on a CPU with FMA. (1 + e)(1 - e) - 1 is
+    /// -e^2 fused and 0 unfused for e = 2^-13.
+    #[target_feature(enable = "relaxed-simd")]
+    fn engine_fuses() -> bool {
+        let e = std::hint::black_box(2f32.powi(-13));
+        let (a, b) = (f32x4_splat(1.0 + e), f32x4_splat(1.0 - e));
+        f32x4_extract_lane::<0>(f32x4_relaxed_madd(a, b, f32x4_splat(-1.0))) != 0.0
+    }
+
     #[wasm_bindgen_test]
     fn the_kernel_stores_what_tracts_kernel_stores_for_a_fused_product() {
+        // SAFETY: the module validates only where relaxed SIMD does.
+        assert!(
+            unsafe { engine_fuses() },
+            "this wasm engine does not fuse relaxed_madd (a CPU without FMA?); the \
+             reference tile is fused, so this test needs one that does"
+        );
         let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
         let bias = values(8, 99);
         for k in 0..=17 {

@@ -15,7 +15,7 @@
 //!
 //! The step is a compare and a `v128.bitselect`, not `f32x4_pmax`, which
 //! is the same step by the wasm specification: with relaxed SIMD enabled
-//! (as for the guest), LLVM compiles `f32x4_pmax` to `f32x4.relaxed_max`,
+//! (the guest's build until c5574ec), LLVM made it `f32x4.relaxed_max`,
 //! and under wasmtime's deterministic relaxed SIMD that let NaN taps
 //! through (tests/suite/parity.rs caught it).
 
@@ -257,6 +257,32 @@ mod tests {
     use super::*;
     use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
+    /// `model` (empty, or with the symbols `shape` uses) with one max pooling
+    /// over `shape` (its channels on axis 1), `kernel` windows at `strides`.
+    fn pooling(
+        mut model: TypedModel,
+        shape: &[TDim],
+        kernel: usize,
+        strides: [usize; 2],
+        padding: PaddingSpec,
+    ) -> TypedModel {
+        let x = model.add_source("x", f32::fact(shape)).unwrap();
+        let channels = shape[1].to_i64().unwrap() as usize;
+        let spec = PoolSpec::new(
+            DataFormat::NCHW,
+            tvec!(kernel, kernel),
+            padding,
+            None,
+            Some(tvec!(strides[0], strides[1])),
+            channels,
+            channels,
+        );
+        let pool = tract_onnx::tract_core::ops::cnn::MaxPool::new(spec, None);
+        let y = model.wire_node("pool", pool, &[x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        model
+    }
+
     /// tract's plan of a 2x2 max pooling over `shape`, and the same plan
     /// after [`replace_max_pools`], with whether it replaced the pooling.
     fn plans(
@@ -268,20 +294,8 @@ mod tests {
         TractResult<Arc<TypedRunnableModel>>,
         bool,
     ) {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact(shape)).unwrap();
-        let spec = PoolSpec::new(
-            DataFormat::NCHW,
-            tvec!(2, 2),
-            padding,
-            None,
-            Some(tvec!(strides[0], strides[1])),
-            shape[1],
-            shape[1],
-        );
-        let pool = tract_onnx::tract_core::ops::cnn::MaxPool::new(spec, None);
-        let y = model.wire_node("pool", pool, &[x]).unwrap();
-        model.select_output_outlets(&y).unwrap();
+        let shape = shape.map(|d| d.to_dim());
+        let model = pooling(TypedModel::default(), &shape, 2, strides, padding);
         let tract = model.into_optimized().unwrap();
         let mut ours = tract.clone();
         let result = replace_max_pools(&mut ours);
@@ -408,22 +422,10 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     #[wasm_bindgen_test::wasm_bindgen_test]
     fn the_guests_plans_pool_with_it() {
-        let mut model = TypedModel::default();
+        let model = TypedModel::default();
         let batch = model.symbols.sym("batch");
         let shape = [batch.to_dim(), 2.to_dim(), 6.to_dim(), 6.to_dim()];
-        let x = model.add_source("x", f32::fact(shape)).unwrap();
-        let spec = PoolSpec::new(
-            DataFormat::NCHW,
-            tvec!(2, 2),
-            PaddingSpec::Valid,
-            None,
-            Some(tvec!(2, 2)),
-            2,
-            2,
-        );
-        let pool = tract_onnx::tract_core::ops::cnn::MaxPool::new(spec, None);
-        let y = model.wire_node("pool", pool, &[x]).unwrap();
-        model.select_output_outlets(&y).unwrap();
+        let model = pooling(model, &shape, 2, [2, 2], PaddingSpec::Valid);
         let plan = super::super::plan_at_batch_one(model, &batch, &[1, 2, 6, 6], &[&[1, 2, 3, 3]])
             .unwrap();
         assert!(plan.model().nodes().iter().any(|n| n.op_is::<MaxPool>()));
@@ -433,20 +435,13 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn pooling_that_tract_folds_otherwise_stays_tracts() {
         // 3x3 windows go through tract's row spans, not `f32::max`.
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, 1, 9, 9])).unwrap();
-        let spec = PoolSpec::new(
-            DataFormat::NCHW,
-            tvec!(3, 3),
+        let model = pooling(
+            TypedModel::default(),
+            &[1, 1, 9, 9].map(|d: usize| d.to_dim()),
+            3,
+            [2, 2],
             PaddingSpec::Valid,
-            None,
-            Some(tvec!(2, 2)),
-            1,
-            1,
         );
-        let pool = tract_onnx::tract_core::ops::cnn::MaxPool::new(spec, None);
-        let y = model.wire_node("pool", pool, &[x]).unwrap();
-        model.select_output_outlets(&y).unwrap();
         let mut plan = model.into_optimized().unwrap();
         replace_max_pools(&mut plan).unwrap();
         assert!(plan.nodes().iter().any(|n| n.op_is::<OptMaxPool>()));

@@ -8,6 +8,10 @@ cargo fmt --all --check
 # In the release profile, like the tests below, so that build scripts and
 # proc macros compile once for both.
 cargo clippy --workspace --all-targets --release -- -D warnings
+# The guest core's wasm-only code (its matrix-product kernel, the pooling's
+# and the NaN scan's vector paths) compiles only for wasm: lint it there.
+cargo clippy --locked --package medguard-guest-core --target wasm32-unknown-unknown \
+  --profile web --all-targets -- -D warnings
 # The ledger without its file store (what the browser build links) builds on its own.
 cargo check --package medguard-ledger --no-default-features
 # The interop tests run against the real OpenSSF model_signing tool,

@@ -56,7 +56,7 @@ fn main() -> Result<()> {
             .call(&mut store, ())?;
         let run = instance.get_typed_func::<(u32, u32, u32), u64>(&mut store, "run")?;
         println!("{engine_name}");
-        // Every remainder of the guest's four-step loop, and depths past it,
+        // Every remainder of the guest's three-step loop, and depths past it,
         // bit for bit, before any timing.
         for k in (0..=20).chain(DEPTHS) {
             let [tract, guest] = [0, 1].map(|variant| run.call(&mut store, (variant, k, 1)));

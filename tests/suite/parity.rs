@@ -158,8 +158,9 @@ fn screening_in_the_sandbox_matches_screening_natively() {
 
 /// A chain of convolutions whose matrix products take every path of the
 /// guest's own wasm kernel (guest/core/src/runtime/kernel.rs): depths `k`
-/// below its four-step unrolling (1, 3), at each remainder past it (6, 9,
-/// 10, 11) and a multiple of it (16); output channels that fill no tile,
+/// below its three-step unrolling (1), at it (3), past it with each
+/// remainder (10 and 16 leave 1, 11 leaves 2) and at multiples of it (6,
+/// 9); output channels that fill no tile,
 /// part of one or more than one (2 to 11 of 8 rows); images whose positions
 /// end inside a tile (28 x 27, 27 x 26); and a bias and a ReLU, which tract
 /// fuses into the kernel after the product.

@@ -633,7 +633,7 @@ mod tests {
     }
 
     /// The scan finds a NaN of either sign at every position of every
-    /// length around its four-value chunks (its vector path on wasm).
+    /// length around its sixteen-value chunks (its vector path on wasm).
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_nan_scan_finds_a_nan_anywhere() {

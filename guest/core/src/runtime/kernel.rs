@@ -7,16 +7,18 @@
 //! Cranelift therefore keeps every vector a loop carries in a stack slot
 //! and reloads and stores it at every iteration: in tract's 8x8 kernel,
 //! its 16 accumulators at every k step (README, Measurements). Here the
-//! tile is computed in two halves of four rows (8 accumulators, which fit
-//! x86's 16 vector registers beside their operands), and each iteration of
-//! the k loop does three steps of one half, then the same three of the
-//! other, with an exit test after each step. The tests are what makes the
-//! unrolling pay: each exit hands the accumulators to the code after the
-//! loop, so Cranelift computes every step's multiply-adds before the next
-//! step's loads instead of sinking them all to the loop's end (where the
-//! operands of three steps would be live at once). The accumulators then
-//! go through memory once per three steps, and one half computes while
-//! the other's chains wait on that round trip.
+//! tile is computed in two halves of four rows, and each iteration of the
+//! k loop does three steps of one half, then the same three of the other,
+//! with an exit test after each step. A half's 8 accumulators fit x86's 16
+//! vector registers beside their operands while its steps run; both halves'
+//! 16 go through memory at the loop head, once per three steps, and one
+//! half computes while the other's chains wait on that round trip. The
+//! exit tests are what makes the unrolling pay: each hands the accumulators
+//! on to code the step's results must reach (the other half's steps, or
+//! the code after the loop), so Cranelift computes every step's
+//! multiply-adds before the next step's loads instead of sinking them all
+//! to the iteration's end (where the operands of three steps would be live
+//! at once).
 //!
 //! The product goes into an 8x8 tile, which tract's kernel loads as its
 //! accumulators (`LoadTile`) in place of the `AddMatMul` it was given;
@@ -88,6 +90,11 @@ const MAX_OPS: usize = 32;
 /// it, computed here and replaced by loading its tile; then tract's 8x8
 /// kernel on the result. Anything else is tract's kernel alone: a product
 /// onto accumulators that are not zero would round differently.
+///
+/// # Safety
+/// As tract's kernel's: `ops` ends with `Done` (tract's kernel reads up to
+/// it, whatever the slice's length), and its pointers are to buffers of
+/// the sizes the 8x8 kernel reads.
 unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
     let first = ops.iter().position(|op| !matches!(op, FusedKerSpec::Clear));
@@ -110,19 +117,21 @@ unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     unsafe { product(k, pa as *const v128, pb as *const v128, &mut tile) };
     // Only the slots `ops` fills are written: filling all `MAX_OPS` cost
     // about 1% of an inference, for a list of about six operations.
+    debug_assert!(matches!(ops.last(), Some(FusedKerSpec::Done)));
     let mut rewritten = [const { MaybeUninit::<FusedKerSpec<f32>>::uninit() }; MAX_OPS];
-    for (slot, op) in rewritten.iter_mut().zip(ops) {
+    let slots = &mut rewritten[..ops.len()];
+    for (slot, op) in slots.iter_mut().zip(ops) {
         slot.write(*op);
     }
     // tract's wasm 8x8 kernel loads a tile from the second pointer, row by
     // row, two vectors a row: `tile`'s layout (and alignment, as an array
     // of `v128`). It does not read the first (column-major) one.
     let rows = tile.as_ptr() as *const f32;
-    rewritten[at].write(FusedKerSpec::LoadTile(rows, rows));
-    // SAFETY: the first `ops.len()` (at most `MAX_OPS`) slots were written
-    // above, and `MaybeUninit<T>` has `T`'s layout.
+    slots[at].write(FusedKerSpec::LoadTile(rows, rows));
+    // SAFETY: every slot of `slots` was written above, and
+    // `MaybeUninit<T>` has `T`'s layout.
     let rewritten = unsafe {
-        std::slice::from_raw_parts(rewritten.as_ptr().cast::<FusedKerSpec<f32>>(), ops.len())
+        std::slice::from_raw_parts(slots.as_ptr().cast::<FusedKerSpec<f32>>(), slots.len())
     };
     unsafe { tract(rewritten) }
 }
@@ -135,13 +144,14 @@ mod tests {
     use tract_linalg::mmm::OutputStoreKer;
     use wasm_bindgen_test::wasm_bindgen_test;
 
-    /// Ordinary values, zeros of both signs, infinities, NaNs and
-    /// subnormals, at positions `seed` shifts.
-    fn values(len: usize, seed: usize) -> Vec<f32> {
+    /// Ordinary values and, with `special`, zeros of both signs,
+    /// infinities, NaNs and subnormals among them, at positions `seed`
+    /// shifts.
+    fn values(len: usize, seed: usize, special: bool) -> Vec<f32> {
         const SPECIAL: [f32; 6] = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40];
         (0..len)
             .map(|i| match (i * 7 + seed * 13) % 41 {
-                j @ 0..6 => SPECIAL[j],
+                j @ 0..6 if special => SPECIAL[j],
                 j => (j as f32 - 20.0) / 8.0 * if i % 3 == 0 { -1.0 } else { 1.0 },
             })
             .collect()
@@ -192,11 +202,6 @@ mod tests {
         a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
     }
 
-    /// `run` stores what tract's kernel stores when the product `run`
-    /// takes over is handed to it as a loaded tile of fused multiply-adds
-    /// (tract's own loop fuses them only where the whole build has relaxed
-    /// SIMD, which the guest's has not: .cargo/config.toml), and what
-    /// tract's kernel stores for lists it does not take over.
     /// Whether this engine fuses `relaxed_madd`: wasmtime's deterministic
     /// mode always does, V8 only on a CPU with FMA. (1 + e)(1 - e) - 1 is
     /// -e^2 fused and 0 unfused for e = 2^-13.
@@ -207,6 +212,14 @@ mod tests {
         f32x4_extract_lane::<0>(f32x4_relaxed_madd(a, b, f32x4_splat(-1.0))) != 0.0
     }
 
+    /// `run` stores what tract's kernel stores when the product `run`
+    /// takes over is handed to it as a loaded tile of fused multiply-adds
+    /// (tract's own loop fuses them only where the whole build has relaxed
+    /// SIMD, which the guest's has not: .cargo/config.toml), and what
+    /// tract's kernel stores for lists it does not take over. Special
+    /// values soon make most of a tile NaN or infinite, where a skipped or
+    /// repeated step would go unseen, so every depth also runs with finite
+    /// values alone, and those tiles must come out finite.
     #[wasm_bindgen_test]
     fn the_kernel_stores_what_tracts_kernel_stores_for_a_fused_product() {
         // A safe call on wasm: the module validates only where relaxed SIMD
@@ -217,9 +230,15 @@ mod tests {
              reference tile is fused, so this test needs one that does"
         );
         let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
-        let bias = values(8, 99);
-        for k in 0..=17 {
-            let (a, b) = (values(8 * k.max(1), k), values(8 * k.max(1), k + 1));
+        let bias = values(8, 99, false);
+        // Every remainder of the kernel's loop many times over, and one of
+        // the bundled model's depths.
+        let depths = (0..=40).chain([1152]);
+        for (k, special) in depths.flat_map(|k| [(k, false), (k, true)]) {
+            let (a, b) = (
+                values(8 * k.max(1), k, special),
+                values(8 * k.max(1), k + 1, special),
+            );
             let product = FusedKerSpec::AddMatMul {
                 k,
                 pa: a.as_ptr() as *const u8,
@@ -229,8 +248,15 @@ mod tests {
             let tile = fused_tile(k, &a, &b);
             let loaded =
                 FusedKerSpec::LoadTile(tile.as_ptr() as *const f32, tile.as_ptr() as *const f32);
+            // The longest list `run` rewrites (`stored` appends two
+            // operations), with `at` more no-op additions after the product.
+            let long = |at: usize| {
+                let mut ops = vec![FusedKerSpec::Clear, product];
+                ops.resize(MAX_OPS - 2 + at, FusedKerSpec::ScalarAdd(0.0));
+                ops
+            };
             // (the list, whether `run` takes its product over)
-            let lists: [(Vec<FusedKerSpec<f32>>, bool); 6] = [
+            let lists: [(Vec<FusedKerSpec<f32>>, bool); 8] = [
                 (vec![FusedKerSpec::Clear, product], true),
                 (vec![product], true),
                 (
@@ -253,6 +279,8 @@ mod tests {
                     vec![FusedKerSpec::Clear, FusedKerSpec::ScalarAdd(1.0), product],
                     false,
                 ),
+                (long(0), true),
+                (long(1), false),
             ];
             for (l, (ops, taken)) in lists.iter().enumerate() {
                 let mut expected = ops.clone();
@@ -263,6 +291,9 @@ mod tests {
                     expected[at.unwrap()] = loaded;
                 }
                 let (theirs, ours) = (stored(tract, &expected), stored(run, ops));
+                if !special {
+                    assert!(theirs.iter().all(|v| v.is_finite()), "k {k}, list {l}");
+                }
                 for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
                     assert!(
                         same(*t, *o),

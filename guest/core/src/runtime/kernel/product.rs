@@ -43,11 +43,11 @@ unsafe fn step(c: &mut [v128; 8], a: *const v128, b: *const v128) {
 /// four and six in the kernel microbenchmark (README, Measurements).
 const STEPS: usize = 3;
 
-/// Up to `STEPS` steps of one half from step `i`, each followed by its
-/// exit test; returns the step after the last one done.
+/// Up to `STEPS` steps of half `half` (0 or 1) from step `i`, each
+/// followed by its exit test; returns the step after the last one done.
 ///
 /// # Safety
-/// As `product`'s, with `i < k`.
+/// As `product`'s, with `i < k` and `half` 0 or 1.
 #[target_feature(enable = "relaxed-simd")]
 #[inline]
 unsafe fn steps(
@@ -58,6 +58,7 @@ unsafe fn steps(
     pa: *const v128,
     pb: *const v128,
 ) -> usize {
+    debug_assert!(half < 2);
     for _ in 0..STEPS {
         unsafe { step(c, pa.add(2 * i + half), pb.add(2 * i)) };
         i += 1;

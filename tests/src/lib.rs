@@ -379,3 +379,41 @@ pub fn assert_json_close(
         _ => assert_eq!(actual, expected, "{what}"),
     }
 }
+
+/// The relaxed-SIMD instructions of a wasm module (core module or
+/// component): how many fused multiply-adds each function that has any
+/// holds, in order, and the names of the first other relaxed instructions.
+#[derive(Debug, Default)]
+pub struct RelaxedSimd {
+    /// `f32x4.relaxed_madd` count of each function that has any.
+    pub madds_per_function: Vec<usize>,
+    /// Any other relaxed instruction, by name (the first ten).
+    pub others: Vec<String>,
+}
+
+/// Reads every instruction of `wasm` (`.cargo/config.toml` says why the
+/// guest core wants relaxed SIMD in its kernel's multiply-adds alone).
+pub fn relaxed_simd(wasm: &[u8]) -> RelaxedSimd {
+    use wasmparser::{Operator, Parser, Payload};
+    let mut found = RelaxedSimd::default();
+    for payload in Parser::new(0).parse_all(wasm) {
+        let Payload::CodeSectionEntry(body) = payload.expect("the module parses") else {
+            continue;
+        };
+        let mut reader = body.get_operators_reader().expect("a function body");
+        let mut here = 0;
+        while !reader.eof() {
+            let op = reader.read().expect("an instruction");
+            let name = format!("{op:?}");
+            if matches!(op, Operator::F32x4RelaxedMadd) {
+                here += 1;
+            } else if name.contains("Relaxed") && found.others.len() < 10 {
+                found.others.push(name);
+            }
+        }
+        if here > 0 {
+            found.madds_per_function.push(here);
+        }
+    }
+    found
+}

@@ -369,31 +369,18 @@ fn the_guests_own_kernel_does_the_matrix_products() {
 /// (.cargo/config.toml).
 #[test]
 fn the_guest_has_no_relaxed_simd_but_its_kernels_fused_multiply_add() {
-    use wasmparser::{Operator, Parser, Payload};
     let guest = medguard::guest::bundled().expect("the bundled guest");
-    // The fused multiply-adds of each function that has any.
-    let (mut madds, mut others) = (Vec::new(), Vec::new());
-    for payload in Parser::new(0).parse_all(guest.bytes()) {
-        let Payload::CodeSectionEntry(body) = payload.expect("the guest parses") else {
-            continue;
-        };
-        let mut reader = body.get_operators_reader().expect("a function body");
-        let mut here = 0;
-        while !reader.eof() {
-            let op = reader.read().expect("an instruction");
-            let name = format!("{op:?}");
-            if matches!(op, Operator::F32x4RelaxedMadd) {
-                here += 1;
-            } else if name.contains("Relaxed") && others.len() < 10 {
-                others.push(name);
-            }
-        }
-        if here > 0 {
-            madds.push(here);
-        }
-    }
-    assert!(others.is_empty(), "relaxed SIMD in the guest: {others:?}");
+    let found = medguard_tests::relaxed_simd(guest.bytes());
+    assert!(
+        found.others.is_empty(),
+        "relaxed SIMD in the guest: {:?}",
+        found.others
+    );
     // The tile product: three steps of eight for each of two halves,
     // inlined into one function.
-    assert_eq!(madds, [48], "fused multiply-adds per function");
+    assert_eq!(
+        found.madds_per_function,
+        [48],
+        "fused multiply-adds per function"
+    );
 }

@@ -239,3 +239,30 @@ fn the_demo_page_answers_as_the_cli_and_sends_nothing() {
     }
     assert!(out.join("demo.png").exists());
 }
+
+/// The module every page downloads has relaxed SIMD only where the guest
+/// core's source asks for it, as the sandbox's guest (tests/suite/parity.rs):
+/// its kernel's fused multiply-add. A relaxed `max` or `min` would let NaNs
+/// through with a sign that differs between CPUs (.cargo/config.toml), and
+/// browsers run it as the CPU does.
+#[test]
+#[ignore = "needs the built web package: scripts/test.sh sets MEDGUARD_WEB_SITE"]
+fn the_web_module_has_no_relaxed_simd_but_its_kernels_fused_multiply_add() {
+    let site = PathBuf::from(std::env::var_os("MEDGUARD_WEB_SITE").expect("MEDGUARD_WEB_SITE"));
+    let module = std::fs::read(site.join("package/dist/medguard_web_bg.wasm")).unwrap();
+    let found = medguard_tests::relaxed_simd(&module);
+    assert!(
+        found.others.is_empty(),
+        "relaxed SIMD in the web module: {:?}",
+        found.others
+    );
+    // All in one function, the tile product. (The web profile builds the
+    // guest core for size, so LLVM unrolls it less than in the sandbox's
+    // guest: 16 of them at this writing, against 48 there.)
+    assert_eq!(
+        found.madds_per_function.len(),
+        1,
+        "fused multiply-adds per function: {:?}",
+        found.madds_per_function
+    );
+}

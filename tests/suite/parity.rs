@@ -353,7 +353,7 @@ fn the_guests_own_kernel_does_the_matrix_products() {
     assert!(samples.len() >= 20, "only {} samples", samples.len());
     // The tile product itself, not only the dispatch into it: `run` is on
     // the stack also when it hands the whole op list to tract. It has about
-    // two thirds of the samples (README, Measurements).
+    // 70% of the samples (README, Measurements).
     assert!(
         5 * in_kernel >= 2 * samples.len(),
         "{in_kernel} of {} samples in the guest's tile product",

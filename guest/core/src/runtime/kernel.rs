@@ -94,11 +94,13 @@ const MAX_OPS: usize = 32;
 /// # Safety
 /// As tract's kernel's: `ops` ends with `Done` (tract's kernel reads up to
 /// it, whatever the slice's length), and its pointers are to buffers of
-/// the sizes the 8x8 kernel reads.
+/// the sizes the 8x8 kernel reads. A list that does not end with `Done`
+/// goes to tract's kernel as it is, so that nothing reads past the copy.
 unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
     let first = ops.iter().position(|op| !matches!(op, FusedKerSpec::Clear));
-    let Some(at) = first.filter(|_| ops.len() <= MAX_OPS) else {
+    let rewritable = ops.len() <= MAX_OPS && matches!(ops.last(), Some(FusedKerSpec::Done));
+    let Some(at) = first.filter(|_| rewritable) else {
         return unsafe { tract(ops) };
     };
     let FusedKerSpec::AddMatMul {
@@ -117,7 +119,6 @@ unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     unsafe { product(k, pa as *const v128, pb as *const v128, &mut tile) };
     // Only the slots `ops` fills are written: filling all `MAX_OPS` cost
     // about 1% of an inference, for a list of about six operations.
-    debug_assert!(matches!(ops.last(), Some(FusedKerSpec::Done)));
     let mut rewritten = [const { MaybeUninit::<FusedKerSpec<f32>>::uninit() }; MAX_OPS];
     let slots = &mut rewritten[..ops.len()];
     for (slot, op) in slots.iter_mut().zip(ops) {
@@ -144,26 +145,35 @@ mod tests {
     use tract_linalg::mmm::OutputStoreKer;
     use wasm_bindgen_test::wasm_bindgen_test;
 
-    /// Ordinary values and, with `special`, zeros of both signs,
-    /// infinities, NaNs and subnormals among them, at positions `seed`
-    /// shifts.
+    /// Values in [-0.5, 0.5) whose products round (so that a fused chain,
+    /// an unfused one and one in another order differ), and, with
+    /// `special`, zeros of both signs, infinities, NaNs and subnormals
+    /// among them, at positions `seed` shifts.
     fn values(len: usize, seed: usize, special: bool) -> Vec<f32> {
         const SPECIAL: [f32; 6] = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40];
         (0..len)
             .map(|i| match (i * 7 + seed * 13) % 41 {
                 j @ 0..6 if special => SPECIAL[j],
-                j => (j as f32 - 20.0) / 8.0 * if i % 3 == 0 { -1.0 } else { 1.0 },
+                _ => ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0 - 0.5,
             })
             .collect()
     }
 
     /// The 8x8 tile, row by row, as a chain of fused multiply-adds from
-    /// zero in k order, one value at a time (`f32::mul_add` is exact).
-    fn fused_tile(k: usize, a: &[f32], b: &[f32]) -> [v128; 16] {
+    /// zero in k order, one value at a time (`f32::mul_add` is exact); or,
+    /// unless `fused`, of a multiplication and an addition each.
+    fn reference_tile(k: usize, a: &[f32], b: &[f32], fused: bool) -> [v128; 16] {
         let mut tile = [0f32; 64];
         for (i, value) in tile.iter_mut().enumerate() {
             let (row, column) = (i / 8, i % 8);
-            *value = (0..k).fold(0.0, |acc, s| a[8 * s + row].mul_add(b[8 * s + column], acc));
+            *value = (0..k).fold(0.0, |acc, s| {
+                let (a, b) = (a[8 * s + row], b[8 * s + column]);
+                if fused {
+                    a.mul_add(b, acc)
+                } else {
+                    acc + a * b
+                }
+            });
         }
         std::array::from_fn(|v| {
             f32x4(
@@ -245,14 +255,37 @@ mod tests {
                 pb: b.as_ptr() as *const u8,
                 packing: 0,
             };
-            let tile = fused_tile(k, &a, &b);
+            let tile = reference_tile(k, &a, &b, true);
+            // Else the comparisons below could not tell whether `run` took a
+            // product over, or fused it.
+            if k >= 2 && !special {
+                let unfused = reference_tile(k, &a, &b, false);
+                let bits = |t: &[v128; 16]| {
+                    t.iter()
+                        .flat_map(|&v| {
+                            [
+                                u32x4_extract_lane::<0>(v),
+                                u32x4_extract_lane::<1>(v),
+                                u32x4_extract_lane::<2>(v),
+                                u32x4_extract_lane::<3>(v),
+                            ]
+                        })
+                        .collect::<Vec<_>>()
+                };
+                assert_ne!(
+                    bits(&tile),
+                    bits(&unfused),
+                    "k {k}: fused and unfused agree"
+                );
+            }
             let loaded =
                 FusedKerSpec::LoadTile(tile.as_ptr() as *const f32, tile.as_ptr() as *const f32);
             // The longest list `run` rewrites (`stored` appends two
-            // operations), with `at` more no-op additions after the product.
+            // operations), with `at` more operations that change nothing (a
+            // zero's sign included) after the product.
             let long = |at: usize| {
                 let mut ops = vec![FusedKerSpec::Clear, product];
-                ops.resize(MAX_OPS - 2 + at, FusedKerSpec::ScalarAdd(0.0));
+                ops.resize(MAX_OPS - 2 + at, FusedKerSpec::ScalarMul(1.0));
                 ops
             };
             // (the list, whether `run` takes its product over)

@@ -7,6 +7,8 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::{Canonical, GuestError, InputBatch, ModelSpec};
 
 mod checked;
+#[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
+mod im2col;
 mod interval;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod kernel;
@@ -88,6 +90,8 @@ fn plan_at_batch_one(
     let mut plan = typed.set_symbols(&one)?.into_optimized()?;
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     pool::replace_max_pools(&mut plan)?;
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    im2col::replace_lazy_im2cols(&mut plan)?;
     canonical_constants(&mut plan)?;
     let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(<[usize]>::to_vec);
     for input in 0..plan.inputs.len() {

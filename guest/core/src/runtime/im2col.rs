@@ -107,6 +107,17 @@ impl Gathering {
         let [tract] = storage.values() else {
             return Ok(None);
         };
+        Self::from_operand(tract.as_ref(), shape, storage.batch_shape())
+    }
+
+    /// The gathering `tract` (an operand over an input of `shape` whose
+    /// values are their own indices) makes, if offsets explain it.
+    fn from_operand(
+        tract: &dyn MMMInputValue,
+        shape: &[usize],
+        batch: &[usize],
+    ) -> TractResult<Option<Self>> {
+        let len: usize = shape.iter().product();
         let (k, mn, r) = (tract.k(), tract.mn(), tract.format().r());
         let Some(layout) = tract.scratch_panel_buffer_layout() else {
             return Ok(None);
@@ -119,35 +130,41 @@ impl Gathering {
             return Ok(None);
         }
         let mut scratch = Scratch::new(layout)?;
-        // `index[kk * mn + n]`: the input value at k step `kk`, pixel `n`.
-        let mut index = vec![0usize; k * mn];
+        // The offsets are read off the first k step (`n`) and the first
+        // pixel (`k_steps`), and every other value is checked against them
+        // as it is read: no table of the whole product (k by mn) is kept,
+        // which for a large image would be far larger than the image.
+        let mut n = vec![0usize; mn];
+        let mut k_steps = Vec::with_capacity(k);
         for p in 0..mn.div_ceil(r) {
             let panel = tract.panel_bytes(p, Some(scratch.as_mut_ptr()))?;
-            // SAFETY: tract's panel holds `k` steps of `R` values (a partial
+            // SAFETY: tract's panel holds `k` steps of `r` values (a partial
             // panel leaves the slots past the image's last pixel unwritten;
-            // they are not read), in the buffer of its own layout or its own.
+            // they are not read), in the buffer it was given (of its own
+            // layout, checked above to hold them) or in one of its own.
             let panel = unsafe { std::slice::from_raw_parts(panel as *const f32, k * r) };
-            let cols = r.min(mn - p * r);
+            let pixels = &mut n[p * r..(p * r + r).min(mn)];
             for (kk, step) in panel.chunks_exact(r).enumerate() {
-                for (j, &v) in step[..cols].iter().enumerate() {
+                for (j, (&v, pixel)) in step.iter().zip(pixels.iter_mut()).enumerate() {
                     if !(v >= 0.0 && v < len as f32 && v.fract() == 0.0) {
                         return Ok(None);
                     }
-                    index[kk * mn + p * r + j] = v as usize;
+                    let v = v as usize;
+                    if kk == 0 {
+                        *pixel = v;
+                    }
+                    if p == 0 && j == 0 {
+                        // The first k step's `v - pixel` is 0, so `k_steps[0]` is.
+                        let Some(at) = v.checked_sub(*pixel) else {
+                            return Ok(None);
+                        };
+                        k_steps.push(at);
+                    }
+                    if k_steps.get(kk).map(|&at| at + *pixel) != Some(v) {
+                        return Ok(None);
+                    }
                 }
             }
-        }
-        let n: Vec<usize> = index[..mn].to_vec();
-        let first = n[0];
-        let mut k_steps = Vec::with_capacity(k);
-        for step in index.chunks_exact(mn) {
-            let Some(at) = step[0].checked_sub(first) else {
-                return Ok(None);
-            };
-            if step.iter().zip(&n).any(|(&v, &n)| v != at + n) {
-                return Ok(None);
-            }
-            k_steps.push(at);
         }
         // Every k step's reads of `r` values from `at` on stay in the input.
         let k_max = k_steps.iter().copied().max().unwrap_or(0);
@@ -159,8 +176,8 @@ impl Gathering {
             k: k_steps,
             n,
             spans,
-            tract: tract.clone(),
-            batch: storage.batch_shape().into(),
+            tract: tract_onnx::tract_core::dyn_clone::clone_box(tract),
+            batch: batch.into(),
         }))
     }
 
@@ -717,6 +734,121 @@ mod tests {
         let names: Vec<_> = plan.model().nodes().iter().map(|n| n.op.name()).collect();
         assert!(names.iter().any(|n| n == "MedguardIm2col"), "{names:?}");
         assert!(!names.iter().any(|n| n == TRACT_OP), "{names:?}");
+    }
+
+    /// An operand whose panels hold `value(k step, pixel)`, `r` wide.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    struct Fake {
+        k: usize,
+        mn: usize,
+        /// Which of `values`' alterations to make.
+        alter: u8,
+        format: tract_onnx::tract_core::tract_linalg::pack::PackedFormat,
+        fact: tract_onnx::tract_core::tract_linalg::mmm::PackedExoticFact,
+    }
+
+    impl Fake {
+        const R: usize = 8;
+
+        fn new(k: usize, mn: usize, alter: u8) -> Self {
+            let format = tract_onnx::tract_core::tract_linalg::pack::PackedFormat {
+                dt: f32::datum_type(),
+                r: Self::R,
+                alignment_bytes: 16,
+                end_padding_record: 0,
+            };
+            let fact = tract_onnx::tract_core::tract_linalg::mmm::PackedExoticFact {
+                format: Box::new(format.clone()),
+                mn: mn.to_dim(),
+                k,
+            };
+            Self {
+                k,
+                mn,
+                alter,
+                format,
+                fact,
+            }
+        }
+
+        /// An offset gather over a 10-wide padded image, but for `alter`.
+        fn value(&self, kk: usize, n: usize) -> f32 {
+            let v = (kk / 3) * 100 + (kk % 3) * 10 + (n / 8) * 10 + n % 8;
+            match (self.alter, kk, n) {
+                (1, 3, 10) => v as f32 + 1.0,
+                (2, 5, 0) => v as f32 - 0.5,
+                (3, 2, 17) => 1e6,
+                (4, 0, 9) => -1.0,
+                _ => v as f32,
+            }
+        }
+    }
+
+    impl fmt::Display for Fake {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl MMMInputValue for Fake {
+        fn format(&self) -> &dyn MMMInputFormat {
+            &self.format
+        }
+        fn scratch_panel_buffer_layout(&self) -> Option<Layout> {
+            Layout::from_size_align(self.k * Self::R * 4, 16).ok()
+        }
+        fn panel_bytes(&self, i: usize, buffer: Option<*mut u8>) -> TractResult<*const u8> {
+            let buffer = buffer.unwrap();
+            // SAFETY: `Gathering::from_operand` hands a buffer of the layout above.
+            let panel =
+                unsafe { std::slice::from_raw_parts_mut(buffer as *mut f32, self.k * Self::R) };
+            for (kk, step) in panel.chunks_exact_mut(Self::R).enumerate() {
+                for (j, v) in step.iter_mut().enumerate() {
+                    *v = self.value(kk, i * Self::R + j);
+                }
+            }
+            Ok(buffer)
+        }
+        fn mn(&self) -> usize {
+            self.mn
+        }
+        fn k(&self) -> usize {
+            self.k
+        }
+        fn exotic_fact(&self) -> &dyn ExoticFact {
+            &self.fact
+        }
+        fn extract_at_mn_f16(&self, _: usize, _: &mut [f16]) -> TractResult<()> {
+            unimplemented!()
+        }
+        fn extract_at_mn_f32(&self, _: usize, _: &mut [f32]) -> TractResult<()> {
+            unimplemented!()
+        }
+    }
+
+    /// The offsets are read off an operand that gathers by offsets, and an
+    /// operand any one of whose values is not an offset gather's (another
+    /// index, not an index, past the input, negative) is left to tract.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn only_a_gathering_by_offsets_is_taken_over() {
+        let shape = [1, 3, 10, 10];
+        let read = |alter| Gathering::from_operand(&Fake::new(9, 20, alter), &shape, &[1, 1]);
+        let gathering = read(0).unwrap().unwrap();
+        assert_eq!(gathering.k, [0, 10, 20, 100, 110, 120, 200, 210, 220]);
+        let n: Vec<usize> = (0..20).map(|n| (n / 8) * 10 + n % 8).collect();
+        assert_eq!(gathering.n, n);
+        assert_eq!(
+            gathering.spans,
+            [
+                Span::One { first: 0 },
+                Span::One { first: 10 },
+                Span::Scattered
+            ]
+        );
+        for alter in 1..=4 {
+            assert!(read(alter).unwrap().is_none(), "alteration {alter} taken");
+        }
     }
 
     /// A shape the gathering was not read for is refused, not read past.

@@ -19,9 +19,12 @@
 //! values, so that names the source of every slot of every panel. The
 //! replacement is made only if the result is what an offset gather gives
 //! (the value at k step `k` and pixel `n` is `x[k_off[k] + n_off[n]]`), so
-//! the guest's panels are tract's, value for value, on every input.
-//! Everything else about the operand (its format, its facts, its scratch
-//! buffer) stays tract's own.
+//! the guest's panels are tract's, value for value, on every input. (In
+//! the last, partial panel, tract leaves the slots past the image's last
+//! pixel as they were and the guest zeroes them: the product's columns
+//! there are never stored.) Everything else about the operand (its format,
+//! its facts, its scratch layout) is tract's own. Only the offsets are
+//! kept, not tract's operand, which holds the whole input of indices.
 #![allow(unsafe_code)] // tract's operand interface hands panels as raw pointers.
 
 use std::alloc::Layout;
@@ -30,6 +33,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::dyn_clone::clone_box;
 use tract_onnx::tract_core::internal::{
     EvalContext, EvalOp, ExoticFact, Op, StaticName, TypedOp, bail, ensure, format_err,
 };
@@ -51,7 +55,9 @@ pub(super) fn replace_lazy_im2cols(model: &mut TypedModel) -> TractResult<()> {
         }
         let input = model.outlet_fact(node.inputs[0])?.clone();
         let output = node.outputs[0].fact.clone();
-        if let Some(gathering) = Gathering::read(node.op.as_ref(), &input)? {
+        // Reading can fail where running would not (it allocates an input
+        // of indices, for one): tract's operator then stays, as it is.
+        if let Ok(Some(gathering)) = Gathering::read(node.op.as_ref(), &input) {
             model.node_mut(id).op = Box::new(Im2col {
                 gathering: Arc::new(gathering),
                 output,
@@ -69,15 +75,18 @@ struct Gathering {
     /// Pixels per panel: the kernel's panel width (8 for tract's wasm f32
     /// kernel and the guest's).
     r: usize,
-    /// Index of the first value of each k step (offsets in f32s).
+    /// How far each k step's values lie past the first k step's, in f32s
+    /// (the first is 0).
     k: Vec<usize>,
-    /// Index of each output pixel's value in the first k step, less `k[0]`.
+    /// Index of each output pixel's value at the first k step.
     n: Vec<usize>,
     /// Where each panel's pixels lie in the input.
     spans: Vec<Span>,
-    /// tract's operand from the reading: its format, exotic fact and scratch
-    /// layout are the guest's operand's (it is never read from again).
-    tract: Box<dyn MMMInputValue>,
+    /// tract's operand's format, exotic fact and scratch layout: the
+    /// guest's operand's too (so tract's product takes it as its own).
+    format: Box<dyn MMMInputFormat>,
+    exotic: Box<dyn ExoticFact>,
+    layout: Layout,
     /// The shape of the packed storage tract's operator outputs.
     batch: TVec<usize>,
 }
@@ -91,13 +100,17 @@ impl Gathering {
         let Some(shape) = fact.shape.as_concrete() else {
             return Ok(None);
         };
-        let len: usize = shape.iter().product();
+        let Some(len) = elements(shape) else {
+            return Ok(None);
+        };
         // Every index must be exact in an f32 (and not 0 alone).
         if fact.datum_type != f32::datum_type() || !(2..=1 << 24).contains(&len) {
             return Ok(None);
         }
         let indices: Vec<f32> = (0..len).map(|i| i as f32).collect();
-        let input = Tensor::from_shape(shape, &indices)?.into_tvalue();
+        let input = tract_ndarray::ArrayD::from_shape_vec(shape, indices)?
+            .into_tensor()
+            .into_tvalue();
         let output = op.eval(&EvalContext::out_of_plan(), tvec!(input))?;
         let [output] = &output[..] else {
             return Ok(None);
@@ -117,7 +130,9 @@ impl Gathering {
         shape: &[usize],
         batch: &[usize],
     ) -> TractResult<Option<Self>> {
-        let len: usize = shape.iter().product();
+        let Some(len) = elements(shape) else {
+            return Ok(None);
+        };
         let (k, mn, r) = (tract.k(), tract.mn(), tract.format().r());
         let Some(layout) = tract.scratch_panel_buffer_layout() else {
             return Ok(None);
@@ -138,10 +153,16 @@ impl Gathering {
         let mut k_steps = Vec::with_capacity(k);
         for p in 0..mn.div_ceil(r) {
             let panel = tract.panel_bytes(p, Some(scratch.as_mut_ptr()))?;
-            // SAFETY: tract's panel holds `k` steps of `r` values (a partial
-            // panel leaves the slots past the image's last pixel unwritten;
-            // they are not read), in the buffer it was given (of its own
-            // layout, checked above to hold them) or in one of its own.
+            // tract's lazy im2col packs into the buffer it is given; a
+            // panel elsewhere is not one whose size is known.
+            if panel != scratch.as_mut_ptr().cast_const() {
+                return Ok(None);
+            }
+            // SAFETY: the scratch, of tract's layout, was checked above to
+            // hold `k` steps of `r` f32s, and tract has written a panel into
+            // it (a partial panel leaves the slots past the image's last
+            // pixel as they were, zero or an earlier panel's; they are not
+            // read).
             let panel = unsafe { std::slice::from_raw_parts(panel as *const f32, k * r) };
             let pixels = &mut n[p * r..(p * r + r).min(mn)];
             for (kk, step) in panel.chunks_exact(r).enumerate() {
@@ -168,7 +189,7 @@ impl Gathering {
         }
         // Every k step's reads of `r` values from `at` on stay in the input.
         let k_max = k_steps.iter().copied().max().unwrap_or(0);
-        let fits = |at: usize| k_max + at + r <= len;
+        let fits = |at: usize| reads_fit(k_max, at, r, len);
         let spans = n.chunks(r).map(|p| Span::of(p, r, fits)).collect();
         Ok(Some(Self {
             shape: shape.into(),
@@ -176,7 +197,9 @@ impl Gathering {
             k: k_steps,
             n,
             spans,
-            tract: tract_onnx::tract_core::dyn_clone::clone_box(tract),
+            format: clone_box(tract.format()),
+            exotic: clone_box(tract.exotic_fact()),
+            layout,
             batch: batch.into(),
         }))
     }
@@ -185,8 +208,8 @@ impl Gathering {
     /// slots past the last pixel are zero).
     fn panel(&self, x: &[f32], p: usize, panel: &mut [f32]) -> TractResult<()> {
         let r = self.r;
-        let start = p * r;
-        let pixels = self.n.get(start..(start + r).min(self.n.len()));
+        let start = p.saturating_mul(r);
+        let pixels = self.n.get(start..start.saturating_add(r).min(self.n.len()));
         let (Some(pixels), Some(&span)) = (pixels, self.spans.get(p)) else {
             bail!("im2col panel {p} out of range");
         };
@@ -201,6 +224,20 @@ impl Gathering {
         };
         gathered.ok_or_else(|| format_err!("im2col panel {p} reads past its input"))
     }
+}
+
+/// The number of values of a tensor of `shape`, if it fits a `usize`.
+fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// Whether reads of `r` values from `at` past every k step (the farthest
+/// `k_max` past the first) stay in an input of `len` values.
+fn reads_fit(k_max: usize, at: usize, r: usize, len: usize) -> bool {
+    k_max
+        .checked_add(at)
+        .and_then(|end| end.checked_add(r))
+        .is_some_and(|end| end <= len)
 }
 
 /// Where a panel's pixels lie in the input, at the first k step.
@@ -432,11 +469,11 @@ impl fmt::Display for Operand {
 
 impl MMMInputValue for Operand {
     fn format(&self) -> &dyn MMMInputFormat {
-        self.gathering.tract.format()
+        self.gathering.format.as_ref()
     }
 
     fn scratch_panel_buffer_layout(&self) -> Option<Layout> {
-        self.gathering.tract.scratch_panel_buffer_layout()
+        Some(self.gathering.layout)
     }
 
     fn panel_bytes(&self, i: usize, buffer: Option<*mut u8>) -> TractResult<*const u8> {
@@ -463,7 +500,7 @@ impl MMMInputValue for Operand {
     }
 
     fn exotic_fact(&self) -> &dyn ExoticFact {
-        self.gathering.tract.exotic_fact()
+        self.gathering.exotic.as_ref()
     }
 
     fn extract_at_mn_f16(&self, _: usize, _: &mut [f16]) -> TractResult<()> {
@@ -622,7 +659,8 @@ mod tests {
                         // Every lazy im2col of one group into more than one
                         // pixel is replaced; into one, on wasm, tract's
                         // matrix-vector kernels take the product, in a packing
-                        // of their own that `Gathering::read` declines.
+                        // aligned to single bytes, which `Gathering::read`
+                        // declines (its panels are read as f32s).
                         let output = tract
                             .output_fact(0)
                             .unwrap()
@@ -701,6 +739,10 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&by_array), bits(&by_value), "{pixels:?}");
         }
+        // Both reads of a whole panel must end at the input's end or before.
+        assert!(reads_fit(62, 330, 8, 400));
+        assert!(!reads_fit(62, 331, 8, 400));
+        assert!(!reads_fit(usize::MAX, 1, 8, usize::MAX));
         // The last run's read would pass the input's end: value by value.
         assert_eq!(
             Span::of(&[0, 1, 2, 3, 4, 5, 6, 330], 8, |at| at < 300),

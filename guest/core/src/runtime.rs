@@ -636,6 +636,37 @@ mod tests {
         assert_eq!(nans, [0x7fc0_0000], "{:#?}", plan.model());
     }
 
+    /// Every convolution tract lowers to its lazy im2col in the bundled
+    /// model is gathered by the guest's own (a reading that declined would
+    /// leave tract's in place: the same answers, only slower).
+    #[cfg(target_arch = "wasm32")]
+    #[wasm_bindgen_test::wasm_bindgen_test]
+    fn the_bundled_models_convolutions_are_gathered_by_the_guest() {
+        let spec = ModelSpec {
+            input_name: "image".into(),
+            output_name: "logits".into(),
+            channels: 1,
+            height: 28,
+            width: 28,
+            min_value: 0.0,
+            max_value: 1.0,
+            classes: 2,
+            max_batch: 64,
+        };
+        let parsed = Parsed::parse(include_bytes!("../../../models/pneumonia/model.onnx")).unwrap();
+        let runnable = Runnable::load(&parsed, &spec).unwrap();
+        let names: Vec<String> = runnable
+            .plan
+            .model()
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect();
+        let ours = names.iter().filter(|n| *n == "MedguardIm2col").count();
+        assert!(ours >= 5, "{names:?}");
+        assert!(!names.iter().any(|n| n == "LazyIm2col"), "{names:?}");
+    }
+
     /// The scan finds a NaN of either sign at every position of every
     /// length around its sixteen-value chunks (its vector path on wasm).
     #[cfg_attr(not(target_arch = "wasm32"), test)]

@@ -5,7 +5,7 @@
 //! gathered panel by panel as the product needs it ("lazy im2col"): every
 //! value of a panel is read through two offset tables, one per k step and
 //! one per output pixel, and written through a generic packing writer. In
-//! the guest that loop took 12 to 15% of an inference on the bundled model
+//! the guest that loop took 12 to 13% of an inference on the bundled model
 //! (README, Measurements), more than all of tract's other operators. Yet
 //! eight neighbouring output pixels of one image row read eight
 //! neighbouring input values at every k step: in such a panel, a k step is
@@ -23,8 +23,10 @@
 //! the last, partial panel, tract leaves the slots past the image's last
 //! pixel as they were and the guest zeroes them: the product's columns
 //! there are never stored.) Everything else about the operand (its format,
-//! its facts, its scratch layout) is tract's own. Only the offsets are
-//! kept, not tract's operand, which holds the whole input of indices.
+//! its facts, its scratch layout) is tract's own: the plan keeps the
+//! offsets and clones of tract's format and fact (each of which holds
+//! tract's offset tables), not tract's operand, which holds the whole input
+//! of indices.
 #![allow(unsafe_code)] // tract's operand interface hands panels as raw pointers.
 
 use std::alloc::Layout;
@@ -55,8 +57,9 @@ pub(super) fn replace_lazy_im2cols(model: &mut TypedModel) -> TractResult<()> {
         }
         let input = model.outlet_fact(node.inputs[0])?.clone();
         let output = node.outputs[0].fact.clone();
-        // Reading can fail where running would not (it allocates an input
-        // of indices, for one): tract's operator then stays, as it is.
+        // Reading can fail where running would not (tract's operator on the
+        // input of indices, or the scratch's allocation): tract's operator
+        // then stays, as it is.
         if let Ok(Some(gathering)) = Gathering::read(node.op.as_ref(), &input) {
             model.node_mut(id).op = Box::new(Im2col {
                 gathering: Arc::new(gathering),
@@ -343,7 +346,7 @@ fn gather_any(
     span: Span,
     panel: &mut [f32],
 ) -> Option<()> {
-    let r = panel.len().checked_div(ks.len())?;
+    let r = panel.len().checked_div(ks.len()).filter(|&r| r > 0)?;
     if let Span::One { first } = span {
         for (step, &k) in panel.chunks_exact_mut(r).zip(ks) {
             step.copy_from_slice(x.get(k + first..)?.get(..r)?);
@@ -530,6 +533,22 @@ mod tests {
         dilation: usize,
         group: usize,
         padding: PaddingSpec,
+    }
+
+    impl Geometry {
+        /// Two 6x6 channels into eight, 3x3, padding 1.
+        fn small() -> Self {
+            Self {
+                ci: 2,
+                co: 8,
+                hw: [6, 6],
+                kernel: 3,
+                stride: 1,
+                dilation: 1,
+                group: 1,
+                padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+            }
+        }
     }
 
     /// Values in (-1, 1), some of them NaN, an infinity or a zero of either
@@ -758,16 +777,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     #[wasm_bindgen_test::wasm_bindgen_test]
     fn the_guests_plans_gather_with_it() {
-        let g = Geometry {
-            ci: 2,
-            co: 8,
-            hw: [6, 6],
-            kernel: 3,
-            stride: 1,
-            dilation: 1,
-            group: 1,
-            padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
-        };
+        let g = Geometry::small();
         let model = TypedModel::default();
         let batch = model.symbols.sym("batch");
         let model = convolution_of(model, batch.to_dim(), &g, 5);
@@ -783,7 +793,8 @@ mod tests {
     struct Fake {
         k: usize,
         mn: usize,
-        /// Which of `values`' alterations to make.
+        /// Which alteration to make: of a value (`value`), of where the
+        /// panel is (5), or an error (6).
         alter: u8,
         format: tract_onnx::tract_core::tract_linalg::pack::PackedFormat,
         fact: tract_onnx::tract_core::tract_linalg::mmm::PackedExoticFact,
@@ -840,6 +851,11 @@ mod tests {
             Layout::from_size_align(self.k * Self::R * 4, 16).ok()
         }
         fn panel_bytes(&self, i: usize, buffer: Option<*mut u8>) -> TractResult<*const u8> {
+            match self.alter {
+                5 => return Ok(std::ptr::NonNull::<u8>::dangling().as_ptr()),
+                6 => bail!("no panel"),
+                _ => (),
+            }
             let buffer = buffer.unwrap();
             // SAFETY: `Gathering::from_operand` hands a buffer of the layout above.
             let panel =
@@ -870,7 +886,8 @@ mod tests {
 
     /// The offsets are read off an operand that gathers by offsets, and an
     /// operand any one of whose values is not an offset gather's (another
-    /// index, not an index, past the input, negative) is left to tract.
+    /// index, not an index, past the input, negative) or whose panels are
+    /// not in the buffer it is given is left to tract.
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn only_a_gathering_by_offsets_is_taken_over() {
@@ -888,25 +905,19 @@ mod tests {
                 Span::Scattered
             ]
         );
-        for alter in 1..=4 {
+        for alter in 1..=5 {
             assert!(read(alter).unwrap().is_none(), "alteration {alter} taken");
         }
+        // An error reading is an error (`replace_lazy_im2cols` then leaves
+        // tract's operator in place).
+        assert!(read(6).is_err());
     }
 
     /// A shape the gathering was not read for is refused, not read past.
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn an_input_of_another_shape_is_refused() {
-        let g = Geometry {
-            ci: 2,
-            co: 8,
-            hw: [6, 6],
-            kernel: 3,
-            stride: 1,
-            dilation: 1,
-            group: 1,
-            padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
-        };
+        let g = Geometry::small();
         let mut model = convolution(&g, 3);
         replace_lazy_im2cols(&mut model).unwrap();
         let node = model

@@ -14,6 +14,8 @@ mod interval;
 mod kernel;
 mod lint;
 #[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
+mod pad;
+#[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
 mod pool;
 
 fn invalid(what: &str, e: TractError) -> GuestError {
@@ -90,6 +92,8 @@ fn plan_at_batch_one(
     let mut plan = typed.set_symbols(&one)?.into_optimized()?;
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     pool::replace_max_pools(&mut plan)?;
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    pad::replace_pads(&mut plan)?;
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     im2col::replace_lazy_im2cols(&mut plan)?;
     canonical_constants(&mut plan)?;
@@ -638,7 +642,8 @@ mod tests {
 
     /// Every convolution tract lowers to its lazy im2col in the bundled
     /// model is gathered by the guest's own (a reading that declined would
-    /// leave tract's in place: the same answers, only slower).
+    /// leave tract's in place: the same answers, only slower), and its
+    /// input padded by the guest's own.
     #[cfg(target_arch = "wasm32")]
     #[wasm_bindgen_test::wasm_bindgen_test]
     fn the_bundled_models_convolutions_are_gathered_by_the_guest() {
@@ -665,6 +670,10 @@ mod tests {
         let ours = names.iter().filter(|n| *n == "MedguardIm2col").count();
         assert!(ours >= 5, "{names:?}");
         assert!(!names.iter().any(|n| n == "LazyIm2col"), "{names:?}");
+        // And every padding before them is the guest's.
+        let pads = names.iter().filter(|n| *n == "MedguardPad").count();
+        assert!(pads >= 5, "{names:?}");
+        assert!(!names.iter().any(|n| n == "Pad"), "{names:?}");
     }
 
     /// The scan finds a NaN of either sign at every position of every

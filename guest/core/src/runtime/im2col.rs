@@ -308,31 +308,59 @@ fn gather<const R: usize>(
         return None;
     };
     if let Span::One { first } = span {
-        for (step, &k) in steps.iter_mut().zip(ks) {
+        each_step(steps, ks, |step, k| {
             *step = *x.get(k + first..)?.first_chunk::<R>()?;
-        }
+            Some(())
+        })
     } else if let Span::Two {
         first,
         second,
         split,
     } = span
     {
-        for (step, &k) in steps.iter_mut().zip(ks) {
+        each_step(steps, ks, |step, k| {
             let a = x.get(k + first..)?.first_chunk::<R>()?;
             let b = x.get(k + second..)?.first_chunk::<R>()?;
             for (j, v) in step.iter_mut().enumerate() {
                 *v = if j < split { a[j] } else { b[j] };
             }
-        }
+            Some(())
+        })
     } else if let Ok(pixels) = <&[usize; R]>::try_from(pixels) {
-        for (step, &k) in steps.iter_mut().zip(ks) {
+        each_step(steps, ks, |step, k| {
             let x = x.get(k..)?;
             for (v, &n) in step.iter_mut().zip(pixels) {
                 *v = *x.get(n)?;
             }
-        }
+            Some(())
+        })
     } else {
-        gather_any(x, ks, pixels, span, panel)?;
+        gather_any(x, ks, pixels, span, panel)
+    }
+}
+
+/// `f(step, k)` for every k step and its offset, four to an iteration of
+/// the loop: wasmtime checks the deadline at every loop head, and a k step
+/// of a panel is only a copy or two. `None` if `steps` and `ks` differ in
+/// length or `f` fails.
+#[inline(always)]
+fn each_step<const R: usize>(
+    steps: &mut [[f32; R]],
+    ks: &[usize],
+    mut f: impl FnMut(&mut [f32; R], usize) -> Option<()>,
+) -> Option<()> {
+    if steps.len() != ks.len() {
+        return None;
+    }
+    let (steps, steps_left) = steps.as_chunks_mut::<4>();
+    let (ks, ks_left) = ks.as_chunks::<4>();
+    for (steps, ks) in steps.iter_mut().zip(ks) {
+        for (step, &k) in steps.iter_mut().zip(ks) {
+            f(step, k)?;
+        }
+    }
+    for (step, &k) in steps_left.iter_mut().zip(ks_left) {
+        f(step, k)?;
     }
     Some(())
 }

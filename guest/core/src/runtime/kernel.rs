@@ -35,7 +35,7 @@ use std::sync::LazyLock;
 use product::product;
 
 use tract_linalg::isa::{Arch, IsaSet};
-use tract_linalg::mmm::{DynKernel, FusedKerSpec, Query, Suitable};
+use tract_linalg::mmm::{DynKernel, FusedKerSpec, OutputStoreKer, Query, Suitable};
 use tract_linalg::mmm_routines::MmmRoutine;
 use tract_linalg::mmm_tiers::MmmTier;
 use tract_onnx::prelude::DatumType;
@@ -82,14 +82,24 @@ pub(super) fn keep_linked() {
     std::hint::black_box(run as *const ());
 }
 
-/// The most operations one call carries that this kernel rewrites; a
-/// longer list goes to tract's kernel unchanged.
+/// The most operations one call carries that this kernel rewrites for
+/// tract's kernel; a longer list goes to tract's kernel unchanged.
 const MAX_OPS: usize = 32;
 
 /// The kernel: the first `AddMatMul` of `ops`, if only `Clear`s come before
-/// it, computed here and replaced by loading its tile; then tract's 8x8
-/// kernel on the result. Anything else is tract's kernel alone: a product
-/// onto accumulators that are not zero would round differently.
+/// it, computed here. If every operation after it (up to `Done`) is one
+/// [`applies`] takes, they are applied here too and the tile stored;
+/// otherwise the product is replaced by loading its tile and tract's 8x8
+/// kernel runs the result. Anything else is tract's kernel alone: a
+/// product onto accumulators that are not zero would round differently.
+///
+/// Why apply the operations here: tract's kernel runs them in a loop over
+/// the list, which (wasmtime's deadline check at its head) keeps its 16
+/// accumulators in stack slots, reloaded and stored for each operation,
+/// and it stores a tile value by value, 64 lane extractions. A convolution
+/// of the bundled model has about six operations a tile (bias, ReLU,
+/// store), and in the guest's profile tract's kernel and its loop were 3
+/// to 4% of an inference (README, Measurements).
 ///
 /// # Safety
 /// As tract's kernel's: `ops` ends with `Done` (tract's kernel reads up to
@@ -99,8 +109,8 @@ const MAX_OPS: usize = 32;
 unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
     let first = ops.iter().position(|op| !matches!(op, FusedKerSpec::Clear));
-    let rewritable = ops.len() <= MAX_OPS && matches!(ops.last(), Some(FusedKerSpec::Done));
-    let Some(at) = first.filter(|_| rewritable) else {
+    let ends = matches!(ops.last(), Some(FusedKerSpec::Done));
+    let Some(at) = first.filter(|_| ends) else {
         return unsafe { tract(ops) };
     };
     let FusedKerSpec::AddMatMul {
@@ -112,11 +122,26 @@ unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     else {
         return unsafe { tract(ops) };
     };
+    // tract's kernel stops at the first `Done`, and so does `apply`.
+    let rest = &ops[at + 1..];
+    let done = rest
+        .iter()
+        .position(|op| matches!(op, FusedKerSpec::Done))
+        .unwrap_or(rest.len());
+    let own = rest[..done].iter().all(applies);
+    if !own && ops.len() > MAX_OPS {
+        return unsafe { tract(ops) };
+    }
     let mut tile = [f32x4_splat(0.0); 16];
     // SAFETY: tract packs `k` steps of 8 values of A and of B for this
     // kernel's format (the one of its 8x8 kernel, packing 0); `product`
     // reads them with unaligned loads, as tract's kernel does.
     unsafe { product(k, pa as *const v128, pb as *const v128, &mut tile) };
+    if own {
+        // SAFETY: the operations' pointers are as tract's kernel reads them.
+        unsafe { apply(&mut tile, &rest[..done]) };
+        return 0;
+    }
     // Only the slots `ops` fills are written: filling all `MAX_OPS` cost
     // about 1% of an inference, for a list of about six operations.
     let mut rewritten = [const { MaybeUninit::<FusedKerSpec<f32>>::uninit() }; MAX_OPS];
@@ -137,12 +162,138 @@ unsafe fn run(ops: &[FusedKerSpec<f32>]) -> isize {
     unsafe { tract(rewritten) }
 }
 
+/// Whether [`apply`] does `op` as tract's 8x8 kernel does.
+fn applies(op: &FusedKerSpec<f32>) -> bool {
+    use FusedKerSpec::*;
+    matches!(
+        op,
+        ScalarMin(_)
+            | ScalarMax(_)
+            | ScalarAdd(_)
+            | ScalarMul(_)
+            | ScalarSub(_)
+            | ScalarSubF(_)
+            | PerRowMin(_)
+            | PerRowMax(_)
+            | PerRowAdd(_)
+            | PerRowMul(_)
+            | PerRowSub(_)
+            | PerRowSubF(_)
+            | PerColMin(_)
+            | PerColMax(_)
+            | PerColAdd(_)
+            | PerColMul(_)
+            | PerColSub(_)
+            | PerColSubF(_)
+            | Store(_)
+    )
+}
+
+/// Applies `ops` (each one [`applies`] takes) to `tile` (8 rows of two
+/// vectors), with the instructions and operand order of tract 0.23.9's
+/// wasm 8x8 kernel (`wasm/fuse.rs`): `op(shared, accumulator)`, flipped for
+/// the `SubF`s. Not inlined into the product, whose relaxed SIMD would let
+/// LLVM turn `f32x4_min`/`f32x4_max` into their relaxed forms (which under
+/// wasmtime let a NaN's sign through: .cargo/config.toml).
+///
+/// # Safety
+/// Per-row operands point at 8 values, per-column ones at 8, and each
+/// `Store` at a tile of 8 rows of 8 values at its strides.
+#[inline(never)]
+unsafe fn apply(tile: &mut [v128; 16], ops: &[FusedKerSpec<f32>]) {
+    use FusedKerSpec::*;
+    // `tile[2r]` and `tile[2r + 1]` are row r's columns 0 to 3 and 4 to 7.
+    fn scalar(tile: &mut [v128; 16], f: impl Fn(v128, v128) -> v128, s: f32, flip: bool) {
+        let s = f32x4_splat(s);
+        for v in tile.iter_mut() {
+            *v = if flip { f(*v, s) } else { f(s, *v) };
+        }
+    }
+    unsafe fn per_row(
+        tile: &mut [v128; 16],
+        f: impl Fn(v128, v128) -> v128,
+        p: *const f32,
+        flip: bool,
+    ) {
+        for (r, row) in tile.chunks_exact_mut(2).enumerate() {
+            let s = f32x4_splat(unsafe { p.add(r).read() });
+            for v in row {
+                *v = if flip { f(*v, s) } else { f(s, *v) };
+            }
+        }
+    }
+    unsafe fn per_col(
+        tile: &mut [v128; 16],
+        f: impl Fn(v128, v128) -> v128,
+        p: *const f32,
+        flip: bool,
+    ) {
+        let p = p as *const v128;
+        let cols = unsafe { [v128_load(p), v128_load(p.add(1))] };
+        for row in tile.chunks_exact_mut(2) {
+            for (v, &c) in row.iter_mut().zip(&cols) {
+                *v = if flip { f(*v, c) } else { f(c, *v) };
+            }
+        }
+    }
+    for op in ops {
+        // SAFETY (every arm): the pointers are as this function's contract
+        // says.
+        match *op {
+            ScalarMin(s) => scalar(tile, |a, b| f32x4_min(a, b), s, false),
+            ScalarMax(s) => scalar(tile, |a, b| f32x4_max(a, b), s, false),
+            ScalarAdd(s) => scalar(tile, |a, b| f32x4_add(a, b), s, false),
+            ScalarMul(s) => scalar(tile, |a, b| f32x4_mul(a, b), s, false),
+            ScalarSub(s) => scalar(tile, |a, b| f32x4_sub(a, b), s, false),
+            ScalarSubF(s) => scalar(tile, |a, b| f32x4_sub(a, b), s, true),
+            PerRowMin(p) => unsafe { per_row(tile, |a, b| f32x4_min(a, b), p, false) },
+            PerRowMax(p) => unsafe { per_row(tile, |a, b| f32x4_max(a, b), p, false) },
+            PerRowAdd(p) => unsafe { per_row(tile, |a, b| f32x4_add(a, b), p, false) },
+            PerRowMul(p) => unsafe { per_row(tile, |a, b| f32x4_mul(a, b), p, false) },
+            PerRowSub(p) => unsafe { per_row(tile, |a, b| f32x4_sub(a, b), p, false) },
+            PerRowSubF(p) => unsafe { per_row(tile, |a, b| f32x4_sub(a, b), p, true) },
+            PerColMin(p) => unsafe { per_col(tile, |a, b| f32x4_min(a, b), p, false) },
+            PerColMax(p) => unsafe { per_col(tile, |a, b| f32x4_max(a, b), p, false) },
+            PerColAdd(p) => unsafe { per_col(tile, |a, b| f32x4_add(a, b), p, false) },
+            PerColMul(p) => unsafe { per_col(tile, |a, b| f32x4_mul(a, b), p, false) },
+            PerColSub(p) => unsafe { per_col(tile, |a, b| f32x4_sub(a, b), p, false) },
+            PerColSubF(p) => unsafe { per_col(tile, |a, b| f32x4_sub(a, b), p, true) },
+            Store(out) => unsafe { store(tile, &out) },
+            // `run` hands only what `applies` takes.
+            _ => {}
+        }
+    }
+}
+
+/// Stores `tile` as tract's kernel does: row by row, in each row the
+/// columns at `col_byte_stride` from one another (a row of neighbouring
+/// values as two vector stores, the same bytes in the same row order).
+///
+/// # Safety
+/// `out` points at a tile of 8 rows of 8 f32s at its strides.
+unsafe fn store(tile: &[v128; 16], out: &OutputStoreKer) {
+    let mut ptr = out.ptr;
+    for row in tile.chunks_exact(2) {
+        unsafe {
+            if out.col_byte_stride == size_of::<f32>() as isize {
+                v128_store(ptr as *mut v128, row[0]);
+                v128_store(ptr.add(16) as *mut v128, row[1]);
+            } else {
+                let values: [f32; 8] = std::mem::transmute([row[0], row[1]]);
+                for (c, v) in values.into_iter().enumerate() {
+                    (ptr.offset(out.col_byte_stride * c as isize) as *mut f32).write_unaligned(v);
+                }
+            }
+            ptr = ptr.offset(out.row_byte_stride);
+        }
+    }
+}
+
 /// `run` against tract's own 8x8 kernel, in wasm (scripts/test.sh runs
 /// these under Node with wasm-bindgen-test).
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_linalg::mmm::OutputStoreKer;
     use wasm_bindgen_test::wasm_bindgen_test;
 
     /// Values in [-0.5, 0.5) whose products round (so that a fused chain,
@@ -185,16 +336,19 @@ mod tests {
         })
     }
 
-    /// The 64 values `kernel` stores for `ops` (with the store appended).
+    /// The 64 values `kernel` stores for `ops` (with the store appended),
+    /// row by row, or column by column if `transposed`.
     fn stored(
         kernel: unsafe fn(&[FusedKerSpec<f32>]) -> isize,
         ops: &[FusedKerSpec<f32>],
+        transposed: bool,
     ) -> Vec<f32> {
         let mut out = vec![f32::from_bits(0x7f80_dead); 64];
+        let (row, column) = if transposed { (4, 32) } else { (32, 4) };
         let store = OutputStoreKer {
             ptr: out.as_mut_ptr() as *mut u8,
-            row_byte_stride: 32,
-            col_byte_stride: 4,
+            row_byte_stride: row,
+            col_byte_stride: column,
             item_size: 4,
         };
         let mut ops = ops.to_vec();
@@ -240,7 +394,9 @@ mod tests {
              reference tile is fused, so this test needs one that does"
         );
         let tract = tract_linalg::wasm::wasm_f32_8x8.kernel;
-        let bias = values(8, 99, false);
+        let (bias, other) = (values(8, 99, false), values(8, 98, false));
+        // Where a list's store in its middle (`twice`) goes.
+        let mut scratch = vec![0f32; 64];
         // Every remainder of the kernel's loop many times over, and one of
         // the bundled model's depths.
         let depths = (0..=40).chain([1152]);
@@ -280,16 +436,54 @@ mod tests {
             }
             let loaded =
                 FusedKerSpec::LoadTile(tile.as_ptr() as *const f32, tile.as_ptr() as *const f32);
-            // The longest list `run` rewrites (`stored` appends two
-            // operations), with `at` more operations that change nothing (a
-            // zero's sign included) after the product.
-            let long = |at: usize| {
+            // The longest list `run` rewrites for tract's kernel (`stored`
+            // appends two operations), with `at` more operations that change
+            // nothing (a zero's sign included) after the product: `LeakyRelu`,
+            // which `run` leaves to tract's kernel, or `ScalarMul`, which it
+            // applies itself at any length.
+            let long = |at: usize, op: FusedKerSpec<f32>| {
                 let mut ops = vec![FusedKerSpec::Clear, product];
-                ops.resize(MAX_OPS - 2 + at, FusedKerSpec::ScalarMul(1.0));
+                ops.resize(MAX_OPS - 2 + at, op);
                 ops
             };
+            let (relu, one) = (FusedKerSpec::LeakyRelu(1.0), FusedKerSpec::ScalarMul(1.0));
+            let (rows, columns) = (bias.as_ptr(), other.as_ptr());
+            // Every operation `run` applies itself, each once, in an order
+            // where each one's result reaches the store.
+            let every = vec![
+                FusedKerSpec::Clear,
+                product,
+                FusedKerSpec::PerRowMul(rows),
+                FusedKerSpec::PerRowAdd(columns),
+                FusedKerSpec::PerColSub(columns),
+                FusedKerSpec::PerColSubF(rows),
+                FusedKerSpec::ScalarSub(0.25),
+                FusedKerSpec::ScalarSubF(-0.125),
+                FusedKerSpec::ScalarMul(1.5),
+                FusedKerSpec::ScalarAdd(0.0625),
+                FusedKerSpec::PerRowSub(rows),
+                FusedKerSpec::PerRowSubF(columns),
+                FusedKerSpec::PerColMul(rows),
+                FusedKerSpec::PerColAdd(columns),
+                FusedKerSpec::ScalarMin(0.75),
+                FusedKerSpec::PerRowMin(rows),
+                FusedKerSpec::PerColMin(columns),
+                FusedKerSpec::ScalarMax(-0.5),
+                FusedKerSpec::PerRowMax(columns),
+                FusedKerSpec::PerColMax(rows),
+            ];
+            // A store in the middle of the list, then more operations and
+            // the store `stored` appends, over the same tile.
+            let mut twice = vec![FusedKerSpec::Clear, product, FusedKerSpec::ScalarMax(0.0)];
+            twice.push(FusedKerSpec::Store(OutputStoreKer {
+                ptr: scratch.as_mut_ptr() as *mut u8,
+                row_byte_stride: 32,
+                col_byte_stride: 4,
+                item_size: 4,
+            }));
+            twice.push(FusedKerSpec::PerRowAdd(rows));
             // (the list, whether `run` takes its product over)
-            let lists: [(Vec<FusedKerSpec<f32>>, bool); 8] = [
+            let lists: [(Vec<FusedKerSpec<f32>>, bool); 14] = [
                 (vec![FusedKerSpec::Clear, product], true),
                 (vec![product], true),
                 (
@@ -300,9 +494,17 @@ mod tests {
                     vec![
                         FusedKerSpec::Clear,
                         product,
-                        FusedKerSpec::PerRowAdd(bias.as_ptr()),
+                        FusedKerSpec::PerRowAdd(rows),
                         FusedKerSpec::ScalarMax(0.0),
                     ],
+                    true,
+                ),
+                (every, true),
+                (twice, true),
+                // An operation `run` leaves to tract's kernel: the product is
+                // handed to it as a tile, and the operations after it too.
+                (
+                    vec![FusedKerSpec::Clear, product, FusedKerSpec::PerRowAdd(rows), relu],
                     true,
                 ),
                 // A second product onto accumulators that are not zero
@@ -312,8 +514,15 @@ mod tests {
                     vec![FusedKerSpec::Clear, FusedKerSpec::ScalarAdd(1.0), product],
                     false,
                 ),
-                (long(0), true),
-                (long(1), false),
+                // What follows the first `Done` is never run.
+                (
+                    vec![FusedKerSpec::Clear, product, FusedKerSpec::Done, relu],
+                    true,
+                ),
+                (long(0, relu), true),
+                (long(1, relu), false),
+                (long(0, one), true),
+                (long(1, one), true),
             ];
             for (l, (ops, taken)) in lists.iter().enumerate() {
                 let mut expected = ops.clone();
@@ -323,15 +532,27 @@ mod tests {
                         .position(|op| matches!(op, FusedKerSpec::AddMatMul { .. }));
                     expected[at.unwrap()] = loaded;
                 }
-                let (theirs, ours) = (stored(tract, &expected), stored(run, ops));
-                if !special {
-                    assert!(theirs.iter().all(|v| v.is_finite()), "k {k}, list {l}");
-                }
-                for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
-                    assert!(
-                        same(*t, *o),
-                        "k {k}, list {l}, value {i}: tract {t:e}, ours {o:e}"
-                    );
+                for transposed in [false, true] {
+                    // A finite value no store leaves: a list that stores
+                    // there must store in both runs.
+                    scratch.fill(7.0);
+                    let theirs = stored(tract, &expected, transposed);
+                    let first = scratch.clone();
+                    scratch.fill(7.0);
+                    let ours = stored(run, ops, transposed);
+                    // An early `Done` stores nothing.
+                    let early = ops.iter().filter(|op| matches!(op, FusedKerSpec::Done)).count();
+                    if !special && early == 0 {
+                        assert!(theirs.iter().all(|v| v.is_finite()), "k {k}, list {l}");
+                    }
+                    let pairs = theirs.iter().zip(&ours).chain(first.iter().zip(&scratch));
+                    for (i, (t, o)) in pairs.enumerate() {
+                        assert!(
+                            same(*t, *o),
+                            "k {k}, list {l}, transposed {transposed}, value {i}: \
+                             tract {t:e}, ours {o:e}"
+                        );
+                    }
                 }
             }
         }

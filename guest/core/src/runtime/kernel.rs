@@ -504,7 +504,12 @@ mod tests {
                 // An operation `run` leaves to tract's kernel: the product is
                 // handed to it as a tile, and the operations after it too.
                 (
-                    vec![FusedKerSpec::Clear, product, FusedKerSpec::PerRowAdd(rows), relu],
+                    vec![
+                        FusedKerSpec::Clear,
+                        product,
+                        FusedKerSpec::PerRowAdd(rows),
+                        relu,
+                    ],
                     true,
                 ),
                 // A second product onto accumulators that are not zero
@@ -541,7 +546,10 @@ mod tests {
                     scratch.fill(7.0);
                     let ours = stored(run, ops, transposed);
                     // An early `Done` stores nothing.
-                    let early = ops.iter().filter(|op| matches!(op, FusedKerSpec::Done)).count();
+                    let early = ops
+                        .iter()
+                        .filter(|op| matches!(op, FusedKerSpec::Done))
+                        .count();
                     if !special && early == 0 {
                         assert!(theirs.iter().all(|v| v.is_finite()), "k {k}, list {l}");
                     }

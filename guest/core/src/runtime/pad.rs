@@ -60,7 +60,13 @@ impl Pad {
         {
             return None;
         }
-        let value = value.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.first()?.to_bits();
+        let value = value
+            .try_as_plain_ram()
+            .ok()?
+            .as_slice::<f32>()
+            .ok()?
+            .first()?
+            .to_bits();
         let output = shape
             .iter()
             .zip(&tract.pads)
@@ -91,7 +97,9 @@ impl Pad {
         let width = self.input[rank - 1];
         let plane = self.input[planes..].iter().product::<usize>();
         let row_stride = if rank >= 2 { strides[rank - 2] } else { 0 };
-        let first: usize = (planes..rank).map(|axis| self.before[axis] * strides[axis]).sum();
+        let first: usize = (planes..rank)
+            .map(|axis| self.before[axis] * strides[axis])
+            .sum();
         // The plane's index on every axis before the last two (an odometer).
         let mut at: TVec<usize> = tvec![0; planes];
         for x in x.chunks_exact(plane) {

@@ -20,9 +20,12 @@
 //! to the iteration's end (where the operands of three steps would be live
 //! at once).
 //!
-//! The product goes into an 8x8 tile, which tract's kernel loads as its
-//! accumulators (`LoadTile`) in place of the `AddMatMul` it was given;
-//! every other fused operation stays tract's. Each value is the chain of
+//! The product goes into an 8x8 tile. The operations tract fuses after it
+//! (bias, activation, store) are applied to that tile here, with tract's
+//! own instructions in tract's operand order; a list with any other
+//! operation goes to tract's kernel, which loads the tile as its
+//! accumulators (`LoadTile`) in place of the `AddMatMul` it was given.
+//! Each value is the chain of
 //! fused multiply-adds from zero in k order that tract's kernel computes
 //! when built with relaxed SIMD, loaded as it is (a negative zero
 //! included): the bits of scalar fused multiply-adds (the tests below).
@@ -281,10 +284,13 @@ unsafe fn store(tile: &[v128; 16], out: &OutputStoreKer) {
             } else {
                 let values: [f32; 8] = std::mem::transmute([row[0], row[1]]);
                 for (c, v) in values.into_iter().enumerate() {
-                    (ptr.offset(out.col_byte_stride * c as isize) as *mut f32).write_unaligned(v);
+                    (ptr.wrapping_offset(out.col_byte_stride * c as isize) as *mut f32)
+                        .write_unaligned(v);
                 }
             }
-            ptr = ptr.offset(out.row_byte_stride);
+            // Past the last row it points out of the tile, never to be used:
+            // a wrapping offset, which has no bounds to keep.
+            ptr = ptr.wrapping_offset(out.row_byte_stride);
         }
     }
 }
@@ -336,17 +342,34 @@ mod tests {
         })
     }
 
-    /// The 64 values `kernel` stores for `ops` (with the store appended),
-    /// row by row, or column by column if `transposed`.
+    /// Strides (of a row, of a column, in bytes) the tests store tiles
+    /// at: rows of neighbouring values (as tract's output, and its border
+    /// tiles' padded temporary tile), columns of them, rows that overlap
+    /// (the last write wins), and strides of zero and below.
+    const STRIDES: [(isize, isize); 7] = [
+        (32, 4),
+        (128, 4),
+        (4, 32),
+        (16, 4),
+        (-32, 4),
+        (32, 0),
+        (32, -4),
+    ];
+
+    /// The buffer `kernel` stores into for `ops` (with a store at `strides`
+    /// appended), the tile's first value at whatever place keeps every
+    /// value's address in it; the rest of the buffer keeps a NaN's bits
+    /// no kernel makes.
     fn stored(
         kernel: unsafe fn(&[FusedKerSpec<f32>]) -> isize,
         ops: &[FusedKerSpec<f32>],
-        transposed: bool,
+        (row, column): (isize, isize),
     ) -> Vec<f32> {
-        let mut out = vec![f32::from_bits(0x7f80_dead); 64];
-        let (row, column) = if transposed { (4, 32) } else { (32, 4) };
+        let offsets = (0..64).map(|i| (i / 8) * row + (i % 8) * column);
+        let (low, high) = (offsets.clone().min().unwrap(), offsets.max().unwrap());
+        let mut out = vec![f32::from_bits(0x7f80_dead); ((high - low) / 4 + 1) as usize];
         let store = OutputStoreKer {
-            ptr: out.as_mut_ptr() as *mut u8,
+            ptr: out.as_mut_ptr().wrapping_byte_offset(-low) as *mut u8,
             row_byte_stride: row,
             col_byte_stride: column,
             item_size: 4,
@@ -354,7 +377,8 @@ mod tests {
         let mut ops = ops.to_vec();
         ops.extend([FusedKerSpec::Store(store), FusedKerSpec::Done]);
         // SAFETY: every pointer in `ops` is to live buffers of the sizes the
-        // 8x8 kernel reads, and `out` holds its 64 values.
+        // 8x8 kernel reads, and every value of the tile `store` names is in
+        // `out`.
         assert_eq!(unsafe { kernel(&ops) }, 0);
         out
     }
@@ -537,27 +561,28 @@ mod tests {
                         .position(|op| matches!(op, FusedKerSpec::AddMatMul { .. }));
                     expected[at.unwrap()] = loaded;
                 }
-                for transposed in [false, true] {
+                for strides in STRIDES {
                     // A finite value no store leaves: a list that stores
                     // there must store in both runs.
                     scratch.fill(7.0);
-                    let theirs = stored(tract, &expected, transposed);
+                    let theirs = stored(tract, &expected, strides);
                     let first = scratch.clone();
                     scratch.fill(7.0);
-                    let ours = stored(run, ops, transposed);
+                    let ours = stored(run, ops, strides);
                     // An early `Done` stores nothing.
                     let early = ops
                         .iter()
                         .filter(|op| matches!(op, FusedKerSpec::Done))
                         .count();
-                    if !special && early == 0 {
+                    // (Other strides leave slots between the values.)
+                    if !special && early == 0 && strides == STRIDES[0] {
                         assert!(theirs.iter().all(|v| v.is_finite()), "k {k}, list {l}");
                     }
                     let pairs = theirs.iter().zip(&ours).chain(first.iter().zip(&scratch));
                     for (i, (t, o)) in pairs.enumerate() {
                         assert!(
                             same(*t, *o),
-                            "k {k}, list {l}, transposed {transposed}, value {i}: \
+                            "k {k}, list {l}, strides {strides:?}, value {i}: \
                              tract {t:e}, ours {o:e}"
                         );
                     }

@@ -294,15 +294,43 @@ mod tests {
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn other_paddings_stay_tracts() {
-        // Reflection, and an empty input.
+        // Reflection: still tract's padding after optimisation, and not
+        // replaced.
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([1, 2, 4, 4])).unwrap();
         let pad = TractPad::new(vec![(0, 0), (0, 0), (1, 1), (1, 1)], PadMode::Reflect);
         let y = model.wire_node("pad", pad, &[x]).unwrap();
         model.select_output_outlets(&y).unwrap();
+        let mut model = model.into_optimized().unwrap();
+        assert!(model.nodes().iter().any(|n| n.op_is::<TractPad>()));
         replace_pads(&mut model).unwrap();
         assert!(!model.nodes().iter().any(|n| n.op_is::<Pad>()));
-        let (_, _, replaced) = plans(&[1, 0, 3], &[(0, 0), (1, 1), (1, 1)], 0.0);
-        assert!(!replaced);
+        // What `for_tract` declines: an empty input, another type, a
+        // constant that is not one f32, pads past a `usize`, a rank the
+        // pads do not match.
+        let zero = || PadMode::Constant(Arc::new(0f32.into()));
+        let declined: [(TractPad, TypedFact); 6] = [
+            (TractPad::new(vec![(1, 1); 3], zero()), f32::fact([1, 0, 3])),
+            (TractPad::new(vec![(1, 1)], zero()), f64::fact([3])),
+            (
+                TractPad::new(vec![(1, 1)], PadMode::Constant(Arc::new(0f64.into()))),
+                f32::fact([3]),
+            ),
+            (
+                TractPad::new(
+                    vec![(1, 1)],
+                    PadMode::Constant(Arc::new(tensor1(&[0f32, 1.0]))),
+                ),
+                f32::fact([3]),
+            ),
+            (TractPad::new(vec![(usize::MAX, 1)], zero()), f32::fact([3])),
+            (TractPad::new(vec![(1, 1)], zero()), f32::fact([2, 3])),
+        ];
+        for (tract, fact) in &declined {
+            assert_eq!(Pad::for_tract(tract, fact), None, "{tract:?} {fact:?}");
+        }
+        // And the same with nothing wrong is taken.
+        let taken = Pad::for_tract(&TractPad::new(vec![(1, 1)], zero()), &f32::fact([3]));
+        assert!(taken.is_some());
     }
 }

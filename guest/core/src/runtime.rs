@@ -16,6 +16,8 @@ mod lint;
 #[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
 mod pad;
 #[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
+mod planned;
+#[cfg(any(test, all(target_arch = "wasm32", target_feature = "simd128")))]
 mod pool;
 
 fn invalid(what: &str, e: TractError) -> GuestError {

@@ -42,7 +42,9 @@ use tract_onnx::tract_core::internal::{
 use tract_onnx::tract_core::tract_linalg::mmm::{
     MMMInputFormat, MMMInputValue, PackedMatrixStorage,
 };
-use tract_onnx::tract_core::{args_1, as_op, op_as_typed_op, op_out_of_plan};
+use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+
+use super::planned;
 
 /// tract's name for its lazy im2col operator (its type is private).
 const TRACT_OP: &str = "LazyIm2col";
@@ -326,16 +328,22 @@ fn gather<const R: usize>(
             }
             Some(())
         })
-    } else if let Ok(pixels) = <&[usize; R]>::try_from(pixels) {
+    } else if pixels.len() <= R {
+        // Value by value into an array whose slots past the last pixel are
+        // zero, stored whole: zeroing those slots in the panel itself would
+        // be a `memory.fill` of a length known only at run time, which
+        // wasmtime runs as a call into the host, once per k step.
         each_step(steps, ks, |step, k| {
             let x = x.get(k..)?;
-            for (v, &n) in step.iter_mut().zip(pixels) {
+            let mut values = [0.0; R];
+            for (v, &n) in values.iter_mut().zip(pixels) {
                 *v = *x.get(n)?;
             }
+            *step = values;
             Some(())
         })
     } else {
-        gather_any(x, ks, pixels, span, panel)
+        None
     }
 }
 
@@ -438,14 +446,7 @@ impl EvalOp for Im2col {
     op_out_of_plan!();
 
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        ensure!(
-            input.datum_type() == f32::datum_type() && input.shape() == &*self.gathering.shape,
-            "im2col planned for f32 {:?} got {:?} {:?}",
-            self.gathering.shape,
-            input.datum_type(),
-            input.shape()
-        );
+        let input = planned::input("im2col", &self.gathering.shape, inputs)?;
         let operand = Operand {
             gathering: self.gathering.clone(),
             input,
@@ -460,13 +461,7 @@ impl EvalOp for Im2col {
 
 impl TypedOp for Im2col {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs.len() == 1
-                && inputs[0].datum_type == f32::datum_type()
-                && inputs[0].shape.as_concrete() == Some(&self.gathering.shape[..]),
-            "im2col planned for f32 {:?} wired to {inputs:?}",
-            self.gathering.shape
-        );
+        planned::wiring("im2col", &self.gathering.shape, inputs)?;
         Ok(tvec!(self.output.clone()))
     }
 

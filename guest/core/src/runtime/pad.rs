@@ -11,9 +11,11 @@
 //! bit, since padding computes nothing.
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp, ensure};
+use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp};
 use tract_onnx::tract_core::ops::array::{Pad as TractPad, PadMode};
-use tract_onnx::tract_core::{args_1, as_op, op_as_typed_op, op_out_of_plan};
+use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+
+use super::planned;
 
 /// Replaces every constant padding of a fixed-shape f32 tensor in `model`
 /// by the guest's own.
@@ -163,14 +165,7 @@ impl EvalOp for Pad {
     op_out_of_plan!();
 
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        ensure!(
-            input.datum_type() == f32::datum_type() && input.shape() == &*self.input,
-            "padding planned for f32 {:?} got {:?} {:?}",
-            self.input,
-            input.datum_type(),
-            input.shape()
-        );
+        let input = planned::input("padding", &self.input, inputs)?;
         let len = self.output.iter().product();
         let mut y = vec![f32::from_bits(self.value); len];
         let x = input.try_as_plain_ram()?;
@@ -182,13 +177,7 @@ impl EvalOp for Pad {
 
 impl TypedOp for Pad {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs.len() == 1
-                && inputs[0].datum_type == f32::datum_type()
-                && inputs[0].shape.as_concrete() == Some(&self.input[..]),
-            "padding planned for f32 {:?} wired to {inputs:?}",
-            self.input
-        );
+        planned::wiring("padding", &self.input, inputs)?;
         Ok(tvec!(f32::fact(&*self.output)))
     }
 

@@ -23,7 +23,9 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp, ensure};
 use tract_onnx::tract_core::ops::cnn::OptMaxPool;
 use tract_onnx::tract_core::ops::nn::DataFormat;
-use tract_onnx::tract_core::{args_1, as_op, op_as_typed_op, op_out_of_plan};
+use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+
+use super::planned;
 
 /// Replaces every max pooling of `model` that tract would run through
 /// `fmaxf` ([`MaxPool::for_tract`]) by the guest's own.
@@ -209,14 +211,7 @@ impl EvalOp for MaxPool {
     op_out_of_plan!();
 
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        ensure!(
-            input.datum_type() == f32::datum_type() && input.shape() == self.input,
-            "max pooling planned for f32 {:?} got {:?} {:?}",
-            self.input,
-            input.datum_type(),
-            input.shape()
-        );
+        let input = planned::input("max pooling", &self.input, inputs)?;
         let [n, c, h, w] = self.input;
         let [oh, ow] = self.output;
         let mut output = Tensor::zero::<f32>(&[n, c, oh, ow])?;
@@ -237,13 +232,7 @@ impl EvalOp for MaxPool {
 
 impl TypedOp for MaxPool {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs.len() == 1
-                && inputs[0].datum_type == f32::datum_type()
-                && inputs[0].shape.as_concrete() == Some(&self.input[..]),
-            "max pooling planned for f32 {:?} wired to {inputs:?}",
-            self.input
-        );
+        planned::wiring("max pooling", &self.input, inputs)?;
         let [n, c, _, _] = self.input;
         let [oh, ow] = self.output;
         Ok(tvec!(f32::fact([n, c, oh, ow])))
